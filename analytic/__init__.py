@@ -1,0 +1,29 @@
+"""Formula-only cost model of DeepSeek-OCR. Pure Python: never imports torch or vendor code."""
+
+from analytic.schema import METRICS, STAGES, Metrics
+from analytic.workload import (
+    MODES,
+    ModePreset,
+    ProjectorTokens,
+    ViewLayout,
+    VisionWorkload,
+    WorkloadError,
+    compute_num_queries,
+    compute_projector_tokens,
+    compute_view_layout,
+)
+
+__all__ = [
+    "METRICS",
+    "MODES",
+    "STAGES",
+    "Metrics",
+    "ModePreset",
+    "ProjectorTokens",
+    "ViewLayout",
+    "VisionWorkload",
+    "WorkloadError",
+    "compute_num_queries",
+    "compute_projector_tokens",
+    "compute_view_layout",
+]

@@ -1,0 +1,311 @@
+"""The workload: everything DeepSeek-OCR's FLOPs depend on, built once per page.
+
+Both sides (analytic and vendor) receive the same `VisionWorkload`; the vendor
+side asserts that what the model actually received equals it.  The crop policy
+mirrors the official `dynamic_preprocess` / `infer()` code (see
+shared/deepseek-ocr-facts.md, "Views and the crop grid").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+PATCH_SIZE = 16
+DOWNSAMPLE_RATIO = 4
+# dynamic_preprocess is called with its own defaults in the official infer():
+CROP_SIZE = 640
+CROP_MIN_NUM = 2
+CROP_MAX_NUM = 9
+# Pages above this many pixels are refused (decompression-bomb guard).
+MAX_PAGE_PIXELS = 200_000_000
+
+LmHeadScope = Literal["all", "last"]
+ImplProfile = Literal["official", "hf"]
+AttnImpl = Literal["eager", "sdpa"]
+DTYPES = ("float32", "bfloat16", "float16")
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+class WorkloadError(ValueError):
+    """Bad workload input; the message names the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class ModePreset:
+    base_size: int
+    image_size: int
+    crop_mode: bool
+
+
+MODES: dict[str, ModePreset] = {
+    "tiny": ModePreset(512, 512, False),
+    "small": ModePreset(640, 640, False),
+    "base": ModePreset(1024, 1024, False),
+    "large": ModePreset(1280, 1280, False),
+    "gundam": ModePreset(1024, 640, True),
+}
+
+
+def resolve_mode(
+    mode: str | None,
+    base_size: int | None = None,
+    image_size: int | None = None,
+    crop_mode: bool | None = None,
+) -> tuple[str, ModePreset]:
+    """A preset, optionally overridden field by field; `custom` when no mode is named."""
+    if mode is not None and mode not in MODES:
+        raise WorkloadError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+    if mode is None and (base_size is None or image_size is None or crop_mode is None):
+        raise WorkloadError("no mode given: pass --mode, or all of --base-size, --image-size and --crop-mode")
+    preset = MODES[mode] if mode else ModePreset(0, 0, False)
+    resolved = ModePreset(
+        base_size if base_size is not None else preset.base_size,
+        image_size if image_size is not None else preset.image_size,
+        crop_mode if crop_mode is not None else preset.crop_mode,
+    )
+    name = mode if mode and resolved == MODES[mode] else "custom"
+    _validate_mode(resolved)
+    return name, resolved
+
+
+def _validate_mode(p: ModePreset) -> None:
+    for label, size in (("base_size", p.base_size), ("image_size", p.image_size)):
+        if size <= 0 or size % (PATCH_SIZE * DOWNSAMPLE_RATIO) != 0:
+            raise WorkloadError(
+                f"{label}={size} must be a positive multiple of {PATCH_SIZE * DOWNSAMPLE_RATIO} "
+                "(patch 16 x downsample 4); pick e.g. 512, 640, 1024 or 1280"
+            )
+    if p.crop_mode and p.image_size != CROP_SIZE:
+        raise WorkloadError(
+            f"crop_mode with image_size={p.image_size} is inconsistent: the vendor always cuts "
+            f"{CROP_SIZE}x{CROP_SIZE} crops but would lay out tokens for {p.image_size}; use image_size=640"
+        )
+
+
+def compute_num_queries(size: int, patch_size: int = PATCH_SIZE, downsample_ratio: int = DOWNSAMPLE_RATIO) -> int:
+    """Rows (= columns) of projector outputs for one square view: ceil((size // 16) / 4)."""
+    return math.ceil((size // patch_size) / downsample_ratio)
+
+
+def _crop_candidates(min_num: int = CROP_MIN_NUM, max_num: int = CROP_MAX_NUM) -> list[tuple[int, int]]:
+    # Same set and order as the vendor: a set comprehension, then a stable sort by i*j.
+    # Python set order of small int tuples is deterministic, but the vendor sorts only by
+    # product, so ties keep set order; we reproduce that exactly.
+    ratios = {
+        (i, j)
+        for n in range(min_num, max_num + 1)
+        for i in range(1, n + 1)
+        for j in range(1, n + 1)
+        if min_num <= i * j <= max_num
+    }
+    return sorted(ratios, key=lambda x: x[0] * x[1])
+
+
+def find_closest_aspect_ratio(
+    aspect_ratio: float, width: int, height: int, image_size: int = CROP_SIZE
+) -> tuple[int, int]:
+    """The vendor's tie-break: on an exact ratio tie the later candidate wins only
+    if the page area exceeds half the candidate's tiled area."""
+    best_ratio_diff = float("inf")
+    best = (1, 1)
+    area = width * height
+    for ratio in _crop_candidates():
+        target = ratio[0] / ratio[1]
+        diff = abs(aspect_ratio - target)
+        if diff < best_ratio_diff:
+            best_ratio_diff = diff
+            best = ratio
+        elif diff == best_ratio_diff and area > 0.5 * image_size * image_size * ratio[0] * ratio[1]:
+            best = ratio
+    return best
+
+
+@dataclass(frozen=True)
+class ViewLayout:
+    """Which views the vendor builds for a page and at what size."""
+
+    global_size: int  # side of the single global view (pixels)
+    crop_size: int  # side of one crop (pixels); 0 without crops
+    w_crop: int  # crop columns (images_spatial_crop[0])
+    h_crop: int  # crop rows (images_spatial_crop[1])
+
+    @property
+    def n_crops(self) -> int:
+        return self.w_crop * self.h_crop if self.has_crops else 0
+
+    @property
+    def has_crops(self) -> bool:
+        return self.w_crop > 1 or self.h_crop > 1
+
+
+def compute_view_layout(width: int, height: int, base_size: int, image_size: int, crop_mode: bool) -> ViewLayout:
+    """The official infer() view policy (crop grid, global size)."""
+    _validate_page(width, height)
+    if not crop_mode:
+        # One view of image_size (resized if <= 640, padded otherwise): no crops.
+        return ViewLayout(global_size=image_size, crop_size=0, w_crop=1, h_crop=1)
+    if width <= CROP_SIZE and height <= CROP_SIZE:
+        return ViewLayout(global_size=base_size, crop_size=0, w_crop=1, h_crop=1)
+    i, j = find_closest_aspect_ratio(width / height, width, height)
+    return ViewLayout(global_size=base_size, crop_size=CROP_SIZE, w_crop=i, h_crop=j)
+
+
+@dataclass(frozen=True)
+class ProjectorTokens:
+    """Image-token positions in the prompt (projector rows + newline/separator rows)."""
+
+    global_queries: int  # nq of the global view
+    crop_queries: int  # nq of one crop (0 without crops)
+    global_tokens: int  # (nq+1)*nq + 1 (the +1 is the view separator)
+    crops_tokens: int  # (nq*i + 1) * (nq*j)
+    global_rows: int  # projector output rows of the global view: nq*nq
+    crops_rows: int  # projector output rows of all crops: i*j*nq*nq
+
+    @property
+    def total(self) -> int:
+        return self.global_tokens + self.crops_tokens
+
+
+def compute_projector_tokens(layout: ViewLayout, image_size: int | None = None) -> ProjectorTokens:
+    nq_g = compute_num_queries(layout.global_size)
+    global_tokens = (nq_g + 1) * nq_g + 1
+    if not layout.has_crops:
+        return ProjectorTokens(nq_g, 0, global_tokens, 0, nq_g * nq_g, 0)
+    nq_c = compute_num_queries(image_size if image_size is not None else layout.crop_size)
+    crops_tokens = (nq_c * layout.w_crop + 1) * (nq_c * layout.h_crop)
+    return ProjectorTokens(
+        nq_g, nq_c, global_tokens, crops_tokens, nq_g * nq_g, layout.n_crops * nq_c * nq_c
+    )
+
+
+def _validate_page(width: int, height: int) -> None:
+    if not isinstance(width, int) or not isinstance(height, int) or width <= 0 or height <= 0:
+        raise WorkloadError(f"page size {width}x{height} is not positive: give width and height in pixels, > 0")
+    if width * height > MAX_PAGE_PIXELS:
+        raise WorkloadError(
+            f"page size {width}x{height} exceeds {MAX_PAGE_PIXELS:,} pixels: downscale the image first"
+        )
+
+
+@dataclass(frozen=True)
+class VisionWorkload:
+    """Everything FLOPs depend on for one page; handed unchanged to both sides."""
+
+    mode: str
+    base_size: int
+    image_size: int
+    crop_mode: bool
+    width: int
+    height: int
+    global_view_size: int
+    crop_size: int
+    w_crop: int
+    h_crop: int
+    n_crops: int
+    global_queries: int
+    crop_queries: int
+    global_image_tokens: int
+    crops_image_tokens: int
+    n_image_tokens: int
+    prompt_tokens: int
+    decode_tokens: int
+    batch: int = 1
+    dtype: str = "float32"
+    lm_head_scope: LmHeadScope = "all"
+    impl: ImplProfile = "official"
+    attn_impl: AttnImpl = "eager"
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def prefill_len(self) -> int:
+        """BOS + image tokens + prompt text tokens."""
+        return 1 + self.n_image_tokens + self.prompt_tokens
+
+    @property
+    def has_crops(self) -> bool:
+        return self.n_crops > 0
+
+    @property
+    def dtype_bytes(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+    @classmethod
+    def from_page(
+        cls,
+        width: int,
+        height: int,
+        mode: str | None = "gundam",
+        *,
+        base_size: int | None = None,
+        image_size: int | None = None,
+        crop_mode: bool | None = None,
+        prompt_tokens: int = 12,
+        decode_tokens: int = 0,
+        batch: int = 1,
+        dtype: str = "float32",
+        lm_head_scope: LmHeadScope | None = None,
+        impl: ImplProfile = "official",
+        attn_impl: AttnImpl = "eager",
+    ) -> VisionWorkload:
+        name, preset = resolve_mode(mode, base_size, image_size, crop_mode)
+        if prompt_tokens < 0 or decode_tokens < 0:
+            raise WorkloadError("prompt_tokens and decode_tokens must be >= 0")
+        if batch != 1:
+            raise WorkloadError(f"batch={batch}: only batch 1 is modelled (the vendor infer() runs one page)")
+        if dtype not in DTYPES:
+            raise WorkloadError(f"dtype {dtype!r} unknown: use one of {', '.join(DTYPES)}")
+        if impl not in ("official", "hf"):
+            raise WorkloadError(f"impl {impl!r} unknown: use 'official' or 'hf'")
+        if attn_impl not in ("eager", "sdpa"):
+            raise WorkloadError(f"attn_impl {attn_impl!r} unknown: use 'eager' or 'sdpa'")
+        if lm_head_scope is None:
+            # official forward projects every prefill position; HF generate keeps the last.
+            lm_head_scope = "all" if impl == "official" else "last"
+        if lm_head_scope not in ("all", "last"):
+            raise WorkloadError(f"lm_head scope {lm_head_scope!r} unknown: use 'all' or 'last'")
+        layout = compute_view_layout(width, height, preset.base_size, preset.image_size, preset.crop_mode)
+        tokens = compute_projector_tokens(layout, preset.image_size if layout.has_crops else None)
+        return cls(
+            mode=name,
+            base_size=preset.base_size,
+            image_size=preset.image_size,
+            crop_mode=preset.crop_mode,
+            width=width,
+            height=height,
+            global_view_size=layout.global_size,
+            crop_size=layout.crop_size,
+            w_crop=layout.w_crop,
+            h_crop=layout.h_crop,
+            n_crops=layout.n_crops,
+            global_queries=tokens.global_queries,
+            crop_queries=tokens.crop_queries,
+            global_image_tokens=tokens.global_tokens,
+            crops_image_tokens=tokens.crops_tokens,
+            n_image_tokens=tokens.total,
+            prompt_tokens=prompt_tokens,
+            decode_tokens=decode_tokens,
+            batch=batch,
+            dtype=dtype,
+            lm_head_scope=lm_head_scope,
+            impl=impl,
+            attn_impl=attn_impl,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["prefill_len"] = self.prefill_len
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VisionWorkload:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def signature(self) -> dict[str, Any]:
+        """The fields that change a count (page size only through the grid)."""
+        d = self.to_dict()
+        for k in ("width", "height", "extra", "mode"):
+            d.pop(k, None)
+        return d
