@@ -1,1 +1,5 @@
-"""reports package."""
+"""Report writers: markdown, CSV, JSON (written atomically) and the console summary."""
+
+from reports.writer import REPORT_FILES, ReportExistsError, write_reports
+
+__all__ = ["REPORT_FILES", "ReportExistsError", "write_reports"]

@@ -38,6 +38,7 @@ class PageSpec:
     image_path: str | None = None
     synthetic: bool = False
     attributes: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None  # the image could not be read at load time; the run records it for this page
 
 
 @dataclass

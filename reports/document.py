@@ -1,0 +1,70 @@
+"""The JSON report: everything, traces and analytic documents included, as strict JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+from reports.summary import is_synthetic, summarize, verdict_line
+from verify.model import PageResult, RunResult
+
+REPORT_FORMAT = 1
+
+
+def run_document(run: RunResult) -> dict[str, Any]:
+    return jsonable(
+        {
+            "report_format": REPORT_FORMAT,
+            "run_id": run.run_id,
+            "command": run.command,
+            "verdict": run.verdict,
+            "verdict_line": verdict_line(run),
+            "synthetic_pages": is_synthetic(run),
+            "started_at": run.started_at,
+            "finished_at": run.finished_at,
+            "wall_s": run.wall_s,
+            "config": run.config,
+            "environment": run.environment,
+            "summary": summarize(run),
+            "pages": [_page(p) for p in run.pages],
+        }
+    )
+
+
+def _page(p: PageResult) -> dict[str, Any]:
+    return {
+        "page": p.page,
+        "passed": p.passed,
+        "error": p.error,
+        "error_kind": p.error_kind,
+        "cache_hit": p.cache_hit,
+        "workload": p.workload,
+        "rows": p.rows,
+        "analytic": p.analytic,
+        "trace": p.trace,
+    }
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON types only; non-finite floats become the strings 'inf', '-inf', 'nan' (strict JSON has none)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else str(obj)
+    if obj is None or isinstance(obj, str | int | bool):
+        return obj
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, set | frozenset):
+        return sorted(jsonable(v) for v in obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "to_dict"):
+        return jsonable(obj.to_dict())
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return jsonable(obj.item())
+    raise TypeError(f"report JSON cannot hold {type(obj).__name__}: convert it to plain data before reporting")

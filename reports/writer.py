@@ -1,0 +1,49 @@
+"""Writes a run's reports into a fresh run directory, all or nothing.
+
+Files are built in a hidden sibling directory and renamed into place at the
+end, so a crash never leaves a half-written report that looks complete, and an
+existing run directory is never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from reports.document import run_document
+from reports.markdown import render_markdown
+from reports.tables import write_csv
+from verify.model import RunResult
+
+REPORT_FILES = {"markdown": "report.md", "csv": "report.csv", "json": "report.json"}
+
+
+class ReportExistsError(FileExistsError):
+    """The run directory is already there; reports never overwrite one."""
+
+
+def write_reports(run: RunResult, run_dir: Path) -> dict[str, Path]:
+    """report.md, report.csv and report.json in `run_dir` (which must not exist); returns their paths."""
+    run_dir = Path(run_dir)
+    _refuse_existing(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.partial-"))
+    try:
+        (staging / REPORT_FILES["markdown"]).write_text(render_markdown(run), encoding="utf-8")
+        write_csv(run, staging / REPORT_FILES["csv"])
+        text = json.dumps(run_document(run), indent=1, allow_nan=False)
+        (staging / REPORT_FILES["json"]).write_text(text + "\n", encoding="utf-8")
+        _refuse_existing(run_dir)  # POSIX rename would silently replace an empty directory
+        os.rename(staging, run_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {kind: run_dir / name for kind, name in REPORT_FILES.items()}
+
+
+def _refuse_existing(run_dir: Path) -> None:
+    if run_dir.exists():
+        raise ReportExistsError(f"run directory {run_dir} already exists: remove it or pick another --output-dir")

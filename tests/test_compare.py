@@ -1,0 +1,86 @@
+"""Comparator semantics: tolerances, zero handling, gap family, received-workload check."""
+
+import math
+
+import pytest
+
+from analytic.schema import METRICS, leaf_paths
+from verify.compare import (
+    ToleranceError,
+    Tolerances,
+    compare_stages,
+    gap_family,
+    parse_tolerances,
+    received_mismatches,
+    relative_delta,
+)
+
+
+def _stages(value_by_leaf):
+    out = {}
+    for stage, part in leaf_paths(("sam", "clip", "projector")):
+        leaf = dict.fromkeys(METRICS, 0)
+        leaf["tensor_flops"] = value_by_leaf.get((stage, part), 0)
+        out.setdefault(stage, {})[part] = leaf
+    return out
+
+
+def test_relative_delta_edges():
+    assert relative_delta(0, 0) == 0.0
+    assert math.isinf(relative_delta(0, 5))
+    # |101 - 100| / 100 = 0.01
+    assert relative_delta(100, 101) == pytest.approx(0.01)
+
+
+def test_rows_gate_only_tensor_flops_and_zero_rules():
+    vendor = _stages({("sam", "global"): 1000, ("sam", "crops"): 0, ("clip", "global"): 500})
+    analytic = _stages({("sam", "global"): 1005, ("sam", "crops"): 0, ("clip", "global"): 0})
+    rows = compare_stages("p", vendor, analytic, Tolerances(), ("sam", "clip", "projector"))
+    gated = {(r.stage, r.part): r for r in rows if r.metric == "tensor_flops"}
+    # 1005 vs 1000 -> 0.5% <= 1%: pass
+    assert gated[("sam", "global")].passed and gated[("sam", "global")].rel_delta == pytest.approx(0.005)
+    # zero on both sides passes
+    assert gated[("sam", "crops")].passed
+    # zero on one side only fails, whatever the tolerance
+    assert gated[("clip", "global")].passed is False
+    assert gated[("clip", "global")].note == "zero on one side only"
+    ungated = [r for r in rows if r.metric != "tensor_flops"]
+    assert ungated and all(r.passed is None and r.vendor is None for r in ungated)
+    # 6 leaves x 6 metrics
+    assert len(rows) == 6 * len(METRICS)
+
+
+def test_gap_family_names_largest_difference():
+    assert gap_family({"mm": 100, "bmm": 50}, {"mm": 100, "bmm": 10}) == "bmm"
+    assert gap_family({"mm": 1}, {"mm": 1}) is None
+
+
+def test_failing_row_carries_gap_family():
+    vendor = _stages({("sam", "global"): 200})
+    analytic = _stages({("sam", "global"): 100})
+    fams_v = {"sam": {"global": {"mm": 100, "sdpa": 100}}}
+    fams_a = {"sam": {"global": {"mm": 100}}}
+    rows = compare_stages("p", vendor, analytic, Tolerances(), ("sam",), fams_v, fams_a)
+    bad = [r for r in rows if r.passed is False]
+    assert len(bad) == 1 and bad[0].gap_family == "sdpa"
+
+
+def test_tolerance_parsing_and_bounds():
+    tol = parse_tolerances(0.01, ["sam=0.02", "decode=3%"])
+    assert tol.for_stage("sam") == 0.02 and tol.for_stage("decode") == pytest.approx(0.03)
+    assert tol.for_stage("clip") == 0.01
+    with pytest.raises(ToleranceError):
+        parse_tolerances(0.01, ["nosuchstage=0.01"])
+    with pytest.raises(ToleranceError):
+        parse_tolerances(0.01, ["sam=0.5"])  # above the 5% ceiling
+    with pytest.raises(ToleranceError):
+        parse_tolerances(0.01, ["sam=abc"])
+
+
+def test_received_mismatch_reported():
+    wl = {"w_crop": 2, "h_crop": 3, "n_image_tokens": 903}
+    assert received_mismatches(wl, {"w_crop": 2, "h_crop": 3, "n_image_tokens": 903}) == []
+    assert received_mismatches(wl, {"w_crop": 3, "h_crop": 2}) == [
+        "w_crop: workload 2 vs vendor 3",
+        "h_crop: workload 3 vs vendor 2",
+    ]

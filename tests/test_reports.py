@@ -1,0 +1,151 @@
+"""Reports: three files written all-or-nothing, verdict first, failures first, console summary."""
+
+import csv
+import json
+import os
+
+import pytest
+from rich.console import Console
+
+from analytic.schema import METRICS, leaf_paths
+from reports import REPORT_FILES, ReportExistsError, write_reports
+from reports import writer as writer_mod
+from reports.console import print_summary
+from reports.format import format_bytes, format_flops, format_rel
+from verify.model import ComparisonRow, PageResult, PageSpec, RunResult
+
+
+def _rows(page_id: str, bad: tuple[str, str] | None = None) -> list[ComparisonRow]:
+    rows = []
+    for stage, part in leaf_paths():
+        for metric in METRICS:
+            if metric != "tensor_flops":
+                rows.append(ComparisonRow(page_id, stage, part, metric, None, 10.0, None, None, None, None))
+                continue
+            vendor = 1_000_000.0
+            analytic = 1_050_000.0 if (stage, part) == bad else vendor
+            rel = abs(analytic - vendor) / vendor
+            ok = rel <= 0.01
+            rows.append(
+                ComparisonRow(
+                    page_id,
+                    stage,
+                    part,
+                    metric,
+                    vendor,
+                    analytic,
+                    analytic - vendor,
+                    rel,
+                    0.01,
+                    ok,
+                    None if ok else "sdpa",
+                )
+            )
+    return rows
+
+
+def _page(page_id: str, **kw) -> PageResult:
+    spec = PageSpec(page_id, 1654, 2339, "embedded", synthetic=True, attributes={"data_source": "book"})
+    workload = {"w_crop": 2, "h_crop": 3, "n_crops": 6, "n_image_tokens": 903, "prefill_len": 916}
+    return PageResult(page=spec, workload=workload, trace={"stages": {}, "wall_s": 1.5}, analytic={"a": 1}, **kw)
+
+
+def _run(fail: bool = True, error: bool = True) -> RunResult:
+    pages = [_page("good", rows=_rows("good"))]
+    if fail:
+        pages.append(_page("bad", rows=_rows("bad", bad=("clip", "crops"))))
+        inf_row = pages[-1].rows[0]
+        inf_row.passed, inf_row.rel_delta, inf_row.vendor = False, float("inf"), 0.0
+    if error:
+        pages.append(
+            PageResult(page=PageSpec("broken", 0, 0, "embedded", synthetic=True), error="x | y", error_kind="input")
+        )
+    return RunResult(
+        "r1",
+        "run_verify_end2end",
+        {"mode": "gundam"},
+        {"torch": "2.13.0"},
+        pages,
+        "2026-01-01T00:00:00",
+        "2026-01-01T00:01:00",
+        60.0,
+    )
+
+
+def test_all_three_files_written(tmp_path):
+    run = _run()
+    paths = write_reports(run, tmp_path / "out" / "run1")
+    assert {k: p.name for k, p in paths.items()} == REPORT_FILES
+    assert sorted(os.listdir(tmp_path / "out")) == ["run1"]  # no staging dir left
+
+    md = paths["markdown"].read_text()
+    assert md.startswith("# Verdict: ERROR\n")
+    assert "Synthetic pages" in md
+    # failures come before the per-stage and per-page detail; the worst (inf) failure first
+    fail_at, gated_at, pages_at = md.index("## Failures"), md.index("## Gated stages"), md.index("## Pages\n")
+    assert fail_at < gated_at < pages_at
+    failures = md[fail_at : md.index("## Pages that could not")]
+    assert failures.index("| bad | sam | global |") < failures.index("| bad | clip | crops |")
+    assert "| good |" not in failures
+    assert "x \\| y" in md  # table cells escaped
+    page_lines = [ln for ln in md[pages_at:].splitlines() if ln.startswith("| ") and "page" not in ln]
+    assert [ln.split("|")[1].strip() for ln in page_lines] == ["bad", "broken", "good"]  # failing pages first
+
+    with paths["csv"].open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == sum(len(p.rows) for p in run.pages)
+    assert rows[0]["data_source"] == "book" and rows[0]["w_crop"] == "2"
+
+    doc = json.loads(paths["json"].read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
+    assert doc["verdict"] == "ERROR" and doc["synthetic_pages"] is True
+    assert doc["pages"][0]["trace"] == {"stages": {}, "wall_s": 1.5}
+    assert doc["pages"][1]["rows"][0]["rel_delta"] == "inf"
+    assert len(doc["pages"]) == 3 and doc["pages"][2]["error"] == "x | y"
+
+
+def test_pass_verdict_line(tmp_path):
+    md = write_reports(_run(fail=False, error=False), tmp_path / "r")["markdown"].read_text()
+    first, _, third = md.splitlines()[:3]
+    assert first == "# Verdict: PASS"
+    assert third.startswith("PASS: all 1 pages within tolerance (10 gated checks")
+    assert "## Failures" not in md
+
+
+def test_existing_run_dir_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "keep.txt").write_text("mine")
+    with pytest.raises(ReportExistsError, match="already exists"):
+        write_reports(_run(), run_dir)
+    assert os.listdir(run_dir) == ["keep.txt"]
+    assert os.listdir(tmp_path) == ["run"]
+
+
+def test_crash_mid_write_leaves_nothing(tmp_path, monkeypatch):
+    def boom(run, path):
+        path.write_text("half a csv")
+        raise RuntimeError("crash while writing")
+
+    monkeypatch.setattr(writer_mod, "write_csv", boom)
+    with pytest.raises(RuntimeError, match="crash"):
+        write_reports(_run(), tmp_path / "run")
+    assert os.listdir(tmp_path) == []
+
+
+def test_console_summary():
+    console = Console(record=True, width=200)
+    print_summary(_run(), console, {"markdown": "/tmp/runs/r1/report.md"})
+    text = console.export_text()
+    assert "clip" in text and "crops" in text and "5.00%" in text
+    assert text.rstrip().splitlines()[-1].startswith("ERROR: 1 of 3 pages outside tolerance")
+    assert "not the real OmniDocBench" in text and "broken" in text
+
+
+def test_formatting():
+    # 1.5e12 / 1e12 = 1.5 -> TFLOP; 2.5e9 -> GFLOP; small counts stay exact
+    assert format_flops(1.5e12) == "1.500 TFLOP"
+    assert format_flops(2_500_000_000) == "2.500 GFLOP"
+    assert format_flops(512) == "512 FLOP"
+    assert format_flops(None) == "-"
+    assert format_bytes(3 * 2**20) == "3.000 MiB"
+    assert format_rel(0.0123) == "1.23%" and format_rel(float("inf")) == "inf" and format_rel(None) == "-"

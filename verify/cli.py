@@ -1,0 +1,222 @@
+"""`run_verify_end2end` and `run_verify_end2end_vision`: the product users run.
+
+Exit codes: 0 every stage within tolerance; 1 a discrepancy (or an incomplete
+count); 2 bad input or usage; 3 the vendor run itself failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from analytic.workload import MODES, WorkloadError
+from verify.cache import default_cache_root
+from verify.compare import DEFAULT_TOLERANCE, ToleranceError, parse_tolerances
+from verify.model import PageResult, PageSpec
+from verify.runner import VendorFailure, Verifier, VerifyConfig, exit_code, run_pages
+from verify.selection import select_pages
+
+EXIT_OK, EXIT_DISCREPANCY, EXIT_USAGE, EXIT_VENDOR = 0, 1, 2, 3
+
+
+class UsageError(Exception):
+    """Bad input or usage: one line, exit 2, no report."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own exit code is already 2; keep one line
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser(prog: str, vision_only: bool) -> argparse.ArgumentParser:
+    what = "vision stack (SAM, CLIP, projector)" if vision_only else "vision stack, prefill and decode"
+    p = _Parser(
+        prog=prog,
+        description=f"Verify the analytic DeepSeek-OCR cost model against the real model code: {what}.",
+        epilog="Exit codes: 0 pass, 1 discrepancy, 2 bad input/usage, 3 vendor run failed.",
+    )
+    g = p.add_argument_group("mode")
+    g.add_argument("--mode", choices=sorted(MODES), default="gundam", help="resolution preset (default: gundam)")
+    g.add_argument("--base-size", type=int, help="override the preset's base_size (global view)")
+    g.add_argument("--image-size", type=int, help="override the preset's image_size")
+    g.add_argument("--crop-mode", action=argparse.BooleanOptionalAction, default=None, help="override crop mode")
+
+    g = p.add_argument_group("pages (default: the embedded synthetic set)")
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--embedded", action="store_true", help="the embedded synthetic page set (default)")
+    src.add_argument(
+        "--omnidocbench", type=Path, metavar="ROOT", help="OmniDocBench root (OmniDocBench.json + images/)"
+    )
+    src.add_argument("--images", type=Path, nargs="+", metavar="PATH", help="image files or folders")
+    g.add_argument("--images-dir", type=Path, help="OmniDocBench image folder if not ROOT/images")
+    g.add_argument("--data-source", action="append", default=[], help="OmniDocBench data_source filter (repeatable)")
+    g.add_argument("--limit", type=int, help="at most N pages")
+    g.add_argument("--sample", type=int, help="seeded random sample of N pages")
+    g.add_argument("--seed", type=int, default=0, help="seed for --sample (default 0)")
+
+    g = p.add_argument_group("workload")
+    g.add_argument("--prompt-tokens", type=int, default=12, help="prompt text tokens, excl. BOS and image (default 12)")
+    if not vision_only:
+        g.add_argument("--decode-tokens", type=int, default=16, help="decode steps after prefill (default 16)")
+        g.add_argument("--lm-head", choices=["all", "last"], help="lm_head scope in prefill (default: backend's own)")
+        g.add_argument("--attn-impl", choices=["eager", "sdpa"], default="eager", help="decoder attention (hf backend)")
+    g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+
+    g = p.add_argument_group("vendor")
+    g.add_argument("--backend", choices=["hf", "remote-code"], default="hf", help="implementation to measure")
+    g.add_argument("--vendor-dir", type=Path, help="local DeepSeek-OCR snapshot (remote-code backend)")
+    g.add_argument("--trust-remote-code", action="store_true", help="allow executing the snapshot's code")
+    g.add_argument("--device", choices=["cpu", "cuda", "meta"], default="cpu" if not vision_only else "meta")
+    g.add_argument("--no-cache", action="store_true", help="always run the vendor (do not read or write the cache)")
+    g.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="trace cache (default: $DSOCR_CACHE_DIR/traces)",
+    )
+
+    g = p.add_argument_group("gate and output")
+    g.add_argument("--output-dir", type=Path, default=Path("runs"), help="reports go to OUTPUT_DIR/<run id>/")
+    g.add_argument("--tolerance-default", type=float, default=DEFAULT_TOLERANCE, help="relative, default 0.01")
+    g.add_argument("--tolerance", action="append", default=[], metavar="STAGE=FRAC", help="per-stage tolerance")
+    g.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="Hydra override (analytic)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def config_from_args(args: argparse.Namespace, command: str, vision_only: bool) -> VerifyConfig:
+    try:
+        tolerances = parse_tolerances(args.tolerance_default, args.tolerance)
+    except ToleranceError as exc:
+        raise UsageError(str(exc)) from None
+    if args.backend == "remote-code":
+        if args.vendor_dir is None:
+            raise UsageError("--backend remote-code needs --vendor-dir PATH (a local DeepSeek-OCR snapshot)")
+        if not args.vendor_dir.is_dir():
+            raise UsageError(f"vendor dir {args.vendor_dir} does not exist: point --vendor-dir at a snapshot folder")
+        if not args.trust_remote_code:
+            raise UsageError("remote-code executes the snapshot's Python files: add --trust-remote-code to allow it")
+    if args.device == "meta" and not vision_only:
+        raise UsageError("--device meta cannot run the decoder (MoE routing needs data): use cpu or cuda")
+    for name in ("prompt_tokens", "decode_tokens", "limit", "sample"):
+        val = getattr(args, name, None)
+        if val is not None and val < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0")
+    return VerifyConfig(
+        command=command,
+        mode=args.mode,
+        base_size=args.base_size,
+        image_size=args.image_size,
+        crop_mode=args.crop_mode,
+        prompt_tokens=args.prompt_tokens,
+        decode_tokens=0 if vision_only else args.decode_tokens,
+        vision_only=vision_only,
+        backend=args.backend,
+        vendor_dir=str(args.vendor_dir) if args.vendor_dir else None,
+        trust_remote_code=args.trust_remote_code,
+        device=args.device,
+        dtype=args.dtype,
+        lm_head=None if vision_only else args.lm_head,
+        attn_impl="eager" if vision_only else args.attn_impl,
+        tolerances=tolerances,
+        analytic_overrides=list(args.override),
+        use_cache=not args.no_cache,
+        cache_dir=str(args.cache_dir or default_cache_root()),
+    )
+
+
+def load_pages(args: argparse.Namespace) -> list[PageSpec]:
+    from verify import pages as P
+
+    try:
+        if args.omnidocbench is not None:
+            found = P.load_omnidocbench(
+                args.omnidocbench, data_sources=args.data_source or None, images_dir=args.images_dir
+            )
+        elif args.images:
+            found = P.load_image_files(args.images)
+        else:
+            found = P.load_embedded()
+    except P.PageSourceError as exc:
+        raise UsageError(str(exc)) from None
+    return select_pages(found, limit=args.limit, sample=args.sample, seed=args.seed)
+
+
+def make_verifier(cfg: VerifyConfig) -> tuple[Verifier, dict[str, Any]]:
+    from analytic.model import build_cost_model
+    from verify.vendor_measure import VendorMeasurer
+
+    try:
+        cost_model = build_cost_model(cfg.analytic_overrides)
+    except Exception as exc:
+        raise UsageError(f"analytic config override failed: {exc}") from None
+    measurer = VendorMeasurer.create(cfg)
+    return Verifier(cfg=cfg, measure=measurer, cost_model=cost_model), measurer.environment()
+
+
+def _main(argv: list[str] | None, command: str, vision_only: bool) -> int:
+    console = Console(stderr=True)
+    args = build_parser(command, vision_only).parse_args(argv)
+    try:
+        cfg = config_from_args(args, command, vision_only)
+        pages = load_pages(args)
+        if not pages:
+            raise UsageError("no pages selected: check the page source and the --data-source/--limit filters")
+        verifier, environment = make_verifier(cfg)
+    except (UsageError, WorkloadError) as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return EXIT_USAGE
+    except VendorFailure as exc:
+        console.print(f"[bold red]vendor failed:[/] {exc}", highlight=False)
+        return EXIT_VENDOR
+
+    run = _run_with_progress(verifier, pages, environment, console, quiet=args.quiet)
+    if all(p.error_kind == "input" for p in run.pages):
+        for p in run.pages:
+            console.print(f"[bold red]error:[/] {p.page.page_id}: {p.error}", highlight=False)
+        return EXIT_USAGE
+
+    from reports import write_reports
+    from reports.console import print_summary
+
+    run_dir = Path(args.output_dir) / run.run_id
+    paths = write_reports(run, run_dir)
+    print_summary(run, Console(), paths)
+    return exit_code(run)
+
+
+def _run_with_progress(verifier: Verifier, pages: list[PageSpec], env: dict, console: Console, quiet: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if quiet:
+        return run_pages(verifier, pages, env)
+    columns = (
+        TextColumn("[bold]verifying"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("", total=len(pages))
+
+        def on_page(res: PageResult) -> None:
+            mark = "[green]ok[/]" if res.passed else "[red]FAIL[/]"
+            progress.update(task, advance=1, description=f"{res.page.page_id} {mark}")
+
+        return run_pages(verifier, pages, env, on_page=on_page)
+
+
+def main_end2end(argv: list[str] | None = None) -> int:
+    return _main(argv, "run_verify_end2end", vision_only=False)
+
+
+def main_vision(argv: list[str] | None = None) -> int:
+    return _main(argv, "run_verify_end2end_vision", vision_only=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main_end2end())

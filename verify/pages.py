@@ -1,0 +1,271 @@
+"""Page sources: OmniDocBench, plain image files or folders, and the embedded synthetic set.
+
+Every loader returns `PageSpec`s; bad sources raise `PageSourceError` (one line,
+naming the fix; the CLI maps it to exit code 2).  Per-image problems are not
+raised here but by `verify.images` when a page is used, so one bad image never
+stops the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from verify.cache import cache_base_dir
+from verify.images import PageImageError, page_size
+from verify.model import PageSpec
+from verify.selection import select_pages
+
+# datasets/ is data only (never a package): locate it from the repo root.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EMBEDDED_MANIFEST = REPO_ROOT / "datasets" / "embedded_pages.json"
+OMNIDOCBENCH_JSON = "OmniDocBench.json"
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
+
+
+class PageSourceError(ValueError):
+    """A page source that cannot be loaded at all (exit code 2)."""
+
+
+# --- OmniDocBench -----------------------------------------------------------------
+
+
+def load_omnidocbench(
+    root: Path,
+    data_sources: list[str] | None = None,
+    limit: int | None = None,
+    sample: int | None = None,
+    seed: int = 0,
+    images_dir: Path | None = None,
+) -> list[PageSpec]:
+    """Pages of `<root>/OmniDocBench.json`, filtered by data source, then sampled (seeded), then limited.
+
+    Width and height come from the annotation (`page_info`); the image itself is
+    opened (and its real size checked) only when the page is verified.
+    """
+    root = Path(root)
+    entries = _read_omnidocbench_json(root)
+    images = Path(images_dir) if images_dir is not None else root / "images"
+    pages = [_omnidocbench_page(i, e, root, images) for i, e in enumerate(entries)]
+    if data_sources:
+        known = sorted({str(p.attributes.get("data_source")) for p in pages})
+        unknown = sorted(set(data_sources) - set(known))
+        if unknown:
+            raise PageSourceError(
+                f"unknown OmniDocBench data source(s) {', '.join(unknown)}: use one of {', '.join(known)}"
+            )
+        pages = [p for p in pages if p.attributes.get("data_source") in data_sources]
+    return select_pages(pages, limit=limit, sample=sample, seed=seed)
+
+
+def _read_omnidocbench_json(root: Path) -> list[Any]:
+    if not root.is_dir():
+        raise PageSourceError(f"OmniDocBench root {root} is not a directory: pass the folder with {OMNIDOCBENCH_JSON}")
+    path = root / OMNIDOCBENCH_JSON
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PageSourceError(f"{path} not found: pass the OmniDocBench root that holds {OMNIDOCBENCH_JSON}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PageSourceError(f"{path} is unreadable ({exc}); re-download OmniDocBench") from None
+    if not isinstance(data, list) or not data:
+        raise PageSourceError(f"{path} must hold a non-empty JSON list of pages; re-download OmniDocBench")
+    return data
+
+
+def _omnidocbench_page(index: int, entry: Any, root: Path, images: Path) -> PageSpec:
+    info = entry.get("page_info") if isinstance(entry, dict) else None
+    where = f"{root / OMNIDOCBENCH_JSON} entry {index}"
+    if not isinstance(info, dict):
+        raise PageSourceError(f"{where} has no page_info object; the file is not OmniDocBench's format")
+    image_path = info.get("image_path")
+    width, height = info.get("width"), info.get("height")
+    if not isinstance(image_path, str) or not image_path:
+        raise PageSourceError(f"{where} has no page_info.image_path; the file is not OmniDocBench's format")
+    if not _positive_int(width) or not _positive_int(height):
+        raise PageSourceError(f"{where} ({image_path}) has size {width!r}x{height!r}; expected positive integers")
+    attrs = info.get("page_attribute") if isinstance(info.get("page_attribute"), dict) else {}
+    return PageSpec(
+        page_id=Path(image_path).stem,
+        width=int(width),
+        height=int(height),
+        source="omnidocbench",
+        image_path=str(_resolve_image(image_path, root, images)),
+        attributes={**attrs, "page_no": info.get("page_no")},
+    )
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0 and int(value) == value
+
+
+def _resolve_image(image_path: str, root: Path, images: Path) -> Path:
+    # The released JSON holds bare file names (images/ implied); some re-packagings keep "images/x.jpg".
+    candidate = images / Path(image_path).name
+    if not candidate.exists() and (root / image_path).exists():
+        return root / image_path
+    return candidate
+
+
+def checked_page(spec: PageSpec) -> PageSpec:
+    """The spec with the size the vendor will really see, read from its image (EXIF applied).
+
+    Raises `PageImageError` for an unusable image (or a load-time `spec.error`), so the
+    run loop can record it for this page.  A size that differs from the annotation
+    (e.g. an EXIF-rotated scan) wins, and the annotated size is kept in attributes.
+    """
+    if spec.error:
+        raise PageImageError(spec.error)
+    if spec.image_path is None:
+        return spec  # a synthetic geometry not rendered yet: the manifest is the truth
+    width, height = page_size(spec.image_path)
+    if (width, height) == (spec.width, spec.height):
+        return spec
+    attrs = {**spec.attributes, "annotated_size": [spec.width, spec.height]}
+    return dataclasses.replace(spec, width=width, height=height, attributes=attrs)
+
+
+# --- image files and folders --------------------------------------------------------
+
+
+def load_image_files(paths: list[Path]) -> list[PageSpec]:
+    """One page per image file; a folder contributes its image files (sorted, not recursive).
+
+    Size is read from the header with EXIF orientation applied.  An unreadable
+    image becomes a page carrying `error` (and a 0x0 size) so the run records
+    it for that page instead of stopping.
+    """
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise PageSourceError(f"folder {p} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}): pass another")
+            files.extend(found)
+        elif not p.exists():
+            raise PageSourceError(f"{p} does not exist: pass image files or a folder of images")
+        else:
+            files.append(p)
+    if not files:
+        raise PageSourceError("no image files given: pass at least one image or a folder of images")
+    return [_file_page(f, _unique_id(f, files)) for f in files]
+
+
+def _unique_id(path: Path, files: list[Path]) -> str:
+    same_stem = [f for f in files if f.stem == path.stem]
+    return path.stem if len(same_stem) == 1 else f"{path.parent.name}/{path.name}"
+
+
+def _file_page(path: Path, page_id: str) -> PageSpec:
+    try:
+        width, height = page_size(path)
+    except PageImageError as exc:
+        return PageSpec(page_id, 0, 0, source="files", image_path=str(path), error=str(exc))
+    return PageSpec(page_id, width, height, source="files", image_path=str(path))
+
+
+# --- embedded synthetic set ---------------------------------------------------------
+
+
+def load_embedded(limit: int | None = None, render_dir: Path | None = None) -> list[PageSpec]:
+    """The embedded synthetic page geometries; with `render_dir`, their images are rendered there."""
+    manifest = _read_manifest(EMBEDDED_MANIFEST)
+    pages = [
+        PageSpec(
+            page_id=e["id"],
+            width=e["width"],
+            height=e["height"],
+            source="embedded",
+            synthetic=True,
+            attributes={k: v for k, v in e.items() if k not in ("id", "width", "height")},
+        )
+        for e in manifest["pages"]
+    ]
+    pages = select_pages(pages, limit=limit)
+    if render_dir is not None:
+        for page in pages:
+            page.image_path = str(render_embedded_page(page, Path(render_dir)))
+    return pages
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        for e in manifest["pages"]:
+            if not (isinstance(e["id"], str) and _positive_int(e["width"]) and _positive_int(e["height"])):
+                raise ValueError(f"bad entry {e!r}")
+            if e.get("synthetic") is not True:
+                raise ValueError(f"entry {e['id']} is not labelled synthetic")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PageSourceError(f"embedded manifest {path} is broken ({exc}); restore it from git") from None
+    return manifest
+
+
+def default_render_dir() -> Path:
+    """Rendered embedded pages: <cache base>/pages (never inside the repo)."""
+    return cache_base_dir() / "pages"
+
+
+def ensure_page_image(spec: PageSpec, render_dir: Path | None = None) -> Path:
+    """The page's image file, rendering a synthetic page on first use (into `render_dir` or the default)."""
+    if spec.image_path is None:
+        if not spec.synthetic:
+            raise PageSourceError(f"page {spec.page_id} has no image file and is not synthetic: pass its image path")
+        spec.image_path = str(render_embedded_page(spec, render_dir or default_render_dir()))
+    return Path(spec.image_path)
+
+
+def render_embedded_page(spec: PageSpec, out_dir: Path) -> Path:
+    """Render (once) a deterministic page of text-like blocks at the spec's geometry; returns its PNG path."""
+    out_dir = Path(out_dir)
+    out = out_dir / f"{spec.page_id}-{spec.width}x{spec.height}.png"
+    if out.exists():
+        return out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    img = _draw_page(spec.width, spec.height, seed=zlib.crc32(spec.page_id.encode()))
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{out.stem}-", suffix=".png.tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            img.save(fh, format="PNG")
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _draw_page(width: int, height: int, seed: int) -> Image.Image:
+    """Columns of grey 'text lines' with the odd title bar and figure box."""
+    rng = random.Random(seed)
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    margin = max(4, min(width, height) // 16)
+    cols = 1 if width < 900 else rng.choice((1, 2, 2, 3))
+    gutter = margin // 2
+    col_w = max(1, (width - 2 * margin - (cols - 1) * gutter) // cols)
+    line_h = max(3, min(width, height) // 80)
+    for c in range(cols):
+        x0 = margin + c * (col_w + gutter)
+        y = margin
+        while y + line_h < height - margin:
+            roll = rng.random()
+            if roll < 0.02:  # figure / table box
+                box_h = min(height - margin - y, rng.randint(4, 12) * line_h)
+                draw.rectangle((x0, y, x0 + col_w, y + box_h), outline=(90, 90, 90), width=max(1, line_h // 3))
+                y += box_h + line_h
+            elif roll < 0.05:  # heading
+                draw.rectangle((x0, y, x0 + int(col_w * rng.uniform(0.3, 0.7)), y + 2 * line_h), fill=(30, 30, 30))
+                y += 3 * line_h
+            else:  # a text line, sometimes the short last line of a paragraph
+                frac = rng.uniform(0.2, 0.8) if rng.random() < 0.15 else rng.uniform(0.9, 1.0)
+                draw.rectangle((x0, y, x0 + int(col_w * frac), y + line_h - max(1, line_h // 3)), fill=(110, 110, 110))
+                y += line_h + max(1, line_h // 2)
+    return img

@@ -1,0 +1,202 @@
+"""Runs one verification: pages -> workloads -> analytic + vendor -> comparison rows.
+
+Kept free of argparse and console output so it can be driven from Python and
+tested; `verify.cli` wraps it.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from analytic.schema import LM_STAGES, STAGES, VISION_STAGES
+from analytic.workload import VisionWorkload, WorkloadError
+from verify.compare import Tolerances, compare_stages, received_mismatches
+from verify.model import ComparisonRow, PageResult, PageSpec, RunResult
+
+BACKEND_IMPL = {"hf": "hf", "remote-code": "official"}
+
+
+@dataclass
+class VerifyConfig:
+    """Everything one run depends on (written verbatim into the reports)."""
+
+    command: str
+    mode: str | None = "gundam"
+    base_size: int | None = None
+    image_size: int | None = None
+    crop_mode: bool | None = None
+    prompt_tokens: int = 12
+    decode_tokens: int = 16
+    vision_only: bool = False
+    backend: str = "hf"
+    vendor_dir: str | None = None
+    trust_remote_code: bool = False
+    device: str = "cpu"
+    dtype: str = "float32"
+    lm_head: str | None = None
+    attn_impl: str = "eager"
+    tolerances: Tolerances = field(default_factory=Tolerances)
+    analytic_overrides: list[str] = field(default_factory=list)
+    use_cache: bool = True
+    cache_dir: str | None = None
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return VISION_STAGES if self.vision_only else STAGES
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "tolerances"}
+        d["tolerances"] = self.tolerances.to_dict()
+        d["stages"] = list(self.stages)
+        return d
+
+
+class VendorFailure(RuntimeError):
+    """The vendor run itself failed (exit code 3)."""
+
+
+def build_workload(page: PageSpec, cfg: VerifyConfig) -> VisionWorkload:
+    return VisionWorkload.from_page(
+        page.width,
+        page.height,
+        cfg.mode,
+        base_size=cfg.base_size,
+        image_size=cfg.image_size,
+        crop_mode=cfg.crop_mode,
+        prompt_tokens=cfg.prompt_tokens,
+        decode_tokens=0 if cfg.vision_only else cfg.decode_tokens,
+        dtype=cfg.dtype,
+        lm_head_scope=cfg.lm_head,  # None: the backend's own behaviour (official: all, hf generate: last)
+        impl=BACKEND_IMPL[cfg.backend],
+        attn_impl=cfg.attn_impl,
+    )
+
+
+MeasureFn = Callable[[VisionWorkload, PageSpec], tuple[dict[str, Any], bool]]
+
+
+@dataclass
+class Verifier:
+    """Holds what is built once per run: the analytic graph and the vendor measurer."""
+
+    cfg: VerifyConfig
+    measure: MeasureFn  # (workload, page) -> (trace dict, cache_hit)
+    cost_model: Any  # analytic.model.CostModel
+
+    def verify_page(self, page: PageSpec) -> PageResult:
+        from verify.images import PageImageError
+        from verify.pages import checked_page
+
+        result = PageResult(page=page)
+        try:
+            page = result.page = checked_page(page)
+            workload = build_workload(page, self.cfg)
+        except (PageImageError, WorkloadError) as exc:
+            return _failed(result, "input", str(exc))
+        result.workload = workload.to_dict()
+        try:
+            estimate = self.cost_model.estimate(workload)
+        except Exception as exc:  # the analytic model must never take the run down
+            return _failed(result, "analytic", f"analytic model failed: {exc}")
+        result.analytic = estimate.to_dict()
+        try:
+            trace, result.cache_hit = self.measure(workload, page)
+        except VendorFailure as exc:
+            return _failed(result, "vendor", str(exc))
+        result.trace = trace
+        return self._compare(result, workload, estimate, trace)
+
+    def _compare(self, result: PageResult, workload: VisionWorkload, estimate: Any, trace: dict) -> PageResult:
+        mismatches = received_mismatches(result.workload or {}, trace.get("received", {}))
+        if mismatches:
+            return _failed(result, "vendor", "vendor received a different workload: " + "; ".join(mismatches))
+        uncounted = trace.get("coverage", {}).get("uncounted_ops", [])
+        if uncounted or not trace.get("complete", True):
+            names = ", ".join(str(op.get("op", op)) if isinstance(op, dict) else str(op) for op in uncounted)
+            return _failed(result, "coverage", f"counter coverage incomplete, uncounted ops: {names or '?'}")
+        result.rows = compare_stages(
+            result.page.page_id,
+            trace["stages"],
+            estimate.stages,
+            self.cfg.tolerances,
+            self.cfg.stages,
+            vendor_families=trace_families(trace),
+            analytic_families=getattr(estimate, "families", None),
+        )
+        return result
+
+
+def trace_families(trace: dict) -> dict[str, dict[str, dict[str, float]]]:
+    """stage -> part -> op family -> flops, from the trace's per-op breakdown."""
+    from analytic.schema import aten_family
+
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for stage, parts in trace.get("ops", {}).items():
+        for part, ops in parts.items():
+            fams = out.setdefault(stage, {}).setdefault(part, {})
+            for op, flops in ops.items():
+                val = flops["flops"] if isinstance(flops, dict) else flops
+                fam = aten_family(op)
+                fams[fam] = fams.get(fam, 0) + val
+    return out
+
+
+def _failed(result: PageResult, kind: str, message: str) -> PageResult:
+    result.error, result.error_kind = message, kind
+    return result
+
+
+def run_pages(
+    verifier: Verifier,
+    pages: list[PageSpec],
+    environment: dict[str, Any],
+    on_page: Callable[[PageResult], None] | None = None,
+) -> RunResult:
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    results = []
+    for page in pages:
+        try:
+            res = verifier.verify_page(page)
+        except Exception as exc:  # one page never loses the others
+            res = _failed(PageResult(page=page), "vendor", f"{type(exc).__name__}: {exc}")
+            res.trace = {"traceback": traceback.format_exc()}
+        results.append(res)
+        if on_page:
+            on_page(res)
+    finished = datetime.now(UTC)
+    return RunResult(
+        run_id=started.strftime("%Y%m%d-%H%M%S"),
+        command=verifier.cfg.command,
+        config=verifier.cfg.to_dict(),
+        environment={"python": platform.python_version(), "platform": platform.platform(), **environment},
+        pages=results,
+        started_at=started.isoformat(timespec="seconds"),
+        finished_at=finished.isoformat(timespec="seconds"),
+        wall_s=round(time.perf_counter() - t0, 3),
+    )
+
+
+def exit_code(run: RunResult) -> int:
+    """1 discrepancy (or incomplete count) > 3 vendor failure > 2 bad page input > 0."""
+    kinds = {p.error_kind for p in run.pages if p.error}
+    if any(r.passed is False for p in run.pages for r in p.rows) or kinds & {"coverage", "analytic"}:
+        return 1
+    if "vendor" in kinds:
+        return 3
+    if "input" in kinds:
+        return 2
+    return 0
+
+
+def stage_rows(run: RunResult) -> list[ComparisonRow]:
+    return [r for p in run.pages for r in p.rows]
+
+
+__all__ = ["LM_STAGES", "VendorFailure", "Verifier", "VerifyConfig", "build_workload", "exit_code", "run_pages"]
