@@ -1,5 +1,6 @@
 """Formula-only cost model of DeepSeek-OCR. Pure Python: never imports torch or vendor code."""
 
+from analytic.model import CostModel, Estimate, build_cost_model, estimate
 from analytic.schema import METRICS, STAGES, Metrics
 from analytic.workload import (
     MODES,
@@ -17,13 +18,17 @@ __all__ = [
     "METRICS",
     "MODES",
     "STAGES",
+    "CostModel",
+    "Estimate",
     "Metrics",
     "ModePreset",
     "ProjectorTokens",
     "ViewLayout",
     "VisionWorkload",
     "WorkloadError",
+    "build_cost_model",
     "compute_num_queries",
     "compute_projector_tokens",
     "compute_view_layout",
+    "estimate",
 ]

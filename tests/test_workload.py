@@ -13,3 +13,75 @@ def test_num_queries():
 def test_inconsistent_override_rejected():
     with pytest.raises(WorkloadError, match="image_size=640"):
         VisionWorkload.from_page(1000, 1000, "gundam", image_size=1024)
+
+
+@pytest.mark.parametrize(
+    ("mode", "tokens"),
+    [
+        ("tiny", 73),  # nq 8: (8+1)*8 + 1
+        ("small", 111),  # nq 10: (10+1)*10 + 1
+        ("base", 273),  # nq 16: (16+1)*16 + 1
+        ("large", 421),  # nq 20: (20+1)*20 + 1
+        ("gundam", 273),  # page <= 640 on both sides: global view only, no crops
+    ],
+)
+def test_token_counts_one_view(mode, tokens):
+    w = VisionWorkload.from_page(600, 400, mode, prompt_tokens=5)
+    assert (w.n_image_tokens, w.n_crops) == (tokens, 0)
+    assert w.prefill_len == 1 + tokens + 5  # BOS + image + prompt
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "grid", "tokens"),
+    [
+        # portrait A4: w/h = 0.707; candidates with i*j <= 9: (2,3)=0.667 (diff .040) beats (1,1)-free others
+        (1654, 2339, (2, 3), 273 + (10 * 2 + 1) * (10 * 3)),  # 903
+        # landscape: 1.414 -> (3,2)=1.5 (diff .086) beats (2,2)=1.0, (2,1)=2.0
+        (2339, 1654, (3, 2), 273 + (10 * 3 + 1) * (10 * 2)),  # 893
+        # square below the tie threshold: (2,2) and (3,3) both ratio 1; 1000^2 = 1e6 <= 0.5*640^2*9 -> (2,2)
+        (1000, 1000, (2, 2), 273 + 21 * 20),
+        # square above it: 1400^2 = 1,960,000 > 1,843,200 -> the later (3,3) wins the tie
+        (1400, 1400, (3, 3), 273 + 31 * 30),
+        # tall: 600x3000 (h > 640 so crops), ratio 0.2 = (1,5) exactly
+        (600, 3000, (1, 5), 273 + 11 * 50),
+        # wide: ratio 8 = (8,1) exactly
+        (4000, 500, (8, 1), 273 + 81 * 10),
+        # tiny: both sides <= 640 -> no crops, grid [1, 1]
+        (640, 640, (1, 1), 273),
+    ],
+)
+def test_crop_grids(width, height, grid, tokens):
+    w = VisionWorkload.from_page(width, height, "gundam")
+    assert (w.w_crop, w.h_crop) == grid
+    assert w.n_crops == (grid[0] * grid[1] if grid != (1, 1) else 0)
+    assert w.n_image_tokens == tokens
+    assert w.crop_size == (640 if w.n_crops else 0)
+    assert w.global_view_size == 1024
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "grid"),
+    [
+        # ratio exactly 2.0: (2,1) (i*j=2) and (4,2) (i*j=8) tie; threshold 0.5*640*640*8 = 1,638,400
+        (1810, 905, (2, 1)),  # area 1,638,050 <= threshold: the earlier (2,1) stays
+        (1812, 906, (4, 2)),  # area 1,641,672 >  threshold: the later (4,2) wins
+    ],
+)
+def test_tie_break_on_both_sides_of_the_area_threshold(width, height, grid):
+    assert width / height == 2.0
+    w = VisionWorkload.from_page(width, height, "gundam")
+    assert (w.w_crop, w.h_crop) == grid
+
+
+def test_no_crop_modes_ignore_page_shape():
+    for mode, size in (("tiny", 512), ("small", 640), ("base", 1024), ("large", 1280)):
+        w = VisionWorkload.from_page(3000, 500, mode)
+        assert (w.global_view_size, w.n_crops, w.crop_size) == (size, 0, 0)
+
+
+def test_bad_pages_rejected():
+    for wh in ((0, 10), (10, -1)):
+        with pytest.raises(WorkloadError, match="not positive"):
+            VisionWorkload.from_page(*wh, "base")
+    with pytest.raises(WorkloadError, match="unknown mode"):
+        VisionWorkload.from_page(10, 10, "huge")

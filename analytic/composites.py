@@ -1,0 +1,83 @@
+"""The four composites the stages are made of: vision_global, vision_crops, prefill, decode.
+
+The global view and the crops are separate explicit calls (batch 1 at global_view_size; batch
+n_crops at crop_size), exactly as the vendor runs them; no "effective views" multiplier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from analytic.costs import Cost
+from analytic.layers.clip import ClipEncoder
+from analytic.layers.common import ConfigError
+from analytic.layers.decoder import Decoder
+from analytic.layers.projector import MlpProjector
+from analytic.layers.sam import SamEncoder
+from analytic.profiles import ImplProfile
+from analytic.workload import VisionWorkload
+
+VISION_PARTS = ("sam", "clip", "projector")
+
+
+@dataclass(frozen=True)
+class VisionBranch:
+    """SAM -> CLIP -> projector on one batch of equal-size views."""
+
+    branch: str
+
+    def __post_init__(self) -> None:
+        if self.branch not in ("global", "crops"):
+            raise ConfigError(f"composites: vision branch {self.branch!r} unknown; use 'global' or 'crops'")
+
+    def views(self, w: VisionWorkload) -> tuple[int, int]:
+        """(image side in px, batch) of this branch's call; batch 0 when it does not run."""
+        if self.branch == "global":
+            return w.global_view_size, 1
+        return (w.crop_size, w.n_crops) if w.has_crops else (0, 0)
+
+    def evaluate(
+        self,
+        sam: SamEncoder,
+        clip: ClipEncoder,
+        projector: MlpProjector,
+        size: int,
+        batch: int,
+        profile: ImplProfile,
+        db: int,
+        records: bool,
+    ) -> dict[str, Cost]:
+        out = {part: Cost(records) for part in VISION_PARTS}
+        if batch == 0:
+            return out
+        grid = sam.evaluate(out["sam"], batch, size, profile, db, "sam" if records else None)
+        seq = clip.evaluate(out["clip"], batch, grid, profile, db, "clip" if records else None)
+        projector.evaluate(out["projector"], batch, seq - 1, db, "projector" if records else None)
+        return out
+
+
+@dataclass(frozen=True)
+class Prefill:
+    """One decoder forward over prefill_len positions, then lm_head over all of them or the last."""
+
+    def evaluate(self, decoder: Decoder, w: VisionWorkload, profile: ImplProfile, records: bool) -> tuple[Cost, Cost]:
+        db = w.dtype_bytes
+        dec, head = Cost(records), Cost(records)
+        decoder.forward(dec, w.prefill_len, 0, profile, w.attn_impl, db, "decoder" if records else None)
+        rows = w.prefill_len if w.lm_head_scope == "all" else 1
+        decoder.lm_head(head, rows, db, "lm_head" if records else None)
+        return dec, head
+
+
+@dataclass(frozen=True)
+class Decode:
+    """K single-token forwards; step t (1-based) attends over prefill_len + t keys."""
+
+    def step(
+        self, decoder: Decoder, w: VisionWorkload, t: int, profile: ImplProfile, records: bool
+    ) -> tuple[Cost, Cost]:
+        db = w.dtype_bytes
+        dec, head = Cost(records), Cost(records)
+        decoder.forward(dec, 1, w.prefill_len + t - 1, profile, w.attn_impl, db, "decoder" if records else None)
+        decoder.lm_head(head, 1, db, "lm_head" if records else None)
+        return dec, head

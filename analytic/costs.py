@@ -1,0 +1,319 @@
+"""The one table of cost formulas: every layer reports its work through `Cost`.
+
+Tensor FLOPs reproduce `torch.utils.flop_counter` term by term (2 per multiply-add):
+
+| primitive | counted FLOPs | aten op it mirrors |
+|---|---|---|
+| linear / matmul  | 2*B*M*K*N (bias add not counted) | mm, addmm, bmm, _grouped_mm |
+| convolution      | 2*prod(out_shape)*(Cin/groups)*kh*kw | convolution |
+| attention (SDPA) | 2*B*H*Sq*Sk*Dq + 2*B*H*Sq*Sk*Dv (mask ignored) | scaled_dot_product_* |
+
+Everything else is reported, not gated, under simple per-element conventions
+(chosen here, documented once, never fitted):
+
+- elementwise_flops: LayerNorm 5/elem, RMSNorm 4/elem, GELU 8, QuickGELU 4, SiLU 4,
+  gate product / residual add / bias add / mask add / scale 1, softmax 5/score,
+  RoPE 3 per rotated q/k element plus 2 per cos/sin element computed,
+  bicubic resize 32 per output element, linear resize 4.
+- io_bytes: every op's inputs read + outputs written + weights read.
+- weight_bytes: parameters an op reads (once per call).
+- activation_bytes: output elements an op writes.
+- kv_cache_bytes: K/V cache bytes the decoder attention reads in one forward.
+All bytes are elements x workload dtype bytes (the MoE router runs in fp32: 4).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+METRIC_FIELDS = (
+    "tensor_flops",
+    "elementwise_flops",
+    "io_bytes",
+    "weight_bytes",
+    "activation_bytes",
+    "kv_cache_bytes",
+)
+
+EW = {
+    "layernorm": 5,
+    "rmsnorm": 4,
+    "gelu": 8,
+    "quick_gelu": 4,
+    "silu": 4,
+    "mul": 1,
+    "add": 1,
+    "softmax": 5,
+    "rope": 3,
+    "sincos": 2,
+    "bicubic": 32,
+    "linear_resize": 4,
+}
+
+
+class Cost:
+    """Mutable accumulator of metrics, per-family tensor FLOPs and (optionally) op records."""
+
+    __slots__ = (
+        "activation_bytes",
+        "causal_tensor_flops",
+        "elementwise_flops",
+        "families",
+        "io_bytes",
+        "kv_cache_bytes",
+        "records",
+        "tensor_flops",
+        "weight_bytes",
+    )
+
+    def __init__(self, records: bool = False) -> None:
+        self.tensor_flops = 0
+        self.causal_tensor_flops = 0
+        self.elementwise_flops = 0
+        self.io_bytes = 0
+        self.weight_bytes = 0
+        self.activation_bytes = 0
+        self.kv_cache_bytes = 0
+        self.families: dict[str, int] = {}
+        self.records: list[dict[str, Any]] | None = [] if records else None
+
+    @property
+    def want_records(self) -> bool:
+        return self.records is not None
+
+    # --- accumulation -------------------------------------------------------------------------
+    def add(self, other: Cost, times: int = 1) -> None:
+        """Add `other` `times` times (a stack of identical layers costs N x one layer)."""
+        self.tensor_flops += other.tensor_flops * times
+        self.causal_tensor_flops += other.causal_tensor_flops * times
+        self.elementwise_flops += other.elementwise_flops * times
+        self.io_bytes += other.io_bytes * times
+        self.weight_bytes += other.weight_bytes * times
+        self.activation_bytes += other.activation_bytes * times
+        self.kv_cache_bytes += other.kv_cache_bytes * times
+        fam = self.families
+        for k, v in other.families.items():
+            fam[k] = fam.get(k, 0) + v * times
+        if self.records is not None and other.records is not None:
+            if times != 1:
+                raise ValueError("records cannot be scaled: evaluate each layer separately when records are asked")
+            self.records.extend(other.records)
+
+    def metrics(self) -> dict[str, int]:
+        d = {f: getattr(self, f) for f in METRIC_FIELDS}
+        d["causal_tensor_flops"] = self.causal_tensor_flops
+        return d
+
+    # --- primitives ---------------------------------------------------------------------------
+    def tensor(
+        self,
+        path: str | None,
+        op: str,
+        aten: str,
+        family: str,
+        flops: int,
+        shapes: dict[str, Any] | None,
+        *,
+        causal_flops: int | None = None,
+        read_elems: int = 0,
+        write_elems: int = 0,
+        weight_elems: int = 0,
+        db: int = 2,
+        wdb: int | None = None,
+    ) -> None:
+        """One FLOP-bearing op as the counter sees it."""
+        wdb = db if wdb is None else wdb
+        self.tensor_flops += flops
+        self.causal_tensor_flops += flops if causal_flops is None else causal_flops
+        self.families[family] = self.families.get(family, 0) + flops
+        self.io_bytes += (read_elems + write_elems) * db + weight_elems * wdb
+        self.weight_bytes += weight_elems * wdb
+        self.activation_bytes += write_elems * db
+        if self.records is not None:
+            self.records.append(
+                {
+                    "path": path,
+                    "op": op,
+                    "aten": aten,
+                    "family": family,
+                    "shapes": shapes or {},
+                    "tensor_flops": flops,
+                    "causal_tensor_flops": flops if causal_flops is None else causal_flops,
+                    "elementwise_flops": 0,
+                }
+            )
+
+    def elementwise(
+        self, path: str | None, op: str, elems: int, per_elem: int, db: int = 2, weight_elems: int = 0, reads: int = 1
+    ) -> None:
+        """Elementwise work: not counted by the FLOP counter, reported under our convention."""
+        flops = elems * per_elem
+        self.elementwise_flops += flops
+        self.io_bytes += (elems * reads + elems) * db + weight_elems * db
+        self.weight_bytes += weight_elems * db
+        self.activation_bytes += elems * db
+        if self.records is not None:
+            self.records.append(
+                {
+                    "path": path,
+                    "op": op,
+                    "aten": "elementwise",
+                    "family": "other",
+                    "shapes": {"elements": elems},
+                    "tensor_flops": 0,
+                    "causal_tensor_flops": 0,
+                    "elementwise_flops": flops,
+                }
+            )
+
+    def kv_read(self, elems: int, db: int) -> None:
+        self.kv_cache_bytes += elems * db
+
+    def linear(
+        self,
+        path: str | None,
+        rows: int,
+        in_f: int,
+        out_f: int,
+        *,
+        bias: bool,
+        db: int,
+        op: str = "linear",
+        aten: str | None = None,
+        family: str = "mm",
+        wdb: int | None = None,
+    ) -> None:
+        """nn.Linear / F.linear on `rows` tokens: mm/addmm 2*rows*in*out; bias add is elementwise."""
+        flops = 2 * rows * in_f * out_f
+        shapes = {"M": rows, "K": in_f, "N": out_f} if self.records is not None else None
+        self.tensor(
+            path,
+            op,
+            aten or ("addmm" if bias else "mm"),
+            family,
+            flops,
+            shapes,
+            read_elems=rows * in_f,
+            write_elems=rows * out_f,
+            weight_elems=in_f * out_f + (out_f if bias else 0),
+            db=db,
+            wdb=wdb,
+        )
+        if bias:
+            self.elementwise_flops += rows * out_f
+
+    def bmm(
+        self,
+        path: str | None,
+        op: str,
+        b: int,
+        m: int,
+        k: int,
+        n: int,
+        *,
+        db: int,
+        causal_flops: int | None = None,
+        family: str = "bmm",
+        aten: str = "bmm",
+    ) -> None:
+        """A batched matmul between activations (einsum, matmul on 3D/4D tensors): 2*B*M*K*N."""
+        shapes = {"B": b, "M": m, "K": k, "N": n} if self.records is not None else None
+        self.tensor(
+            path,
+            op,
+            aten,
+            family,
+            2 * b * m * k * n,
+            shapes,
+            causal_flops=causal_flops,
+            read_elems=b * (m * k + k * n),
+            write_elems=b * m * n,
+            db=db,
+        )
+
+    def conv2d(
+        self,
+        path: str | None,
+        batch: int,
+        c_in: int,
+        h_in: int,
+        w_in: int,
+        c_out: int,
+        kernel: int,
+        stride: int,
+        padding: int,
+        *,
+        bias: bool,
+        db: int,
+        groups: int = 1,
+    ) -> tuple[int, int]:
+        """Conv2d: 2*prod(out_shape)*(Cin/groups)*kh*kw. Returns the output spatial size."""
+        h_out = (h_in + 2 * padding - kernel) // stride + 1
+        w_out = (w_in + 2 * padding - kernel) // stride + 1
+        flops = 2 * batch * c_out * h_out * w_out * (c_in // groups) * kernel * kernel
+        shapes = (
+            {
+                "x": [batch, c_in, h_in, w_in],
+                "w": [c_out, c_in // groups, kernel, kernel],
+                "out": [batch, c_out, h_out, w_out],
+            }
+            if self.records is not None
+            else None
+        )
+        out_elems = batch * c_out * h_out * w_out
+        self.tensor(
+            path,
+            "conv2d",
+            "convolution",
+            "conv",
+            flops,
+            shapes,
+            read_elems=batch * c_in * h_in * w_in,
+            write_elems=out_elems,
+            weight_elems=c_out * (c_in // groups) * kernel * kernel + (c_out if bias else 0),
+            db=db,
+        )
+        if bias:
+            self.elementwise_flops += out_elems
+        return h_out, w_out
+
+    def sdpa(
+        self,
+        path: str | None,
+        b: int,
+        h: int,
+        sq: int,
+        sk: int,
+        dq: int,
+        dv: int,
+        *,
+        db: int,
+        causal_pairs: int | None = None,
+    ) -> None:
+        """F.scaled_dot_product_attention: 2*B*H*Sq*Sk*Dq + 2*B*H*Sq*Sk*Dv, whatever the mask."""
+        flops = 2 * b * h * sq * sk * dq + 2 * b * h * sq * sk * dv
+        causal = None if causal_pairs is None else 2 * b * h * causal_pairs * (dq + dv)
+        shapes = {"q": [b, h, sq, dq], "k": [b, h, sk, dq], "v": [b, h, sk, dv]} if self.records is not None else None
+        self.tensor(
+            path,
+            "sdpa",
+            "scaled_dot_product_attention",
+            "sdpa",
+            flops,
+            shapes,
+            causal_flops=causal,
+            read_elems=b * h * (sq * dq + sk * dq + sk * dv),
+            write_elems=b * h * sq * dv,
+            db=db,
+        )
+        self.elementwise_flops += b * h * sq * sk * EW["softmax"]
+
+
+def sub(path: str | None, name: str) -> str | None:
+    """Child path, or None when records are off (no string work on the fast path)."""
+    return None if path is None else f"{path}.{name}" if path else name
+
+
+def causal_pairs(q_len: int, past: int) -> int:
+    """Query-key pairs a causal mask keeps: query i (0-based) sees past + i + 1 keys."""
+    return q_len * past + q_len * (q_len + 1) // 2

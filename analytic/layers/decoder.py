@@ -1,0 +1,314 @@
+"""DeepSeek-V2 decoder as DeepSeek-OCR configures it: MHA with RoPE (or MLA), dense SwiGLU on the
+first layers, MoE (router, top-k routed experts, shared experts) on the rest, RMSNorm, lm_head.
+
+One forward = `q_len` new tokens attending over `past + q_len` keys (prefill: past 0; decode
+step t: q_len 1, past prefill_len + t - 1). Code locations each term mirrors:
+
+- official: modeling_deepseekv2.py (`DeepseekV2DecoderLayer`, `DeepseekV2MLP`, `MoEGate`,
+  `DeepseekV2MoE.moe_infer`, `DeepseekV2Attention` for MLA) and, for use_mla=false,
+  transformers 4.46 `LlamaAttention` (modeling_llama.py) with its per-layer `LlamaRotaryEmbedding`.
+- hf: transformers models/unlimited_ocr/modeling_unlimited_ocr.py (`UnlimitedOcrTextAttention`,
+  `UnlimitedOcrTextMLP`, `UnlimitedOcrTextTopkRouter`, `UnlimitedOcrTextExperts` via
+  integrations/moe.py, `UnlimitedOcrTextModel` computing RoPE once per forward).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from analytic.costs import EW, Cost, causal_pairs, sub
+from analytic.layers.common import ConfigError, group
+from analytic.profiles import ImplProfile, ProfileError
+
+ROUTER_BYTES = 4  # MoEGate / TopkRouter run F.linear in float32
+
+
+@dataclass(frozen=True)
+class MhaAttention:
+    """Llama-style MHA (GQA-capable) with RoPE on the full head dim."""
+
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    bias: bool = False
+
+    def evaluate(
+        self, c: Cost, q: int, past: int, profile: ImplProfile, family: str, db: int, path: str | None
+    ) -> None:
+        h, nh, nkv, hd = self.hidden, self.heads, self.kv_heads, self.head_dim
+        keys = past + q
+        c.linear(sub(path, "q_proj"), q, h, nh * hd, bias=self.bias, db=db)
+        c.linear(sub(path, "k_proj"), q, h, nkv * hd, bias=self.bias, db=db)
+        c.linear(sub(path, "v_proj"), q, h, nkv * hd, bias=self.bias, db=db)
+        if profile.rope == "per_layer_matmul":
+            # transformers 4.46 LlamaRotaryEmbedding.forward, called by every LlamaAttention.forward:
+            # freqs = inv_freq_expanded (B, D/2, 1) @ position_ids_expanded (B, 1, S)  -> bmm
+            c.bmm(sub(path, "rotary_emb"), "matmul_inv_freq_position_ids", 1, hd // 2, 1, q, db=4)
+            c.elementwise(sub(path, "rotary_sincos"), "sincos", q * hd, EW["sincos"], 4)
+        c.elementwise(sub(path, "apply_rotary"), "rope", q * (nh + nkv) * hd, EW["rope"], db)
+        pairs = causal_pairs(q, past)
+        c.kv_read(2 * nkv * keys * hd, db)
+        if family == "sdpa":
+            c.sdpa(sub(path, "sdpa"), 1, nh, q, keys, hd, hd, db=db, causal_pairs=pairs)
+        else:  # eager: matmul(q, k^T) and matmul(probs, v), full key range, mask added not skipped
+            c.bmm(sub(path, "qk"), "matmul_qk", nh, q, hd, keys, db=db, causal_flops=2 * nh * pairs * hd)
+            c.elementwise(sub(path, "softmax"), "softmax", nh * q * keys, EW["softmax"] + 2 * EW["add"], db)
+            c.bmm(sub(path, "av"), "matmul_av", nh, q, keys, hd, db=db, causal_flops=2 * nh * pairs * hd)
+        c.linear(sub(path, "o_proj"), q, nh * hd, h, bias=self.bias, db=db)
+
+
+@dataclass(frozen=True)
+class MlaAttention:
+    """Multi-head latent attention, absorbed form of the official `DeepseekV2Attention.forward`."""
+
+    hidden: int
+    heads: int
+    q_lora_rank: int | None
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+    bias: bool = False
+
+    def evaluate(
+        self, c: Cost, q: int, past: int, profile: ImplProfile, family: str, db: int, path: str | None
+    ) -> None:
+        if not profile.supports_mla:
+            raise ProfileError(
+                f"profile {profile.name} has no MLA attention: use impl=official or decoder.use_mla=false"
+            )
+        h, nh = self.hidden, self.heads
+        dn, dr, dv, r = self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim, self.kv_lora_rank
+        dq = dn + dr
+        keys = past + q
+        if self.q_lora_rank is None:
+            c.linear(sub(path, "q_proj"), q, h, nh * dq, bias=False, db=db)
+        else:
+            c.linear(sub(path, "q_a_proj"), q, h, self.q_lora_rank, bias=self.bias, db=db)
+            c.elementwise(sub(path, "q_a_layernorm"), "rmsnorm", q * self.q_lora_rank, EW["rmsnorm"], db)
+            c.linear(sub(path, "q_b_proj"), q, self.q_lora_rank, nh * dq, bias=False, db=db)
+        c.linear(sub(path, "kv_a_proj_with_mqa"), q, h, r + dr, bias=self.bias, db=db)
+        c.elementwise(sub(path, "kv_a_layernorm"), "rmsnorm", q * r, EW["rmsnorm"], db)
+        c.elementwise(sub(path, "apply_rotary"), "rope", q * (nh + 1) * dr, EW["rope"], db)
+        c.kv_read(keys * (r + dr), db)
+        pairs = causal_pairs(q, past)
+        # q_nope @ q_absorb: (B,H,S,dn) @ (H,dn,r)
+        c.bmm(sub(path, "q_absorb"), "matmul_q_absorb", nh, q, dn, r, db=db)
+        # q_pe @ k_pe^T and q_nope @ compressed_kv^T
+        c.bmm(sub(path, "qk_pe"), "matmul_qk_pe", nh, q, dr, keys, db=db, causal_flops=2 * nh * pairs * dr)
+        c.bmm(sub(path, "qk_nope"), "matmul_qk_nope", nh, q, r, keys, db=db, causal_flops=2 * nh * pairs * r)
+        c.elementwise(sub(path, "softmax"), "softmax", nh * q * keys, EW["softmax"] + 3 * EW["add"], db)
+        # einsum('bhql,blc->bhqc', attn, compressed_kv)
+        c.bmm(sub(path, "attn_kv"), "einsum_bhql_blc", 1, nh * q, keys, r, db=db, causal_flops=2 * nh * pairs * r)
+        # attn_output @ out_absorb^T: (B,H,S,r) @ (H,r,dv)
+        c.bmm(sub(path, "out_absorb"), "matmul_out_absorb", nh, q, r, dv, db=db)
+        c.linear(sub(path, "o_proj"), q, nh * dv, h, bias=self.bias, db=db)
+
+
+@dataclass(frozen=True)
+class SwiGluMlp:
+    """down(act(gate(x)) * up(x)) with separate gate/up/down Linear (no bias)."""
+
+    hidden: int
+    intermediate: int
+
+    def evaluate(self, c: Cost, rows: int, db: int, path: str | None) -> None:
+        h, i = self.hidden, self.intermediate
+        c.linear(sub(path, "gate_proj"), rows, h, i, bias=False, db=db)
+        c.linear(sub(path, "up_proj"), rows, h, i, bias=False, db=db)
+        c.elementwise(sub(path, "act_mul"), "silu", rows * i, EW["silu"] + EW["mul"], db)
+        c.linear(sub(path, "down_proj"), rows, i, h, bias=False, db=db)
+
+
+@dataclass(frozen=True)
+class MoeMlp:
+    """Router Linear(h, E) in fp32 + top-k routed SwiGLU experts + shared experts."""
+
+    hidden: int
+    n_experts: int
+    top_k: int
+    expert_intermediate: int
+    n_shared: int
+
+    def evaluate(self, c: Cost, rows: int, profile: ImplProfile, db: int, path: str | None) -> None:
+        h, e, k, i = self.hidden, self.n_experts, self.top_k, self.expert_intermediate
+        c.linear(sub(path, "gate"), rows, h, e, bias=False, db=ROUTER_BYTES)
+        c.elementwise(sub(path, "gate_softmax"), "softmax", rows * e, EW["softmax"], ROUTER_BYTES)
+        # Each token goes to exactly k distinct experts, so the routed rows total rows*k whatever the routing.
+        pairs = rows * k
+        hit = min(e, pairs)  # experts whose weights are read (upper bound; routing is data-dependent)
+        ep = sub(path, "experts")
+        mode = profile.experts
+        if mode == "per_expert_mlp":  # official moe_infer: expert(tokens) = DeepseekV2MLP per hit expert
+            c.linear(sub(ep, "gate_proj"), pairs, h, i, bias=False, db=db, op="linear_per_expert")
+            c.linear(sub(ep, "up_proj"), pairs, h, i, bias=False, db=db, op="linear_per_expert")
+            c.linear(sub(ep, "down_proj"), pairs, i, h, bias=False, db=db, op="linear_per_expert")
+        elif mode in ("eager", "grouped_mm"):
+            aten = "_grouped_mm" if mode == "grouped_mm" else "mm"
+            c.linear(sub(ep, "gate_up_proj"), pairs, h, 2 * i, bias=False, db=db, aten=aten, op=f"experts_{mode}")
+            c.linear(sub(ep, "down_proj"), pairs, i, h, bias=False, db=db, aten=aten, op=f"experts_{mode}")
+        else:  # batched_mm: bmm over token-expert pairs, (S,1,h) @ (S,h,2i)
+            c.bmm(sub(ep, "gate_up_proj"), "experts_batched_mm", pairs, 1, h, 2 * i, db=db)
+            c.bmm(sub(ep, "down_proj"), "experts_batched_mm", pairs, 1, i, h, db=db)
+        if mode != "batched_mm":
+            # The linears above read one expert's weights; a call reads every hit expert's weights once.
+            extra = (hit - 1) * 3 * h * i * db
+            c.weight_bytes += extra
+            c.io_bytes += extra
+        c.elementwise(sub(ep, "act_mul"), "silu", pairs * i, EW["silu"] + EW["mul"], db)
+        c.elementwise(sub(ep, "weighted_sum"), "mul_add", pairs * h, EW["mul"] + EW["add"], db)
+        if self.n_shared:
+            SwiGluMlp(h, i * self.n_shared).evaluate(c, rows, db, sub(path, "shared_experts"))
+            c.elementwise(sub(path, "shared_add"), "add", rows * h, EW["add"], db, reads=2)
+
+
+@dataclass(frozen=True)
+class DecoderLayer:
+    attn: MhaAttention | MlaAttention
+    mlp: SwiGluMlp | MoeMlp
+    hidden: int
+
+    def evaluate(
+        self, c: Cost, q: int, past: int, profile: ImplProfile, family: str, db: int, path: str | None
+    ) -> None:
+        h = self.hidden
+        c.elementwise(sub(path, "input_layernorm"), "rmsnorm", q * h, EW["rmsnorm"], db, weight_elems=h)
+        self.attn.evaluate(c, q, past, profile, family, db, sub(path, "self_attn"))
+        c.elementwise(sub(path, "residual1"), "add", q * h, EW["add"], db, reads=2)
+        c.elementwise(sub(path, "post_attention_layernorm"), "rmsnorm", q * h, EW["rmsnorm"], db, weight_elems=h)
+        if isinstance(self.mlp, MoeMlp):
+            self.mlp.evaluate(c, q, profile, db, sub(path, "mlp"))
+        else:
+            self.mlp.evaluate(c, q, db, sub(path, "mlp"))
+        c.elementwise(sub(path, "residual2"), "add", q * h, EW["add"], db, reads=2)
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """The decoder stack plus lm_head, built once from the config."""
+
+    vocab_size: int = 129280
+    hidden_size: int = 1280
+    num_layers: int = 12
+    num_heads: int = 10
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
+    attention_bias: bool = False
+    intermediate_size: int = 6848
+    first_k_dense_replace: int = 1
+    moe_layer_freq: int = 1
+    n_routed_experts: int | None = 64
+    num_experts_per_tok: int = 6
+    moe_intermediate_size: int = 896
+    n_shared_experts: int | None = 2
+    use_mla: bool = False
+    q_lora_rank: int | None = None
+    kv_lora_rank: int = 512
+    qk_nope_head_dim: int = 128
+    qk_rope_head_dim: int = 64
+    v_head_dim: int = 128
+
+    def __post_init__(self) -> None:
+        if self.num_layers < 0 or self.hidden_size <= 0 or self.num_heads <= 0 or self.vocab_size <= 0:
+            raise ConfigError("decoder: hidden_size, num_heads, vocab_size must be positive and num_layers >= 0")
+        kv = self.num_kv_heads or self.num_heads
+        if self.num_heads % kv:
+            raise ConfigError(
+                f"decoder.num_heads={self.num_heads} is not a multiple of num_kv_heads={kv}: "
+                "override decoder.num_kv_heads too"
+            )
+        hd = self.head_dim or self.hidden_size // self.num_heads
+        if self.head_dim is None and self.hidden_size % self.num_heads:
+            raise ConfigError(f"decoder.hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
+        if self.n_routed_experts and not 0 < self.num_experts_per_tok <= self.n_routed_experts:
+            raise ConfigError(
+                f"decoder.num_experts_per_tok={self.num_experts_per_tok} must be in 1..n_routed_experts="
+                f"{self.n_routed_experts}"
+            )
+        if self.use_mla:
+            attn: MhaAttention | MlaAttention = MlaAttention(
+                self.hidden_size,
+                self.num_heads,
+                self.q_lora_rank,
+                self.kv_lora_rank,
+                self.qk_nope_head_dim,
+                self.qk_rope_head_dim,
+                self.v_head_dim,
+                self.attention_bias,
+            )
+        else:
+            attn = MhaAttention(self.hidden_size, self.num_heads, kv, hd, self.attention_bias)
+        dense = SwiGluMlp(self.hidden_size, self.intermediate_size)
+        moe = (
+            MoeMlp(
+                self.hidden_size,
+                self.n_routed_experts,
+                self.num_experts_per_tok,
+                self.moe_intermediate_size,
+                self.n_shared_experts or 0,
+            )
+            if self.n_routed_experts
+            else None
+        )
+        layers = []
+        for i in range(self.num_layers):
+            # DeepseekV2DecoderLayer: MoE iff n_routed_experts and i >= first_k_dense_replace and i % freq == 0
+            is_moe = moe is not None and i >= self.first_k_dense_replace and i % self.moe_layer_freq == 0
+            layers.append(DecoderLayer(attn, moe if is_moe else dense, self.hidden_size))
+        object.__setattr__(self, "_layers", tuple(layers))
+        object.__setattr__(self, "_kv_heads", kv)
+        object.__setattr__(self, "_head_dim", hd)
+
+    @property
+    def layers(self) -> tuple[DecoderLayer, ...]:
+        return self._layers  # type: ignore[attr-defined]
+
+    def forward(
+        self, c: Cost, q: int, past: int, profile: ImplProfile, attn_impl: str, db: int, path: str | None = "decoder"
+    ) -> None:
+        """One decoder forward over q new tokens with `past` cached keys (lm_head excluded)."""
+        if self.use_mla and attn_impl != "eager":
+            # DeepseekV2FlashAttention2 runs the non-absorbed form (kv_b_proj), a different set of matmuls.
+            raise ProfileError(
+                f"MLA is modelled for the eager (absorbed) path only: use attn_impl=eager, not {attn_impl}"
+            )
+        family = "bmm" if self.use_mla else profile.decoder_attention_family(attn_impl)
+        h = self.hidden_size
+        c.activation_bytes += q * h * db  # embed_tokens gather (no FLOPs)
+        c.io_bytes += 2 * q * h * db
+        if profile.rope == "once_elementwise":
+            # UnlimitedOcrTextRotaryEmbedding.forward, once per forward: position_ids[..., None] * inv_freq
+            hd = self.qk_rope_head_dim if self.use_mla else self._head_dim  # type: ignore[attr-defined]
+            c.elementwise(sub(path, "rotary_emb"), "sincos", q * hd, EW["sincos"] + EW["mul"], 4)
+        if c.want_records:
+            for i, layer in enumerate(self.layers):
+                layer.evaluate(c, q, past, profile, family, db, sub(path, f"layers.{i}"))
+        else:
+            for layer, n in group(self.layers):
+                one = Cost()
+                layer.evaluate(one, q, past, profile, family, db, None)
+                c.add(one, n)
+        c.elementwise(sub(path, "norm"), "rmsnorm", q * h, EW["rmsnorm"], db, weight_elems=h)
+
+    def lm_head(self, c: Cost, rows: int, db: int, path: str | None = "lm_head") -> None:
+        """lm_head Linear(hidden, vocab) without bias over `rows` positions."""
+        c.linear(path, rows, self.hidden_size, self.vocab_size, bias=False, db=db)
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "num_kv_heads": self._kv_heads,  # type: ignore[attr-defined]
+            "head_dim": self._head_dim,  # type: ignore[attr-defined]
+            "use_mla": self.use_mla,
+            "dense_layers": sum(1 for layer in self.layers if isinstance(layer.mlp, SwiGluMlp)),
+            "moe_layers": sum(1 for layer in self.layers if isinstance(layer.mlp, MoeMlp)),
+            "n_routed_experts": self.n_routed_experts,
+            "num_experts_per_tok": self.num_experts_per_tok,
+            "moe_intermediate_size": self.moe_intermediate_size,
+            "n_shared_experts": self.n_shared_experts,
+            "intermediate_size": self.intermediate_size,
+        }

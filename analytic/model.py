@@ -1,0 +1,267 @@
+"""The cost model: Hydra config -> layer graph (built once) -> per-workload estimate.
+
+`build_cost_model(["decoder.num_layers=2"])` composes analytic/configs/model.yaml with the
+overrides and instantiates the `_target_` nodes; `CostModel.estimate(workload)` is then plain
+arithmetic on the workload's shapes, memoised per (component, shape) signature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from analytic.composites import VISION_PARTS, Decode, Prefill, VisionBranch
+from analytic.costs import METRIC_FIELDS, Cost
+from analytic.layers.clip import ClipEncoder
+from analytic.layers.common import ConfigError
+from analytic.layers.decoder import Decoder
+from analytic.layers.projector import MlpProjector
+from analytic.layers.sam import SamEncoder
+from analytic.profiles import ImplProfile, ProfileError
+from analytic.schema import LM_PARTS, VISION_BRANCHES
+from analytic.workload import VisionWorkload
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+CONFIG_NAME = "model"
+_MEMO_LIMIT = 50_000
+
+
+def _leaf(c: Cost, causal: bool) -> dict[str, int]:
+    d = {f: getattr(c, f) for f in METRIC_FIELDS}
+    if causal:
+        d["causal_tensor_flops"] = c.causal_tensor_flops
+    return d
+
+
+def _zero_leaf(causal: bool) -> dict[str, int]:
+    return _leaf(Cost(), causal)
+
+
+def _sum_leaves(leaves: list[dict[str, int]], causal: bool) -> dict[str, int]:
+    total = _zero_leaf(causal)
+    for leaf in leaves:
+        for k in total:
+            total[k] += leaf[k]
+    return total
+
+
+@dataclass
+class Estimate:
+    """Analytic cost of one workload: `stages[stage][part][metric]`, per-family FLOPs, op records."""
+
+    workload: VisionWorkload
+    stages: dict[str, Any]
+    families: dict[str, dict[str, dict[str, int]]]
+    model: dict[str, Any]
+    records: list[dict[str, Any]] | None = None
+
+    @property
+    def total_tensor_flops(self) -> int:
+        return sum(self.stages[s][p]["tensor_flops"] for s in self.stages for p in self.stages[s] if p != "steps")
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "workload": self.workload.to_dict(),
+            "stages": self.stages,
+            "families": self.families,
+            "model": self.model,
+        }
+        if self.records is not None:
+            d["records"] = self.records
+        return d
+
+
+@dataclass
+class CostModel:
+    """The instantiated layer graph; evaluate many workloads against it."""
+
+    vision: dict[str, Any]
+    projector: MlpProjector
+    decoder: Decoder
+    profiles: dict[str, ImplProfile]
+    composites: dict[str, Any]
+    config: dict[str, Any] = field(default_factory=dict)
+    _memo: dict[tuple, Any] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.sam: SamEncoder = self.vision["sam"]
+        self.clip: ClipEncoder = self.vision["clip"]
+        for name in ("vision_global", "vision_crops", "prefill", "decode"):
+            if name not in self.composites:
+                raise ConfigError(f"config has no composites.{name}: restore it in analytic/configs/model.yaml")
+        feat = self.clip.hidden_size + self.sam.out_channels
+        single_input = ("linear", "mlp_gelu", "downsample_mlp_gelu", "normlayer_downsample_mlp_gelu")
+        checked = self.projector.projector_type in (*single_input, "hybrid_split_feature_mlp_gelu")
+        if checked and self.projector.total_input_dim != feat:
+            raise ConfigError(
+                f"projector.input_dim={self.projector.input_dim} does not match CLIP {self.clip.hidden_size} + "
+                f"SAM {self.sam.out_channels} = {feat}: override projector.input_dim={feat}"
+            )
+        if self.sam.out_channels != self.clip.hidden_size:
+            raise ConfigError(
+                f"vision.sam.downsample_channels[-1]={self.sam.out_channels} must equal vision.clip.hidden_size="
+                f"{self.clip.hidden_size} (SAM's map is CLIP's patch embedding)"
+            )
+        if self.projector.output_dim != self.decoder.hidden_size:
+            raise ConfigError(
+                f"projector output {self.projector.output_dim} != decoder.hidden_size={self.decoder.hidden_size}: "
+                "override projector.n_embed to match"
+            )
+        for key, prof in self.profiles.items():
+            if key != prof.name:
+                raise ConfigError(f"profiles.{key}.name={prof.name!r} must equal its key {key!r}")
+
+    # --- public -----------------------------------------------------------------------------
+    def profile(self, impl: str) -> ImplProfile:
+        try:
+            return self.profiles[impl]
+        except KeyError:
+            raise ProfileError(f"no profile {impl!r}: use one of {', '.join(self.profiles)}") from None
+
+    def estimate(self, workload: VisionWorkload, records: bool = False) -> Estimate:
+        """All stages of one workload; `records=True` also lists every op with its shapes and FLOPs."""
+        prof = self.profile(workload.impl)
+        db = workload.dtype_bytes
+        stages: dict[str, Any] = {}
+        families: dict[str, dict[str, dict[str, int]]] = {}
+        recs: list[dict[str, Any]] | None = [] if records else None
+
+        vision = {b: self._vision(self.composites[f"vision_{b}"], workload, prof, db, records) for b in VISION_BRANCHES}
+        for part in VISION_PARTS:
+            stages[part] = {b: _leaf(vision[b][part], False) for b in VISION_BRANCHES}
+            families[part] = {b: dict(vision[b][part].families) for b in VISION_BRANCHES}
+            if recs is not None:
+                for b in VISION_BRANCHES:
+                    recs.extend({"stage": part, "part": b, **r} for r in vision[b][part].records or [])
+
+        dec, head = self._prefill(workload, prof, records)
+        stages["prefill"] = {"decoder": _leaf(dec, True), "lm_head": _leaf(head, True)}
+        families["prefill"] = {"decoder": dict(dec.families), "lm_head": dict(head.families)}
+        if recs is not None:
+            recs.extend({"stage": "prefill", "part": "decoder", **r} for r in dec.records or [])
+            recs.extend({"stage": "prefill", "part": "lm_head", **r} for r in head.records or [])
+
+        steps = []
+        fam_dec: dict[str, int] = {}
+        fam_head: dict[str, int] = {}
+        for t in range(1, workload.decode_tokens + 1):
+            sdec, shead = self._decode_step(workload, t, prof, records)
+            steps.append({"decoder": _leaf(sdec, True), "lm_head": _leaf(shead, True)})
+            for fam, src in ((fam_dec, sdec), (fam_head, shead)):
+                for k, v in src.families.items():
+                    fam[k] = fam.get(k, 0) + v
+            if recs is not None:
+                recs.extend({"stage": "decode", "part": "decoder", "step": t, **r} for r in sdec.records or [])
+                recs.extend({"stage": "decode", "part": "lm_head", "step": t, **r} for r in shead.records or [])
+        stages["decode"] = {p: _sum_leaves([s[p] for s in steps], True) for p in LM_PARTS}
+        stages["decode"]["steps"] = steps
+        families["decode"] = {"decoder": fam_dec, "lm_head": fam_head}
+        return Estimate(workload, stages, families, self.summary(prof), recs)
+
+    def summary(self, prof: ImplProfile | None = None) -> dict[str, Any]:
+        return {
+            "sam": {
+                "embed_dim": self.sam.embed_dim,
+                "depth": self.sam.depth,
+                "num_heads": self.sam.num_heads,
+                "window_size": self.sam.window_size,
+                "global_attn_indexes": list(self.sam.global_attn_indexes),
+                "downsample_channels": list(self.sam.downsample_channels),
+            },
+            "clip": {
+                "hidden_size": self.clip.hidden_size,
+                "num_layers": self.clip.num_layers,
+                "num_heads": self.clip.num_heads,
+                "ffn_hidden_size": self.clip.ffn_hidden_size,
+            },
+            "projector": {
+                "projector_type": self.projector.projector_type,
+                "input_dim": self.projector.input_dim,
+                "n_embed": self.projector.n_embed,
+            },
+            "decoder": self.decoder.summary(),
+            "profile": prof.summary() if prof is not None else None,
+            "overrides": list(self.config.get("overrides", [])),
+        }
+
+    # --- memoised pieces ----------------------------------------------------------------------
+    def _memoised(self, key: tuple, fn: Any) -> Any:
+        hit = self._memo.get(key)
+        if hit is None:
+            if len(self._memo) >= _MEMO_LIMIT:
+                self._memo.clear()
+            hit = self._memo[key] = fn()
+        return hit
+
+    def _vision(
+        self, comp: VisionBranch, w: VisionWorkload, prof: ImplProfile, db: int, records: bool
+    ) -> dict[str, Cost]:
+        size, batch = comp.views(w)
+
+        def run() -> dict[str, Cost]:
+            return comp.evaluate(self.sam, self.clip, self.projector, size, batch, prof, db, records)
+
+        return run() if records else self._memoised(("vision", size, batch, prof.name, db), run)
+
+    def _prefill(self, w: VisionWorkload, prof: ImplProfile, records: bool) -> tuple[Cost, Cost]:
+        comp: Prefill = self.composites["prefill"]
+
+        def run() -> tuple[Cost, Cost]:
+            return comp.evaluate(self.decoder, w, prof, records)
+
+        key = ("prefill", w.prefill_len, w.lm_head_scope, prof.name, w.attn_impl, w.dtype_bytes)
+        return run() if records else self._memoised(key, run)
+
+    def _decode_step(self, w: VisionWorkload, t: int, prof: ImplProfile, records: bool) -> tuple[Cost, Cost]:
+        comp: Decode = self.composites["decode"]
+
+        def run() -> tuple[Cost, Cost]:
+            return comp.step(self.decoder, w, t, prof, records)
+
+        key = ("decode", w.prefill_len + t, prof.name, w.attn_impl, w.dtype_bytes)
+        return run() if records else self._memoised(key, run)
+
+
+def build_cost_model(overrides: list[str] | None = None) -> CostModel:
+    """Compose analytic/configs/model.yaml with Hydra overrides and instantiate the layer graph once."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = list(overrides or [])
+    gh = GlobalHydra.instance()
+    outer = gh.hydra if gh.is_initialized() else None  # a caller's own Hydra app: park it, restore it after
+    gh.clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            cfg = compose(config_name=CONFIG_NAME, overrides=overrides)
+        model = instantiate(cfg, _convert_="all")
+    except (HydraException, OmegaConfBaseException, TypeError, ValueError) as exc:
+        raise ConfigError(_one_line(exc, overrides)) from exc
+    finally:
+        gh = GlobalHydra.instance()  # the context manager may have swapped the singleton: fetch it again
+        gh.clear()
+        if outer is not None:
+            gh.initialize(outer)
+    model.config = {"overrides": overrides, "resolved": OmegaConf.to_container(cfg, resolve=True)}
+    return model
+
+
+def _one_line(exc: BaseException, overrides: list[str]) -> str:
+    """The innermost useful message of a Hydra/instantiate error, on one line."""
+    inner: BaseException = exc
+    while inner.__cause__ is not None:
+        inner = inner.__cause__
+    msg = str(inner).strip().splitlines()[0] if str(inner).strip() else type(inner).__name__
+    if isinstance(inner, (ConfigError, ProfileError)):
+        return msg
+    return f"bad analytic config (overrides {overrides}): {msg}"
+
+
+def estimate(workload: VisionWorkload, overrides: list[str] | None = None, records: bool = False) -> Estimate:
+    """Convenience: build the model (once per call) and estimate one workload."""
+    return build_cost_model(overrides).estimate(workload, records=records)

@@ -1,0 +1,80 @@
+"""Implementation profiles: the FLOP-bearing details in which real implementations differ.
+
+Both profiles share the architecture and the dimensions; each field below names the code
+location it mirrors (see `ImplProfile.references`, also printed in `Estimate.to_dict()["model"]`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ROPE_MODES = ("per_layer_matmul", "once_elementwise")
+CLIP_QKV_MODES = ("fused", "separate")
+EXPERT_MODES = ("per_expert_mlp", "eager", "grouped_mm", "batched_mm")
+VISION_ATTN_MODES = ("sdpa", "eager")
+
+
+class ProfileError(ValueError):
+    """An implementation profile or its use is inconsistent; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class ImplProfile:
+    """How one implementation executes the shared architecture.
+
+    rope: `per_layer_matmul` = rotary frequencies recomputed in every decoder layer with a
+      (B, D/2, 1) @ (B, 1, S) bmm (counted); `once_elementwise` = computed once per decoder
+      forward with an elementwise product (not counted).
+    clip_qkv: CLIP attention input projection as one fused Linear(C, 3C) or three Linear(C, C).
+    experts: how routed experts run: `per_expert_mlp` (a loop of gate/up/down nn.Linear per hit
+      expert), `eager` (a loop of fused gate_up F.linear + down F.linear), `grouped_mm`
+      (two aten._grouped_mm), `batched_mm` (two bmm over token-expert pairs).
+    vision_attention: `sdpa` (F.scaled_dot_product_attention) or `eager` (two matmuls).
+    decoder_attn_impls: the decoder attention implementations it accepts (workload.attn_impl);
+      eager = two matmuls (bmm family), sdpa = one attention kernel (sdpa family; flash-attn
+      counted with the same formula).
+    supports_mla: whether the decoder class implements multi-head latent attention.
+    """
+
+    name: str
+    rope: str
+    clip_qkv: str
+    experts: str
+    vision_attention: str
+    decoder_attn_impls: tuple[str, ...]
+    supports_mla: bool
+    lm_head_default: str
+    references: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("rope", self.rope, ROPE_MODES),
+            ("clip_qkv", self.clip_qkv, CLIP_QKV_MODES),
+            ("experts", self.experts, EXPERT_MODES),
+            ("vision_attention", self.vision_attention, VISION_ATTN_MODES),
+            ("lm_head_default", self.lm_head_default, ("all", "last")),
+        )
+        for label, value, allowed in checks:
+            if value not in allowed:
+                raise ProfileError(f"profile {self.name}: {label}={value!r} unknown; use one of {', '.join(allowed)}")
+        object.__setattr__(self, "decoder_attn_impls", tuple(self.decoder_attn_impls))
+        object.__setattr__(self, "references", dict(self.references))
+
+    def decoder_attention_family(self, attn_impl: str) -> str:
+        if attn_impl not in self.decoder_attn_impls:
+            allowed = ", ".join(self.decoder_attn_impls)
+            raise ProfileError(f"profile {self.name} has no decoder attention {attn_impl!r}; use one of {allowed}")
+        return "bmm" if attn_impl == "eager" else "sdpa"
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "rope": self.rope,
+            "clip_qkv": self.clip_qkv,
+            "experts": self.experts,
+            "vision_attention": self.vision_attention,
+            "decoder_attn_impls": list(self.decoder_attn_impls),
+            "supports_mla": self.supports_mla,
+            "lm_head_default": self.lm_head_default,
+            "references": dict(self.references),
+        }
