@@ -64,13 +64,22 @@ def build_parser(prog: str, vision_only: bool) -> argparse.ArgumentParser:
         g.add_argument("--decode-tokens", type=int, default=16, help="decode steps after prefill (default 16)")
         g.add_argument("--lm-head", choices=["all", "last"], help="lm_head scope in prefill (default: backend's own)")
         g.add_argument("--attn-impl", choices=["eager", "sdpa"], default="eager", help="decoder attention (hf backend)")
-    g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    g.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], default="bfloat16", help="default bfloat16 (official)"
+    )
 
     g = p.add_argument_group("vendor")
     g.add_argument("--backend", choices=["hf", "remote-code"], default="hf", help="implementation to measure")
     g.add_argument("--vendor-dir", type=Path, help="local DeepSeek-OCR snapshot (remote-code backend)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow executing the snapshot's code")
     g.add_argument("--device", choices=["cpu", "cuda", "meta"], default="cpu" if not vision_only else "meta")
+    if not vision_only:
+        g.add_argument(
+            "--vision-device",
+            choices=["meta", "same"],
+            default="same",
+            help="meta: count the vision stack shapes-only (identical counts, much faster on CPU)",
+        )
     g.add_argument("--no-cache", action="store_true", help="always run the vendor (do not read or write the cache)")
     g.add_argument(
         "--cache-dir",
@@ -118,6 +127,7 @@ def config_from_args(args: argparse.Namespace, command: str, vision_only: bool) 
         vendor_dir=str(args.vendor_dir) if args.vendor_dir else None,
         trust_remote_code=args.trust_remote_code,
         device=args.device,
+        vision_device=None if vision_only or args.vision_device == "same" else args.vision_device,
         dtype=args.dtype,
         lm_head=None if vision_only else args.lm_head,
         attn_impl="eager" if vision_only else args.attn_impl,

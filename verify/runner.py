@@ -38,7 +38,8 @@ class VerifyConfig:
     vendor_dir: str | None = None
     trust_remote_code: bool = False
     device: str = "cpu"
-    dtype: str = "float32"
+    vision_device: str | None = None  # "meta": count the vision stack shapes-only, run the decoder on `device`
+    dtype: str = "bfloat16"
     lm_head: str | None = None
     attn_impl: str = "eager"
     tolerances: Tolerances = field(default_factory=Tolerances)
@@ -89,7 +90,8 @@ class Verifier:
     measure: MeasureFn  # (workload, page) -> (trace dict, cache_hit)
     cost_model: Any  # analytic.model.CostModel
 
-    def verify_page(self, page: PageSpec) -> PageResult:
+    def prepare(self, page: PageSpec) -> tuple[PageResult, VisionWorkload | None]:
+        """Check the page's image and build its workload; input problems fail this page only."""
         from verify.images import PageImageError
         from verify.pages import checked_page
 
@@ -98,19 +100,27 @@ class Verifier:
             page = result.page = checked_page(page)
             workload = build_workload(page, self.cfg)
         except (PageImageError, WorkloadError) as exc:
-            return _failed(result, "input", str(exc))
+            return _failed(result, "input", str(exc)), None
         result.workload = workload.to_dict()
+        return result, workload
+
+    def finish(self, result: PageResult, workload: VisionWorkload) -> PageResult:
+        """Analytic estimate, vendor trace (cached), comparison."""
         try:
             estimate = self.cost_model.estimate(workload)
         except Exception as exc:  # the analytic model must never take the run down
             return _failed(result, "analytic", f"analytic model failed: {exc}")
         result.analytic = estimate.to_dict()
         try:
-            trace, result.cache_hit = self.measure(workload, page)
+            trace, result.cache_hit = self.measure(workload, result.page)
         except VendorFailure as exc:
             return _failed(result, "vendor", str(exc))
         result.trace = trace
         return self._compare(result, workload, estimate, trace)
+
+    def verify_page(self, page: PageSpec) -> PageResult:
+        result, workload = self.prepare(page)
+        return result if workload is None else self.finish(result, workload)
 
     def _compare(self, result: PageResult, workload: VisionWorkload, estimate: Any, trace: dict) -> PageResult:
         mismatches = received_mismatches(result.workload or {}, trace.get("received", {}))
@@ -137,7 +147,7 @@ def trace_families(trace: dict) -> dict[str, dict[str, dict[str, float]]]:
     from analytic.schema import aten_family
 
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for stage, parts in trace.get("ops", {}).items():
+    for stage, parts in trace.get("op_breakdown", {}).items():
         for part, ops in parts.items():
             fams = out.setdefault(stage, {}).setdefault(part, {})
             for op, flops in ops.items():
@@ -160,13 +170,18 @@ def run_pages(
 ) -> RunResult:
     started = datetime.now(UTC)
     t0 = time.perf_counter()
+    prepared = [verifier.prepare(page) for page in pages]
+    prefetch = getattr(verifier.measure, "prefetch", None)
+    if prefetch is not None:  # out-of-process backends measure every distinct workload in one worker
+        prefetch([wl for _, wl in prepared if wl is not None])
     results = []
-    for page in pages:
-        try:
-            res = verifier.verify_page(page)
-        except Exception as exc:  # one page never loses the others
-            res = _failed(PageResult(page=page), "vendor", f"{type(exc).__name__}: {exc}")
-            res.trace = {"traceback": traceback.format_exc()}
+    for res, workload in prepared:
+        if workload is not None:
+            try:
+                res = verifier.finish(res, workload)
+            except Exception as exc:  # one page never loses the others
+                res = _failed(res, "vendor", f"{type(exc).__name__}: {exc}")
+                res.trace = {"traceback": traceback.format_exc()}
         results.append(res)
         if on_page:
             on_page(res)

@@ -1,0 +1,86 @@
+"""CLI exit codes and JSON output of `python -m vendor_shim` (full-size vision on meta: shapes only)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vendor_shim.cli import main
+from vendor_shim.trace import Trace
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vendor_shim", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_vision_only_meta_json_validates():
+    r = _run(
+        "--backend",
+        "hf",
+        "--mode",
+        "gundam",
+        "--width",
+        "1654",
+        "--height",
+        "2339",
+        "--prompt-tokens",
+        "12",
+        "--device",
+        "meta",
+        "--vision-only",
+        "--no-fvcore",
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    tr = Trace.from_json(r.stdout)
+    assert tr.complete and tr.received["n_crops"] == 6 and tr.vision_only
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--mode", "bogus", "--width", "10", "--height", "10"], "unknown mode"),
+        (["--width", "0", "--height", "10"], "not positive"),
+        (["--width", "1654", "--height", "2339", "--device", "meta"], "--vision-only"),
+        (["--mode", "gundam"], "page size missing"),
+        (["--backend", "nope"], "invalid choice"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line(argv, needle, capsys):
+    with pytest.raises(SystemExit) as exc:
+        sys.exit(main(argv))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_cli_cuda_without_gpu_exits_2(capsys):
+    assert main(["--width", "1654", "--height", "2339", "--device", "cuda", "--vision-only"]) == 2
+    assert "no GPU" in capsys.readouterr().err
+
+
+def test_cli_writes_trace_file(tmp_path):
+    out = tmp_path / "t.json"
+    rc = main(
+        [
+            "--mode",
+            "tiny",
+            "--width",
+            "600",
+            "--height",
+            "800",
+            "--device",
+            "meta",
+            "--vision-only",
+            "--no-fvcore",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    assert json.loads(out.read_text())["schema_version"] == 1

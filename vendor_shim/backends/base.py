@@ -1,0 +1,215 @@
+"""The contract between the counting harness and a vendor backend.
+
+A backend knows how to build one real implementation of DeepSeek-OCR and drive it;
+the harness (`vendor_shim.harness`) knows how to count what it executes.  The harness
+never imports transformers: it sees only `torch.nn.Module` objects and the dataclasses
+below, so the remote-code backend can run the very same harness inside a subprocess
+that has its own pinned transformers.
+
+What a backend provides (`VendorBackend`):
+
+- ``build(device=, dtype=, attn_impl=, vision_only=) -> LoadedModel``: the model on
+  ``device`` ("cpu", "cuda" or "meta"; meta only for vision-only counting) in ``dtype``
+  ("float32" | "bfloat16" | "float16"), decoder attention ``attn_impl`` ("eager" |
+  "sdpa"), plus its `StageRoots`.  Building must be cheap (meta + cheap fill), and
+  must not keep global state: the caller may hold the `LoadedModel` (see
+  `vendor_shim.cache.ModelCache`) and reuse it for many workloads.
+- ``prepare_inputs(loaded, workload) -> PreparedInputs``: the model inputs for one
+  `analytic.VisionWorkload`, built with DeepSeek-OCR's own crop policy and token
+  layout, together with `ReceivedInputs`: the grid and token counts read back from
+  the tensors actually handed to the model (not copied from the workload).  The
+  harness compares them with the workload and fails loudly on any difference.
+- ``run_vision(loaded, inputs)``: the vision stack only (SAM, CLIP, projector for the
+  crops and the global view), in the order the implementation runs them.
+- ``run_generation(loaded, inputs, decode_tokens, lm_head_scope) -> GenerationResult``:
+  prefill plus exactly ``decode_tokens`` single-token decoder forwards through the
+  implementation's real cached generation path (no early stop).  ``lm_head_scope``
+  "last" keeps only the last prefill position through lm_head (what `generate()` does
+  in transformers 5), "all" projects every prefill position (the official code).
+- optional ``run_generation_preencoded(...)``: the same generation, but with the vision
+  stack's output supplied as same-shaped placeholders (the path `generate()` itself takes
+  with pre-encoded features), so the harness can count the vision stack on the meta
+  device and the decoder on a real one (``measure(..., vision_device="meta")``).
+- ``environment() -> dict``: python/torch/transformers versions and, for remote code,
+  ``code_hashes`` {relative file path: sha256} of every code file executed.
+
+Harness entry (what an in-process caller, or a backend's subprocess, runs):
+``vendor_shim.harness.run_counted(backend, loaded, workload, *, vision_only, fvcore=True) -> Trace``.
+It depends on torch only.
+
+Stage roots (`StageRoots`): one module per stage whose forward calls the harness hooks.
+``sam``, ``clip``, ``projector`` (vision, each called once per branch), ``decoder``
+(everything of the language model except lm_head), ``lm_head``, and ``top``: the
+module whose forward runs once per generation step (call 0 = prefill, calls 1..K =
+decode steps).  Roots may nest (the official decoder module runs the vision stack
+inside its forward); FLOPs go to the innermost active root.  Ops outside every root
+land in an explicit ``unattributed`` bucket; if they carry counted FLOPs the run fails.
+
+Branch attribution (global vs crops) is decided by the harness from the SAM input:
+batch 1 at the workload's global view size is ``global``, batch ``n_crops`` at the
+crop size is ``crops``; anything else is an error.  CLIP and projector calls take the
+branch of the SAM call that precedes them (and their batch must agree).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from vendor_shim.errors import WorkloadMismatchError
+
+if TYPE_CHECKING:  # the harness needs torch; this module must stay importable for typing tools
+    import torch
+
+    from analytic.workload import VisionWorkload
+
+DEVICES = ("cpu", "cuda", "meta")
+LM_HEAD_SCOPES = ("all", "last")
+
+
+@dataclass
+class StageRoots:
+    """The modules whose forward calls delimit the stages (see module docstring)."""
+
+    sam: torch.nn.Module
+    clip: torch.nn.Module
+    projector: torch.nn.Module
+    decoder: torch.nn.Module | None = None  # None when built vision-only
+    lm_head: torch.nn.Module | None = None
+    top: torch.nn.Module | None = None  # one forward per generation step
+
+    def named(self) -> dict[str, torch.nn.Module]:
+        """Stage name -> module, for the stages that exist (``top`` is not a stage)."""
+        out = {"sam": self.sam, "clip": self.clip, "projector": self.projector}
+        if self.decoder is not None:
+            out["decoder"] = self.decoder
+        if self.lm_head is not None:
+            out["lm_head"] = self.lm_head
+        return out
+
+
+@dataclass
+class LoadedModel:
+    """A built model plus what the harness needs to count it."""
+
+    backend: str
+    device: str
+    dtype: str
+    attn_impl: str
+    vision_only: bool
+    model: Any  # torch.nn.Module (or a backend-specific wrapper)
+    roots: StageRoots
+    build_s: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)  # config summary, known differences, ...
+
+
+@dataclass(frozen=True)
+class ReceivedInputs:
+    """Grid and token counts read back from the tensors the model actually received."""
+
+    global_view_size: int
+    crop_size: int  # 0 without crops
+    w_crop: int
+    h_crop: int
+    n_crops: int
+    n_image_tokens: int  # image-token positions in input_ids
+    prompt_tokens: int  # text tokens after the image tokens (BOS excluded)
+    prefill_len: int  # len(input_ids)
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def check_against(self, workload: VisionWorkload) -> None:
+        """Raise `WorkloadMismatchError` naming every field that differs from the workload."""
+        expected = {
+            "global_view_size": workload.global_view_size,
+            "crop_size": workload.crop_size if workload.has_crops else 0,
+            "w_crop": workload.w_crop,
+            "h_crop": workload.h_crop,
+            "n_crops": workload.n_crops,
+            "n_image_tokens": workload.n_image_tokens,
+            "prompt_tokens": workload.prompt_tokens,
+            "prefill_len": workload.prefill_len,
+        }
+        got = self.to_dict()
+        bad = [f"{k}: model got {got[k]}, workload says {v}" for k, v in expected.items() if got[k] != v]
+        if bad:
+            raise WorkloadMismatchError(
+                "vendor inputs disagree with the workload (" + "; ".join(bad) + "): fix the backend's input builder"
+            )
+
+
+@dataclass
+class PreparedInputs:
+    """Backend-specific model inputs plus what they contain."""
+
+    received: ReceivedInputs
+    payload: dict[str, Any]  # e.g. input_ids, pixel_values, ... (opaque to the harness)
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """What the generation loop did, as observed by the backend."""
+
+    lm_head_scope: str  # "all" | "last": the scope really used in prefill
+    new_tokens: int  # tokens produced (decode_tokens + 1: the first comes from the prefill logits)
+    path: str  # e.g. "transformers.GenerationMixin.generate(greedy, min_new_tokens=max_new_tokens)"
+
+
+class VendorBackend(ABC):
+    """One real implementation of DeepSeek-OCR, driven for counting (see module docstring)."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def build(self, *, device: str, dtype: str, attn_impl: str, vision_only: bool) -> LoadedModel: ...
+
+    @abstractmethod
+    def prepare_inputs(self, loaded: LoadedModel, workload: VisionWorkload) -> PreparedInputs: ...
+
+    @abstractmethod
+    def run_vision(self, loaded: LoadedModel, inputs: PreparedInputs) -> None: ...
+
+    @abstractmethod
+    def run_generation(
+        self, loaded: LoadedModel, inputs: PreparedInputs, decode_tokens: int, lm_head_scope: str
+    ) -> GenerationResult: ...
+
+    @abstractmethod
+    def environment(self) -> dict[str, Any]: ...
+
+    def supports_preencoded_vision(self) -> bool:
+        """True if `run_generation_preencoded` is implemented."""
+        return False
+
+    def run_generation_preencoded(
+        self, loaded: LoadedModel, inputs: PreparedInputs, decode_tokens: int, lm_head_scope: str
+    ) -> GenerationResult:
+        """`run_generation` with placeholder image features instead of running the vision stack (optional)."""
+        raise NotImplementedError(f"backend {self.name!r} cannot run the decoder on pre-encoded vision features")
+
+    def model_key(self, *, device: str, dtype: str, attn_impl: str, vision_only: bool) -> tuple[Any, ...]:
+        """Identity of a built model for `ModelCache`; include code hashes if the code can change."""
+        return (self.name, device, dtype, attn_impl, vision_only)
+
+    def supports_device(self, device: str, vision_only: bool) -> str | None:
+        """None if the device is usable, else a one-line reason (the CLI exits 2 with it)."""
+        if device == "meta" and not vision_only:
+            return "device 'meta' counts only the vision stack (MoE routing needs data): add --vision-only or use cpu"
+        return None
+
+
+class OutOfProcessBackend(ABC):
+    """A backend that runs the harness elsewhere (e.g. a pinned-environment subprocess).
+
+    `vendor_shim.measure()` hands it the whole request and expects a trace document back
+    (`Trace.to_dict()` form, validated by the caller).
+    """
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def measure_dict(
+        self, workload: VisionWorkload, *, device: str, vision_only: bool, timeout_s: float | None = None
+    ) -> dict[str, Any]: ...

@@ -1,0 +1,358 @@
+"""Backend ``hf``: DeepSeek-OCR as transformers itself implements it (its `UnlimitedOcr` classes).
+
+Configured to DeepSeek-OCR's published dimensions (shared/deepseek-ocr-facts.md) with
+full causal attention on every decoder layer and random (cheaply filled) weights.
+Inputs follow DeepSeek-OCR's crop policy and token layout from the `VisionWorkload`,
+not the package's own image processor (whose tiling differs).
+
+Where the package's model differs from the official remote code (`KNOWN_DIFFERENCES`,
+also written into every trace's ``environment.model_notes``):
+
+- get_image_features runs the global view first, then the crops (official: crops
+  first).  Totals are unaffected; the shim attributes branches by SAM input shape.
+- CLIP attention uses separate q/k/v Linear(1024, 1024) instead of one fused
+  Linear(1024, 3072): same multiply-adds, three addmm calls instead of one.
+- SAM rel-pos tables are sized from config.image_size (127 rows global, 27 windowed,
+  as the official 1024 configuration) and always re-interpolated (elementwise only).
+- generate() applies lm_head to the last prefill position only (logits_to_keep=1);
+  the shim passes logits_to_keep=0 when the workload asks for lm_head_scope "all".
+- Rotary cos/sin are computed once per forward with an elementwise product (no
+  matmul), not per layer as in the official Llama-style attention.
+- Routed experts run through `aten._grouped_mm` (experts_implementation
+  "grouped_mm"); the official code loops experts with three Linear calls each.  Both
+  cost 2 * sum over routed (token, expert) pairs of 3*1280*896 multiply-adds.
+- Decoder attention: "eager" (QK^T and AV matmuls, additive causal mask) or "sdpa".
+  The package's default text layer type is "reference_sliding_attention"; the shim
+  sets "full_attention" on all 12 layers as DeepSeek-OCR has.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import sys
+import time
+from typing import Any
+
+import torch
+
+from analytic.workload import VisionWorkload
+from vendor_shim.backends.base import GenerationResult, LoadedModel, PreparedInputs, ReceivedInputs, StageRoots
+from vendor_shim.backends.base import VendorBackend as _VendorBackend
+from vendor_shim.errors import VendorInputError, VendorRunError
+
+BOS_ID = 0
+IMAGE_TOKEN_ID = 128815
+PROMPT_TOKEN_BASE = 1000  # arbitrary ordinary text ids for the prompt (values do not change FLOPs)
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+FILL_STD = 0.02  # matches the package's initializer_range; keeps activations finite
+FILL_BLOCK = 1_000_003  # prime-length random block tiled into each weight (cheap, not row-aligned)
+
+KNOWN_DIFFERENCES = (
+    "global view runs before crops in get_image_features (official: crops first); branches attributed by shape",
+    "CLIP uses separate q/k/v Linear(1024,1024) (official: fused qkv Linear(1024,3072)); same FLOPs",
+    "SAM rel-pos tables 127/27 rows, always interpolated (elementwise only)",
+    "generate() keeps the last prefill position for lm_head; lm_head_scope='all' passes logits_to_keep=0",
+    "rotary cos/sin computed once per forward with an elementwise product (official: per layer)",
+    "routed experts via aten._grouped_mm (official: per-expert Linear loop); same multiply-adds",
+    "text layer_types forced to full_attention (package default: reference_sliding_attention)",
+)
+
+# DeepSeek-OCR's published dimensions (facts page); each comment names the fact it encodes.
+SAM_CONFIG = {
+    "hidden_size": 768,  # SAM-B dim 768
+    "num_hidden_layers": 12,  # 12 blocks
+    "num_attention_heads": 12,  # 12 heads x 64
+    "mlp_dim": 3072,  # MLP 3072, GELU
+    "hidden_act": "gelu",
+    "layer_norm_eps": 1e-6,
+    "image_size": 1024,  # abs pos trained for 64x64 patches
+    "patch_size": 16,
+    "window_size": 14,  # 14x14 windows
+    "global_attn_indexes": [2, 5, 8, 11],
+    "output_channels": 256,  # neck 768->256->256
+    "downsample_channels": [512, 1024],  # net_2 256->512, net_3 512->1024
+    "qkv_bias": True,
+    "use_abs_pos": True,
+    "use_rel_pos": True,
+}
+CLIP_CONFIG = {
+    "hidden_size": 1024,  # CLIP-L dim 1024
+    "intermediate_size": 4096,  # MLP 1024->4096->1024
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+    "image_size": 224,  # positions trained for 16x16 + CLS (224/14)
+    "patch_size": 14,
+}
+TEXT_LAYERS = 12
+
+
+def text_config(num_layers: int = TEXT_LAYERS) -> dict[str, Any]:
+    """The DeepSeek-V2 decoder dims; ``num_layers`` < 12 only for reduced-depth tests."""
+    return {
+        "vocab_size": 129280,
+        "hidden_size": 1280,
+        "intermediate_size": 6848,  # layer 0 dense SwiGLU
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": 10,  # MHA 10 x 128
+        "num_key_value_heads": 10,
+        "n_routed_experts": 64,
+        "num_experts_per_tok": 6,  # softmax top-6, greedy, no top-k normalisation
+        "topk_method": "greedy",
+        "routed_scaling_factor": 1.0,
+        "moe_intermediate_size": 896,
+        "n_shared_experts": 2,  # shared SwiGLU of 2 x 896
+        "first_k_dense_replace": 1,
+        "rms_norm_eps": 1e-6,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "max_position_embeddings": 8192,
+        "layer_types": ["full_attention"] * num_layers,  # full causal attention on every layer
+        "bos_token_id": BOS_ID,
+        "eos_token_id": 1,
+    }
+
+
+def _import_model_classes() -> tuple[Any, Any]:
+    try:
+        from transformers.models.unlimited_ocr.configuration_unlimited_ocr import UnlimitedOcrConfig
+        from transformers.models.unlimited_ocr.modeling_unlimited_ocr import UnlimitedOcrForConditionalGeneration
+    except ImportError as exc:
+        raise VendorInputError(
+            f"backend 'hf' needs transformers with the UnlimitedOcr model (>= 5.x): {exc}; pip install -e '.[vendor]'"
+        ) from exc
+    return UnlimitedOcrConfig, UnlimitedOcrForConditionalGeneration
+
+
+def build_config(num_text_layers: int = TEXT_LAYERS) -> Any:
+    config_cls, _ = _import_model_classes()
+    return config_cls(
+        vision_config={"sam_config": dict(SAM_CONFIG), "encoder_config": dict(CLIP_CONFIG)},
+        text_config=text_config(num_text_layers),
+        image_token_id=IMAGE_TOKEN_ID,
+        tie_word_embeddings=False,
+    )
+
+
+def cheap_fill_(model: torch.nn.Module, seed: int = 0) -> None:
+    """Deterministic, finite weights at memcpy speed: norms 1, biases 0, weights a tiled N(0, 0.02) block."""
+    gen = torch.Generator().manual_seed(seed)
+    block_cpu = torch.randn(FILL_BLOCK, generator=gen) * FILL_STD
+    blocks: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf == "bias":
+                p.zero_()
+            elif p.dim() == 1 and ("norm" in name or "layernorm" in name or "layer_norm" in name):
+                p.fill_(1.0)
+            else:
+                key = (p.device, p.dtype)
+                if key not in blocks:
+                    blocks[key] = block_cpu.to(device=p.device, dtype=p.dtype)
+                block = blocks[key]
+                flat = p.view(-1)
+                for start in range(0, flat.numel(), FILL_BLOCK):
+                    n = min(FILL_BLOCK, flat.numel() - start)
+                    flat[start : start + n].copy_(block[:n])
+
+
+def _restore_buffers_(model: torch.nn.Module) -> None:
+    """Buffers are not weights: recompute each one to_empty() left uninitialised (unknown buffer -> error)."""
+    with torch.no_grad():
+        for mod_name, mod in model.named_modules():
+            for buf_name, buf in mod.named_buffers(recurse=False):
+                full = f"{mod_name}.{buf_name}"
+                if buf_name == "position_ids":
+                    buf.copy_(torch.arange(buf.shape[-1], device=buf.device).expand_as(buf))
+                elif buf_name in ("inv_freq", "original_inv_freq"):
+                    inv_freq, _ = mod.compute_default_rope_parameters(mod.config)
+                    buf.copy_(inv_freq.to(buf.device))
+                else:
+                    raise VendorRunError(
+                        f"hf backend: no rule to materialise buffer {full}: add one in _restore_buffers_"
+                    )
+
+
+def _file_sha256(path: str) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
+
+
+class HfBackend(_VendorBackend):
+    """transformers' UnlimitedOcr classes at DeepSeek-OCR dims (see module docstring)."""
+
+    name = "hf"
+
+    def __init__(self, num_text_layers: int = TEXT_LAYERS) -> None:
+        if not 1 <= num_text_layers <= TEXT_LAYERS:
+            raise VendorInputError(f"num_text_layers={num_text_layers}: use 1..{TEXT_LAYERS}")
+        self.num_text_layers = num_text_layers
+
+    def model_key(self, *, device: str, dtype: str, attn_impl: str, vision_only: bool) -> tuple[Any, ...]:
+        return (self.name, self.num_text_layers, device, dtype, attn_impl, vision_only)
+
+    def build(self, *, device: str, dtype: str, attn_impl: str, vision_only: bool) -> LoadedModel:
+        if dtype not in TORCH_DTYPES:
+            raise VendorInputError(f"dtype {dtype!r} unknown: use one of {', '.join(TORCH_DTYPES)}")
+        if attn_impl not in ("eager", "sdpa"):
+            raise VendorInputError(f"attn_impl {attn_impl!r} unknown: use 'eager' or 'sdpa'")
+        t0 = time.perf_counter()
+        _, model_cls = _import_model_classes()
+        config = build_config(self.num_text_layers)
+        attn = {"": "sdpa", "vision_config": "sdpa", "text_config": attn_impl}
+        with torch.device("meta"):
+            model = model_cls._from_config(config, attn_implementation=attn, dtype=TORCH_DTYPES[dtype])
+        if vision_only:
+            # Drop what the vision stack never runs so CPU/meta vision counts stay cheap.
+            model.model.language_model = None
+            model.lm_head = None
+        if device != "meta":
+            model.to_empty(device=device)
+            cheap_fill_(model)
+            _restore_buffers_(model)
+        model.eval()
+        inner = model.model
+        roots = StageRoots(
+            sam=inner.vision_tower.sam_encoder,
+            clip=inner.vision_tower.vision_encoder,
+            projector=inner.multi_modal_projector,
+            decoder=None if vision_only else inner.language_model,
+            lm_head=None if vision_only else model.lm_head,
+            top=None if vision_only else model,
+        )
+        info = {
+            "class": type(model).__name__,
+            "text_layers": self.num_text_layers,
+            "attn_implementation": {"vision": "sdpa", "text": attn_impl},
+            "experts_implementation": getattr(config.text_config, "_experts_implementation", None),
+            "model_notes": list(KNOWN_DIFFERENCES),
+        }
+        return LoadedModel(
+            backend=self.name,
+            device=device,
+            dtype=dtype,
+            attn_impl=attn_impl,
+            vision_only=vision_only,
+            model=model,
+            roots=roots,
+            build_s=time.perf_counter() - t0,
+            info=info,
+        )
+
+    def prepare_inputs(self, loaded: LoadedModel, workload: VisionWorkload) -> PreparedInputs:
+        dev, dt = torch.device(loaded.device), TORCH_DTYPES[loaded.dtype]
+        g = workload.global_view_size
+        payload: dict[str, Any] = {"pixel_values": torch.zeros(1, 3, g, g, device=dev, dtype=dt)}
+        if workload.has_crops:
+            c = workload.crop_size
+            payload["pixel_values_local"] = torch.zeros(workload.n_crops, 3, c, c, device=dev, dtype=dt)
+            payload["num_local_patches"] = [workload.n_crops]
+            payload["patches_grid"] = [[workload.w_crop, workload.h_crop]]  # (columns, rows)
+        ids = [BOS_ID] + [IMAGE_TOKEN_ID] * workload.n_image_tokens
+        ids += [PROMPT_TOKEN_BASE + i for i in range(workload.prompt_tokens)]
+        payload["input_ids"] = torch.tensor([ids], dtype=torch.long, device="cpu" if dev.type == "meta" else dev)
+        return PreparedInputs(received=self._read_back(payload), payload=payload)
+
+    @staticmethod
+    def _read_back(payload: dict[str, Any]) -> ReceivedInputs:
+        """Counts taken from the tensors themselves, so a builder bug cannot hide behind the workload."""
+        pv = payload["pixel_values"]
+        if pv.shape[-1] != pv.shape[-2]:
+            raise VendorRunError(f"global view {tuple(pv.shape)} is not square: fix prepare_inputs")
+        local = payload.get("pixel_values_local")
+        ids = payload["input_ids"][0]
+        is_img = (ids == IMAGE_TOKEN_ID).tolist()
+        n_img = sum(is_img)
+        last_img = max((i for i, v in enumerate(is_img) if v), default=0)
+        w_crop, h_crop = payload["patches_grid"][0] if local is not None else (1, 1)
+        return ReceivedInputs(
+            global_view_size=int(pv.shape[-1]),
+            crop_size=int(local.shape[-1]) if local is not None else 0,
+            w_crop=int(w_crop),
+            h_crop=int(h_crop),
+            n_crops=int(local.shape[0]) if local is not None else 0,
+            n_image_tokens=int(n_img),
+            prompt_tokens=int(len(is_img) - 1 - last_img),
+            prefill_len=len(is_img),
+        )
+
+    def run_vision(self, loaded: LoadedModel, inputs: PreparedInputs) -> None:
+        p = inputs.payload
+        loaded.model.model.get_image_features(
+            pixel_values=p["pixel_values"],
+            pixel_values_local=p.get("pixel_values_local"),
+            num_local_patches=p.get("num_local_patches"),
+            patches_grid=p.get("patches_grid"),
+        )
+
+    def supports_preencoded_vision(self) -> bool:
+        return True
+
+    def run_generation_preencoded(
+        self, loaded: LoadedModel, inputs: PreparedInputs, decode_tokens: int, lm_head_scope: str
+    ) -> GenerationResult:
+        """generate() with ``mm_encoder_outputs`` (what generate() builds itself before prefill), zeros of the
+        projector's output shape: one row per image-token position, hidden 1280."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        p = inputs.payload
+        ids = p["input_ids"]
+        n_img = int((ids == IMAGE_TOKEN_ID).sum())
+        hidden = loaded.model.config.text_config.hidden_size
+        feats = torch.zeros(n_img, hidden, device=ids.device, dtype=TORCH_DTYPES[loaded.dtype])
+        encoded = {"image": BaseModelOutputWithPooling(pooler_output=[feats])}
+        stub = PreparedInputs(inputs.received, {"input_ids": ids, "mm_encoder_outputs": encoded})
+        result = self.run_generation(loaded, stub, decode_tokens, lm_head_scope)
+        return GenerationResult(result.lm_head_scope, result.new_tokens, result.path + " with mm_encoder_outputs")
+
+    def run_generation(
+        self, loaded: LoadedModel, inputs: PreparedInputs, decode_tokens: int, lm_head_scope: str
+    ) -> GenerationResult:
+        if loaded.vision_only:
+            raise VendorRunError("model was built vision-only: rebuild with vision_only=False to run the decoder")
+        if lm_head_scope not in ("all", "last"):
+            raise VendorInputError(f"lm_head_scope {lm_head_scope!r} unknown: use 'all' or 'last'")
+        p = dict(inputs.payload)
+        input_ids = p.pop("input_ids")
+        new = decode_tokens + 1  # the first new token comes from the prefill logits
+        out = loaded.model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            **p,
+            max_new_tokens=new,
+            min_new_tokens=new,  # no early stop on EOS
+            do_sample=False,
+            num_beams=1,
+            use_cache=True,
+            logits_to_keep=0 if lm_head_scope == "all" else 1,
+            pad_token_id=BOS_ID,
+        )
+        produced = int(out.shape[1] - input_ids.shape[1])
+        if produced != new:
+            raise VendorRunError(f"generate() produced {produced} tokens, expected {new}: it stopped early")
+        return GenerationResult(
+            lm_head_scope=lm_head_scope,
+            new_tokens=produced,
+            path=f"GenerationMixin.generate(greedy, min_new_tokens=max_new_tokens={new}, logits_to_keep="
+            f"{0 if lm_head_scope == 'all' else 1}, DynamicCache)",
+        )
+
+    def environment(self) -> dict[str, Any]:
+        import transformers
+        from transformers.models.unlimited_ocr import modeling_unlimited_ocr
+
+        return {
+            "python": platform.python_version(),
+            "python_impl": sys.implementation.name,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "code_hashes": {
+                "transformers/models/unlimited_ocr/modeling_unlimited_ocr.py": _file_sha256(
+                    modeling_unlimited_ocr.__file__
+                )
+            },
+            "model_notes": list(KNOWN_DIFFERENCES),
+        }

@@ -1,0 +1,191 @@
+"""Backend `remote-code`: count a local DeepSeek-OCR snapshot (the official remote code).
+
+The snapshot's code needs transformers 4.46.x, torchvision and CUDA-only calls, none of
+which may touch the caller's interpreter.  So this backend is an `OutOfProcessBackend`:
+it validates the snapshot here (files, config.json, sha256 of every code file), makes
+sure the pinned environment exists (`vendor_shim.remote_code.env`), and runs the very
+same counting harness in a worker subprocess (`vendor_shim.remote_code.worker`) that
+sees transformers 4.46.3 first on its path.  The worker returns a trace document.
+
+Executing foreign code is refused unless the caller passes ``trust_remote_code=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from vendor_shim.backends.base import DEVICES, OutOfProcessBackend
+from vendor_shim.errors import VendorInputError, VendorRunError, VendorShimError
+from vendor_shim.remote_code.env import PINS, ensure_env
+from vendor_shim.remote_code.snapshot import Snapshot, load_snapshot
+from vendor_shim.remote_code.worker import ERROR_TAG
+
+if TYPE_CHECKING:
+    from analytic.workload import VisionWorkload
+
+TRUST_MESSAGE = (
+    "backend remote-code imports and runs the snapshot's Python files: add --trust-remote-code "
+    "(trust_remote_code=True) to allow it"
+)
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def create_backend(*, vendor_dir: str | os.PathLike[str] | None, trust_remote_code: bool) -> RemoteCodeBackend:
+    """The backend for ``vendor_dir``; `VendorInputError` (exit 2) without trust or with a bad snapshot."""
+    if not trust_remote_code:
+        raise VendorInputError(TRUST_MESSAGE)
+    return RemoteCodeBackend(load_snapshot(vendor_dir))
+
+
+class RemoteCodeBackend(OutOfProcessBackend):
+    """Runs the harness on a snapshot in a pinned-environment subprocess."""
+
+    name: ClassVar[str] = "remote-code"
+
+    def __init__(self, snapshot: Snapshot, *, fvcore: bool = False, pins: tuple[str, ...] = PINS):
+        self.snapshot = snapshot
+        self.fvcore = fvcore
+        self.pins = pins
+
+    def signature(self) -> dict[str, Any]:
+        """Everything of this backend that changes a count: code hashes and pinned versions."""
+        return {"backend": self.name, **self.snapshot.signature(), "pins": list(self.pins)}
+
+    def cache_versions(self) -> dict[str, str | None]:
+        """Library versions the worker runs with (for `verify.cache.key_material(versions=...)`):
+        the main env's torch, the pinned transformers, not the caller's transformers."""
+        from importlib import metadata
+
+        try:
+            torch_version: str | None = metadata.version("torch")
+        except metadata.PackageNotFoundError:
+            torch_version = None
+        pinned = {p.split("==")[0]: p.split("==")[1] for p in self.pins if "==" in p}
+        return {"torch": torch_version, "transformers": pinned.get("transformers"), "pins": ",".join(self.pins)}
+
+    def environment(self) -> dict[str, Any]:
+        return {"backend": self.name, **self.signature()}
+
+    def supports_device(self, device: str, vision_only: bool) -> str | None:
+        if device not in DEVICES:
+            return f"device {device!r} unknown: use one of {', '.join(DEVICES)}"
+        if device == "meta" and not vision_only:
+            return "device 'meta' counts only the vision stack (MoE routing needs data): add --vision-only or use cpu"
+        if device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                return "device 'cuda' requested but torch sees no GPU: use --device cpu"
+        return None
+
+    def measure_dict(
+        self, workload: VisionWorkload, *, device: str, vision_only: bool, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        result = self.measure_dicts([workload], device=device, vision_only=vision_only, timeout_s=timeout_s)[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def measure_dicts(
+        self,
+        workloads: Sequence[VisionWorkload],
+        *,
+        device: str,
+        vision_only: bool,
+        timeout_s: float | None = None,
+    ) -> list[dict[str, Any] | VendorShimError]:
+        """Trace documents for many workloads from ONE worker (one model build per dtype).
+
+        Request-wide problems raise; a failure of one workload comes back in its slot as a
+        `VendorInputError` / `VendorRunError` so the caller can report it and go on.
+        """
+        reason = self.supports_device(device, vision_only)
+        if reason:
+            raise VendorInputError(reason)
+        for workload in workloads:
+            _check_workload(workload, vision_only)
+        snapshot = load_snapshot(self.snapshot.root)  # re-hash: the files may have changed since creation
+        env = ensure_env(self.pins)
+        request = {
+            "vendor_dir": str(snapshot.root),
+            "workloads": [w.to_dict() for w in workloads],
+            "device": device,
+            "vision_only": vision_only,
+            "fvcore": self.fvcore,
+            "env_info": {"pinned_env": str(env.path), "pinned_env_key": env.key, "pins": list(env.pins)},
+        }
+        t0 = time.perf_counter()
+        reply = _run_worker(request, env.pythonpath([str(_PROJECT_ROOT)]), timeout_s)
+        results = reply.get("results")
+        if not isinstance(results, list) or len(results) != len(workloads):
+            raise VendorRunError("remote-code worker returned a malformed reply: run again, then report a bug")
+        out: list[dict[str, Any] | VendorShimError] = []
+        for item in results:
+            if "error" in item:
+                err = item["error"]
+                cls = VendorInputError if err.get("exit_code") == 2 else VendorRunError
+                out.append(cls(str(err.get("message", "remote-code worker failed"))))
+                continue
+            doc = item["trace"]
+            if doc.get("environment", {}).get("code_hashes") != snapshot.code_hashes:
+                out.append(VendorRunError(f"{snapshot.root}: snapshot files changed during the run: run again"))
+                continue
+            doc["environment"]["worker_wall_s"] = round(time.perf_counter() - t0, 3)
+            out.append(doc)
+        return out
+
+
+def _check_workload(workload: VisionWorkload, vision_only: bool) -> None:
+    """What the official code cannot do, refused before any subprocess starts (exit 2)."""
+    if not vision_only and workload.lm_head_scope != "all":
+        raise VendorInputError(
+            "lm_head scope 'last': the official forward projects every prefill position; use --lm-head all"
+        )
+    if workload.attn_impl != "eager":
+        raise VendorInputError(
+            f"attention {workload.attn_impl!r}: the official decoder runs eager (or flash-attn 2): use eager"
+        )
+
+
+def _run_worker(request: dict[str, Any], pythonpath: str, timeout_s: float | None) -> dict[str, Any]:
+    """Run the worker subprocess on ``request``; its reply, or the mapped error."""
+    with tempfile.TemporaryDirectory(prefix="dsocr-remote-") as tmp:
+        req_path, out_path = Path(tmp) / "request.json", Path(tmp) / "reply.json"
+        req_path.write_text(json.dumps(request), encoding="utf-8")
+        child_env = dict(os.environ)
+        child_env.update(
+            PYTHONPATH=pythonpath,
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            TRANSFORMERS_VERBOSITY="error",
+            PYTHONDONTWRITEBYTECODE="1",
+        )
+        cmd = [sys.executable, "-m", "vendor_shim.remote_code.worker", "--request", str(req_path)]
+        cmd += ["--out", str(out_path)]
+        try:
+            proc = subprocess.run(
+                cmd, cwd=tmp, env=child_env, capture_output=True, text=True, timeout=timeout_s, check=False
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise VendorRunError(f"remote-code worker ran past {timeout_s:.0f} s: raise the timeout") from exc
+        if proc.returncode != 0 or not out_path.is_file():
+            raise _worker_error(proc)
+        return json.loads(out_path.read_text(encoding="utf-8"))
+
+
+def _worker_error(proc: subprocess.CompletedProcess[str]) -> Exception:
+    """Map the worker's tagged last line to the right error type (exit code 2 or 3)."""
+    for line in reversed((proc.stderr or "").splitlines()):
+        if line.startswith(ERROR_TAG):
+            _, code, message = [*line.split(" ", 2), "", ""][:3]
+            return (VendorInputError if code == "2" else VendorRunError)(message)
+    tail = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()][-1:] or ["no output"]
+    return VendorRunError(f"remote-code worker exited {proc.returncode} ({tail[0][:300]}): see its stderr")

@@ -1,0 +1,154 @@
+"""`python -m vendor_shim` / `dsocr-measure`: count one page's workload on a vendor backend.
+
+Exit codes: 0 ok (complete count), 1 the count is incomplete (an executed op has no
+formula), 2 bad input / usage / unavailable device, 3 the vendor run itself failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from typing import Any
+
+from analytic.schema import LM_PARTS, VISION_BRANCHES, VISION_STAGES
+from analytic.workload import VisionWorkload, WorkloadError
+from vendor_shim.errors import VendorShimError
+
+EXIT_OK, EXIT_INCOMPLETE, EXIT_INPUT, EXIT_VENDOR = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's usage errors are exit 2, one line
+        self.exit(EXIT_INPUT, f"dsocr-measure: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="dsocr-measure", description="Run a DeepSeek-OCR implementation under a complete FLOP counter.")
+    p.add_argument("--backend", default="hf", choices=["hf", "remote-code"])
+    p.add_argument("--vendor-dir", default=None, help="DeepSeek-OCR snapshot directory (remote-code backend)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow executing the snapshot's code")
+    p.add_argument("--mode", default="gundam", help="tiny | small | base | large | gundam")
+    p.add_argument("--base-size", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--crop-mode", type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
+    p.add_argument("--width", type=int, default=None, help="page width in pixels")
+    p.add_argument("--height", type=int, default=None, help="page height in pixels")
+    p.add_argument("--image", default=None, help="page image; its size is used when --width/--height are absent")
+    p.add_argument("--prompt-tokens", type=int, default=12)
+    p.add_argument("--decode-tokens", type=int, default=16)
+    p.add_argument("--lm-head", choices=["all", "last"], default=None, help="default: the backend's own behaviour")
+    p.add_argument("--attn-impl", choices=["eager", "sdpa"], default="eager")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "meta"])
+    p.add_argument("--vision-only", action="store_true", help="count the vision stack only")
+    p.add_argument(
+        "--vision-device",
+        choices=["meta"],
+        default=None,
+        help="count the vision stack shapes-only on meta and run only the decoder on --device (much faster on CPU)",
+    )
+    p.add_argument("--no-fvcore", action="store_true", help="skip the secondary fvcore count")
+    p.add_argument("--json", action="store_true", help="print the trace as JSON")
+    p.add_argument("--out", default=None, help="also write the trace JSON to this file")
+    return p
+
+
+def _page_size(args: argparse.Namespace) -> tuple[int, int]:
+    if args.width is not None and args.height is not None:
+        return args.width, args.height
+    if args.image:
+        try:
+            from PIL import Image, ImageOps
+
+            with Image.open(args.image) as im:
+                im = ImageOps.exif_transpose(im)
+                return im.size
+        except (OSError, ValueError) as exc:
+            raise WorkloadError(f"cannot read image {args.image!r} ({exc}): pass a readable image file") from exc
+    raise WorkloadError("page size missing: pass --width and --height, or --image")
+
+
+def workload_from_args(args: argparse.Namespace) -> VisionWorkload:
+    width, height = _page_size(args)
+    return VisionWorkload.from_page(
+        width,
+        height,
+        args.mode,
+        base_size=args.base_size,
+        image_size=args.image_size,
+        crop_mode=args.crop_mode,
+        prompt_tokens=args.prompt_tokens,
+        decode_tokens=0 if args.vision_only else args.decode_tokens,
+        dtype=args.dtype,
+        lm_head_scope=args.lm_head,
+        impl="official" if args.backend == "remote-code" else "hf",
+        attn_impl=args.attn_impl,
+    )
+
+
+def _print_table(trace: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"vendor FLOPs ({trace.backend}, {trace.device}, {trace.dtype})")
+    for col in ("stage", "part", "tensor_flops", "GFLOP", "calls"):
+        t.add_column(col, justify="right" if col != "stage" and col != "part" else "left")
+    rows = [(s, b) for s in VISION_STAGES for b in VISION_BRANCHES]
+    if not trace.vision_only:
+        rows += [(s, p) for s in ("prefill", "decode") for p in LM_PARTS]
+    for s, part in rows:
+        leaf = trace.stages[s][part]
+        t.add_row(s, part, f"{leaf['tensor_flops']:,}", f"{leaf['tensor_flops'] / 1e9:,.2f}", str(leaf["calls"]))
+    t.add_row("total", "", f"{trace.totals['counter_total']:,}", f"{trace.totals['counter_total'] / 1e9:,.2f}", "")
+    con = Console()
+    con.print(t)
+    verdict = "complete" if trace.complete else "INCOMPLETE: " + ", ".join(trace.coverage["uncounted_ops"])
+    rss = trace.memory["peak_rss_bytes"] / 2**30
+    con.print(f"count {verdict}; wall {trace.timing['wall_s']:.1f}s; peak RSS {rss:.2f} GiB")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        workload = workload_from_args(args)
+    except WorkloadError as exc:
+        print(f"dsocr-measure: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    from vendor_shim.measure import measure
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            trace = measure(
+                workload,
+                backend=args.backend,
+                device=args.device,
+                vision_only=args.vision_only,
+                vendor_dir=args.vendor_dir,
+                trust_remote_code=args.trust_remote_code,
+                fvcore=not args.no_fvcore,
+                vision_device=args.vision_device,
+            )
+    except VendorShimError as exc:
+        print(f"dsocr-measure: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    text = trace.to_json()
+    if args.out:
+        from pathlib import Path
+
+        tmp = Path(args.out).with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(args.out)
+    if args.json:
+        print(text)
+    else:
+        _print_table(trace)
+    if not trace.complete:
+        print("dsocr-measure: INCOMPLETE count: " + "; ".join(trace.incomplete_reasons), file=sys.stderr)
+        return EXIT_INCOMPLETE
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

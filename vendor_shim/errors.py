@@ -1,0 +1,34 @@
+"""Error types of the vendor shim, each mapped to one CLI exit code.
+
+`VendorInputError` -> exit 2 (bad workload, usage, unavailable device, refused remote code).
+`VendorRunError` -> exit 3 (the vendor run itself failed, or what it received disagrees with the workload).
+Messages name the problem and the fix in one line.
+"""
+
+from __future__ import annotations
+
+
+class VendorShimError(Exception):
+    """Base class; carries the CLI exit code."""
+
+    exit_code = 3
+
+
+class VendorInputError(VendorShimError, ValueError):
+    """The request cannot be run as given (bad input, missing device, untrusted code)."""
+
+    exit_code = 2
+
+
+class VendorRunError(VendorShimError, RuntimeError):
+    """The vendor model failed while running, or the harness found an inconsistency."""
+
+    exit_code = 3
+
+
+class WorkloadMismatchError(VendorRunError):
+    """The model received a different grid or token count than the workload says."""
+
+
+class UncountableOpError(VendorRunError):
+    """A FLOP formula cannot be evaluated (e.g. `_grouped_mm` offsets on the meta device)."""

@@ -1,0 +1,262 @@
+"""Run one workload through a loaded backend under the complete counter; return a `Trace`.
+
+Depends on torch only (never imports transformers), so the remote-code backend can run
+it inside its own pinned environment.  Mode stack, outermost first:
+``StageTracker`` hooks -> `AuditMode` -> `FlopCounterMode(custom_mapping=...)``: the counter
+handles each op first (and decomposes what it has no formula for), the audit below it
+sees exactly the leaf ops the counter executed, evaluates the same formula and charges
+the innermost stage frame.  Afterwards: stage sum == audit total == counter total,
+zero FLOPs outside the roots, every expected root call seen, or `VendorRunError`.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from analytic.schema import LM_PARTS, VISION_BRANCHES, VISION_STAGES, aten_family
+from analytic.workload import VisionWorkload
+from vendor_shim.audit import AuditLog, AuditMode, ops_by_class
+from vendor_shim.backends.base import GenerationResult, LoadedModel, StageRoots, VendorBackend
+from vendor_shim.env import base_environment, peak_rss_bytes, reset_peak_rss
+from vendor_shim.errors import VendorRunError, VendorShimError
+from vendor_shim.formulas import custom_mapping
+from vendor_shim.stages import UNATTRIBUTED, StageTracker
+from vendor_shim.trace import Trace, empty_stages
+
+
+class IncompleteCountWarning(UserWarning):
+    """An executed op with arithmetic on float tensors has no FLOP formula: the count is a lower bound."""
+
+
+def run_counted(
+    backend: VendorBackend,
+    loaded: LoadedModel,
+    workload: VisionWorkload,
+    *,
+    vision_only: bool,
+    fvcore: bool = True,
+    model_reused: bool = False,
+    vision_loaded: LoadedModel | None = None,
+) -> Trace:
+    """Count one workload.  ``vision_loaded`` (a vision-only build, e.g. on meta) runs the vision stack while
+    ``loaded`` runs the decoder on pre-encoded placeholders; both under the same counter, audit and hooks."""
+    t0 = time.perf_counter()
+    if not vision_only and loaded.vision_only:
+        raise VendorRunError("model was built vision-only but a full run was requested: rebuild it")
+    inputs = backend.prepare_inputs(loaded, workload)
+    inputs.received.check_against(workload)
+    roots = loaded.roots
+    names = {id(m): n or type(m).__name__ for n, m in loaded.model.named_modules()}
+    vision_inputs = None
+    if vision_loaded is not None and not vision_only:
+        vision_inputs = backend.prepare_inputs(vision_loaded, workload)
+        vision_inputs.received.check_against(workload)
+        vr = vision_loaded.roots
+        roots = StageRoots(vr.sam, vr.clip, vr.projector, roots.decoder, roots.lm_head, roots.top)
+        names.update({id(m): f"[{vision_loaded.device}] {n}" for n, m in vision_loaded.model.named_modules()})
+    else:
+        vision_loaded = None
+    tracker = StageTracker(
+        roots,
+        global_view_size=workload.global_view_size,
+        crop_size=workload.crop_size,
+        n_crops=workload.n_crops,
+        module_names=names,
+    )
+    counter = FlopCounterMode(display=False, custom_mapping=custom_mapping())
+    log = AuditLog()
+    audit = AuditMode(counter.flop_registry, tracker.charge, log)
+    cuda = loaded.device == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    rss_reset = reset_peak_rss()
+    gen: GenerationResult | None = None
+    t_run = time.perf_counter()
+    try:
+        with tracker.attached(), torch.no_grad(), audit, counter:
+            if vision_only:
+                backend.run_vision(loaded, inputs)
+            elif vision_loaded is not None and vision_inputs is not None:
+                backend.run_vision(vision_loaded, vision_inputs)
+                gen = backend.run_generation_preencoded(loaded, inputs, workload.decode_tokens, workload.lm_head_scope)
+            else:
+                gen = backend.run_generation(loaded, inputs, workload.decode_tokens, workload.lm_head_scope)
+    except VendorShimError:
+        raise
+    except Exception as exc:
+        raise VendorRunError(f"vendor run failed: {type(exc).__name__}: {exc}") from exc
+    if cuda:
+        torch.cuda.synchronize()
+    run_s = time.perf_counter() - t_run
+
+    counter_total = int(counter.get_total_flops())
+    stages, op_breakdown, unattributed = _assemble(tracker, workload, vision_only)
+    stage_sum = _stage_sum(stages)
+    _check_consistency(tracker, workload, vision_only, gen, counter_total, log.total_flops, stage_sum, unattributed)
+
+    uncounted = log.uncounted()
+    reasons = [f"no FLOP formula for executed op {op} (arithmetic on float tensors)" for op in uncounted]
+    if uncounted:
+        warnings.warn(
+            f"INCOMPLETE FLOP COUNT: {len(uncounted)} executed op(s) have no formula: {', '.join(uncounted)}; "
+            "register a formula in vendor_shim/formulas.py or allow-list it in vendor_shim/audit.py with a reason",
+            IncompleteCountWarning,
+            stacklevel=2,
+        )
+    secondary: dict[str, Any] = {}
+    if fvcore:
+        from vendor_shim.fvcore_check import fvcore_secondary
+
+        meta_roots = None
+        if vision_loaded is not None:
+            vr = vision_loaded.roots
+            meta_roots = {"sam": vr.sam, "clip": vr.clip, "projector": vr.projector}
+        elif loaded.device != "meta":
+            try:  # a shapes-only vision stack, so the secondary count costs milliseconds
+                meta = backend.build(device="meta", dtype=loaded.dtype, attn_impl=loaded.attn_impl, vision_only=True)
+                meta_roots = {"sam": meta.roots.sam, "clip": meta.roots.clip, "projector": meta.roots.projector}
+            except Exception:
+                meta_roots = None
+        secondary["fvcore"] = fvcore_secondary(loaded, tracker.records, vision_only, meta_roots)
+    env = base_environment(loaded.device, loaded.dtype, backend.name)
+    env.update(backend.environment())
+    env["model"] = loaded.info
+    received = inputs.received.to_dict()
+    received["decode_forwards"] = 0 if vision_only else tracker.top_calls - 1
+    received["lm_head_scope"] = gen.lm_head_scope if gen else None
+    received["generation_path"] = gen.path if gen else None
+    received["vision_device"] = vision_loaded.device if vision_loaded is not None else loaded.device
+    trace = Trace(
+        backend=backend.name,
+        device=loaded.device,
+        dtype=loaded.dtype,
+        vision_only=vision_only,
+        complete=not uncounted,
+        workload=workload.to_dict(),
+        received=received,
+        stages=stages,
+        totals={
+            "counter_total": counter_total,
+            "stage_sum": stage_sum,
+            "audit_total": int(log.total_flops),
+            "unattributed": unattributed,
+        },
+        op_breakdown=op_breakdown,
+        calls=[r.to_dict() for r in sorted(tracker.records, key=lambda r: r.index)],
+        coverage={
+            "uncounted_ops": uncounted,
+            "ops_seen": ops_by_class(log),
+            "custom_formulas": sorted(str(k) for k in custom_mapping()),
+        },
+        environment=env,
+        timing={
+            "wall_s": time.perf_counter() - t0 + (0.0 if model_reused else loaded.build_s),
+            "build_s": loaded.build_s,
+            "run_s": run_s,
+            "model_reused": model_reused,
+        },
+        memory={
+            "peak_rss_bytes": peak_rss_bytes(),
+            "peak_rss_scope": "this run" if rss_reset else "process lifetime",
+            "cuda_max_allocated_bytes": int(torch.cuda.max_memory_allocated()) if cuda else None,
+        },
+        secondary=secondary,
+        incomplete_reasons=reasons,
+    )
+    trace.to_dict()  # validate before handing it out
+    return trace
+
+
+def _assemble(
+    tracker: StageTracker, workload: VisionWorkload, vision_only: bool
+) -> tuple[dict[str, Any], dict[str, Any], int]:
+    k = 0 if vision_only else workload.decode_tokens
+    stages = empty_stages(k)
+    breakdown: dict[str, Any] = {}
+    unattributed = 0
+    for (stage, part, step), ops in tracker.leaf_ops.items():
+        flops = sum(v[0] for v in ops.values())
+        if (stage, part) == UNATTRIBUTED:
+            unattributed += flops
+            stage, part = UNATTRIBUTED  # still listed, so a failure points at the ops
+        else:
+            stages[stage][part]["tensor_flops"] += flops
+            if stage == "decode":
+                if not 1 <= step <= k:
+                    raise VendorRunError(f"decode FLOPs charged to step {step}, outside 1..{k}")
+                stages["decode"]["steps"][step - 1][part]["tensor_flops"] += flops
+        dst = breakdown.setdefault(stage, {}).setdefault(part, {})
+        for op, (f, calls) in ops.items():
+            cell = dst.setdefault(op, {"flops": 0, "calls": 0, "family": aten_family(op)})
+            cell["flops"] += f
+            cell["calls"] += calls
+    for rec in tracker.records:
+        stages[rec.stage][rec.part]["calls"] += 1
+        if rec.stage == "decode" and 1 <= rec.step <= k:
+            stages["decode"]["steps"][rec.step - 1][rec.part]["calls"] += 1
+    return stages, breakdown, unattributed
+
+
+def _stage_sum(stages: dict[str, Any]) -> int:
+    total = sum(stages[s][b]["tensor_flops"] for s in VISION_STAGES for b in VISION_BRANCHES)
+    return total + sum(stages[s][p]["tensor_flops"] for s in ("prefill", "decode") for p in LM_PARTS)
+
+
+def _check_consistency(
+    tracker: StageTracker,
+    workload: VisionWorkload,
+    vision_only: bool,
+    gen: GenerationResult | None,
+    counter_total: int,
+    audit_total: int,
+    stage_sum: int,
+    unattributed: int,
+) -> None:
+    if unattributed:
+        ops = tracker.leaf_ops.get((*UNATTRIBUTED, -1), {}) or next(
+            (v for (s, p, _), v in tracker.leaf_ops.items() if (s, p) == UNATTRIBUTED), {}
+        )
+        raise VendorRunError(
+            f"{unattributed} counted FLOPs ran outside every stage root (ops: {', '.join(sorted(ops))}): "
+            "add a stage root for them in the backend"
+        )
+    if not (counter_total == audit_total == stage_sum):
+        raise VendorRunError(
+            f"stage sum {stage_sum} != FlopCounterMode total {counter_total} (audit {audit_total}): "
+            "attribution lost ops"
+        )
+    seen: dict[tuple[str, str], int] = {}
+    for r in tracker.records:
+        seen[(r.root, r.part)] = seen.get((r.root, r.part), 0) + 1
+    for root in VISION_STAGES:
+        for branch in VISION_BRANCHES:
+            want = 1 if branch == "global" or workload.has_crops else 0
+            if seen.get((root, branch), 0) != want:
+                raise VendorRunError(
+                    f"{root} ran {seen.get((root, branch), 0)}x for branch {branch}, expected {want}: "
+                    "the vendor's view layout differs from the workload"
+                )
+    if vision_only:
+        return
+    k = workload.decode_tokens
+    if tracker.top_calls != k + 1:
+        raise VendorRunError(f"{tracker.top_calls} model forwards ran, expected prefill + {k} decode steps")
+    for part in LM_PARTS:
+        if seen.get((part, part), 0) != k + 1:
+            raise VendorRunError(f"{part} ran {seen.get((part, part), 0)}x, expected {k + 1} (prefill + {k} decode)")
+    if gen is None or gen.lm_head_scope != workload.lm_head_scope:
+        raise VendorRunError("the generation did not report the lm_head scope the workload asked for")
+    # Observed, not reported: the prefill lm_head input has 1 row ("last") or prefill_len rows ("all").
+    head = next(r for r in tracker.records if r.stage == "prefill" and r.root == "lm_head")
+    rows = head.input_shapes[0][1][-2] if head.input_shapes and len(head.input_shapes[0][1]) >= 2 else None
+    want = 1 if workload.lm_head_scope == "last" else workload.prefill_len
+    if rows != want:
+        raise VendorRunError(
+            f"prefill lm_head saw {rows} positions, lm_head_scope {workload.lm_head_scope!r} means {want}: "
+            "the backend ignored the scope"
+        )

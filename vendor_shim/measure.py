@@ -1,0 +1,78 @@
+"""`measure()`: the Python entry point (one workload in, one validated `Trace` out)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from analytic.workload import VisionWorkload
+from vendor_shim.backends import get_backend
+from vendor_shim.backends.base import DEVICES, OutOfProcessBackend
+from vendor_shim.cache import ModelCache
+from vendor_shim.errors import VendorInputError
+from vendor_shim.trace import Trace
+
+
+def check_device(device: str, vision_only: bool) -> None:
+    """One-line `VendorInputError` for a device this request cannot use."""
+    if device not in DEVICES:
+        raise VendorInputError(f"device {device!r} unknown: use one of {', '.join(DEVICES)}")
+    if device == "meta" and not vision_only:
+        raise VendorInputError(
+            "device 'meta' counts only the vision stack (MoE routing needs data): add --vision-only or use cpu"
+        )
+    if device == "cuda":
+        from vendor_shim.env import cuda_unavailable_reason
+
+        reason = cuda_unavailable_reason(device)
+        if reason:
+            raise VendorInputError(reason)
+
+
+def measure(
+    workload: VisionWorkload,
+    backend: str | Any = "hf",
+    device: str = "cpu",
+    vision_only: bool = False,
+    vendor_dir: str | None = None,
+    trust_remote_code: bool = False,
+    model_cache: ModelCache | None = None,
+    fvcore: bool = True,
+    vision_device: str | None = None,
+) -> Trace:
+    """Count what ``backend`` executes for ``workload``.  ``backend`` is a name or a backend object.
+
+    ``vision_device="meta"`` counts the vision stack shapes-only on the meta device and runs only the
+    decoder on ``device`` (counts are identical; CPU == meta is tested), which is much faster on a CPU.
+    Raises `VendorInputError` (exit 2) for bad requests, `VendorRunError` (exit 3) when the run fails.
+    """
+    if not isinstance(workload, VisionWorkload):
+        raise VendorInputError("workload must be an analytic.VisionWorkload: build it with VisionWorkload.from_page")
+    check_device(device, vision_only)
+    be = (
+        get_backend(backend, vendor_dir=vendor_dir, trust_remote_code=trust_remote_code)
+        if isinstance(backend, str)
+        else backend
+    )
+    if isinstance(be, OutOfProcessBackend):
+        return Trace.from_dict(be.measure_dict(workload, device=device, vision_only=vision_only))
+    reason = be.supports_device(device, vision_only)
+    if reason:
+        raise VendorInputError(reason)
+    from vendor_shim.harness import run_counted
+
+    cache = model_cache if model_cache is not None else ModelCache()
+    loaded, reused = cache.get_or_build(
+        be, device=device, dtype=workload.dtype, attn_impl=workload.attn_impl, vision_only=vision_only
+    )
+    vision_loaded = None
+    if vision_device not in (None, device) and not vision_only:
+        if vision_device != "meta":
+            raise VendorInputError(f"vision_device {vision_device!r} unsupported: use 'meta' or leave it unset")
+        if not be.supports_preencoded_vision():
+            raise VendorInputError(f"backend {be.name!r} cannot split vision onto meta: leave vision_device unset")
+        vision_loaded, _ = cache.get_or_build(
+            be, device="meta", dtype=workload.dtype, attn_impl=workload.attn_impl, vision_only=True
+        )
+    return run_counted(
+        be, loaded, workload, vision_only=vision_only, fvcore=fvcore, model_reused=reused, vision_loaded=vision_loaded
+    )

@@ -1,0 +1,132 @@
+"""Subprocess entry: count one workload on a DeepSeek-OCR snapshot, inside the pinned env.
+
+    python -m vendor_shim.remote_code.worker --request REQ.json --out TRACE.json
+
+The parent (`vendor_shim.backends.remote_code`) starts it with the pinned environment
+first on PYTHONPATH, so ``import transformers`` gives 4.46.x here while the caller keeps
+its own.  The process-wide patches of `compat` (torchvision stub, ``.cuda()`` redirect) are
+applied before the snapshot is imported and die with the process.
+
+Protocol: the request holds ``vendor_dir``, ``workloads`` (a list of
+``VisionWorkload.to_dict()``), ``device``, ``vision_only``, ``fvcore`` and ``env_info``;
+``{"results": [{"trace": Trace.to_dict()} | {"error": {...}}, ...]}`` is written to ``--out``
+(one model build serves every workload of the same dtype and attention).  On failure the last stderr line is
+``DSOCR-WORKER-ERROR <exit code> <one-line message>`` and the process exits with that code
+(2: bad snapshot or request, 3: the run failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+ERROR_TAG = "DSOCR-WORKER-ERROR"
+
+
+def run(request: dict[str, Any]) -> dict[str, Any]:
+    """Count every workload of the request; the model is built once per (dtype, attention).
+
+    Set-up failures (bad snapshot, no GPU) raise and fail the whole request; a failure of
+    one workload is returned in its slot as ``{"error": {"exit_code", "message"}}``.
+    """
+    from vendor_shim.remote_code import compat
+
+    torchvision = compat.install_torchvision_stub()
+    compat.redirect_cuda(request["device"])
+
+    import torch
+
+    from analytic.workload import VisionWorkload
+    from vendor_shim.errors import VendorInputError, VendorShimError
+    from vendor_shim.harness import run_counted
+    from vendor_shim.remote_code.model import RemoteCodeModelBackend
+    from vendor_shim.remote_code.snapshot import load_snapshot
+
+    device, vision_only = request["device"], bool(request["vision_only"])
+    if device == "cuda" and not torch.cuda.is_available():
+        raise VendorInputError("device 'cuda' requested but torch sees no GPU: use --device cpu")
+    snapshot = load_snapshot(request["vendor_dir"])
+    backend = RemoteCodeModelBackend(snapshot, env_info={"torchvision": torchvision, **request.get("env_info", {})})
+    reason = backend.supports_device(device, vision_only)
+    if reason:
+        raise VendorInputError(reason)
+    backend.module()  # import errors fail the request, naming the file
+    built: dict[tuple[str, str], Any] = {}
+    results: list[dict[str, Any]] = []
+    for item in request["workloads"]:
+        workload = VisionWorkload.from_dict(item)
+        key = (workload.dtype, workload.attn_impl)
+        try:
+            reused = key in built
+            if not reused:
+                built.clear()  # one model in memory at a time
+                built[key] = backend.build(
+                    device=device, dtype=workload.dtype, attn_impl=workload.attn_impl, vision_only=vision_only
+                )
+            trace = run_counted(
+                backend,
+                built[key],
+                workload,
+                vision_only=vision_only,
+                fvcore=bool(request.get("fvcore", False)),
+                model_reused=reused,
+            )
+            results.append({"trace": trace.to_dict()})
+        except VendorShimError as exc:
+            where = _snapshot_frame(exc, request) if exc.exit_code == 3 else ""
+            results.append({"error": {"exit_code": exc.exit_code, "message": _one_line(exc) + where}})
+    return {"results": results}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vendor_shim.remote_code.worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--request", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    sys.dont_write_bytecode = True  # never write into the snapshot directory
+    from vendor_shim.errors import VendorShimError
+
+    request: dict[str, Any] | None = None
+    try:
+        request = json.loads(args.request.read_text(encoding="utf-8"))
+        doc = run(request)
+    except VendorShimError as exc:
+        where = _snapshot_frame(exc, request) if exc.exit_code == 3 else ""  # input errors name their file
+        print(f"{ERROR_TAG} {exc.exit_code} {_one_line(exc)}{where}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:  # the snapshot's own code failed while running: exit 3 with its message
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+        where = _snapshot_frame(exc, request)
+        print(f"{ERROR_TAG} 3 the run failed ({type(exc).__name__}: {_one_line(exc)}){where}", file=sys.stderr)
+        return 3
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(json.dumps(doc), encoding="utf-8")
+    tmp.replace(args.out)
+    return 0
+
+
+def _snapshot_frame(exc: BaseException, request: dict[str, Any] | None) -> str:
+    """' at FILE:LINE' of the innermost snapshot frame a run-time failure went through, else ''."""
+    import traceback
+
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    root = Path(str((request or {}).get("vendor_dir", ""))).resolve()
+    hits = [f for f in traceback.extract_tb(cause.__traceback__) if Path(f.filename).resolve().parent == root]
+    return f" at {hits[-1].filename}:{hits[-1].lineno}" if hits else ""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,184 @@
+"""Stage attribution: forward hooks on the backend's stage roots.
+
+A stack of frames, one per active root call; FLOPs charged by the audit go to the
+innermost frame (roots may nest).  Vision branches come from the SAM input shape;
+prefill vs decode from the index of the ``top`` module's forward call (0 = prefill,
+1..K = decode steps).  Everything the hooks cannot explain raises
+`VendorRunError` at once: a wrong attribution must never turn into a silent number.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from vendor_shim.backends.base import StageRoots
+from vendor_shim.errors import VendorRunError
+
+UNATTRIBUTED = ("unattributed", "-")
+VISION_ROOTS = ("sam", "clip", "projector")
+
+
+@dataclass
+class CallRecord:
+    """One forward call of a stage root."""
+
+    index: int
+    root: str  # sam | clip | projector | decoder | lm_head
+    module: str  # qualified name inside the model
+    stage: str  # trace stage: sam | clip | projector | prefill | decode
+    part: str  # global | crops | decoder | lm_head
+    step: int  # 0 for vision and prefill, t = 1..K for decode
+    input_shapes: list[list[Any]]  # [[arg name, shape], ...] for tensor inputs
+    tensor_flops: int = 0
+    ops: dict[str, int] = field(default_factory=dict)  # op name -> flops
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "root": self.root,
+            "module": self.module,
+            "stage": self.stage,
+            "part": self.part,
+            "step": self.step,
+            "input_shapes": self.input_shapes,
+            "tensor_flops": self.tensor_flops,
+            "ops": dict(self.ops),
+        }
+
+
+def _tensor_shapes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[list[Any]]:
+    out: list[list[Any]] = [[f"arg{i}", list(a.shape)] for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+    out += [[k, list(v.shape)] for k, v in kwargs.items() if isinstance(v, torch.Tensor)]
+    return out
+
+
+def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, torch.Tensor):
+            return a
+    return None
+
+
+class StageTracker:
+    """Hooks the roots of one model; collects per-call records and per-leaf op FLOPs."""
+
+    def __init__(
+        self,
+        roots: StageRoots,
+        *,
+        global_view_size: int,
+        crop_size: int,
+        n_crops: int,
+        module_names: dict[int, str] | None = None,
+    ) -> None:
+        self.roots = roots
+        self.global_view_size = global_view_size
+        self.crop_size = crop_size
+        self.n_crops = n_crops
+        self.names = module_names or {}
+        self.frames: list[CallRecord] = []
+        self.records: list[CallRecord] = []
+        self.top_calls = 0
+        self.top_depth = 0
+        self.last_sam: tuple[str, int] | None = None  # (branch, batch)
+        # (stage, part, step) -> op name -> [flops, calls]
+        self.leaf_ops: dict[tuple[str, str, int], dict[str, list[int]]] = defaultdict(
+            lambda: defaultdict(lambda: [0, 0])
+        )
+
+    # ---- attribution -----------------------------------------------------------------
+    def charge(self, op_name: str, flops: int) -> None:
+        if self.frames:
+            fr = self.frames[-1]
+            fr.tensor_flops += flops
+            fr.ops[op_name] = fr.ops.get(op_name, 0) + flops
+            key = (fr.stage, fr.part, fr.step)
+        else:
+            key = (*UNATTRIBUTED, self.top_calls - 1 if self.top_depth else -1)
+        cell = self.leaf_ops[key][op_name]
+        cell[0] += flops
+        cell[1] += 1
+
+    def _vision_branch(self, root: str, x: torch.Tensor | None) -> str:
+        if x is None:
+            raise VendorRunError(f"{root} was called without a tensor input: cannot attribute its branch")
+        batch = int(x.shape[0])
+        if root == "sam":
+            side = tuple(int(s) for s in x.shape[-2:])
+            if batch == 1 and side == (self.global_view_size,) * 2:
+                branch = "global"
+            elif self.n_crops and batch == self.n_crops and side == (self.crop_size,) * 2:
+                branch = "crops"
+            else:
+                raise VendorRunError(
+                    f"SAM input {tuple(x.shape)} is neither the global view (1 x {self.global_view_size}^2) "
+                    f"nor the crop batch ({self.n_crops} x {self.crop_size}^2): the inputs disagree with the workload"
+                )
+            self.last_sam = (branch, batch)
+            return branch
+        if self.last_sam is None:
+            raise VendorRunError(f"{root} ran before any SAM call: cannot attribute its branch")
+        branch, sam_batch = self.last_sam
+        if batch != sam_batch:
+            raise VendorRunError(f"{root} input batch {batch} != preceding SAM batch {sam_batch} ({branch})")
+        return branch
+
+    def _pre(self, root: str, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        step = max(self.top_calls - 1, 0)
+        if root in VISION_ROOTS:
+            if self.top_depth and self.top_calls > 1:
+                raise VendorRunError(f"{root} ran during decode step {self.top_calls - 1}: the vision stack re-ran")
+            stage, part, step = root, self._vision_branch(root, _first_tensor(args, kwargs)), 0
+        else:
+            if not self.top_depth:
+                raise VendorRunError(f"{root} ran outside a generation step: cannot tell prefill from decode")
+            stage = "prefill" if self.top_calls == 1 else "decode"
+            part = root
+        rec = CallRecord(
+            index=len(self.records) + len(self.frames),
+            root=root,
+            module=self.names.get(id(module), type(module).__name__),
+            stage=stage,
+            part=part,
+            step=step,
+            input_shapes=_tensor_shapes(args, kwargs),
+        )
+        self.frames.append(rec)
+
+    def _post(self, root: str) -> None:
+        if not self.frames or self.frames[-1].root != root:
+            raise VendorRunError(f"stage hooks out of order at the end of {root}: nested roots closed unevenly")
+        self.records.append(self.frames.pop())
+
+    def _top_pre(self, *_: Any) -> None:
+        if self.top_depth == 0:
+            self.top_calls += 1
+        self.top_depth += 1
+
+    def _top_post(self, *_: Any) -> None:
+        self.top_depth -= 1
+
+    @contextmanager
+    def attached(self) -> Iterator[StageTracker]:
+        handles = []
+        try:
+            for root, mod in self.roots.named().items():
+                handles.append(
+                    mod.register_forward_pre_hook(
+                        lambda m, a, k, r=root: self._pre(r, m, a, k), with_kwargs=True, prepend=True
+                    )
+                )
+                handles.append(mod.register_forward_hook(lambda m, a, o, r=root: self._post(r), always_call=True))
+            if self.roots.top is not None:
+                handles.append(self.roots.top.register_forward_pre_hook(self._top_pre, prepend=True))
+                handles.append(self.roots.top.register_forward_hook(self._top_post, always_call=True))
+            yield self
+        finally:
+            for h in handles:
+                h.remove()

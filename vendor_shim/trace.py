@@ -1,0 +1,201 @@
+"""The vendor trace: a versioned JSON document, one per workload, validated on write and read.
+
+Schema ``dsocr-flopcheck/vendor-trace`` version 1 (``schema_version: 1``):
+
+- ``schema``: the literal above; ``schema_version``: 1.
+- ``backend`` (str), ``device`` (cpu|cuda|meta), ``dtype`` (str), ``vision_only`` (bool).
+- ``complete`` (bool): False when ``coverage.uncounted_ops`` is non-empty; ``incomplete_reasons`` (list[str]).
+- ``workload``: `VisionWorkload.to_dict()` the run was asked for.
+- ``received``: what the model actually received (``global_view_size, crop_size, w_crop, h_crop,
+  n_crops, n_image_tokens, prompt_tokens, prefill_len``) plus ``decode_forwards`` (K run) and
+  ``lm_head_scope`` (the scope really used; null when vision-only).
+- ``stages``: the analytic nesting: ``stages.{sam,clip,projector}.{global,crops}.<metrics>``,
+  ``stages.{prefill,decode}.{decoder,lm_head}.<metrics>``, ``stages.decode.steps`` = list of K
+  ``{"decoder": {...}, "lm_head": {...}}``.  Metrics = ``analytic.schema.METRICS``; the vendor
+  measures ``tensor_flops`` (int) today, the others are null (listed in ``measured_metrics``).
+  Leaves also carry ``calls`` (root forward calls).  A branch that did not run is all zeros.
+- ``measured_metrics``: ["tensor_flops"].
+- ``totals``: ``counter_total`` (FlopCounterMode's whole-run total), ``stage_sum`` (sum of all
+  leaves), ``audit_total`` (the audit's own sum) and ``unattributed`` (FLOPs outside every root,
+  always 0 in a valid trace).
+- ``op_breakdown``: ``{stage: {part: {aten op: {"flops", "calls", "family"}}}}`` (family from
+  ``analytic.schema.aten_family``), decode summed over steps.
+- ``calls``: per-call records (index, root, module, stage, part, step, input_shapes, tensor_flops, ops).
+- ``coverage``: ``uncounted_ops`` (sorted list of op names), ``ops_seen`` ({op: {calls, flops,
+  class}}), ``custom_formulas`` (op names the shim registered).
+- ``secondary``: ``{"fvcore": {"status": ok|skipped|failed, "reason", "parts": {...}}}``.
+- ``environment``: python, torch, transformers, device, device_name, dtype, backend,
+  ``code_hashes`` ({file: sha256}), ``model`` (backend build info).
+- ``timing``: ``wall_s``, ``build_s``, ``run_s``, ``model_reused``; ``memory``:
+  ``peak_rss_bytes``, ``cuda_max_allocated_bytes`` (null off cuda).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from analytic.schema import LM_PARTS, LM_STAGES, METRICS, VISION_BRANCHES, VISION_STAGES
+
+SCHEMA = "dsocr-flopcheck/vendor-trace"
+SCHEMA_VERSION = 1
+MEASURED_METRICS = ("tensor_flops",)
+DEVICES = ("cpu", "cuda", "meta")
+
+
+class TraceValidationError(ValueError):
+    """A trace document does not match the schema; the message names the first bad field."""
+
+
+def empty_leaf() -> dict[str, Any]:
+    leaf: dict[str, Any] = {m: (0 if m in MEASURED_METRICS else None) for m in METRICS}
+    leaf["calls"] = 0
+    return leaf
+
+
+def empty_stages(decode_steps: int = 0) -> dict[str, Any]:
+    stages: dict[str, Any] = {s: {b: empty_leaf() for b in VISION_BRANCHES} for s in VISION_STAGES}
+    for s in LM_STAGES:
+        stages[s] = {p: empty_leaf() for p in LM_PARTS}
+    stages["decode"]["steps"] = [{p: empty_leaf() for p in LM_PARTS} for _ in range(decode_steps)]
+    return stages
+
+
+@dataclass
+class Trace:
+    """In-memory form of the document above (to_dict/from_dict validate)."""
+
+    backend: str
+    device: str
+    dtype: str
+    vision_only: bool
+    complete: bool
+    workload: dict[str, Any]
+    received: dict[str, Any]
+    stages: dict[str, Any]
+    totals: dict[str, int]
+    op_breakdown: dict[str, Any]
+    calls: list[dict[str, Any]]
+    coverage: dict[str, Any]
+    environment: dict[str, Any]
+    timing: dict[str, Any]
+    memory: dict[str, Any]
+    secondary: dict[str, Any] = field(default_factory=dict)
+    incomplete_reasons: list[str] = field(default_factory=list)
+    measured_metrics: list[str] = field(default_factory=lambda: list(MEASURED_METRICS))
+    schema: str = SCHEMA
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        validate_trace_dict(d)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Trace:
+        validate_trace_dict(d)
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Trace:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TraceValidationError(f"trace is not valid JSON ({exc}): re-run the measurement") from exc
+        return cls.from_dict(d)
+
+    def leaf(self, stage: str, part: str) -> dict[str, Any]:
+        return self.stages[stage][part]
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise TraceValidationError(f"invalid vendor trace: {msg}")
+
+
+def _check_leaf(leaf: Any, where: str) -> int:
+    _require(isinstance(leaf, dict), f"{where} is not an object")
+    for m in METRICS:
+        _require(m in leaf, f"{where} lacks metric {m!r}")
+        v = leaf[m]
+        if m in MEASURED_METRICS:
+            _require(isinstance(v, int) and not isinstance(v, bool) and v >= 0, f"{where}.{m} must be an int >= 0")
+        else:
+            _require(v is None or (isinstance(v, int | float) and not isinstance(v, bool)), f"{where}.{m} bad type")
+    return leaf["tensor_flops"]
+
+
+_REQUIRED = {
+    "schema": str,
+    "schema_version": int,
+    "backend": str,
+    "device": str,
+    "dtype": str,
+    "vision_only": bool,
+    "complete": bool,
+    "workload": dict,
+    "received": dict,
+    "stages": dict,
+    "totals": dict,
+    "op_breakdown": dict,
+    "calls": list,
+    "coverage": dict,
+    "environment": dict,
+    "timing": dict,
+    "memory": dict,
+    "secondary": dict,
+    "incomplete_reasons": list,
+    "measured_metrics": list,
+}
+
+
+def validate_trace_dict(d: Any) -> None:
+    """Raise `TraceValidationError` unless ``d`` is a well-formed, self-consistent trace."""
+    _require(isinstance(d, dict), "document is not an object")
+    for key, typ in _REQUIRED.items():
+        _require(key in d, f"missing field {key!r}")
+        _require(isinstance(d[key], typ), f"field {key!r} must be {typ.__name__}")
+    _require(d["schema"] == SCHEMA, f"schema {d['schema']!r} != {SCHEMA!r}")
+    _require(
+        d["schema_version"] == SCHEMA_VERSION,
+        f"schema_version {d['schema_version']} unsupported (this code reads {SCHEMA_VERSION}): re-run the measurement",
+    )
+    _require(d["device"] in DEVICES, f"device {d['device']!r} not one of {DEVICES}")
+    stages = d["stages"]
+    total = 0
+    for s in VISION_STAGES:
+        _require(isinstance(stages.get(s), dict), f"stages.{s} missing")
+        for b in VISION_BRANCHES:
+            total += _check_leaf(stages[s].get(b), f"stages.{s}.{b}")
+    for s in LM_STAGES:
+        _require(isinstance(stages.get(s), dict), f"stages.{s} missing")
+        for p in LM_PARTS:
+            total += _check_leaf(stages[s].get(p), f"stages.{s}.{p}")
+    steps = stages["decode"].get("steps")
+    _require(isinstance(steps, list), "stages.decode.steps must be a list")
+    k = d["received"].get("decode_forwards", 0)
+    _require(len(steps) == k, f"stages.decode.steps has {len(steps)} entries, received.decode_forwards says {k}")
+    for p in LM_PARTS:
+        step_sum = sum(_check_leaf(st.get(p), f"stages.decode.steps[{i}].{p}") for i, st in enumerate(steps))
+        _require(
+            step_sum == stages["decode"][p]["tensor_flops"],
+            f"decode steps sum {step_sum} != stages.decode.{p}.tensor_flops {stages['decode'][p]['tensor_flops']}",
+        )
+    totals = d["totals"]
+    for key in ("counter_total", "stage_sum", "audit_total", "unattributed"):
+        _require(isinstance(totals.get(key), int), f"totals.{key} must be an int")
+    _require(totals["stage_sum"] == total, f"totals.stage_sum {totals['stage_sum']} != sum of leaves {total}")
+    _require(totals["unattributed"] == 0, f"{totals['unattributed']} FLOPs ran outside every stage root")
+    _require(
+        totals["stage_sum"] == totals["counter_total"] == totals["audit_total"],
+        f"stage sum {totals['stage_sum']} / counter {totals['counter_total']} / audit {totals['audit_total']} differ",
+    )
+    unc = d["coverage"].get("uncounted_ops")
+    _require(isinstance(unc, list) and all(isinstance(x, str) for x in unc), "coverage.uncounted_ops must be list[str]")
+    _require(not (unc and d["complete"]), "trace marked complete but coverage.uncounted_ops is not empty")
+    _require(d["complete"] or bool(d["incomplete_reasons"]), "incomplete trace must say why (incomplete_reasons)")
+    _require(isinstance(d["timing"].get("wall_s"), int | float), "timing.wall_s must be a number")

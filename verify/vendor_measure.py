@@ -1,0 +1,158 @@
+"""The verifier's view of the vendor: one measurement per distinct workload signature.
+
+Wraps `vendor_shim.measure` with the on-disk trace cache and an in-memory memo, holds
+the built model across pages (`ModelCache`), and batches out-of-process backends
+(remote-code) so one worker and one model build serve every page of a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from analytic.workload import VisionWorkload
+from verify.cache import TraceCache, library_versions
+from verify.model import PageSpec
+from verify.runner import VendorFailure, VerifyConfig
+
+_SHIM_ROOT = Path(__file__).resolve().parent.parent / "vendor_shim"
+
+
+def shim_code_hash() -> str:
+    """sha256 over the shim's own sources: a harness change must invalidate cached traces."""
+    h = hashlib.sha256()
+    for path in sorted(_SHIM_ROOT.rglob("*.py")):
+        h.update(str(path.relative_to(_SHIM_ROOT)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+@dataclass
+class VendorMeasurer:
+    """Callable `(workload, page) -> (trace dict, cache_hit)` used by `verify.runner.Verifier`."""
+
+    cfg: VerifyConfig
+    backend: Any
+    cache: TraceCache | None
+    code_hashes: dict[str, str]
+    versions: dict[str, Any]
+    model_cache: Any = None
+    _memo: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _failures: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, cfg: VerifyConfig) -> VendorMeasurer:
+        from vendor_shim.backends import get_backend
+        from vendor_shim.cache import ModelCache
+        from vendor_shim.errors import VendorInputError
+        from vendor_shim.measure import check_device
+
+        try:
+            check_device(cfg.device, cfg.vision_only)
+            backend = get_backend(cfg.backend, vendor_dir=cfg.vendor_dir, trust_remote_code=cfg.trust_remote_code)
+        except VendorInputError as exc:
+            from verify.cli import UsageError
+
+            raise UsageError(str(exc)) from None
+        code_hashes = {"vendor_shim": shim_code_hash()}
+        if hasattr(backend, "signature"):
+            code_hashes.update(backend.signature().get("code_hashes", {}))
+        versions = backend.cache_versions() if hasattr(backend, "cache_versions") else library_versions()
+        cache = TraceCache(Path(cfg.cache_dir)) if cfg.use_cache and cfg.cache_dir else None
+        return cls(cfg, backend, cache, code_hashes, versions, model_cache=ModelCache())
+
+    def environment(self) -> dict[str, Any]:
+        env = dict(self.backend.environment()) if hasattr(self.backend, "environment") else {}
+        env["cache"] = str(self.cache.root) if self.cache else "disabled"
+        env["library_versions"] = self.versions
+        env.setdefault("code_hashes", {}).update({"vendor_shim": self.code_hashes["vendor_shim"]})
+        return env
+
+    def key(self, workload: VisionWorkload) -> str:
+        from vendor_shim.trace import SCHEMA_VERSION
+
+        return TraceCache.key_for(
+            backend=self.cfg.backend,
+            workload=workload,
+            device=self._device_label(),
+            vision_only=self.cfg.vision_only,
+            schema_version=SCHEMA_VERSION,
+            code_hashes=self.code_hashes,
+            versions=self.versions,
+        )
+
+    def _device_label(self) -> str:
+        vd = self.cfg.vision_device
+        return self.cfg.device if not vd or vd == self.cfg.device else f"{self.cfg.device}+vision:{vd}"
+
+    def prefetch(self, workloads: list[VisionWorkload]) -> None:
+        """Measure every distinct uncached workload up front in one worker (out-of-process backends)."""
+        if not hasattr(self.backend, "measure_dicts"):
+            return
+        todo: dict[str, VisionWorkload] = {}
+        for wl in workloads:
+            k = self.key(wl)
+            if k not in self._memo and k not in todo and self._cached(k) is None:
+                todo[k] = wl
+        if not todo:
+            return
+        try:
+            results = self.backend.measure_dicts(
+                list(todo.values()), device=self.cfg.device, vision_only=self.cfg.vision_only
+            )
+        except Exception as exc:
+            for k in todo:
+                self._failures[k] = _one_line(exc)
+            return
+        for k, res in zip(todo, results, strict=True):
+            if isinstance(res, Exception):
+                self._failures[k] = _one_line(res)
+            else:
+                self._store(k, res)
+
+    def __call__(self, workload: VisionWorkload, page: PageSpec) -> tuple[dict[str, Any], bool]:
+        k = self.key(workload)
+        if k in self._failures:
+            raise VendorFailure(self._failures[k])
+        if k in self._memo:
+            return self._memo[k], True
+        cached = self._cached(k)
+        if cached is not None:
+            self._memo[k] = cached
+            return cached, True
+        trace = self._measure(workload)
+        self._store(k, trace)
+        return trace, False
+
+    def _cached(self, k: str) -> dict[str, Any] | None:
+        return self.cache.get(k) if self.cache else None
+
+    def _store(self, k: str, trace: dict[str, Any]) -> None:
+        self._memo[k] = trace
+        if self.cache and trace.get("complete", False):
+            self.cache.put(k, trace)
+
+    def _measure(self, workload: VisionWorkload) -> dict[str, Any]:
+        from vendor_shim.errors import VendorShimError
+        from vendor_shim.measure import measure
+
+        try:
+            trace = measure(
+                workload,
+                backend=self.backend,
+                device=self.cfg.device,
+                vision_only=self.cfg.vision_only,
+                model_cache=self.model_cache,
+                fvcore=False,
+                vision_device=self.cfg.vision_device,
+            )
+        except VendorShimError as exc:
+            raise VendorFailure(_one_line(exc)) from exc
+        return trace.to_dict()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
