@@ -76,9 +76,10 @@ def build_parser(prog: str, vision_only: bool) -> argparse.ArgumentParser:
     if not vision_only:
         g.add_argument(
             "--vision-device",
-            choices=["meta", "same"],
-            default="same",
-            help="meta: count the vision stack shapes-only (identical counts, much faster on CPU)",
+            choices=["auto", "meta", "same"],
+            default="auto",
+            help="where the vision stack is counted: meta = shapes only (identical counts, tested), same = on "
+            "--device; auto (default) = meta when --device is cpu, else same",
         )
     g.add_argument("--no-cache", action="store_true", help="always run the vendor (do not read or write the cache)")
     g.add_argument(
@@ -127,7 +128,7 @@ def config_from_args(args: argparse.Namespace, command: str, vision_only: bool) 
         vendor_dir=str(args.vendor_dir) if args.vendor_dir else None,
         trust_remote_code=args.trust_remote_code,
         device=args.device,
-        vision_device=None if vision_only or args.vision_device == "same" else args.vision_device,
+        vision_device=_vision_device(args, vision_only),
         dtype=args.dtype,
         lm_head=None if vision_only else args.lm_head,
         attn_impl="eager" if vision_only else args.attn_impl,
@@ -136,6 +137,15 @@ def config_from_args(args: argparse.Namespace, command: str, vision_only: bool) 
         use_cache=not args.no_cache,
         cache_dir=str(args.cache_dir or default_cache_root()),
     )
+
+
+def _vision_device(args: argparse.Namespace, vision_only: bool) -> str | None:
+    if vision_only or args.vision_device == "same":
+        return None
+    if args.vision_device == "auto":
+        # the split needs a backend that accepts pre-encoded vision features (hf does; remote-code runs whole)
+        return "meta" if args.device == "cpu" and args.backend == "hf" else None
+    return args.vision_device
 
 
 def load_pages(args: argparse.Namespace) -> list[PageSpec]:
