@@ -26,14 +26,9 @@ from __future__ import annotations
 
 from typing import Any
 
-METRIC_FIELDS = (
-    "tensor_flops",
-    "elementwise_flops",
-    "io_bytes",
-    "weight_bytes",
-    "activation_bytes",
-    "kv_cache_bytes",
-)
+from analytic.schema import METRICS
+
+METRIC_FIELDS = METRICS  # one list of metric names: analytic.schema
 
 EW = {
     "layernorm": 5,

@@ -13,6 +13,7 @@ from typing import Any
 
 from analytic.schema import LM_PARTS, VISION_BRANCHES, VISION_STAGES
 from analytic.workload import VisionWorkload, WorkloadError
+from vendor_shim.backends import IMPL_OF_BACKEND
 from vendor_shim.errors import VendorShimError
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_INPUT, EXIT_VENDOR = 0, 1, 2, 3
@@ -82,7 +83,7 @@ def workload_from_args(args: argparse.Namespace) -> VisionWorkload:
         decode_tokens=0 if args.vision_only else args.decode_tokens,
         dtype=args.dtype,
         lm_head_scope=args.lm_head,
-        impl="official" if args.backend == "remote-code" else "hf",
+        impl=IMPL_OF_BACKEND[args.backend],
         attn_impl=args.attn_impl,
     )
 

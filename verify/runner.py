@@ -16,10 +16,9 @@ from typing import Any
 
 from analytic.schema import LM_STAGES, STAGES, VISION_STAGES
 from analytic.workload import VisionWorkload, WorkloadError
+from vendor_shim.backends import IMPL_OF_BACKEND
 from verify.compare import Tolerances, compare_stages, received_mismatches
 from verify.model import ComparisonRow, PageResult, PageSpec, RunResult
-
-BACKEND_IMPL = {"hf": "hf", "remote-code": "official"}
 
 
 @dataclass
@@ -74,7 +73,7 @@ def build_workload(page: PageSpec, cfg: VerifyConfig) -> VisionWorkload:
         decode_tokens=0 if cfg.vision_only else cfg.decode_tokens,
         dtype=cfg.dtype,
         lm_head_scope=cfg.lm_head,  # None: the backend's own behaviour (official: all, hf generate: last)
-        impl=BACKEND_IMPL[cfg.backend],
+        impl=IMPL_OF_BACKEND[cfg.backend],
         attn_impl=cfg.attn_impl,
     )
 

@@ -7,6 +7,8 @@ from typing import Any
 from vendor_shim.errors import VendorInputError
 
 BACKENDS = ("hf", "remote-code")
+# The analytic implementation profile that mirrors each backend (VisionWorkload.impl).
+IMPL_OF_BACKEND = {"hf": "hf", "remote-code": "official"}
 
 
 def get_backend(name: str, *, vendor_dir: str | None = None, trust_remote_code: bool = False) -> Any:
