@@ -19,13 +19,14 @@ def summary_table(run: RunResult) -> Table:
     """Per stage x part (gated metrics): totals over pages, worst relative delta, pass/fail counts."""
     gated = [s for s in summarize(run) if s.gated]
     many_metrics = len({s.metric for s in gated}) > 1
-    table = Table(title=f"{run.command} · {len(run.pages)} pages", title_justify="left")
+    n = len(run.pages)
+    table = Table(title=f"{run.command} · {n} page{'' if n == 1 else 's'}", title_justify="left", padding=(0, 1))
     table.add_column("stage")
     table.add_column("part")
     if many_metrics:
         table.add_column("metric")
     for name in ("vendor", "analytic", "max rel Δ", "pass", "fail"):
-        table.add_column(name, justify="right")
+        table.add_column(name, justify="right", no_wrap=True)  # a wrapped number is unreadable
     for s in gated:
         fail_cell = f"[bold red]{s.failed}[/]" if s.failed else "0"
         rel_style = "red" if s.failed else "green"
