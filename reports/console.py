@@ -21,8 +21,8 @@ def summary_table(run: RunResult) -> Table:
     many_metrics = len({s.metric for s in gated}) > 1
     n = len(run.pages)
     table = Table(title=f"{run.command} · {n} page{'' if n == 1 else 's'}", title_justify="left", padding=(0, 1))
-    table.add_column("stage")
-    table.add_column("part")
+    table.add_column("stage", no_wrap=True, min_width=9)
+    table.add_column("part", no_wrap=True)
     if many_metrics:
         table.add_column("metric")
     for name in ("vendor", "analytic", "max rel Δ", "pass", "fail"):
