@@ -7,6 +7,7 @@ count); 2 bad input or usage; 3 the vendor run itself failed.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -178,7 +179,7 @@ def make_verifier(cfg: VerifyConfig) -> tuple[Verifier, dict[str, Any]]:
 
 
 def _main(argv: list[str] | None, command: str, vision_only: bool) -> int:
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # errors stay one line, whatever the terminal width
     args = build_parser(command, vision_only).parse_args(argv)
     try:
         cfg = config_from_args(args, command, vision_only)
@@ -186,6 +187,7 @@ def _main(argv: list[str] | None, command: str, vision_only: bool) -> int:
         if not pages:
             raise UsageError("no pages selected: check the page source and the --data-source/--limit filters")
         verifier, environment = make_verifier(cfg)
+        _check_output_dir(Path(args.output_dir))
     except (UsageError, WorkloadError) as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         return EXIT_USAGE
@@ -199,13 +201,38 @@ def _main(argv: list[str] | None, command: str, vision_only: bool) -> int:
             console.print(f"[bold red]error:[/] {p.page.page_id}: {p.error}", highlight=False)
         return EXIT_USAGE
 
-    from reports import write_reports
     from reports.console import print_summary
 
-    run_dir = Path(args.output_dir) / run.run_id
-    paths = write_reports(run, run_dir)
+    try:
+        paths = _write_fresh(run, Path(args.output_dir))
+    except OSError as exc:
+        console.print(f"[bold red]error:[/] cannot write the reports ({exc}): pick another --output-dir")
+        return EXIT_USAGE
     print_summary(run, Console(), paths)
     return exit_code(run)
+
+
+def _check_output_dir(output_dir: Path) -> None:
+    """Fail before the run, not after it, when the reports could not be written (nothing is created here)."""
+    probe = output_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"--output-dir {output_dir} cannot be created under {probe}: pick a writable folder")
+
+
+def _write_fresh(run, output_dir: Path) -> dict[str, Path]:
+    """Reports into OUTPUT_DIR/<run id>, suffixed -2, -3, ... when a run started in the same second is there."""
+    from reports import ReportExistsError, write_reports
+
+    base = run.run_id
+    for n in range(1, 1000):
+        run.run_id = base if n == 1 else f"{base}-{n}"
+        try:
+            return write_reports(run, output_dir / run.run_id)
+        except ReportExistsError:
+            continue
+    raise ReportExistsError(f"{output_dir} holds 999 runs named {base}*: pick another --output-dir")
 
 
 def _run_with_progress(verifier: Verifier, pages: list[PageSpec], env: dict, console: Console, quiet: bool):

@@ -41,6 +41,7 @@ class VendorMeasurer:
     model_cache: Any = None
     _memo: dict[str, dict[str, Any]] = field(default_factory=dict)
     _failures: dict[str, str] = field(default_factory=dict)
+    _fresh: set[str] = field(default_factory=set)  # measured by prefetch, not yet handed to a page
 
     @classmethod
     def create(cls, cfg: VerifyConfig) -> VendorMeasurer:
@@ -111,13 +112,16 @@ class VendorMeasurer:
                 self._failures[k] = _one_line(res)
             else:
                 self._store(k, res)
+                self._fresh.add(k)
 
     def __call__(self, workload: VisionWorkload, page: PageSpec) -> tuple[dict[str, Any], bool]:
         k = self.key(workload)
         if k in self._failures:
             raise VendorFailure(self._failures[k])
         if k in self._memo:
-            return self._memo[k], True
+            fresh = k in self._fresh  # the first page of a prefetched signature was measured, not cached
+            self._fresh.discard(k)
+            return self._memo[k], not fresh
         cached = self._cached(k)
         if cached is not None:
             self._memo[k] = cached
