@@ -259,7 +259,10 @@ def _one_line(exc: BaseException, overrides: list[str]) -> str:
     msg = str(inner).strip().splitlines()[0] if str(inner).strip() else type(inner).__name__
     if isinstance(inner, (ConfigError, ProfileError)):
         return msg
-    return f"bad analytic config (overrides {overrides}): {msg}"
+    return (
+        f"bad analytic config (overrides {overrides}): {msg}; "
+        "check each override names a key of analytic/configs/model.yaml with a value of the right type"
+    )
 
 
 def estimate(workload: VisionWorkload, overrides: list[str] | None = None, records: bool = False) -> Estimate:
