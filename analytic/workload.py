@@ -175,18 +175,14 @@ def compute_projector_tokens(layout: ViewLayout, image_size: int | None = None) 
         return ProjectorTokens(nq_g, 0, global_tokens, 0, nq_g * nq_g, 0)
     nq_c = compute_num_queries(image_size if image_size is not None else layout.crop_size)
     crops_tokens = (nq_c * layout.w_crop + 1) * (nq_c * layout.h_crop)
-    return ProjectorTokens(
-        nq_g, nq_c, global_tokens, crops_tokens, nq_g * nq_g, layout.n_crops * nq_c * nq_c
-    )
+    return ProjectorTokens(nq_g, nq_c, global_tokens, crops_tokens, nq_g * nq_g, layout.n_crops * nq_c * nq_c)
 
 
 def _validate_page(width: int, height: int) -> None:
     if not isinstance(width, int) or not isinstance(height, int) or width <= 0 or height <= 0:
         raise WorkloadError(f"page size {width}x{height} is not positive: give width and height in pixels, > 0")
     if width * height > MAX_PAGE_PIXELS:
-        raise WorkloadError(
-            f"page size {width}x{height} exceeds {MAX_PAGE_PIXELS:,} pixels: downscale the image first"
-        )
+        raise WorkloadError(f"page size {width}x{height} exceeds {MAX_PAGE_PIXELS:,} pixels: downscale the image first")
 
 
 @dataclass(frozen=True)
