@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from analytic.costs import EW, Cost, sub
-from analytic.layers.common import ConfigError
+from analytic.layers.common import ConfigError, vision_attention
 from analytic.profiles import ImplProfile
 
 
@@ -29,12 +29,7 @@ class ClipBlock:
         else:  # transformers UnlimitedOcrAttention: q_proj, k_proj, v_proj
             for name in ("q_proj", "k_proj", "v_proj"):
                 c.linear(sub(ap, name), rows, d, d, bias=True, db=db)
-        if profile.vision_attention == "sdpa":
-            c.sdpa(sub(ap, "sdpa"), batch, nh, seq, seq, hd, hd, db=db)
-        else:
-            c.bmm(sub(ap, "qk"), "matmul_qk", batch * nh, seq, hd, seq, db=db)
-            c.elementwise(sub(ap, "softmax"), "softmax", batch * nh * seq * seq, EW["softmax"] + EW["mul"], db)
-            c.bmm(sub(ap, "av"), "matmul_av", batch * nh, seq, seq, hd, db=db)
+        vision_attention(c, ap, batch, nh, seq, hd, profile.vision_attention, db)
         c.linear(sub(ap, "out_proj"), rows, d, d, bias=True, db=db)
         c.elementwise(sub(path, "residual1"), "add", rows * d, EW["add"], db, reads=2)
         c.elementwise(sub(path, "layer_norm2"), "layernorm", rows * d, EW["layernorm"], db, weight_elems=2 * d)

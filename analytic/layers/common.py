@@ -1,8 +1,11 @@
-"""Shared bits of the layer modules: the config error and the identical-layer grouping."""
+"""Shared bits of the layer modules: the config error, the identical-layer grouping and the
+vision attention kernel (SAM and CLIP run the same one)."""
 
 from __future__ import annotations
 
 from typing import TypeVar
+
+from analytic.costs import EW, Cost, sub
 
 T = TypeVar("T")
 
@@ -17,3 +20,15 @@ def group(items: tuple[T, ...]) -> list[tuple[T, int]]:
     for it in items:
         counts[it] = counts.get(it, 0) + 1
     return list(counts.items())
+
+
+def vision_attention(
+    c: Cost, path: str | None, views: int, heads: int, seq: int, head_dim: int, kernel: str, db: int
+) -> None:
+    """Unmasked self-attention over `seq` tokens: one SDPA call, or the eager matmul-softmax-matmul."""
+    if kernel == "sdpa":
+        c.sdpa(sub(path, "sdpa"), views, heads, seq, seq, head_dim, head_dim, db=db)
+        return
+    c.bmm(sub(path, "qk"), "matmul_qk", views * heads, seq, head_dim, seq, db=db)
+    c.elementwise(sub(path, "softmax"), "softmax", views * heads * seq * seq, EW["softmax"] + EW["mul"], db)
+    c.bmm(sub(path, "av"), "matmul_av", views * heads, seq, seq, head_dim, db=db)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from analytic.costs import EW, Cost, sub
-from analytic.layers.common import ConfigError, group
+from analytic.layers.common import ConfigError, group, vision_attention
 from analytic.profiles import ImplProfile
 
 
@@ -48,12 +48,7 @@ class SamBlock:
             c.bmm(sub(ap, "rel_pos_w"), "einsum_bhwc_wkc", side, n_views * nh * side, hd, side, db=db)
             # rel_h + rel_w broadcast add builds the (seq x seq) bias; added to the scores.
             c.elementwise(sub(ap, "rel_pos_bias"), "add", n_views * nh * seq * seq, 2 * EW["add"], db)
-        if profile.vision_attention == "sdpa":
-            c.sdpa(sub(ap, "sdpa"), n_views, nh, seq, seq, hd, hd, db=db)
-        else:
-            c.bmm(sub(ap, "qk"), "matmul_qk", n_views * nh, seq, hd, seq, db=db)
-            c.elementwise(sub(ap, "softmax"), "softmax", n_views * nh * seq * seq, EW["softmax"] + EW["mul"], db)
-            c.bmm(sub(ap, "av"), "matmul_av", n_views * nh, seq, seq, hd, db=db)
+        vision_attention(c, ap, n_views, nh, seq, hd, profile.vision_attention, db)
         c.linear(sub(ap, "proj"), rows, d, d, bias=True, db=db)
         c.elementwise(sub(path, "residual1"), "add", tokens * d, EW["add"], db, reads=2)
         c.elementwise(sub(path, "norm2"), "layernorm", tokens * d, EW["layernorm"], db, weight_elems=2 * d)
