@@ -15,6 +15,7 @@ from typing import Any
 from rich.console import Console
 
 from analytic.workload import MODES, WorkloadError
+from vendor_shim.errors import VendorInputError
 from verify.cache import default_cache_root
 from verify.compare import DEFAULT_TOLERANCE, ToleranceError, parse_tolerances
 from verify.model import PageResult, PageSpec
@@ -188,7 +189,7 @@ def _main(argv: list[str] | None, command: str, vision_only: bool) -> int:
             raise UsageError("no pages selected: check the page source and the --data-source/--limit filters")
         verifier, environment = make_verifier(cfg)
         _check_output_dir(Path(args.output_dir))
-    except (UsageError, WorkloadError) as exc:
+    except (UsageError, WorkloadError, VendorInputError) as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         return EXIT_USAGE
     except VendorFailure as exc:

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from analytic.schema import LM_STAGES, STAGES, VISION_STAGES
+from analytic.schema import STAGES, VISION_STAGES, aten_family
 from analytic.workload import VisionWorkload, WorkloadError
 from vendor_shim.backends import IMPL_OF_BACKEND
 from verify.compare import Tolerances, compare_stages, received_mismatches
-from verify.model import ComparisonRow, PageResult, PageSpec, RunResult
+from verify.model import PageResult, PageSpec, RunResult
 
 
 @dataclass
@@ -115,20 +115,16 @@ class Verifier:
         except VendorFailure as exc:
             return _failed(result, "vendor", str(exc))
         result.trace = trace
-        return self._compare(result, workload, estimate, trace)
+        return self._compare(result, estimate, trace)
 
-    def verify_page(self, page: PageSpec) -> PageResult:
-        result, workload = self.prepare(page)
-        return result if workload is None else self.finish(result, workload)
-
-    def _compare(self, result: PageResult, workload: VisionWorkload, estimate: Any, trace: dict) -> PageResult:
+    def _compare(self, result: PageResult, estimate: Any, trace: dict) -> PageResult:
         mismatches = received_mismatches(result.workload or {}, trace.get("received", {}))
         if mismatches:
             return _failed(result, "vendor", "vendor received a different workload: " + "; ".join(mismatches))
         uncounted = trace.get("coverage", {}).get("uncounted_ops", [])
         if uncounted or not trace.get("complete", True):
-            names = ", ".join(str(op.get("op", op)) if isinstance(op, dict) else str(op) for op in uncounted)
-            return _failed(result, "coverage", f"counter coverage incomplete, uncounted ops: {names or '?'}")
+            names = ", ".join(map(str, uncounted)) or "?"  # the trace lists op names
+            return _failed(result, "coverage", f"counter coverage incomplete, uncounted ops: {names}")
         result.rows = compare_stages(
             result.page.page_id,
             trace["stages"],
@@ -143,8 +139,6 @@ class Verifier:
 
 def trace_families(trace: dict) -> dict[str, dict[str, dict[str, float]]]:
     """stage -> part -> op family -> flops, from the trace's per-op breakdown."""
-    from analytic.schema import aten_family
-
     out: dict[str, dict[str, dict[str, float]]] = {}
     for stage, parts in trace.get("op_breakdown", {}).items():
         for part, ops in parts.items():
@@ -169,6 +163,8 @@ def run_pages(
 ) -> RunResult:
     started = datetime.now(UTC)
     t0 = time.perf_counter()
+    # platform.platform() forks `uname`: ask before the model is built, so the child is small
+    host = {"python": platform.python_version(), "platform": platform.platform()}
     prepared = [verifier.prepare(page) for page in pages]
     prefetch = getattr(verifier.measure, "prefetch", None)
     if prefetch is not None:  # out-of-process backends measure every distinct workload in one worker
@@ -189,7 +185,7 @@ def run_pages(
         run_id=started.strftime("%Y%m%d-%H%M%S"),
         command=verifier.cfg.command,
         config=verifier.cfg.to_dict(),
-        environment={"python": platform.python_version(), "platform": platform.platform(), **environment},
+        environment={**host, **environment},
         pages=results,
         started_at=started.isoformat(timespec="seconds"),
         finished_at=finished.isoformat(timespec="seconds"),
@@ -209,8 +205,4 @@ def exit_code(run: RunResult) -> int:
     return 0
 
 
-def stage_rows(run: RunResult) -> list[ComparisonRow]:
-    return [r for p in run.pages for r in p.rows]
-
-
-__all__ = ["LM_STAGES", "VendorFailure", "Verifier", "VerifyConfig", "build_workload", "exit_code", "run_pages"]
+__all__ = ["VendorFailure", "Verifier", "VerifyConfig", "build_workload", "exit_code", "run_pages"]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from analytic.workload import VisionWorkload
+from vendor_shim.trace import SCHEMA_VERSION
 from verify.cache import TraceCache, library_versions
 from verify.model import PageSpec
 from verify.runner import VendorFailure, VerifyConfig
@@ -47,16 +48,11 @@ class VendorMeasurer:
     def create(cls, cfg: VerifyConfig) -> VendorMeasurer:
         from vendor_shim.backends import get_backend
         from vendor_shim.cache import ModelCache
-        from vendor_shim.errors import VendorInputError
         from vendor_shim.measure import check_device
 
-        try:
-            check_device(cfg.device, cfg.vision_only)
-            backend = get_backend(cfg.backend, vendor_dir=cfg.vendor_dir, trust_remote_code=cfg.trust_remote_code)
-        except VendorInputError as exc:
-            from verify.cli import UsageError
-
-            raise UsageError(str(exc)) from None
+        # VendorInputError (bad device, refused remote code) propagates: the CLI maps it to exit 2
+        check_device(cfg.device, cfg.vision_only)
+        backend = get_backend(cfg.backend, vendor_dir=cfg.vendor_dir, trust_remote_code=cfg.trust_remote_code)
         code_hashes = {"vendor_shim": shim_code_hash()}
         if hasattr(backend, "signature"):
             code_hashes.update(backend.signature().get("code_hashes", {}))
@@ -72,8 +68,6 @@ class VendorMeasurer:
         return env
 
     def key(self, workload: VisionWorkload) -> str:
-        from vendor_shim.trace import SCHEMA_VERSION
-
         return TraceCache.key_for(
             backend=self.cfg.backend,
             workload=workload,
