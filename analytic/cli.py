@@ -10,9 +10,10 @@ import json
 import sys
 from typing import Any
 
+from analytic.dtype_policy import DEFAULT_DTYPE, DTYPE_CHOICES, choose_dtype, cpuinfo_native_bf16
 from analytic.layers.common import ConfigError
 from analytic.profiles import ProfileError
-from analytic.workload import DTYPES, MODES, VisionWorkload, WorkloadError
+from analytic.workload import MODES, VisionWorkload, WorkloadError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,7 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lm-head", choices=("all", "last"), default=None, help="lm_head scope (default: the profile's)")
     p.add_argument("--impl", choices=("official", "hf"), default="official", help="implementation profile")
     p.add_argument("--attn-impl", choices=("eager", "sdpa"), default="eager", help="decoder attention")
-    p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype for the byte metrics")
+    p.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default=DEFAULT_DTYPE,
+        help="dtype for the byte metrics; auto (default): bfloat16 if this CPU runs it natively, else float32 "
+        "(the choice the vendor side makes on this machine)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     p.add_argument("--records", action="store_true", help="include per-op records (with --json)")
     p.add_argument(
@@ -45,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Hydra override of the analytic config, repeatable (e.g. decoder.num_layers=2)",
     )
     return p
+
+
+def _dtype(requested: str) -> str:
+    """``auto`` resolved for this host's CPU without torch (`analytic.dtype_policy`)."""
+    native, probe = cpuinfo_native_bf16() if requested == "auto" else (False, "")
+    return choose_dtype(requested, device="cpu", native_bf16=native, probe=probe).dtype
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             lm_head_scope=args.lm_head,
             impl=args.impl,
             attn_impl=args.attn_impl,
-            dtype=args.dtype,
+            dtype=_dtype(args.dtype),
         )
         from analytic.model import build_cost_model
 

@@ -266,3 +266,29 @@ def test_one_worker_counts_many_workloads(pinned_env):
     # Projector Linear(128, 32), 2*128*32 = 8192 FLOPs a row: tiny 512 -> 8*8 rows, small 640 -> 10*10 rows.
     assert a["stages"]["projector"]["global"]["tensor_flops"] == 64 * 8192
     assert b["stages"]["projector"]["global"]["tensor_flops"] == 100 * 8192
+
+
+def test_tiny_shapes_only_equals_real_run_op_by_op(pinned_env):
+    """The official code (per-expert moe_infer loop, .cuda() redirect, SDPA vision) counted hollow == for real.
+
+    The routing differs (balanced round-robin vs the random router), so per-op call counts of the expert loop
+    may differ; the FLOPs of every op cannot: each token goes through exactly top-2 experts either way."""
+    w = VisionWorkload.from_page(800, 1000, "gundam", prompt_tokens=5, decode_tokens=2, impl="official")
+    kw = {"backend": "remote-code", "vendor_dir": str(TINY), "trust_remote_code": True, "device": "cpu"}
+    real = measure(w, execution="real", **kw).to_dict()
+    shapes = measure(w, execution="shapes", **kw).to_dict()
+    assert real["received"]["execution"] == {"mode": "real"}
+    assert shapes["received"]["execution"]["mode"] == "shapes"
+    assert shapes["received"]["execution"]["topk_calls"] == 3  # one MoE layer x (prefill + 2 decode steps)
+
+    def flops(d):
+        return {
+            (s, p, op): c["flops"]
+            for s, parts in d["op_breakdown"].items()
+            for p, ops in parts.items()
+            for op, c in ops.items()
+        }
+
+    assert flops(shapes) == flops(real)
+    assert shapes["stages"]["decode"]["steps"] == real["stages"]["decode"]["steps"]
+    assert shapes["totals"] == real["totals"]

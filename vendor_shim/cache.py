@@ -16,19 +16,27 @@ class ModelCache:
     _models: dict[tuple[Any, ...], LoadedModel] = field(default_factory=dict)
 
     def get_or_build(
-        self, backend: VendorBackend, *, device: str, dtype: str, attn_impl: str, vision_only: bool
+        self,
+        backend: VendorBackend,
+        *,
+        device: str,
+        dtype: str,
+        attn_impl: str,
+        vision_only: bool,
+        execution: str = "real",
     ) -> tuple[LoadedModel, bool]:
-        """(model, reused).  A full model also serves vision-only requests on the same device/dtype/attn."""
-        key = backend.model_key(device=device, dtype=dtype, attn_impl=attn_impl, vision_only=vision_only)
+        """(model, reused).  A full model also serves vision-only requests on the same device/dtype/attn/execution."""
+        kw = {"device": device, "dtype": dtype, "attn_impl": attn_impl, "execution": execution}
+        key = backend.model_key(vision_only=vision_only, **kw)
         if key in self._models:
             return self._models[key], True
         if vision_only:
-            full = backend.model_key(device=device, dtype=dtype, attn_impl=attn_impl, vision_only=False)
+            full = backend.model_key(vision_only=False, **kw)
             if full in self._models:
                 return self._models[full], True
         while self._models and len(self._models) >= self.max_models:
             self._models.pop(next(iter(self._models)))
-        loaded = backend.build(device=device, dtype=dtype, attn_impl=attn_impl, vision_only=vision_only)
+        loaded = backend.build(vision_only=vision_only, **kw)
         self._models[key] = loaded
         return loaded, False
 

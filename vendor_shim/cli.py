@@ -11,9 +11,11 @@ import sys
 import warnings
 from typing import Any
 
+from analytic.dtype_policy import DEFAULT_DTYPE, DTYPE_CHOICES
 from analytic.schema import LM_PARTS, VISION_BRANCHES, VISION_STAGES
 from analytic.workload import VisionWorkload, WorkloadError
 from vendor_shim.backends import IMPL_OF_BACKEND
+from vendor_shim.backends.base import DEVICES, EXECUTION_CHOICES, VISION_DEVICE_CHOICES, resolve_vision_device
 from vendor_shim.errors import VendorShimError
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_INPUT, EXIT_VENDOR = 0, 1, 2, 3
@@ -40,14 +42,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-tokens", type=int, default=16)
     p.add_argument("--lm-head", choices=["all", "last"], default=None, help="default: the backend's own behaviour")
     p.add_argument("--attn-impl", choices=["eager", "sdpa"], default="eager")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "meta"])
+    p.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default=DEFAULT_DTYPE,
+        help="auto (default): bfloat16 where the device runs it natively, else float32 (counts never depend on it)",
+    )
+    p.add_argument("--device", default="cpu", choices=DEVICES, help="where the model runs")
     p.add_argument("--vision-only", action="store_true", help="count the vision stack only")
     p.add_argument(
         "--vision-device",
-        choices=["meta"],
-        default=None,
-        help="count the vision stack shapes-only on meta and run only the decoder on --device (much faster on CPU)",
+        choices=VISION_DEVICE_CHOICES,
+        default="auto",
+        help="meta: count the vision stack shapes-only on meta, the decoder on --device; same: all on --device; "
+        "auto (default): meta when --device is cpu and the backend can split, else same",
+    )
+    p.add_argument(
+        "--execution",
+        choices=EXECUTION_CHOICES,
+        default="auto",
+        help="shapes: counted ops return zeros of the right shape without arithmetic (same ops, same counts, "
+        "balanced MoE routing); real: do the arithmetic (the reference); auto (default): real on cuda, else shapes",
     )
     p.add_argument("--no-fvcore", action="store_true", help="skip the secondary fvcore count")
     p.add_argument("--json", action="store_true", help="print the trace as JSON")
@@ -71,6 +86,8 @@ def _page_size(args: argparse.Namespace) -> tuple[int, int]:
 
 
 def workload_from_args(args: argparse.Namespace) -> VisionWorkload:
+    from vendor_shim.env import resolve_dtype
+
     width, height = _page_size(args)
     return VisionWorkload.from_page(
         width,
@@ -81,7 +98,7 @@ def workload_from_args(args: argparse.Namespace) -> VisionWorkload:
         crop_mode=args.crop_mode,
         prompt_tokens=args.prompt_tokens,
         decode_tokens=0 if args.vision_only else args.decode_tokens,
-        dtype=args.dtype,
+        dtype=resolve_dtype(args.dtype, args.device).dtype,
         lm_head_scope=args.lm_head,
         impl=IMPL_OF_BACKEND[args.backend],
         attn_impl=args.attn_impl,
@@ -129,7 +146,10 @@ def main(argv: list[str] | None = None) -> int:
                 vendor_dir=args.vendor_dir,
                 trust_remote_code=args.trust_remote_code,
                 fvcore=not args.no_fvcore,
-                vision_device=args.vision_device,
+                vision_device=resolve_vision_device(
+                    args.vision_device, device=args.device, backend=args.backend, vision_only=args.vision_only
+                ),
+                execution=args.execution,
             )
     except VendorShimError as exc:
         print(f"dsocr-measure: error: {exc}", file=sys.stderr)

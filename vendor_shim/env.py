@@ -2,11 +2,75 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import resource
 from typing import Any
 
 import torch
+
+from analytic.dtype_policy import DtypeChoice, capped_by_environment, choose_dtype
+
+LOW_CAPABILITIES = ("DEFAULT", "NO AVX", "AVX", "AVX2", "ZVECTOR", "VSX")  # torch CPU capabilities below AVX512
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (/proc/cpuinfo 'model name'), else what platform says."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_info() -> dict[str, Any]:
+    """What decides CPU speed: model, torch's kernel capability, native bf16/AMX, cores and threads."""
+    cpu = getattr(torch, "cpu", None)
+
+    def has(name: str) -> bool:
+        fn = getattr(cpu, name, None)
+        return bool(fn()) if callable(fn) else False
+
+    onednn_bf16 = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    capability = torch.backends.cpu.get_cpu_capability()
+    avx512_bf16, amx = has("_is_avx512_bf16_supported"), has("_is_amx_tile_supported")
+    capped = capped_by_environment()
+    return {
+        "model": cpu_model(),
+        "capability": capability,
+        "avx512_bf16": avx512_bf16,
+        "amx": amx,
+        "onednn_bf16": onednn_bf16,
+        "native_bf16": (avx512_bf16 or amx) and onednn_bf16 and capability not in LOW_CAPABILITIES and not capped,
+        "capped_by": capped,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def native_bf16(device: str) -> tuple[bool, str]:
+    """(native bf16 arithmetic on ``device``?, the evidence).  meta resolves like the host CPU."""
+    if device == "cuda" and torch.cuda.is_available():
+        ok = bool(torch.cuda.is_bf16_supported())
+        return ok, f"{torch.cuda.get_device_name(0)}: torch.cuda.is_bf16_supported() is {ok}"
+    info = cpu_info()
+    flags = [n for n in ("avx512_bf16", "amx") if info[n]]
+    evidence = f"torch CPU capability {info['capability']}, " + (", ".join(flags) or "no avx512_bf16/amx")
+    evidence += f", oneDNN bf16 {'yes' if info['onednn_bf16'] else 'no'}"
+    if info["capped_by"]:
+        evidence += f", capped by {info['capped_by']}"
+    return bool(info["native_bf16"]), evidence
+
+
+def resolve_dtype(requested: str, device: str) -> DtypeChoice:
+    """``--dtype`` as given, or for ``auto`` the dtype ``device`` runs fast (`analytic.dtype_policy`)."""
+    if requested != "auto":
+        return choose_dtype(requested, device=device, native_bf16=False, probe="")
+    ok, evidence = native_bf16(device)
+    return choose_dtype(requested, device=device, native_bf16=ok, probe=evidence)
 
 
 def reset_peak_rss() -> bool:
@@ -55,4 +119,5 @@ def base_environment(device: str, dtype: str, backend: str) -> dict[str, Any]:
         "dtype": dtype,
         "backend": backend,
         "platform": platform.platform(),
+        "cpu": cpu_info(),
     }

@@ -5,7 +5,9 @@ it inside its own pinned environment.  Mode stack, outermost first:
 ``StageTracker`` hooks -> `AuditMode` -> `FlopCounterMode(custom_mapping=...)``: the counter
 handles each op first (and decomposes what it has no formula for), the audit below it
 sees exactly the leaf ops the counter executed, evaluates the same formula and charges
-the innermost stage frame.  Afterwards: stage sum == audit total == counter total,
+the innermost stage frame, then runs the op: for real, or with ``execution="shapes"``
+hollow (`vendor_shim.hollow`: counted ops answer with zeros of the right layout, top-k
+routing is balanced).  Afterwards: stage sum == audit total == counter total,
 zero FLOPs outside the roots, every expected root call seen, or `VendorRunError`.
 """
 
@@ -21,10 +23,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from analytic.schema import LM_PARTS, VISION_BRANCHES, VISION_STAGES, aten_family
 from analytic.workload import VisionWorkload
 from vendor_shim.audit import AuditLog, AuditMode, ops_by_class
-from vendor_shim.backends.base import GenerationResult, LoadedModel, StageRoots, VendorBackend
+from vendor_shim.backends.base import EXECUTIONS, GenerationResult, LoadedModel, StageRoots, VendorBackend
 from vendor_shim.env import base_environment, peak_rss_bytes, reset_peak_rss
 from vendor_shim.errors import VendorRunError, VendorShimError
 from vendor_shim.formulas import custom_mapping
+from vendor_shim.hollow import HollowExecution
 from vendor_shim.stages import UNATTRIBUTED, StageTracker
 from vendor_shim.trace import Trace, empty_stages
 
@@ -42,9 +45,13 @@ def run_counted(
     fvcore: bool = True,
     model_reused: bool = False,
     vision_loaded: LoadedModel | None = None,
+    execution: str = "real",
 ) -> Trace:
     """Count one workload.  ``vision_loaded`` (a vision-only build, e.g. on meta) runs the vision stack while
-    ``loaded`` runs the decoder on pre-encoded placeholders; both under the same counter, audit and hooks."""
+    ``loaded`` runs the decoder on pre-encoded placeholders; both under the same counter, audit and hooks.
+    ``execution="shapes"`` runs the counted ops hollow (`vendor_shim.hollow`): same ops, same counts, no arithmetic."""
+    if execution not in EXECUTIONS:
+        raise VendorRunError(f"execution {execution!r} unknown: use one of {', '.join(EXECUTIONS)}")
     t0 = time.perf_counter()
     if not vision_only and loaded.vision_only:
         raise VendorRunError("model was built vision-only but a full run was requested: rebuild it")
@@ -70,7 +77,8 @@ def run_counted(
     )
     counter = FlopCounterMode(display=False, custom_mapping=custom_mapping())
     log = AuditLog()
-    audit = AuditMode(counter.flop_registry, tracker.charge, log)
+    hollow = HollowExecution(set(counter.flop_registry)) if execution == "shapes" and loaded.device != "meta" else None
+    audit = AuditMode(counter.flop_registry, tracker.charge, log, execute=hollow)
     cuda = loaded.device == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -131,6 +139,11 @@ def run_counted(
     received["lm_head_scope"] = gen.lm_head_scope if gen else None
     received["generation_path"] = gen.path if gen else None
     received["vision_device"] = vision_loaded.device if vision_loaded is not None else loaded.device
+    received["execution"] = (
+        hollow.stats.to_dict()
+        if hollow is not None
+        else {"mode": "shapes (meta device)" if loaded.device == "meta" else "real"}
+    )
     trace = Trace(
         backend=backend.name,
         device=loaded.device,

@@ -6,7 +6,7 @@ from typing import Any
 
 from analytic.workload import VisionWorkload
 from vendor_shim.backends import get_backend
-from vendor_shim.backends.base import DEVICES, OutOfProcessBackend
+from vendor_shim.backends.base import DEVICES, OutOfProcessBackend, resolve_execution
 from vendor_shim.cache import ModelCache
 from vendor_shim.errors import VendorInputError
 from vendor_shim.trace import Trace
@@ -38,13 +38,20 @@ def measure(
     model_cache: ModelCache | None = None,
     fvcore: bool = True,
     vision_device: str | None = None,
+    execution: str = "auto",
 ) -> Trace:
     """Count what ``backend`` executes for ``workload``.  ``backend`` is a name or a backend object.
 
     ``vision_device="meta"`` counts the vision stack shapes-only on the meta device and runs only the
     decoder on ``device`` (counts are identical; CPU == meta is tested), which is much faster on a CPU.
+    ``execution``: "shapes" runs the counted ops hollow (same ops and counts, no arithmetic: `vendor_shim.hollow`),
+    "real" does the arithmetic (the reference), "auto" = shapes except on cuda.
     Raises `VendorInputError` (exit 2) for bad requests, `VendorRunError` (exit 3) when the run fails.
     """
+    try:
+        execution = resolve_execution(execution, device)
+    except ValueError as exc:
+        raise VendorInputError(str(exc)) from None
     if not isinstance(workload, VisionWorkload):
         raise VendorInputError("workload must be an analytic.VisionWorkload: build it with VisionWorkload.from_page")
     check_device(device, vision_only)
@@ -54,7 +61,7 @@ def measure(
         else backend
     )
     if isinstance(be, OutOfProcessBackend):
-        return Trace.from_dict(be.measure_dict(workload, device=device, vision_only=vision_only))
+        return Trace.from_dict(be.measure_dict(workload, device=device, vision_only=vision_only, execution=execution))
     reason = be.supports_device(device, vision_only)
     if reason:
         raise VendorInputError(reason)
@@ -62,7 +69,12 @@ def measure(
 
     cache = model_cache if model_cache is not None else ModelCache()
     loaded, reused = cache.get_or_build(
-        be, device=device, dtype=workload.dtype, attn_impl=workload.attn_impl, vision_only=vision_only
+        be,
+        device=device,
+        dtype=workload.dtype,
+        attn_impl=workload.attn_impl,
+        vision_only=vision_only,
+        execution=execution,
     )
     vision_loaded = None
     if vision_device not in (None, device) and not vision_only:
@@ -74,5 +86,12 @@ def measure(
             be, device="meta", dtype=workload.dtype, attn_impl=workload.attn_impl, vision_only=True
         )
     return run_counted(
-        be, loaded, workload, vision_only=vision_only, fvcore=fvcore, model_reused=reused, vision_loaded=vision_loaded
+        be,
+        loaded,
+        workload,
+        vision_only=vision_only,
+        fvcore=fvcore,
+        model_reused=reused,
+        vision_loaded=vision_loaded,
+        execution=execution,
     )

@@ -14,7 +14,15 @@ from typing import Any
 
 from rich.console import Console
 
+from analytic.dtype_policy import DEFAULT_DTYPE, DTYPE_CHOICES
 from analytic.workload import MODES, WorkloadError
+from vendor_shim.backends.base import (
+    DEVICES,
+    EXECUTION_CHOICES,
+    VISION_DEVICE_CHOICES,
+    resolve_execution,
+    resolve_vision_device,
+)
 from vendor_shim.errors import VendorInputError
 from verify.cache import default_cache_root
 from verify.compare import DEFAULT_TOLERANCE, ToleranceError, parse_tolerances
@@ -67,22 +75,32 @@ def build_parser(prog: str, vision_only: bool) -> argparse.ArgumentParser:
         g.add_argument("--lm-head", choices=["all", "last"], help="lm_head scope in prefill (default: backend's own)")
         g.add_argument("--attn-impl", choices=["eager", "sdpa"], default="eager", help="decoder attention (hf backend)")
     g.add_argument(
-        "--dtype", choices=["float32", "bfloat16", "float16"], default="bfloat16", help="default bfloat16 (official)"
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default=DEFAULT_DTYPE,
+        help="auto (default): bfloat16 where the device runs it natively, else float32 (counts never depend on it)",
     )
 
     g = p.add_argument_group("vendor")
     g.add_argument("--backend", choices=["hf", "remote-code"], default="hf", help="implementation to measure")
     g.add_argument("--vendor-dir", type=Path, help="local DeepSeek-OCR snapshot (remote-code backend)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow executing the snapshot's code")
-    g.add_argument("--device", choices=["cpu", "cuda", "meta"], default="cpu" if not vision_only else "meta")
+    g.add_argument("--device", choices=DEVICES, default="cpu" if not vision_only else "meta")
     if not vision_only:
         g.add_argument(
             "--vision-device",
-            choices=["auto", "meta", "same"],
+            choices=VISION_DEVICE_CHOICES,
             default="auto",
             help="where the vision stack is counted: meta = shapes only (identical counts, tested), same = on "
             "--device; auto (default) = meta when --device is cpu, else same",
         )
+    g.add_argument(
+        "--execution",
+        choices=EXECUTION_CHOICES,
+        default="auto",
+        help="shapes: counted ops return zeros of the right shape without arithmetic (same ops, same counts, "
+        "balanced MoE routing); real: do the arithmetic (the reference); auto (default): real on cuda, else shapes",
+    )
     g.add_argument("--no-cache", action="store_true", help="always run the vendor (do not read or write the cache)")
     g.add_argument(
         "--cache-dir",
@@ -117,6 +135,9 @@ def config_from_args(args: argparse.Namespace, command: str, vision_only: bool) 
         val = getattr(args, name, None)
         if val is not None and val < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0")
+    from vendor_shim.env import resolve_dtype
+
+    dtype = resolve_dtype(args.dtype, args.device)
     return VerifyConfig(
         command=command,
         mode=args.mode,
@@ -130,8 +151,15 @@ def config_from_args(args: argparse.Namespace, command: str, vision_only: bool) 
         vendor_dir=str(args.vendor_dir) if args.vendor_dir else None,
         trust_remote_code=args.trust_remote_code,
         device=args.device,
-        vision_device=_vision_device(args, vision_only),
-        dtype=args.dtype,
+        vision_device=resolve_vision_device(
+            "same" if vision_only else args.vision_device,
+            device=args.device,
+            backend=args.backend,
+            vision_only=vision_only,
+        ),
+        dtype=dtype.dtype,
+        dtype_choice=dtype.to_dict(),
+        execution=resolve_execution(args.execution, args.device),
         lm_head=None if vision_only else args.lm_head,
         attn_impl="eager" if vision_only else args.attn_impl,
         tolerances=tolerances,
@@ -139,15 +167,6 @@ def config_from_args(args: argparse.Namespace, command: str, vision_only: bool) 
         use_cache=not args.no_cache,
         cache_dir=str(args.cache_dir or default_cache_root()),
     )
-
-
-def _vision_device(args: argparse.Namespace, vision_only: bool) -> str | None:
-    if vision_only or args.vision_device == "same":
-        return None
-    if args.vision_device == "auto":
-        # the split needs a backend that accepts pre-encoded vision features (hf does; remote-code runs whole)
-        return "meta" if args.device == "cpu" and args.backend == "hf" else None
-    return args.vision_device
 
 
 def load_pages(args: argparse.Namespace) -> list[PageSpec]:

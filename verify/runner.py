@@ -38,7 +38,9 @@ class VerifyConfig:
     trust_remote_code: bool = False
     device: str = "cpu"
     vision_device: str | None = None  # "meta": count the vision stack shapes-only, run the decoder on `device`
-    dtype: str = "bfloat16"
+    dtype: str = "float32"  # resolved (never "auto"): see dtype_choice
+    dtype_choice: dict[str, str] = field(default_factory=dict)  # requested, dtype, reason (analytic.dtype_policy)
+    execution: str = "shapes"  # resolved: "shapes" (hollow counted ops) or "real"
     lm_head: str | None = None
     attn_impl: str = "eager"
     tolerances: Tolerances = field(default_factory=Tolerances)

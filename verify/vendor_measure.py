@@ -63,6 +63,9 @@ class VendorMeasurer:
     def environment(self) -> dict[str, Any]:
         env = dict(self.backend.environment()) if hasattr(self.backend, "environment") else {}
         env["cache"] = str(self.cache.root) if self.cache else "disabled"
+        env["dtype_choice"] = dict(self.cfg.dtype_choice)
+        env["execution"] = self.cfg.execution
+        env.setdefault("cpu", _cpu_info())
         env["library_versions"] = self.versions
         env.setdefault("code_hashes", {}).update({"vendor_shim": self.code_hashes["vendor_shim"]})
         return env
@@ -80,7 +83,8 @@ class VendorMeasurer:
 
     def _device_label(self) -> str:
         vd = self.cfg.vision_device
-        return self.cfg.device if not vd or vd == self.cfg.device else f"{self.cfg.device}+vision:{vd}"
+        label = self.cfg.device if not vd or vd == self.cfg.device else f"{self.cfg.device}+vision:{vd}"
+        return f"{label}+execution:{self.cfg.execution}"
 
     def prefetch(self, workloads: list[VisionWorkload]) -> None:
         """Measure every distinct uncached workload up front in one worker (out-of-process backends)."""
@@ -95,7 +99,10 @@ class VendorMeasurer:
             return
         try:
             results = self.backend.measure_dicts(
-                list(todo.values()), device=self.cfg.device, vision_only=self.cfg.vision_only
+                list(todo.values()),
+                device=self.cfg.device,
+                vision_only=self.cfg.vision_only,
+                execution=self.cfg.execution,
             )
         except Exception as exc:
             for k in todo:
@@ -145,10 +152,17 @@ class VendorMeasurer:
                 model_cache=self.model_cache,
                 fvcore=False,
                 vision_device=self.cfg.vision_device,
+                execution=self.cfg.execution,
             )
         except VendorShimError as exc:
             raise VendorFailure(_one_line(exc)) from exc
         return trace.to_dict()
+
+
+def _cpu_info() -> dict[str, Any]:
+    from vendor_shim.env import cpu_info
+
+    return cpu_info()
 
 
 def _one_line(exc: BaseException) -> str:

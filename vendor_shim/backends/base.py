@@ -8,11 +8,13 @@ that has its own pinned transformers.
 
 What a backend provides (`VendorBackend`):
 
-- ``build(device=, dtype=, attn_impl=, vision_only=) -> LoadedModel``: the model on
+- ``build(device=, dtype=, attn_impl=, vision_only=, execution=) -> LoadedModel``: the model on
   ``device`` ("cpu", "cuda" or "meta"; meta only for vision-only counting) in ``dtype``
   ("float32" | "bfloat16" | "float16"), decoder attention ``attn_impl`` ("eager" |
   "sdpa"), plus its `StageRoots`.  Building must be cheap (meta + cheap fill), and
-  must not keep global state: the caller may hold the `LoadedModel` (see
+  must not keep global state.  ``execution="shapes"`` means the run will be hollow
+  (`vendor_shim.hollow`): parameters above ``SMALL_PARAMETER_NUMEL`` need not be written,
+  since nothing that reads them computes.  The caller may hold the `LoadedModel` (see
   `vendor_shim.cache.ModelCache`) and reuse it for many workloads.
 - ``prepare_inputs(loaded, workload) -> PreparedInputs``: the model inputs for one
   `analytic.VisionWorkload`, built with DeepSeek-OCR's own crop policy and token
@@ -66,6 +68,33 @@ if TYPE_CHECKING:  # the harness needs torch; this module must stay importable f
 
 DEVICES = ("cpu", "cuda", "meta")
 LM_HEAD_SCOPES = ("all", "last")
+# How the counted ops run: "shapes" = hollow (vendor_shim.hollow: zeros of the right shape, no arithmetic,
+# balanced routing), "real" = the arithmetic itself (the reference).  "auto": shapes on cpu, real on cuda.
+EXECUTIONS = ("shapes", "real")
+EXECUTION_CHOICES = ("auto", *EXECUTIONS)
+
+
+def resolve_execution(requested: str, device: str) -> str:
+    """``auto`` -> "real" on cuda (fast, and its allocator statistics are real), "shapes" elsewhere."""
+    if requested not in EXECUTION_CHOICES:
+        raise ValueError(f"execution {requested!r} unknown: use one of {', '.join(EXECUTION_CHOICES)}")
+    if requested != "auto":
+        return requested
+    return "real" if device == "cuda" else "shapes"
+
+
+VISION_DEVICE_CHOICES = ("auto", "meta", "same")
+SPLIT_VISION_BACKENDS = ("hf",)  # backends whose generation accepts pre-encoded vision features
+
+
+def resolve_vision_device(requested: str, *, device: str, backend: str, vision_only: bool) -> str | None:
+    """Where the vision stack is counted in a full run (None: on ``device``).  ``auto``: meta when the model
+    runs on cpu and the backend can split (identical counts, tested), else on ``device``."""
+    if vision_only or requested == "same":
+        return None
+    if requested == "auto":
+        return "meta" if device == "cpu" and backend in SPLIT_VISION_BACKENDS else None
+    return requested
 
 
 @dataclass
@@ -163,7 +192,9 @@ class VendorBackend(ABC):
     name: ClassVar[str]
 
     @abstractmethod
-    def build(self, *, device: str, dtype: str, attn_impl: str, vision_only: bool) -> LoadedModel: ...
+    def build(
+        self, *, device: str, dtype: str, attn_impl: str, vision_only: bool, execution: str = "real"
+    ) -> LoadedModel: ...
 
     @abstractmethod
     def prepare_inputs(self, loaded: LoadedModel, workload: VisionWorkload) -> PreparedInputs: ...
@@ -189,9 +220,11 @@ class VendorBackend(ABC):
         """`run_generation` with placeholder image features instead of running the vision stack (optional)."""
         raise NotImplementedError(f"backend {self.name!r} cannot run the decoder on pre-encoded vision features")
 
-    def model_key(self, *, device: str, dtype: str, attn_impl: str, vision_only: bool) -> tuple[Any, ...]:
+    def model_key(
+        self, *, device: str, dtype: str, attn_impl: str, vision_only: bool, execution: str = "real"
+    ) -> tuple[Any, ...]:
         """Identity of a built model for `ModelCache`; include code hashes if the code can change."""
-        return (self.name, device, dtype, attn_impl, vision_only)
+        return (self.name, device, dtype, attn_impl, vision_only, execution)
 
     def supports_device(self, device: str, vision_only: bool) -> str | None:
         """None if the device is usable, else a one-line reason (the CLI exits 2 with it)."""
@@ -211,5 +244,11 @@ class OutOfProcessBackend(ABC):
 
     @abstractmethod
     def measure_dict(
-        self, workload: VisionWorkload, *, device: str, vision_only: bool, timeout_s: float | None = None
+        self,
+        workload: VisionWorkload,
+        *,
+        device: str,
+        vision_only: bool,
+        timeout_s: float | None = None,
+        execution: str = "real",
     ) -> dict[str, Any]: ...

@@ -40,6 +40,7 @@ from analytic.workload import VisionWorkload
 from vendor_shim.backends.base import GenerationResult, LoadedModel, PreparedInputs, ReceivedInputs, StageRoots
 from vendor_shim.backends.base import VendorBackend as _VendorBackend
 from vendor_shim.errors import VendorInputError, VendorRunError
+from vendor_shim.hollow import SMALL_PARAMETER_NUMEL
 
 BOS_ID = 0
 IMAGE_TOKEN_ID = 128815
@@ -136,13 +137,16 @@ def build_config(num_text_layers: int = TEXT_LAYERS) -> Any:
     )
 
 
-def cheap_fill_(model: torch.nn.Module, seed: int = 0) -> None:
-    """Deterministic, finite weights at memcpy speed: norms 1, biases 0, weights a tiled N(0, 0.02) block."""
+def cheap_fill_(model: torch.nn.Module, seed: int = 0, max_numel: int | None = None) -> None:
+    """Deterministic, finite weights at memcpy speed: norms 1, biases 0, weights a tiled N(0, 0.02) block.
+    ``max_numel`` leaves larger parameters unwritten (a shapes-only run never reads them: `vendor_shim.hollow`)."""
     gen = torch.Generator().manual_seed(seed)
     block_cpu = torch.randn(FILL_BLOCK, generator=gen) * FILL_STD
     blocks: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
     with torch.no_grad():
         for name, p in model.named_parameters():
+            if max_numel is not None and p.numel() > max_numel:
+                continue
             leaf = name.rsplit(".", 1)[-1]
             if leaf == "bias":
                 p.zero_()
@@ -191,10 +195,14 @@ class HfBackend(_VendorBackend):
             raise VendorInputError(f"num_text_layers={num_text_layers}: use 1..{TEXT_LAYERS}")
         self.num_text_layers = num_text_layers
 
-    def model_key(self, *, device: str, dtype: str, attn_impl: str, vision_only: bool) -> tuple[Any, ...]:
-        return (self.name, self.num_text_layers, device, dtype, attn_impl, vision_only)
+    def model_key(
+        self, *, device: str, dtype: str, attn_impl: str, vision_only: bool, execution: str = "real"
+    ) -> tuple[Any, ...]:
+        return (self.name, self.num_text_layers, device, dtype, attn_impl, vision_only, execution)
 
-    def build(self, *, device: str, dtype: str, attn_impl: str, vision_only: bool) -> LoadedModel:
+    def build(
+        self, *, device: str, dtype: str, attn_impl: str, vision_only: bool, execution: str = "real"
+    ) -> LoadedModel:
         if dtype not in TORCH_DTYPES:
             raise VendorInputError(f"dtype {dtype!r} unknown: use one of {', '.join(TORCH_DTYPES)}")
         if attn_impl not in ("eager", "sdpa"):
@@ -211,7 +219,7 @@ class HfBackend(_VendorBackend):
             model.lm_head = None
         if device != "meta":
             model.to_empty(device=device)
-            cheap_fill_(model)
+            cheap_fill_(model, max_numel=SMALL_PARAMETER_NUMEL if execution == "shapes" else None)
             _restore_buffers_(model)
         model.eval()
         inner = model.model
@@ -229,6 +237,11 @@ class HfBackend(_VendorBackend):
             "attn_implementation": {"vision": "sdpa", "text": attn_impl},
             "experts_implementation": getattr(config.text_config, "_experts_implementation", None),
             "model_notes": list(KNOWN_DIFFERENCES),
+            "weights": "meta (no values)"
+            if device == "meta"
+            else "random (cheap fill)"
+            if execution == "real"
+            else f"parameters <= {SMALL_PARAMETER_NUMEL} elements cheap-filled, larger ones unwritten (shapes-only)",
         }
         return LoadedModel(
             backend=self.name,

@@ -87,9 +87,17 @@ class RemoteCodeBackend(OutOfProcessBackend):
         return None
 
     def measure_dict(
-        self, workload: VisionWorkload, *, device: str, vision_only: bool, timeout_s: float | None = None
+        self,
+        workload: VisionWorkload,
+        *,
+        device: str,
+        vision_only: bool,
+        timeout_s: float | None = None,
+        execution: str = "real",
     ) -> dict[str, Any]:
-        result = self.measure_dicts([workload], device=device, vision_only=vision_only, timeout_s=timeout_s)[0]
+        result = self.measure_dicts(
+            [workload], device=device, vision_only=vision_only, timeout_s=timeout_s, execution=execution
+        )[0]
         if isinstance(result, Exception):
             raise result
         return result
@@ -101,6 +109,7 @@ class RemoteCodeBackend(OutOfProcessBackend):
         device: str,
         vision_only: bool,
         timeout_s: float | None = None,
+        execution: str = "real",
     ) -> list[dict[str, Any] | VendorShimError]:
         """Trace documents for many workloads from ONE worker (one model build per dtype).
 
@@ -119,6 +128,7 @@ class RemoteCodeBackend(OutOfProcessBackend):
             "workloads": [w.to_dict() for w in workloads],
             "device": device,
             "vision_only": vision_only,
+            "execution": execution,
             "fvcore": self.fvcore,
             "env_info": {"pinned_env": str(env.path), "pinned_env_key": env.key, "pins": list(env.pins)},
         }

@@ -25,6 +25,7 @@ import torch
 
 from vendor_shim.backends.base import GenerationResult, LoadedModel, PreparedInputs, StageRoots, VendorBackend
 from vendor_shim.errors import VendorInputError, VendorRunError
+from vendor_shim.hollow import small_parameters
 from vendor_shim.remote_code import compat
 from vendor_shim.remote_code.inputs import OfficialInputs
 from vendor_shim.remote_code.snapshot import MODEL_MODULE, Snapshot, SnapshotError
@@ -122,7 +123,9 @@ class RemoteCodeModelBackend(VendorBackend):
                 ) from exc
         return self._tokenizer
 
-    def build(self, *, device: str, dtype: str, attn_impl: str, vision_only: bool) -> LoadedModel:
+    def build(
+        self, *, device: str, dtype: str, attn_impl: str, vision_only: bool, execution: str = "real"
+    ) -> LoadedModel:
         if attn_impl != "eager":
             raise VendorInputError(
                 f"attention {attn_impl!r}: the official decoder supports only eager (and flash-attn 2): use eager"
@@ -150,12 +153,13 @@ class RemoteCodeModelBackend(VendorBackend):
             # Decoder pages are never touched in a vision-only run: no fill, no memory.
             targets = vision if vision_only else [model]
             for part in targets:
-                compat.fill_parameters(part)
+                # a shapes-only run never reads the large matrices (vendor_shim.hollow): leave them unwritten
+                compat.fill_parameters(small_parameters(part) if execution == "shapes" else part)
             for name in ("image_newline", "view_seperator"):
                 p = getattr(inner, name, None)
                 if isinstance(p, torch.nn.Parameter):
                     compat.fill_parameters(torch.nn.ParameterList([p]))
-            weights = "random (cheap fill)"
+            weights = "random (cheap fill)" if execution == "real" else "small parameters cheap-filled (shapes-only)"
             if self.snapshot.weight_files:
                 weights = self._load_weights(model)
         roots = StageRoots(sam=inner.sam_model, clip=inner.vision_model, projector=inner.projector)
@@ -263,6 +267,8 @@ class RemoteCodeModelBackend(VendorBackend):
         env.update(self.env_info)
         return env
 
-    def model_key(self, *, device: str, dtype: str, attn_impl: str, vision_only: bool) -> tuple[Any, ...]:
+    def model_key(
+        self, *, device: str, dtype: str, attn_impl: str, vision_only: bool, execution: str = "real"
+    ) -> tuple[Any, ...]:
         hashes = json.dumps(self.snapshot.code_hashes, sort_keys=True)
-        return (self.name, hashes, device, dtype, attn_impl, vision_only)
+        return (self.name, hashes, device, dtype, attn_impl, vision_only, execution)

@@ -47,6 +47,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     from vendor_shim.remote_code.snapshot import load_snapshot
 
     device, vision_only = request["device"], bool(request["vision_only"])
+    execution = str(request.get("execution", "real"))
     if device == "cuda" and not torch.cuda.is_available():
         raise VendorInputError("device 'cuda' requested but torch sees no GPU: use --device cpu")
     snapshot = load_snapshot(request["vendor_dir"])
@@ -65,7 +66,11 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
             if not reused:
                 built.clear()  # one model in memory at a time
                 built[key] = backend.build(
-                    device=device, dtype=workload.dtype, attn_impl=workload.attn_impl, vision_only=vision_only
+                    device=device,
+                    dtype=workload.dtype,
+                    attn_impl=workload.attn_impl,
+                    vision_only=vision_only,
+                    execution=execution,
                 )
             trace = run_counted(
                 backend,
@@ -74,6 +79,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
                 vision_only=vision_only,
                 fvcore=bool(request.get("fvcore", False)),
                 model_reused=reused,
+                execution=execution,
             )
             results.append({"trace": trace.to_dict()})
         except VendorShimError as exc:
