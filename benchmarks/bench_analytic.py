@@ -66,6 +66,9 @@ def main(n: int = 10_000, seed: int = 0) -> None:
         f"({batch_s / n * 1e3:.3f} ms each; target < 10 s); checksum {total:.3e}"
     )
     print(f"{n:,} varied workloads with the memo cleared before each: {nomemo_s:.2f} s")
+    from host import host_line  # after the timings: it imports torch, which the analytic model never does
+
+    print(host_line())
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import io
 import json
-import os
 import platform
 import resource
 import sys
@@ -111,7 +110,10 @@ def main() -> int:
         root = Path(tmp)
         argv += ["--cache-dir", str(root / "traces")]
         command = "run_verify_end2end_vision" if args.vision_only else "run_verify_end2end"
-        print(f"{command} {' '.join(argv)}  (cpu cores: {os.cpu_count()}; torch+transformers import {import_s:.1f} s)")
+        from host import host_line
+
+        print(host_line())
+        print(f"{command} {' '.join(argv)}  (torch+transformers import {import_s:.1f} s)")
         results = {}
         for label in ("cold", "warm"):
             before = len(calls)

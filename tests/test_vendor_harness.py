@@ -96,7 +96,9 @@ class ToyBackend(VendorBackend):
         self.lie_about_tokens = lie_about_tokens
         self.outside_flops = outside_flops
 
-    def build(self, *, device: str, dtype: str, attn_impl: str, vision_only: bool) -> LoadedModel:
+    def build(
+        self, *, device: str, dtype: str, attn_impl: str, vision_only: bool, execution: str = "real"
+    ) -> LoadedModel:
         sam, clip, proj = ToySam(self.use_mystery), ToyClip(), nn.Linear(C, P)
         dec, head = ToyDecoder(), nn.Linear(H, V, bias=False)
         top = ToyTop(dec, head)

@@ -332,7 +332,15 @@ class FakeWorkerBackend:
     fail_widths: set[int] = field(default_factory=set)
     batches: list[list[int]] = field(default_factory=list)
 
-    def measure_dicts(self, workloads: list[VisionWorkload], *, device: str, vision_only: bool) -> list[Any]:
+    def measure_dicts(
+        self,
+        workloads: list[VisionWorkload],
+        *,
+        device: str,
+        vision_only: bool,
+        execution: str = "real",
+        dtype_reason: str | None = None,
+    ) -> list[Any]:
         self.batches.append([w.width for w in workloads])
         out: list[Any] = []
         for w in workloads:

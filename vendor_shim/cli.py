@@ -89,6 +89,7 @@ def workload_from_args(args: argparse.Namespace) -> VisionWorkload:
     from vendor_shim.env import resolve_dtype
 
     width, height = _page_size(args)
+    args.dtype_choice = resolve_dtype(args.dtype, args.device)
     return VisionWorkload.from_page(
         width,
         height,
@@ -98,7 +99,7 @@ def workload_from_args(args: argparse.Namespace) -> VisionWorkload:
         crop_mode=args.crop_mode,
         prompt_tokens=args.prompt_tokens,
         decode_tokens=0 if args.vision_only else args.decode_tokens,
-        dtype=resolve_dtype(args.dtype, args.device).dtype,
+        dtype=args.dtype_choice.dtype,
         lm_head_scope=args.lm_head,
         impl=IMPL_OF_BACKEND[args.backend],
         attn_impl=args.attn_impl,
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.vision_device, device=args.device, backend=args.backend, vision_only=args.vision_only
                 ),
                 execution=args.execution,
+                dtype_reason=args.dtype_choice.reason,
             )
     except VendorShimError as exc:
         print(f"dsocr-measure: error: {exc}", file=sys.stderr)

@@ -65,6 +65,12 @@ def native_bf16(device: str) -> tuple[bool, str]:
     return bool(info["native_bf16"]), evidence
 
 
+def dtype_evidence(dtype: str, device: str) -> str:
+    """For a trace whose caller gave no reason: the dtype next to what the device can run natively."""
+    ok, evidence = native_bf16(device)
+    return f"{dtype} given by the caller; {device} native bf16: {'yes' if ok else 'no'} ({evidence})"
+
+
 def resolve_dtype(requested: str, device: str) -> DtypeChoice:
     """``--dtype`` as given, or for ``auto`` the dtype ``device`` runs fast (`analytic.dtype_policy`)."""
     if requested != "auto":

@@ -24,7 +24,7 @@ from analytic.schema import LM_PARTS, VISION_BRANCHES, VISION_STAGES, aten_famil
 from analytic.workload import VisionWorkload
 from vendor_shim.audit import AuditLog, AuditMode, ops_by_class
 from vendor_shim.backends.base import EXECUTIONS, GenerationResult, LoadedModel, StageRoots, VendorBackend
-from vendor_shim.env import base_environment, peak_rss_bytes, reset_peak_rss
+from vendor_shim.env import base_environment, dtype_evidence, peak_rss_bytes, reset_peak_rss
 from vendor_shim.errors import VendorRunError, VendorShimError
 from vendor_shim.formulas import custom_mapping
 from vendor_shim.hollow import HollowExecution
@@ -46,6 +46,7 @@ def run_counted(
     model_reused: bool = False,
     vision_loaded: LoadedModel | None = None,
     execution: str = "real",
+    dtype_reason: str | None = None,
 ) -> Trace:
     """Count one workload.  ``vision_loaded`` (a vision-only build, e.g. on meta) runs the vision stack while
     ``loaded`` runs the decoder on pre-encoded placeholders; both under the same counter, audit and hooks.
@@ -132,6 +133,7 @@ def run_counted(
                 meta_roots = None
         secondary["fvcore"] = fvcore_secondary(loaded, tracker.records, vision_only, meta_roots)
     env = base_environment(loaded.device, loaded.dtype, backend.name)
+    env["dtype_reason"] = dtype_reason or dtype_evidence(loaded.dtype, loaded.device)
     env.update(backend.environment())
     env["model"] = loaded.info
     received = inputs.received.to_dict()

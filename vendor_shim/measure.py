@@ -39,6 +39,7 @@ def measure(
     fvcore: bool = True,
     vision_device: str | None = None,
     execution: str = "auto",
+    dtype_reason: str | None = None,
 ) -> Trace:
     """Count what ``backend`` executes for ``workload``.  ``backend`` is a name or a backend object.
 
@@ -46,6 +47,7 @@ def measure(
     decoder on ``device`` (counts are identical; CPU == meta is tested), which is much faster on a CPU.
     ``execution``: "shapes" runs the counted ops hollow (same ops and counts, no arithmetic: `vendor_shim.hollow`),
     "real" does the arithmetic (the reference), "auto" = shapes except on cuda.
+    ``dtype_reason``: why ``workload.dtype`` was chosen (`vendor_shim.env.resolve_dtype`), kept in the trace.
     Raises `VendorInputError` (exit 2) for bad requests, `VendorRunError` (exit 3) when the run fails.
     """
     try:
@@ -61,7 +63,11 @@ def measure(
         else backend
     )
     if isinstance(be, OutOfProcessBackend):
-        return Trace.from_dict(be.measure_dict(workload, device=device, vision_only=vision_only, execution=execution))
+        return Trace.from_dict(
+            be.measure_dict(
+                workload, device=device, vision_only=vision_only, execution=execution, dtype_reason=dtype_reason
+            )
+        )
     reason = be.supports_device(device, vision_only)
     if reason:
         raise VendorInputError(reason)
@@ -94,4 +100,5 @@ def measure(
         model_reused=reused,
         vision_loaded=vision_loaded,
         execution=execution,
+        dtype_reason=dtype_reason,
     )

@@ -260,6 +260,8 @@ def _run_with_progress(verifier: Verifier, pages: list[PageSpec], env: dict, con
 
     if quiet:
         return run_pages(verifier, pages, env)
+    if not console.is_terminal:  # CI logs, nohup: one plain line per page instead of a bar nobody sees
+        return run_pages(verifier, pages, env, on_page=_page_logger(console, len(pages)))
     columns = (
         TextColumn("[bold]verifying"),
         BarColumn(),
@@ -275,6 +277,29 @@ def _run_with_progress(verifier: Verifier, pages: list[PageSpec], env: dict, con
             progress.update(task, advance=1, description=f"{res.page.page_id} {mark}")
 
         return run_pages(verifier, pages, env, on_page=on_page)
+
+
+def _page_logger(console: Console, total: int):
+    """on_page callback printing '[i/N] page: verdict, grid, cache hit or not, seconds since the last page'."""
+    import time
+
+    state = {"done": 0, "t": time.perf_counter()}
+
+    def on_page(res: PageResult) -> None:
+        now = time.perf_counter()
+        state["done"] += 1
+        wl = res.workload or {}
+        grid = f"grid {wl.get('w_crop', '?')}x{wl.get('h_crop', '?')}" if wl else "no workload"
+        verdict = "ok" if res.passed else f"FAIL ({res.error_kind})" if res.error else "FAIL"
+        cache = "cache hit" if res.cache_hit else "measured"
+        console.print(
+            f"[{state['done']}/{total}] {res.page.page_id}: {verdict}, {grid}, {cache}, {now - state['t']:.1f} s",
+            highlight=False,
+            markup=False,
+        )
+        state["t"] = now
+
+    return on_page
 
 
 def main_end2end(argv: list[str] | None = None) -> int:

@@ -103,6 +103,7 @@ class VendorMeasurer:
                 device=self.cfg.device,
                 vision_only=self.cfg.vision_only,
                 execution=self.cfg.execution,
+                dtype_reason=self.cfg.dtype_choice.get("reason"),
             )
         except Exception as exc:
             for k in todo:
@@ -153,6 +154,7 @@ class VendorMeasurer:
                 fvcore=False,
                 vision_device=self.cfg.vision_device,
                 execution=self.cfg.execution,
+                dtype_reason=self.cfg.dtype_choice.get("reason"),
             )
         except VendorShimError as exc:
             raise VendorFailure(_one_line(exc)) from exc

@@ -251,4 +251,5 @@ class OutOfProcessBackend(ABC):
         vision_only: bool,
         timeout_s: float | None = None,
         execution: str = "real",
+        dtype_reason: str | None = None,
     ) -> dict[str, Any]: ...

@@ -94,9 +94,15 @@ class RemoteCodeBackend(OutOfProcessBackend):
         vision_only: bool,
         timeout_s: float | None = None,
         execution: str = "real",
+        dtype_reason: str | None = None,
     ) -> dict[str, Any]:
         result = self.measure_dicts(
-            [workload], device=device, vision_only=vision_only, timeout_s=timeout_s, execution=execution
+            [workload],
+            device=device,
+            vision_only=vision_only,
+            timeout_s=timeout_s,
+            execution=execution,
+            dtype_reason=dtype_reason,
         )[0]
         if isinstance(result, Exception):
             raise result
@@ -110,6 +116,7 @@ class RemoteCodeBackend(OutOfProcessBackend):
         vision_only: bool,
         timeout_s: float | None = None,
         execution: str = "real",
+        dtype_reason: str | None = None,
     ) -> list[dict[str, Any] | VendorShimError]:
         """Trace documents for many workloads from ONE worker (one model build per dtype).
 
@@ -129,6 +136,7 @@ class RemoteCodeBackend(OutOfProcessBackend):
             "device": device,
             "vision_only": vision_only,
             "execution": execution,
+            "dtype_reason": dtype_reason,
             "fvcore": self.fvcore,
             "env_info": {"pinned_env": str(env.path), "pinned_env_key": env.key, "pins": list(env.pins)},
         }

@@ -80,6 +80,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
                 fvcore=bool(request.get("fvcore", False)),
                 model_reused=reused,
                 execution=execution,
+                dtype_reason=request.get("dtype_reason"),
             )
             results.append({"trace": trace.to_dict()})
         except VendorShimError as exc:
