@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,7 +24,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from analytic.schema import LM_PARTS, VISION_BRANCHES, VISION_STAGES, aten_family
 from analytic.workload import VisionWorkload
 from vendor_shim.audit import AuditLog, AuditMode, ops_by_class
-from vendor_shim.backends.base import EXECUTIONS, GenerationResult, LoadedModel, StageRoots, VendorBackend
+from vendor_shim.backends.base import (
+    EXECUTIONS,
+    GenerationResult,
+    LoadedModel,
+    PreparedInputs,
+    StageRoots,
+    VendorBackend,
+)
 from vendor_shim.env import base_environment, dtype_evidence, peak_rss_bytes, reset_peak_rss
 from vendor_shim.errors import VendorRunError, VendorShimError
 from vendor_shim.formulas import custom_mapping
@@ -34,6 +42,30 @@ from vendor_shim.trace import Trace, empty_stages
 
 class IncompleteCountWarning(UserWarning):
     """An executed op with arithmetic on float tensors has no FLOP formula: the count is a lower bound."""
+
+
+@dataclass
+class _Plan:
+    """What one counted run drives: inputs checked against the workload, roots, and where the vision stack runs."""
+
+    inputs: PreparedInputs
+    roots: StageRoots
+    names: dict[int, str]
+    vision_loaded: LoadedModel | None = None  # a separate (meta) vision build, or None
+    vision_inputs: PreparedInputs | None = None
+
+
+@dataclass
+class _Executed:
+    """What the counted execution left behind."""
+
+    tracker: StageTracker
+    log: AuditLog
+    counter_total: int
+    gen: GenerationResult | None
+    hollow: HollowExecution | None
+    run_s: float
+    memory: dict[str, Any]
 
 
 def run_counted(
@@ -54,27 +86,90 @@ def run_counted(
     if execution not in EXECUTIONS:
         raise VendorRunError(f"execution {execution!r} unknown: use one of {', '.join(EXECUTIONS)}")
     t0 = time.perf_counter()
+    plan = _plan(backend, loaded, workload, vision_only, vision_loaded)
+    done = _execute(backend, loaded, workload, plan, vision_only, execution)
+    stages, op_breakdown, unattributed = _assemble(done.tracker, workload, vision_only)
+    stage_sum = _stage_sum(stages)
+    _check_consistency(
+        done.tracker, workload, vision_only, done.gen, done.counter_total, done.log.total_flops, stage_sum, unattributed
+    )
+    uncounted, reasons = _coverage_gaps(done.log)
+    secondary = _secondary(backend, loaded, plan, done, vision_only) if fvcore else {}
+    trace = Trace(
+        backend=backend.name,
+        device=loaded.device,
+        dtype=loaded.dtype,
+        vision_only=vision_only,
+        complete=not uncounted,
+        workload=workload.to_dict(),
+        received=_received(plan, done, loaded, vision_only),
+        stages=stages,
+        totals={
+            "counter_total": done.counter_total,
+            "stage_sum": stage_sum,
+            "audit_total": int(done.log.total_flops),
+            "unattributed": unattributed,
+        },
+        op_breakdown=op_breakdown,
+        calls=[r.to_dict() for r in sorted(done.tracker.records, key=lambda r: r.index)],
+        coverage={
+            "uncounted_ops": uncounted,
+            "ops_seen": ops_by_class(done.log),
+            "custom_formulas": sorted(str(k) for k in custom_mapping()),
+        },
+        environment=_environment(backend, loaded, dtype_reason),
+        timing={
+            "wall_s": time.perf_counter() - t0 + (0.0 if model_reused else loaded.build_s),
+            "build_s": loaded.build_s,
+            "run_s": done.run_s,
+            "model_reused": model_reused,
+        },
+        memory=done.memory,
+        secondary=secondary,
+        incomplete_reasons=reasons,
+    )
+    trace.to_dict()  # validate before handing it out
+    return trace
+
+
+def _plan(
+    backend: VendorBackend,
+    loaded: LoadedModel,
+    workload: VisionWorkload,
+    vision_only: bool,
+    vision_loaded: LoadedModel | None,
+) -> _Plan:
+    """Inputs read back and checked against the workload (a mismatch fails before anything runs)."""
     if not vision_only and loaded.vision_only:
         raise VendorRunError("model was built vision-only but a full run was requested: rebuild it")
     inputs = backend.prepare_inputs(loaded, workload)
     inputs.received.check_against(workload)
-    roots = loaded.roots
     names = {id(m): n or type(m).__name__ for n, m in loaded.model.named_modules()}
-    vision_inputs = None
-    if vision_loaded is not None and not vision_only:
-        vision_inputs = backend.prepare_inputs(vision_loaded, workload)
-        vision_inputs.received.check_against(workload)
-        vr = vision_loaded.roots
-        roots = StageRoots(vr.sam, vr.clip, vr.projector, roots.decoder, roots.lm_head, roots.top)
-        names.update({id(m): f"[{vision_loaded.device}] {n}" for n, m in vision_loaded.model.named_modules()})
-    else:
-        vision_loaded = None
+    if vision_loaded is None or vision_only:
+        return _Plan(inputs, loaded.roots, names)
+    vision_inputs = backend.prepare_inputs(vision_loaded, workload)
+    vision_inputs.received.check_against(workload)
+    vr, r = vision_loaded.roots, loaded.roots
+    names.update({id(m): f"[{vision_loaded.device}] {n}" for n, m in vision_loaded.model.named_modules()})
+    roots = StageRoots(vr.sam, vr.clip, vr.projector, r.decoder, r.lm_head, r.top)
+    return _Plan(inputs, roots, names, vision_loaded, vision_inputs)
+
+
+def _execute(
+    backend: VendorBackend,
+    loaded: LoadedModel,
+    workload: VisionWorkload,
+    plan: _Plan,
+    vision_only: bool,
+    execution: str,
+) -> _Executed:
+    """The run itself under hooks, audit and counter (module docstring), with its peak memory."""
     tracker = StageTracker(
-        roots,
+        plan.roots,
         global_view_size=workload.global_view_size,
         crop_size=workload.crop_size,
         n_crops=workload.n_crops,
-        module_names=names,
+        module_names=plan.names,
     )
     counter = global_total_counter()
     log = AuditLog()
@@ -89,25 +184,30 @@ def run_counted(
     try:
         with tracker.attached(), torch.no_grad(), audit, counter:
             if vision_only:
-                backend.run_vision(loaded, inputs)
-            elif vision_loaded is not None and vision_inputs is not None:
-                backend.run_vision(vision_loaded, vision_inputs)
-                gen = backend.run_generation_preencoded(loaded, inputs, workload.decode_tokens, workload.lm_head_scope)
+                backend.run_vision(loaded, plan.inputs)
+            elif plan.vision_loaded is not None and plan.vision_inputs is not None:
+                backend.run_vision(plan.vision_loaded, plan.vision_inputs)
+                gen = backend.run_generation_preencoded(
+                    loaded, plan.inputs, workload.decode_tokens, workload.lm_head_scope
+                )
             else:
-                gen = backend.run_generation(loaded, inputs, workload.decode_tokens, workload.lm_head_scope)
+                gen = backend.run_generation(loaded, plan.inputs, workload.decode_tokens, workload.lm_head_scope)
     except VendorShimError:
         raise
     except Exception as exc:
         raise VendorRunError(f"vendor run failed: {type(exc).__name__}: {exc}") from exc
     if cuda:
         torch.cuda.synchronize()
-    run_s = time.perf_counter() - t_run
+    memory = {
+        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_rss_scope": "this run" if rss_reset else "process lifetime",
+        "cuda_max_allocated_bytes": int(torch.cuda.max_memory_allocated()) if cuda else None,
+    }
+    return _Executed(tracker, log, int(counter.get_total_flops()), gen, hollow, time.perf_counter() - t_run, memory)
 
-    counter_total = int(counter.get_total_flops())
-    stages, op_breakdown, unattributed = _assemble(tracker, workload, vision_only)
-    stage_sum = _stage_sum(stages)
-    _check_consistency(tracker, workload, vision_only, gen, counter_total, log.total_flops, stage_sum, unattributed)
 
+def _coverage_gaps(log: AuditLog) -> tuple[list[str], list[str]]:
+    """Executed ops with arithmetic but no formula, and the reasons the trace gives; warns loudly if any."""
     uncounted = log.uncounted()
     reasons = [f"no FLOP formula for executed op {op} (arithmetic on float tensors)" for op in uncounted]
     if uncounted:
@@ -115,72 +215,47 @@ def run_counted(
             f"INCOMPLETE FLOP COUNT: {len(uncounted)} executed op(s) have no formula: {', '.join(uncounted)}; "
             "register a formula in vendor_shim/formulas.py or allow-list it in vendor_shim/audit.py with a reason",
             IncompleteCountWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    secondary: dict[str, Any] = {}
-    if fvcore:
-        from vendor_shim.fvcore_check import fvcore_secondary
+    return uncounted, reasons
 
-        meta_roots = None
-        if vision_loaded is not None:
-            vr = vision_loaded.roots
-            meta_roots = {"sam": vr.sam, "clip": vr.clip, "projector": vr.projector}
-        elif loaded.device != "meta":
-            try:  # a shapes-only vision stack, so the secondary count costs milliseconds
-                meta = backend.build(device="meta", dtype=loaded.dtype, attn_impl=loaded.attn_impl, vision_only=True)
-                meta_roots = {"sam": meta.roots.sam, "clip": meta.roots.clip, "projector": meta.roots.projector}
-            except Exception:
-                meta_roots = None
-        secondary["fvcore"] = fvcore_secondary(loaded, tracker.records, vision_only, meta_roots)
+
+def _secondary(
+    backend: VendorBackend, loaded: LoadedModel, plan: _Plan, done: _Executed, vision_only: bool
+) -> dict[str, Any]:
+    """fvcore's count of the vision stack, on meta modules so it costs milliseconds."""
+    from vendor_shim.fvcore_check import fvcore_secondary
+
+    meta_roots = None
+    if plan.vision_loaded is not None:
+        vr = plan.vision_loaded.roots
+        meta_roots = {"sam": vr.sam, "clip": vr.clip, "projector": vr.projector}
+    elif loaded.device != "meta":
+        try:
+            meta = backend.build(device="meta", dtype=loaded.dtype, attn_impl=loaded.attn_impl, vision_only=True)
+            meta_roots = {"sam": meta.roots.sam, "clip": meta.roots.clip, "projector": meta.roots.projector}
+        except Exception:
+            meta_roots = None
+    return {"fvcore": fvcore_secondary(loaded, done.tracker.records, vision_only, meta_roots)}
+
+
+def _environment(backend: VendorBackend, loaded: LoadedModel, dtype_reason: str | None) -> dict[str, Any]:
     env = base_environment(loaded.device, loaded.dtype, backend.name)
     env["dtype_reason"] = dtype_reason or dtype_evidence(loaded.dtype, loaded.device)
     env.update(backend.environment())
     env["model"] = loaded.info
-    received = inputs.received.to_dict()
-    received["decode_forwards"] = 0 if vision_only else tracker.top_calls - 1
-    received["lm_head_scope"] = gen.lm_head_scope if gen else None
-    received["generation_path"] = gen.path if gen else None
-    received["vision_device"] = vision_loaded.device if vision_loaded is not None else loaded.device
-    received["execution"] = hollow.stats.to_dict() if hollow is not None else {"mode": "real"}
-    trace = Trace(
-        backend=backend.name,
-        device=loaded.device,
-        dtype=loaded.dtype,
-        vision_only=vision_only,
-        complete=not uncounted,
-        workload=workload.to_dict(),
-        received=received,
-        stages=stages,
-        totals={
-            "counter_total": counter_total,
-            "stage_sum": stage_sum,
-            "audit_total": int(log.total_flops),
-            "unattributed": unattributed,
-        },
-        op_breakdown=op_breakdown,
-        calls=[r.to_dict() for r in sorted(tracker.records, key=lambda r: r.index)],
-        coverage={
-            "uncounted_ops": uncounted,
-            "ops_seen": ops_by_class(log),
-            "custom_formulas": sorted(str(k) for k in custom_mapping()),
-        },
-        environment=env,
-        timing={
-            "wall_s": time.perf_counter() - t0 + (0.0 if model_reused else loaded.build_s),
-            "build_s": loaded.build_s,
-            "run_s": run_s,
-            "model_reused": model_reused,
-        },
-        memory={
-            "peak_rss_bytes": peak_rss_bytes(),
-            "peak_rss_scope": "this run" if rss_reset else "process lifetime",
-            "cuda_max_allocated_bytes": int(torch.cuda.max_memory_allocated()) if cuda else None,
-        },
-        secondary=secondary,
-        incomplete_reasons=reasons,
-    )
-    trace.to_dict()  # validate before handing it out
-    return trace
+    return env
+
+
+def _received(plan: _Plan, done: _Executed, loaded: LoadedModel, vision_only: bool) -> dict[str, Any]:
+    """What the model received and how it ran: read back from inputs and hooks, not copied from the workload."""
+    received: dict[str, Any] = plan.inputs.received.to_dict()
+    received["decode_forwards"] = 0 if vision_only else done.tracker.top_calls - 1
+    received["lm_head_scope"] = done.gen.lm_head_scope if done.gen else None
+    received["generation_path"] = done.gen.path if done.gen else None
+    received["vision_device"] = plan.vision_loaded.device if plan.vision_loaded is not None else loaded.device
+    received["execution"] = done.hollow.stats.to_dict() if done.hollow is not None else {"mode": "real"}
+    return received
 
 
 class _GlobalOnly:
