@@ -14,6 +14,7 @@ import pytest
 
 from analytic.schema import METRICS, STAGES, VISION_STAGES, leaf_paths
 from analytic.workload import VisionWorkload
+from vendor_shim.backends.base import OutOfProcessBackend
 from verify.compare import Tolerances
 from verify.model import ComparisonRow, PageResult, PageSpec, RunResult
 from verify.runner import VendorFailure, Verifier, VerifyConfig, exit_code, run_pages
@@ -326,11 +327,18 @@ def test_verify_config_to_dict_is_json_serialisable():
 
 
 @dataclass
-class FakeWorkerBackend:
+class FakeWorkerBackend(OutOfProcessBackend):
     """Stands in for remote-code: `measure_dicts` measures a batch in one worker; one slot may fail."""
 
+    name = "fake-worker"
     fail_widths: set[int] = field(default_factory=set)
     batches: list[list[int]] = field(default_factory=list)
+
+    def environment(self) -> dict[str, Any]:
+        return {"backend": self.name}
+
+    def measure_dict(self, workload: VisionWorkload, **kw: Any) -> dict[str, Any]:
+        return self.measure_dicts([workload], **kw)[0]
 
     def measure_dicts(
         self,

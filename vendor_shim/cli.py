@@ -14,7 +14,7 @@ from typing import Any
 from analytic.dtype_policy import DEFAULT_DTYPE, DTYPE_CHOICES
 from analytic.schema import LM_PARTS, VISION_BRANCHES, VISION_STAGES
 from analytic.workload import VisionWorkload, WorkloadError
-from vendor_shim.backends import IMPL_OF_BACKEND
+from vendor_shim.backends import REGISTRY, impl_of
 from vendor_shim.backends.base import DEVICES, EXECUTION_CHOICES, VISION_DEVICE_CHOICES, resolve_vision_device
 from vendor_shim.errors import VendorShimError
 
@@ -28,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dsocr-measure", description="Run a DeepSeek-OCR implementation under a complete FLOP counter.")
-    p.add_argument("--backend", default="hf", choices=["hf", "remote-code"])
+    p.add_argument("--backend", default=REGISTRY.default, choices=REGISTRY.names(), help="implementation to measure")
     p.add_argument("--vendor-dir", default=None, help="DeepSeek-OCR snapshot directory (remote-code backend)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow executing the snapshot's code")
     p.add_argument("--mode", default="gundam", help="tiny | small | base | large | gundam")
@@ -101,7 +101,7 @@ def workload_from_args(args: argparse.Namespace) -> VisionWorkload:
         decode_tokens=0 if args.vision_only else args.decode_tokens,
         dtype=args.dtype_choice.dtype,
         lm_head_scope=args.lm_head,
-        impl=IMPL_OF_BACKEND[args.backend],
+        impl=impl_of(args.backend),
         attn_impl=args.attn_impl,
     )
 
@@ -148,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
                 trust_remote_code=args.trust_remote_code,
                 fvcore=not args.no_fvcore,
                 vision_device=resolve_vision_device(
-                    args.vision_device, device=args.device, backend=args.backend, vision_only=args.vision_only
+                    args.vision_device,
+                    device=args.device,
+                    splits_vision=REGISTRY.spec(args.backend).splits_vision,
+                    vision_only=args.vision_only,
                 ),
                 execution=args.execution,
                 dtype_reason=args.dtype_choice.reason,

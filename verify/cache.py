@@ -16,12 +16,12 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from vendor_shim.versions import library_versions
+
 CACHE_FORMAT = 1  # bump when the entry layout or the key material changes meaning
-VERSIONED_LIBRARIES = ("torch", "transformers")
 
 
 def cache_base_dir() -> Path:
@@ -33,17 +33,6 @@ def cache_base_dir() -> Path:
 def default_cache_root() -> Path:
     """Where traces go by default: <cache base>/traces."""
     return cache_base_dir() / "traces"
-
-
-def library_versions(names: tuple[str, ...] = VERSIONED_LIBRARIES) -> dict[str, str | None]:
-    """Installed versions, read from package metadata (no import of torch)."""
-    out: dict[str, str | None] = {}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def key_material(

@@ -16,6 +16,7 @@ from rich.console import Console
 
 from analytic.dtype_policy import DEFAULT_DTYPE, DTYPE_CHOICES
 from analytic.workload import MODES, WorkloadError
+from vendor_shim.backends import REGISTRY
 from vendor_shim.backends.base import (
     DEVICES,
     EXECUTION_CHOICES,
@@ -82,7 +83,12 @@ def build_parser(prog: str, vision_only: bool) -> argparse.ArgumentParser:
     )
 
     g = p.add_argument_group("vendor")
-    g.add_argument("--backend", choices=["hf", "remote-code"], default="hf", help="implementation to measure")
+    g.add_argument(
+        "--backend",
+        choices=REGISTRY.names(),
+        default=REGISTRY.default,
+        help="implementation to measure: " + "; ".join(f"{b.name}: {b.summary}" for b in REGISTRY),
+    )
     g.add_argument("--vendor-dir", type=Path, help="local DeepSeek-OCR snapshot (remote-code backend)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow executing the snapshot's code")
     g.add_argument("--device", choices=DEVICES, default="cpu" if not vision_only else "meta")
@@ -122,13 +128,15 @@ def config_from_args(args: argparse.Namespace, command: str, vision_only: bool) 
         tolerances = parse_tolerances(args.tolerance_default, args.tolerance)
     except ToleranceError as exc:
         raise UsageError(str(exc)) from None
-    if args.backend == "remote-code":
+    if REGISTRY.spec(args.backend).needs_vendor_dir:
         if args.vendor_dir is None:
-            raise UsageError("--backend remote-code needs --vendor-dir PATH (a local DeepSeek-OCR snapshot)")
+            raise UsageError(f"--backend {args.backend} needs --vendor-dir PATH (a local DeepSeek-OCR snapshot)")
         if not args.vendor_dir.is_dir():
             raise UsageError(f"vendor dir {args.vendor_dir} does not exist: point --vendor-dir at a snapshot folder")
         if not args.trust_remote_code:
-            raise UsageError("remote-code executes the snapshot's Python files: add --trust-remote-code to allow it")
+            raise UsageError(
+                f"{args.backend} executes the snapshot's Python files: add --trust-remote-code to allow it"
+            )
     if args.device == "meta" and not vision_only:
         raise UsageError("--device meta cannot run the decoder (MoE routing needs data): use cpu or cuda")
     for name in ("prompt_tokens", "decode_tokens", "limit", "sample"):
@@ -154,7 +162,7 @@ def config_from_args(args: argparse.Namespace, command: str, vision_only: bool) 
         vision_device=resolve_vision_device(
             "same" if vision_only else args.vision_device,
             device=args.device,
-            backend=args.backend,
+            splits_vision=REGISTRY.spec(args.backend).splits_vision,
             vision_only=vision_only,
         ),
         dtype=dtype.dtype,

@@ -16,7 +16,7 @@ from typing import Any
 
 from analytic.schema import STAGES, VISION_STAGES, aten_family
 from analytic.workload import VisionWorkload, WorkloadError
-from vendor_shim.backends import IMPL_OF_BACKEND
+from vendor_shim.backends import impl_of
 from verify.compare import Tolerances, compare_stages, received_mismatches
 from verify.model import PageResult, PageSpec, RunResult
 
@@ -75,7 +75,7 @@ def build_workload(page: PageSpec, cfg: VerifyConfig) -> VisionWorkload:
         decode_tokens=0 if cfg.vision_only else cfg.decode_tokens,
         dtype=cfg.dtype,
         lm_head_scope=cfg.lm_head,  # None: the backend's own behaviour (official: all, hf generate: last)
-        impl=IMPL_OF_BACKEND[cfg.backend],
+        impl=impl_of(cfg.backend),
         attn_impl=cfg.attn_impl,
     )
 

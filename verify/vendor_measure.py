@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from analytic.workload import VisionWorkload
+from vendor_shim.backends.base import OutOfProcessBackend
 from vendor_shim.trace import SCHEMA_VERSION
-from verify.cache import TraceCache, library_versions
+from verify.cache import TraceCache
 from verify.model import PageSpec
 from verify.runner import VendorFailure, VerifyConfig
 
@@ -53,15 +54,13 @@ class VendorMeasurer:
         # VendorInputError (bad device, refused remote code) propagates: the CLI maps it to exit 2
         check_device(cfg.device, cfg.vision_only)
         backend = get_backend(cfg.backend, vendor_dir=cfg.vendor_dir, trust_remote_code=cfg.trust_remote_code)
-        code_hashes = {"vendor_shim": shim_code_hash()}
-        if hasattr(backend, "signature"):
-            code_hashes.update(backend.signature().get("code_hashes", {}))
-        versions = backend.cache_versions() if hasattr(backend, "cache_versions") else library_versions()
+        code_hashes = {"vendor_shim": shim_code_hash(), **backend.signature().get("code_hashes", {})}
+        versions = backend.cache_versions()
         cache = TraceCache(Path(cfg.cache_dir)) if cfg.use_cache and cfg.cache_dir else None
         return cls(cfg, backend, cache, code_hashes, versions, model_cache=ModelCache())
 
     def environment(self) -> dict[str, Any]:
-        env = dict(self.backend.environment()) if hasattr(self.backend, "environment") else {}
+        env = dict(self.backend.environment())
         env["cache"] = str(self.cache.root) if self.cache else "disabled"
         env["dtype_choice"] = dict(self.cfg.dtype_choice)
         env["execution"] = self.cfg.execution
@@ -88,7 +87,7 @@ class VendorMeasurer:
 
     def prefetch(self, workloads: list[VisionWorkload]) -> None:
         """Measure every distinct uncached workload up front in one worker (out-of-process backends)."""
-        if not hasattr(self.backend, "measure_dicts"):
+        if not isinstance(self.backend, OutOfProcessBackend):
             return
         todo: dict[str, VisionWorkload] = {}
         for wl in workloads:

@@ -1,30 +1,104 @@
-"""Backend registry: names -> lazily imported factories (so importing the shim never imports transformers)."""
+"""Backend registry: one `BackendSpec` line per backend, imported lazily (so the shim never imports transformers
+until a backend is created).  Everything else (CLIs, verifier, cache keys, analytic profile) reads from here.
+
+Adding a backend: write a module with a ``create_backend(*, vendor_dir, trust_remote_code)`` returning a
+`VendorBackend` (in-process) or `OutOfProcessBackend`, then add one `BackendSpec` line below (and an analytic
+profile YAML under ``analytic/configs/profiles/`` if no existing profile mirrors it).  See vendor_shim/README.md.
+"""
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from vendor_shim.errors import VendorInputError
 
-BACKENDS = ("hf", "remote-code")
-# The analytic implementation profile that mirrors each backend (VisionWorkload.impl).
-IMPL_OF_BACKEND = {"hf": "hf", "remote-code": "official"}
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """What the tool must know about a backend without importing it."""
+
+    name: str
+    factory: str | Callable[..., Any]  # "module:function" (imported on use) or a callable; called with
+    # vendor_dir=..., trust_remote_code=...
+    impl: str  # the analytic implementation profile that mirrors it (analytic/configs/profiles/<impl>.yaml)
+    summary: str
+    splits_vision: bool = False  # its generation accepts pre-encoded vision features (vision counted on meta)
+    needs_vendor_dir: bool = False  # runs code from a local snapshot (--vendor-dir, --trust-remote-code)
+
+
+class BackendRegistry:
+    """Name -> `BackendSpec`, in registration order (the first is the default)."""
+
+    def __init__(self, *specs: BackendSpec) -> None:
+        self._specs: dict[str, BackendSpec] = {}
+        for spec in specs:
+            self.register(spec)
+
+    def register(self, spec: BackendSpec) -> None:
+        if spec.name in self._specs:
+            raise ValueError(f"backend {spec.name!r} is registered twice")
+        self._specs[spec.name] = spec
+
+    def unregister(self, name: str) -> None:
+        self._specs.pop(name, None)
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._specs)
+
+    def __iter__(self) -> Iterator[BackendSpec]:
+        return iter(self._specs.values())
+
+    def spec(self, name: str) -> BackendSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise VendorInputError(f"unknown backend {name!r}: use one of {', '.join(self._specs)}") from None
+
+    def create(self, name: str, *, vendor_dir: str | None = None, trust_remote_code: bool = False) -> Any:
+        """The backend object for ``name`` (`VendorInputError`, exit 2, for an unknown name or a refused snapshot)."""
+        factory = self.spec(name).factory
+        if isinstance(factory, str):
+            module_name, _, func = factory.partition(":")
+            try:
+                factory = getattr(importlib.import_module(module_name), func)
+            except (ImportError, AttributeError) as exc:
+                raise VendorInputError(
+                    f"backend {name!r} is not available ({exc}): use --backend {self.default}"
+                ) from exc
+        return factory(vendor_dir=vendor_dir, trust_remote_code=trust_remote_code)
+
+    @property
+    def default(self) -> str:
+        return next(iter(self._specs))
+
+
+REGISTRY = BackendRegistry(
+    BackendSpec(
+        "hf",
+        "vendor_shim.backends.hf:create_backend",
+        impl="hf",
+        summary="transformers' own UnlimitedOcr classes at DeepSeek-OCR dims (embedded, offline)",
+        splits_vision=True,
+    ),
+    BackendSpec(
+        "remote-code",
+        "vendor_shim.backends.remote_code:create_backend",
+        impl="official",
+        summary="the official DeepSeek-OCR code from a local snapshot (needs --vendor-dir and --trust-remote-code)",
+        needs_vendor_dir=True,
+    ),
+)
+DEFAULT_BACKEND = REGISTRY.default
 
 
 def get_backend(name: str, *, vendor_dir: str | None = None, trust_remote_code: bool = False) -> Any:
-    """A `VendorBackend` (in-process) or `OutOfProcessBackend` for ``name``.
+    """A `VendorBackend` (in-process) or `OutOfProcessBackend` for ``name`` (see `BackendRegistry.create`)."""
+    return REGISTRY.create(name, vendor_dir=vendor_dir, trust_remote_code=trust_remote_code)
 
-    ``hf``: `vendor_shim.backends.hf.HfBackend()`.
-    ``remote-code``: `vendor_shim.backends.remote_code.create_backend(vendor_dir=..., trust_remote_code=...)`.
-    """
-    if name == "hf":
-        from vendor_shim.backends.hf import HfBackend
 
-        return HfBackend()
-    if name == "remote-code":
-        try:
-            from vendor_shim.backends import remote_code
-        except ImportError as exc:  # pragma: no cover - depends on the remote-code helper's module
-            raise VendorInputError(f"backend 'remote-code' is not available ({exc}): use --backend hf") from exc
-        return remote_code.create_backend(vendor_dir=vendor_dir, trust_remote_code=trust_remote_code)
-    raise VendorInputError(f"unknown backend {name!r}: use one of {', '.join(BACKENDS)}")
+def impl_of(backend: str) -> str:
+    """The analytic implementation profile that mirrors ``backend``."""
+    return REGISTRY.spec(backend).impl

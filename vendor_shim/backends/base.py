@@ -56,10 +56,12 @@ branch of the SAM call that precedes them (and their batch must agree).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from vendor_shim.errors import WorkloadMismatchError
+from vendor_shim.versions import library_versions
 
 if TYPE_CHECKING:  # the harness needs torch; this module must stay importable for typing tools
     import torch
@@ -84,16 +86,16 @@ def resolve_execution(requested: str, device: str) -> str:
 
 
 VISION_DEVICE_CHOICES = ("auto", "meta", "same")
-SPLIT_VISION_BACKENDS = ("hf",)  # backends whose generation accepts pre-encoded vision features
 
 
-def resolve_vision_device(requested: str, *, device: str, backend: str, vision_only: bool) -> str | None:
+def resolve_vision_device(requested: str, *, device: str, splits_vision: bool, vision_only: bool) -> str | None:
     """Where the vision stack is counted in a full run (None: on ``device``).  ``auto``: meta when the model
-    runs on cpu and the backend can split (identical counts, tested), else on ``device``."""
+    runs on cpu and the backend can split (`BackendSpec.splits_vision`; identical counts, tested), else on
+    ``device``."""
     if vision_only or requested == "same":
         return None
     if requested == "auto":
-        return "meta" if device == "cpu" and backend in SPLIT_VISION_BACKENDS else None
+        return "meta" if device == "cpu" and splits_vision else None
     return requested
 
 
@@ -186,10 +188,26 @@ class GenerationResult:
     path: str  # e.g. "transformers.GenerationMixin.generate(greedy, min_new_tokens=max_new_tokens)"
 
 
-class VendorBackend(ABC):
-    """One real implementation of DeepSeek-OCR, driven for counting (see module docstring)."""
+class BackendBase(ABC):
+    """What every backend tells the verifier, in-process or not: its name, environment, and what beyond the
+    workload changes its counts (code hashes, library versions: both go into cache keys)."""
 
     name: ClassVar[str]
+
+    @abstractmethod
+    def environment(self) -> dict[str, Any]: ...
+
+    def signature(self) -> dict[str, Any]:
+        """Backend name and sha256 of the code it executes, {relative file: sha256}."""
+        return {"backend": self.name, "code_hashes": dict(self.environment().get("code_hashes", {}))}
+
+    def cache_versions(self) -> dict[str, str | None]:
+        """Library versions the counts depend on (the ones the backend really runs with)."""
+        return library_versions()
+
+
+class VendorBackend(BackendBase):
+    """One real implementation of DeepSeek-OCR, driven for counting in this process (see module docstring)."""
 
     @abstractmethod
     def build(
@@ -206,9 +224,6 @@ class VendorBackend(ABC):
     def run_generation(
         self, loaded: LoadedModel, inputs: PreparedInputs, decode_tokens: int, lm_head_scope: str
     ) -> GenerationResult: ...
-
-    @abstractmethod
-    def environment(self) -> dict[str, Any]: ...
 
     def supports_preencoded_vision(self) -> bool:
         """True if `run_generation_preencoded` is implemented."""
@@ -233,14 +248,26 @@ class VendorBackend(ABC):
         return None
 
 
-class OutOfProcessBackend(ABC):
+class OutOfProcessBackend(BackendBase):
     """A backend that runs the harness elsewhere (e.g. a pinned-environment subprocess).
 
     `vendor_shim.measure()` hands it the whole request and expects a trace document back
-    (`Trace.to_dict()` form, validated by the caller).
+    (`Trace.to_dict()` form, validated by the caller); the verifier hands it every distinct workload of a run at
+    once (`measure_dicts`), so one worker and one model build serve the run.
     """
 
-    name: ClassVar[str]
+    @abstractmethod
+    def measure_dicts(
+        self,
+        workloads: Sequence[VisionWorkload],
+        *,
+        device: str,
+        vision_only: bool,
+        timeout_s: float | None = None,
+        execution: str = "real",
+        dtype_reason: str | None = None,
+    ) -> list[dict[str, Any] | Exception]:
+        """One trace document or the exception of its failure per workload; request-wide problems raise."""
 
     @abstractmethod
     def measure_dict(

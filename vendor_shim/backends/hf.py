@@ -185,6 +185,13 @@ def _file_sha256(path: str) -> str:
         return hashlib.sha256(fh.read()).hexdigest()
 
 
+def create_backend(*, vendor_dir: str | None = None, trust_remote_code: bool = False) -> HfBackend:
+    """Registry factory (`vendor_shim.backends.REGISTRY`): the package's own code needs no snapshot or trust."""
+    if vendor_dir is not None:
+        raise VendorInputError("backend 'hf' builds the model from transformers itself: drop --vendor-dir")
+    return HfBackend()
+
+
 class HfBackend(_VendorBackend):
     """transformers' UnlimitedOcr classes at DeepSeek-OCR dims (see module docstring)."""
 
