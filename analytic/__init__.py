@@ -1,7 +1,7 @@
 """Formula-only cost model of DeepSeek-OCR. Pure Python: never imports torch or vendor code."""
 
 from analytic.model import CostModel, Estimate, build_cost_model, estimate
-from analytic.schema import METRICS, STAGES, Metrics
+from analytic.schema import METRICS, STAGES
 from analytic.workload import (
     MODES,
     ModePreset,
@@ -20,7 +20,6 @@ __all__ = [
     "STAGES",
     "CostModel",
     "Estimate",
-    "Metrics",
     "ModePreset",
     "ProjectorTokens",
     "ViewLayout",

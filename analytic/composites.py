@@ -15,9 +15,8 @@ from analytic.layers.decoder import Decoder
 from analytic.layers.projector import MlpProjector
 from analytic.layers.sam import SamEncoder
 from analytic.profiles import ImplProfile
+from analytic.schema import VISION_STAGES
 from analytic.workload import VisionWorkload
-
-VISION_PARTS = ("sam", "clip", "projector")
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,7 @@ class VisionBranch:
         db: int,
         records: bool,
     ) -> dict[str, Cost]:
-        out = {part: Cost(records) for part in VISION_PARTS}
+        out = {part: Cost(records) for part in VISION_STAGES}
         if batch == 0:
             return out
         grid = sam.evaluate(out["sam"], batch, size, profile, db, "sam" if records else None)

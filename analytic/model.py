@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analytic.composites import VISION_PARTS, Decode, Prefill, VisionBranch
+from analytic.composites import Decode, Prefill, VisionBranch
 from analytic.costs import METRIC_FIELDS, Cost
 from analytic.layers.clip import ClipEncoder
 from analytic.layers.common import ConfigError
@@ -19,7 +19,7 @@ from analytic.layers.decoder import Decoder
 from analytic.layers.projector import MlpProjector
 from analytic.layers.sam import SamEncoder
 from analytic.profiles import ImplProfile, ProfileError
-from analytic.schema import LM_PARTS, VISION_BRANCHES
+from analytic.schema import LM_PARTS, VISION_BRANCHES, VISION_STAGES
 from analytic.workload import VisionWorkload
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -128,7 +128,7 @@ class CostModel:
         recs: list[dict[str, Any]] | None = [] if records else None
 
         vision = {b: self._vision(self.composites[f"vision_{b}"], workload, prof, db, records) for b in VISION_BRANCHES}
-        for part in VISION_PARTS:
+        for part in VISION_STAGES:
             stages[part] = {b: _leaf(vision[b][part], False) for b in VISION_BRANCHES}
             families[part] = {b: dict(vision[b][part].families) for b in VISION_BRANCHES}
             if recs is not None:

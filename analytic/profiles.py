@@ -7,6 +7,14 @@ location it mirrors (see `ImplProfile.references`, also printed in `Estimate.to_
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from analytic.schema import LM_HEAD_SCOPES
+
+PROFILE_DIR = Path(__file__).resolve().parent / "configs" / "profiles"
 
 ROPE_MODES = ("per_layer_matmul", "once_elementwise")
 CLIP_QKV_MODES = ("fused", "separate")
@@ -52,7 +60,7 @@ class ImplProfile:
             ("clip_qkv", self.clip_qkv, CLIP_QKV_MODES),
             ("experts", self.experts, EXPERT_MODES),
             ("vision_attention", self.vision_attention, VISION_ATTN_MODES),
-            ("lm_head_default", self.lm_head_default, ("all", "last")),
+            ("lm_head_default", self.lm_head_default, LM_HEAD_SCOPES),
         )
         for label, value, allowed in checks:
             if value not in allowed:
@@ -78,3 +86,20 @@ class ImplProfile:
             "lm_head_default": self.lm_head_default,
             "references": dict(self.references),
         }
+
+
+@cache
+def profile_names() -> tuple[str, ...]:
+    """Implementation profiles that exist: one YAML each under configs/profiles/ (the one list of them)."""
+    return tuple(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
+
+
+@cache
+def profile_lm_head_default(impl: str) -> str:
+    """The profile's own lm_head scope (its YAML's ``lm_head_default``): what a workload uses unless told."""
+    if impl not in profile_names():
+        raise ProfileError(f"no profile {impl!r}: use one of {', '.join(profile_names())}")
+    value = OmegaConf.load(PROFILE_DIR / f"{impl}.yaml").get("lm_head_default")
+    if value not in LM_HEAD_SCOPES:
+        raise ProfileError(f"profiles/{impl}.yaml: lm_head_default={value!r}; use one of {', '.join(LM_HEAD_SCOPES)}")
+    return str(value)

@@ -6,13 +6,13 @@ leaf: ``stages[stage][part][metric]``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-
 VISION_STAGES = ("sam", "clip", "projector")
 VISION_BRANCHES = ("global", "crops")
 LM_STAGES = ("prefill", "decode")
 LM_PARTS = ("decoder", "lm_head")
 STAGES = VISION_STAGES + LM_STAGES
+LM_HEAD_SCOPES = ("all", "last")  # prefill lm_head over every position, or the last one only
+ATTN_IMPLS = ("eager", "sdpa")  # decoder attention: two matmuls, or one attention kernel
 
 METRICS = (
     "tensor_flops",
@@ -36,32 +36,6 @@ def stage_parts(stage: str) -> tuple[str, ...]:
 def leaf_paths(stages: tuple[str, ...] = STAGES) -> list[tuple[str, str]]:
     """Every (stage, part) leaf in report order."""
     return [(s, p) for s in stages for p in stage_parts(s)]
-
-
-@dataclass
-class Metrics:
-    """Per-call (or summed) cost metrics. FLOPs: 2 per multiply-add."""
-
-    tensor_flops: int = 0
-    elementwise_flops: int = 0
-    io_bytes: int = 0
-    weight_bytes: int = 0
-    activation_bytes: int = 0
-    kv_cache_bytes: int = 0
-
-    def __add__(self, other: Metrics) -> Metrics:
-        return Metrics(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
-
-    def __iadd__(self, other: Metrics) -> Metrics:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-        return self
-
-    def scaled(self, k: int) -> Metrics:
-        return Metrics(*(getattr(self, f.name) * k for f in fields(self)))
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
 
 
 # Op families: the level at which analytic records and counted aten ops meet, so a

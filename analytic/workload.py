@@ -9,8 +9,11 @@ shared/deepseek-ocr-facts.md, "Views and the crop grid").
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from analytic.profiles import profile_lm_head_default, profile_names
+from analytic.schema import ATTN_IMPLS, LM_HEAD_SCOPES
 
 PATCH_SIZE = 16
 DOWNSAMPLE_RATIO = 4
@@ -21,9 +24,6 @@ CROP_MAX_NUM = 9
 # Pages above this many pixels are refused (decompression-bomb guard).
 MAX_PAGE_PIXELS = 200_000_000
 
-LmHeadScope = Literal["all", "last"]
-ImplProfile = Literal["official", "hf"]
-AttnImpl = Literal["eager", "sdpa"]
 DTYPES = ("float32", "bfloat16", "float16")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -209,10 +209,9 @@ class VisionWorkload:
     decode_tokens: int
     batch: int = 1
     dtype: str = "float32"
-    lm_head_scope: LmHeadScope = "all"
-    impl: ImplProfile = "official"
-    attn_impl: AttnImpl = "eager"
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    lm_head_scope: str = "all"  # one of schema.LM_HEAD_SCOPES
+    impl: str = "official"  # an implementation profile (profiles.profile_names())
+    attn_impl: str = "eager"  # one of schema.ATTN_IMPLS
 
     @property
     def prefill_len(self) -> int:
@@ -241,9 +240,9 @@ class VisionWorkload:
         decode_tokens: int = 0,
         batch: int = 1,
         dtype: str = "float32",
-        lm_head_scope: LmHeadScope | None = None,
-        impl: ImplProfile = "official",
-        attn_impl: AttnImpl = "eager",
+        lm_head_scope: str | None = None,
+        impl: str = "official",
+        attn_impl: str = "eager",
     ) -> VisionWorkload:
         name, preset = resolve_mode(mode, base_size, image_size, crop_mode)
         if prompt_tokens < 0 or decode_tokens < 0:
@@ -252,15 +251,14 @@ class VisionWorkload:
             raise WorkloadError(f"batch={batch}: only batch 1 is modelled (the vendor infer() runs one page)")
         if dtype not in DTYPES:
             raise WorkloadError(f"dtype {dtype!r} unknown: use one of {', '.join(DTYPES)}")
-        if impl not in ("official", "hf"):
-            raise WorkloadError(f"impl {impl!r} unknown: use 'official' or 'hf'")
-        if attn_impl not in ("eager", "sdpa"):
-            raise WorkloadError(f"attn_impl {attn_impl!r} unknown: use 'eager' or 'sdpa'")
-        if lm_head_scope is None:
-            # official forward projects every prefill position; HF generate keeps the last.
-            lm_head_scope = "all" if impl == "official" else "last"
-        if lm_head_scope not in ("all", "last"):
-            raise WorkloadError(f"lm_head scope {lm_head_scope!r} unknown: use 'all' or 'last'")
+        if impl not in profile_names():
+            raise WorkloadError(f"impl {impl!r} unknown: use one of {', '.join(profile_names())}")
+        if attn_impl not in ATTN_IMPLS:
+            raise WorkloadError(f"attn_impl {attn_impl!r} unknown: use one of {', '.join(ATTN_IMPLS)}")
+        if lm_head_scope is None:  # the implementation's own behaviour, as its profile YAML states it
+            lm_head_scope = profile_lm_head_default(impl)
+        if lm_head_scope not in LM_HEAD_SCOPES:
+            raise WorkloadError(f"lm_head scope {lm_head_scope!r} unknown: use one of {', '.join(LM_HEAD_SCOPES)}")
         layout = compute_view_layout(width, height, preset.base_size, preset.image_size, preset.crop_mode)
         tokens = compute_projector_tokens(layout, preset.image_size if layout.has_crops else None)
         return cls(
@@ -302,6 +300,6 @@ class VisionWorkload:
     def signature(self) -> dict[str, Any]:
         """The fields that change a count (page size only through the grid)."""
         d = self.to_dict()
-        for k in ("width", "height", "extra", "mode"):
+        for k in ("width", "height", "mode"):
             d.pop(k, None)
         return d

@@ -1,6 +1,9 @@
 """Per-layer tensor FLOPs on small shapes, derived by hand (2 FLOPs per multiply-add)."""
 
+from pathlib import Path
+
 import pytest
+from omegaconf import OmegaConf
 
 from analytic.costs import Cost, causal_pairs
 from analytic.layers.clip import ClipBlock, ClipEncoder
@@ -9,6 +12,15 @@ from analytic.layers.decoder import Decoder, MhaAttention, MlaAttention, MoeMlp,
 from analytic.layers.projector import MlpProjector
 from analytic.layers.sam import SamBlock, SamEncoder
 from analytic.profiles import ImplProfile, ProfileError
+
+MODEL_YAML = Path(__file__).resolve().parents[1] / "analytic" / "configs" / "model.yaml"
+
+
+def dims(section: str, **small) -> dict:
+    """The model.yaml section (the one source of the dimensions) with the given fields replaced."""
+    node = OmegaConf.select(OmegaConf.load(MODEL_YAML), section)
+    cfg = {k: v for k, v in OmegaConf.to_container(node).items() if k != "_target_"}
+    return {**cfg, **small}
 
 
 def profile(**kw) -> ImplProfile:
@@ -92,16 +104,19 @@ def test_eager_vision_attention_is_two_bmm_with_same_flops():
 
 def test_sam_encoder_small():
     sam = SamEncoder(
-        img_size=64,
-        patch_size=16,
-        embed_dim=8,
-        depth=1,
-        num_heads=2,
-        mlp_ratio=2,
-        window_size=3,
-        global_attn_indexes=(0,),
-        out_chans=4,
-        downsample_channels=(6, 8),
+        **dims(
+            "vision.sam",
+            img_size=64,
+            patch_size=16,
+            embed_dim=8,
+            depth=1,
+            num_heads=2,
+            mlp_ratio=2,
+            window_size=3,
+            global_attn_indexes=(0,),
+            out_chans=4,
+            downsample_channels=(6, 8),
+        )
     )
     c = Cost()
     g3 = sam.evaluate(c, batch=1, size=64, profile=profile(), db=2, path=None)
@@ -127,7 +142,7 @@ def test_clip_block_fused_vs_separate_qkv():
 
 
 def test_clip_encoder_sequence_includes_cls():
-    enc = ClipEncoder(hidden_size=8, num_layers=2, num_heads=2, ffn_hidden_size=32)
+    enc = ClipEncoder(**dims("vision.clip", hidden_size=8, num_layers=2, num_heads=2, ffn_hidden_size=32))
     c = Cost()
     assert enc.evaluate(c, batch=1, grid=3, profile=profile(), db=2, path=None) == 10  # 3*3 + CLS
     one = Cost()
@@ -228,41 +243,49 @@ def test_mla_absorbed_terms():
     with pytest.raises(ProfileError, match="MLA"):
         mla.evaluate(Cost(), 1, 0, profile(supports_mla=False), "bmm", 2, None)
     with pytest.raises(ProfileError, match="eager"):
-        Decoder(use_mla=True).forward(Cost(), 1, 0, profile(), "sdpa", 2)
+        Decoder(**dims("decoder", use_mla=True)).forward(Cost(), 1, 0, profile(), "sdpa", 2)
 
 
 def test_decoder_layer_kinds_and_lm_head():
     dec = Decoder(
-        vocab_size=11,
-        hidden_size=8,
-        num_layers=3,
-        num_heads=2,
-        intermediate_size=16,
-        first_k_dense_replace=1,
-        n_routed_experts=4,
-        num_experts_per_tok=2,
-        moe_intermediate_size=3,
-        n_shared_experts=1,
+        **dims(
+            "decoder",
+            vocab_size=11,
+            hidden_size=8,
+            num_layers=3,
+            num_heads=2,
+            num_kv_heads=2,
+            intermediate_size=16,
+            first_k_dense_replace=1,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=3,
+            n_shared_experts=1,
+        )
     )
     assert [type(layer.mlp).__name__ for layer in dec.layers] == ["SwiGluMlp", "MoeMlp", "MoeMlp"]
     c = Cost()
     dec.lm_head(c, rows=7, db=2)
     assert c.tensor_flops == 2 * 7 * 8 * 11
     with pytest.raises(ConfigError, match="num_experts_per_tok"):
-        Decoder(n_routed_experts=4, num_experts_per_tok=5)
+        Decoder(**dims("decoder", n_routed_experts=4, num_experts_per_tok=5))
 
 
 def test_stack_scaling_equals_per_layer_records():
     dec = Decoder(
-        vocab_size=11,
-        hidden_size=8,
-        num_layers=3,
-        num_heads=2,
-        intermediate_size=16,
-        n_routed_experts=4,
-        num_experts_per_tok=2,
-        moe_intermediate_size=3,
-        n_shared_experts=1,
+        **dims(
+            "decoder",
+            vocab_size=11,
+            hidden_size=8,
+            num_layers=3,
+            num_heads=2,
+            num_kv_heads=2,
+            intermediate_size=16,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=3,
+            n_shared_experts=1,
+        )
     )
     fast, slow = Cost(), Cost(records=True)
     dec.forward(fast, 4, 2, profile(), "eager", 2, None)

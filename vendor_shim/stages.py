@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
+from analytic.schema import VISION_STAGES
 from vendor_shim.backends.base import StageRoots
 from vendor_shim.errors import VendorRunError
 
 UNATTRIBUTED = ("unattributed", "-")
-VISION_ROOTS = ("sam", "clip", "projector")
 
 
 @dataclass
@@ -131,7 +131,7 @@ class StageTracker:
 
     def _pre(self, root: str, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         step = max(self.top_calls - 1, 0)
-        if root in VISION_ROOTS:
+        if root in VISION_STAGES:
             if self.top_depth and self.top_calls > 1:
                 raise VendorRunError(f"{root} ran during decode step {self.top_calls - 1}: the vision stack re-ran")
             stage, part, step = root, self._vision_branch(root, _first_tensor(args, kwargs)), 0

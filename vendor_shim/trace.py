@@ -108,9 +108,6 @@ class Trace:
             raise TraceValidationError(f"trace is not valid JSON ({exc}): re-run the measurement") from exc
         return cls.from_dict(d)
 
-    def leaf(self, stage: str, part: str) -> dict[str, Any]:
-        return self.stages[stage][part]
-
 
 def _require(cond: bool, msg: str) -> None:
     if not cond:

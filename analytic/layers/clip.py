@@ -42,11 +42,11 @@ class ClipBlock:
 
 @dataclass(frozen=True)
 class ClipEncoder:
-    hidden_size: int = 1024
-    num_layers: int = 24
-    num_heads: int = 16
-    ffn_hidden_size: int = 4096
-    pretrain_grid: int = 16  # 224 / 14: the trained position table (interpolated otherwise)
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    ffn_hidden_size: int
+    pretrain_grid: int  # 224 / 14: the trained position table (interpolated otherwise)
 
     def __post_init__(self) -> None:
         if self.num_layers < 0 or self.hidden_size <= 0 or self.num_heads <= 0:

@@ -188,26 +188,26 @@ class DecoderLayer:
 class Decoder:
     """The decoder stack plus lm_head, built once from the config."""
 
-    vocab_size: int = 129280
-    hidden_size: int = 1280
-    num_layers: int = 12
-    num_heads: int = 10
-    num_kv_heads: int | None = None
-    head_dim: int | None = None
-    attention_bias: bool = False
-    intermediate_size: int = 6848
-    first_k_dense_replace: int = 1
-    moe_layer_freq: int = 1
-    n_routed_experts: int | None = 64
-    num_experts_per_tok: int = 6
-    moe_intermediate_size: int = 896
-    n_shared_experts: int | None = 2
-    use_mla: bool = False
-    q_lora_rank: int | None = None
-    kv_lora_rank: int = 512
-    qk_nope_head_dim: int = 128
-    qk_rope_head_dim: int = 64
-    v_head_dim: int = 128
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int | None
+    head_dim: int | None
+    attention_bias: bool
+    intermediate_size: int
+    first_k_dense_replace: int
+    moe_layer_freq: int
+    n_routed_experts: int | None
+    num_experts_per_tok: int
+    moe_intermediate_size: int
+    n_shared_experts: int | None
+    use_mla: bool
+    q_lora_rank: int | None
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
 
     def __post_init__(self) -> None:
         if self.num_layers < 0 or self.hidden_size <= 0 or self.num_heads <= 0 or self.vocab_size <= 0:

@@ -64,20 +64,20 @@ class SamBlock:
 class SamEncoder:
     """SAM ViT-B as DeepSeek-OCR builds it (`build_sam_vit_b`)."""
 
-    img_size: int = 1024
-    patch_size: int = 16
-    in_chans: int = 3
-    embed_dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_ratio: float = 4.0
-    window_size: int = 14
-    global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
-    out_chans: int = 256
-    downsample_channels: tuple[int, ...] = (512, 1024)
-    qkv_bias: bool = True
-    use_rel_pos: bool = True
-    use_abs_pos: bool = True
+    img_size: int
+    patch_size: int
+    in_chans: int
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float
+    window_size: int
+    global_attn_indexes: tuple[int, ...]
+    out_chans: int
+    downsample_channels: tuple[int, ...]
+    qkv_bias: bool
+    use_rel_pos: bool
+    use_abs_pos: bool
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "global_attn_indexes", tuple(self.global_attn_indexes))

@@ -69,7 +69,6 @@ if TYPE_CHECKING:  # the harness needs torch; this module must stay importable f
     from analytic.workload import VisionWorkload
 
 DEVICES = ("cpu", "cuda", "meta")
-LM_HEAD_SCOPES = ("all", "last")
 # How the counted ops run: "shapes" = hollow (vendor_shim.hollow: zeros of the right shape, no arithmetic,
 # balanced routing), "real" = the arithmetic itself (the reference).  "auto": shapes on cpu, real on cuda.
 EXECUTIONS = ("shapes", "real")

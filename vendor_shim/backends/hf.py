@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from analytic.schema import ATTN_IMPLS, LM_HEAD_SCOPES
 from analytic.workload import VisionWorkload
 from vendor_shim.backends.base import GenerationResult, LoadedModel, PreparedInputs, ReceivedInputs, StageRoots
 from vendor_shim.backends.base import VendorBackend as _VendorBackend
@@ -212,8 +213,8 @@ class HfBackend(_VendorBackend):
     ) -> LoadedModel:
         if dtype not in TORCH_DTYPES:
             raise VendorInputError(f"dtype {dtype!r} unknown: use one of {', '.join(TORCH_DTYPES)}")
-        if attn_impl not in ("eager", "sdpa"):
-            raise VendorInputError(f"attn_impl {attn_impl!r} unknown: use 'eager' or 'sdpa'")
+        if attn_impl not in ATTN_IMPLS:
+            raise VendorInputError(f"attn_impl {attn_impl!r} unknown: use one of {', '.join(ATTN_IMPLS)}")
         t0 = time.perf_counter()
         _, model_cls = _import_model_classes()
         config = build_config(self.num_text_layers)
@@ -333,8 +334,8 @@ class HfBackend(_VendorBackend):
     ) -> GenerationResult:
         if loaded.vision_only:
             raise VendorRunError("model was built vision-only: rebuild with vision_only=False to run the decoder")
-        if lm_head_scope not in ("all", "last"):
-            raise VendorInputError(f"lm_head_scope {lm_head_scope!r} unknown: use 'all' or 'last'")
+        if lm_head_scope not in LM_HEAD_SCOPES:
+            raise VendorInputError(f"lm_head_scope {lm_head_scope!r} unknown: use one of {', '.join(LM_HEAD_SCOPES)}")
         p = dict(inputs.payload)
         input_ids = p.pop("input_ids")
         new = decode_tokens + 1  # the first new token comes from the prefill logits
