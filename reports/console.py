@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from reports.format import format_metric, format_rel
+from reports.safe import printable, safe_tree
 from reports.summary import is_synthetic, summarize, verdict_line
 from verify.model import RunResult
 
@@ -39,13 +40,15 @@ def summary_table(run: RunResult) -> Table:
 
 def print_summary(run: RunResult, console: Console | None = None, paths: dict[str, Path] | None = None) -> None:
     console = console or Console()
+    run = safe_tree(run)
     if any(s.gated for s in summarize(run)):
         console.print(summary_table(run))
     if is_synthetic(run):
         console.print("[dim]pages: embedded synthetic geometries, not the real OmniDocBench[/]")
     for page in (p for p in run.pages if p.error):
         kind = page.error_kind or "error"
-        console.print(f"[yellow]{escape(page.page.page_id)}[/]: {kind}: {escape(page.error or '')}", highlight=False)
+        text = f"[yellow]{escape(printable(page.page.page_id))}[/]: {kind}: {escape(printable(page.error or ''))}"
+        console.print(text, highlight=False)
     if paths:
-        console.print(f"[dim]reports: {escape(str(Path(paths['markdown']).parent))}[/]", highlight=False)
+        console.print(f"[dim]reports: {escape(printable(str(Path(paths['markdown']).parent)))}[/]", highlight=False)
     console.print(f"[{_VERDICT_STYLE.get(run.verdict, 'bold')}]{escape(verdict_line(run))}[/]", highlight=False)

@@ -1,8 +1,10 @@
 """Reports: three files written all-or-nothing, verdict first, failures first, console summary."""
 
 import csv
+import io
 import json
 import os
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -149,3 +151,60 @@ def test_formatting():
     assert format_flops(None) == "-"
     assert format_bytes(3 * 2**20) == "3.000 MiB"
     assert format_rel(0.0123) == "1.23%" and format_rel(float("inf")) == "inf" and format_rel(None) == "-"
+
+
+# ---- odd names and a racing writer -------------------------------------------------------------------
+
+
+def _odd_run() -> RunResult:
+    """Names a Linux file system and a JSON file can hold but UTF-8 cannot: bytes 0xff, an unpaired surrogate."""
+    latin1 = os.fsdecode(b"scan-\xff")  # surrogateescape: '\udcff'
+    lone = "page-\ud800"
+    run = _run(fail=False, error=False)
+    run.pages[0].page.page_id = latin1
+    run.pages[0].page.image_path = f"/data/{latin1}.png"
+    run.pages[0].rows = _rows(latin1)
+    run.pages.append(
+        PageResult(
+            page=PageSpec(lone, 0, 0, "omnidocbench", attributes={"data_source": lone}),
+            error=f"{lone}: \x1b[31mbad",
+            error_kind="input",
+        )
+    )
+    return run
+
+
+def test_undecodable_names_are_escaped_in_every_report(tmp_path):
+    paths = write_reports(_odd_run(), tmp_path / "run")
+    md, text_csv, text_json = (paths[k].read_text(encoding="utf-8") for k in ("markdown", "csv", "json"))
+    for text in (md, text_csv, text_json.replace("\\\\", "\\")):
+        assert "scan-\\xff" in text  # the file name's byte, shown as an escape
+    assert "page-\\ud800" in md and "\\x1b[31m" in md  # no raw escape sequence reaches a terminal viewing the file
+    doc = json.loads(text_json)
+    assert [p["page"]["page_id"] for p in doc["pages"]] == ["scan-\\xff", "page-\\ud800"]
+    assert {r["page_id"] for r in csv.DictReader(text_csv.splitlines())} == {"scan-\\xff"}
+
+
+def test_undecodable_names_reach_a_strict_utf8_console(tmp_path):
+    buf = io.BytesIO()
+    stream = io.TextIOWrapper(buf, encoding="utf-8", errors="strict")
+    print_summary(_odd_run(), Console(file=stream, width=200), {"markdown": tmp_path / "r" / "report.md"})
+    stream.flush()
+    out = buf.getvalue().decode("utf-8")
+    assert "page-\\ud800: input: page-\\ud800: \\x1b[31mbad" in out
+
+
+def test_a_writer_that_renames_first_makes_the_other_pick_the_next_name(tmp_path, monkeypatch):
+    """Two writers with one run id: the loser's final rename meets a non-empty folder (ENOTEMPTY)."""
+    real_rename = os.rename
+
+    def other_writer_wins(src, dst):
+        os.makedirs(dst)
+        (Path(dst) / "report.md").write_text("the other run")
+        real_rename(src, dst)  # ENOTEMPTY on Linux
+
+    monkeypatch.setattr(writer_mod.os, "rename", other_writer_wins)
+    with pytest.raises(ReportExistsError, match="appeared while writing"):
+        write_reports(_run(), tmp_path / "run")
+    assert sorted(os.listdir(tmp_path)) == ["run"]  # our staging folder is gone, theirs untouched
+    assert (tmp_path / "run" / "report.md").read_text() == "the other run"
