@@ -13,7 +13,7 @@ from reports.safe import printable, safe_tree
 from reports.summary import is_synthetic, summarize, verdict_line
 from verify.model import RunResult
 
-_VERDICT_STYLE = {"PASS": "bold green", "FAIL": "bold red", "ERROR": "bold yellow"}
+_VERDICT_STYLE = {"PASS": "bold green", "FAIL": "bold red", "INCOMPLETE COUNT": "bold red", "ERROR": "bold yellow"}
 
 
 def summary_table(run: RunResult) -> Table:

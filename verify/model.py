@@ -74,7 +74,25 @@ class RunResult:
 
     @property
     def verdict(self) -> str:
-        """PASS, FAIL (a discrepancy) or ERROR (some page could not be verified)."""
-        if any(p.error for p in self.pages):
-            return "ERROR"
-        return "FAIL" if self.failed_pages else "PASS"
+        """PASS, FAIL, INCOMPLETE COUNT or ERROR: the same story as the exit code (see `outcome`)."""
+        return outcome(self.pages)[0]
+
+
+def outcome(pages: list[PageResult]) -> tuple[str, int]:
+    """(verdict, exit code) of a run, decided once so the reports and the exit code never disagree.
+
+    FAIL (1): a stage outside tolerance, or the analytic model failed on a page.
+    INCOMPLETE COUNT (1): the counter audit found executed work without a formula.
+    ERROR (3): the vendor run failed; ERROR (2): a page's input was bad.  PASS (0) otherwise.
+    The first that applies wins.
+    """
+    kinds = {p.error_kind for p in pages if p.error}
+    if any(r.passed is False for p in pages for r in p.rows) or "analytic" in kinds:
+        return "FAIL", 1
+    if "coverage" in kinds:
+        return "INCOMPLETE COUNT", 1
+    if "vendor" in kinds:
+        return "ERROR", 3
+    if kinds:
+        return "ERROR", 2
+    return "PASS", 0
