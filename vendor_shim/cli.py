@@ -12,11 +12,12 @@ import warnings
 from typing import Any
 
 from analytic.schema import LM_PARTS, VISION_BRANCHES, VISION_STAGES
-from analytic.workload import VisionWorkload, WorkloadError
+from analytic.workload import VisionWorkload, WorkloadError, check_positions
 from vendor_shim.backends import IMPL_OF_BACKEND
 from vendor_shim.errors import VendorShimError
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_INPUT, EXIT_VENDOR = 0, 1, 2, 3
+_BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="gundam", help="tiny | small | base | large | gundam")
     p.add_argument("--base-size", type=int, default=None)
     p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--crop-mode", type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
+    p.add_argument(
+        "--crop-mode", type=_bool_word, default=None, metavar="{true,false}", help="also 1/0, yes/no, on/off"
+    )
     p.add_argument("--width", type=int, default=None, help="page width in pixels")
     p.add_argument("--height", type=int, default=None, help="page height in pixels")
     p.add_argument("--image", default=None, help="page image; its size is used when --width/--height are absent")
@@ -55,6 +58,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _bool_word(text: str) -> bool:
+    """true/false, 1/0, yes/no, on/off in any case; any other word is a usage error, never a silent False."""
+    try:
+        return _BOOL_WORDS[text.strip().lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of true/false, 1/0, yes/no, on/off") from None
+
+
+def _refuse_options_that_do_not_apply(args: argparse.Namespace) -> None:
+    if args.backend != "remote-code":
+        for flag, given in (
+            ("--vendor-dir", args.vendor_dir is not None),
+            ("--trust-remote-code", args.trust_remote_code),
+        ):
+            if given:
+                raise WorkloadError(
+                    f"{flag} applies only to --backend remote-code: drop it or add --backend remote-code"
+                )
+
+
 def _page_size(args: argparse.Namespace) -> tuple[int, int]:
     if args.width is not None and args.height is not None:
         return args.width, args.height
@@ -71,8 +94,12 @@ def _page_size(args: argparse.Namespace) -> tuple[int, int]:
 
 
 def workload_from_args(args: argparse.Namespace) -> VisionWorkload:
+    """The workload the flags describe, refused when it would not fit the decoder's positions."""
+    from analytic.model import build_cost_model
+
+    _refuse_options_that_do_not_apply(args)
     width, height = _page_size(args)
-    return VisionWorkload.from_page(
+    workload = VisionWorkload.from_page(
         width,
         height,
         args.mode,
@@ -86,6 +113,9 @@ def workload_from_args(args: argparse.Namespace) -> VisionWorkload:
         impl=IMPL_OF_BACKEND[args.backend],
         attn_impl=args.attn_impl,
     )
+    limit = build_cost_model([]).decoder.max_position_embeddings  # the one statement of the limit
+    check_positions(limit, workload.n_image_tokens, workload.prompt_tokens, workload.decode_tokens)
+    return workload
 
 
 def _print_table(trace: Any) -> None:
@@ -139,8 +169,16 @@ def main(argv: list[str] | None = None) -> int:
         from pathlib import Path
 
         tmp = Path(args.out).with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(args.out)
+        try:
+            tmp.write_text(text)
+            tmp.replace(args.out)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            print(
+                f"dsocr-measure: error: cannot write --out {args.out} ({exc.strerror}): pick a writable path",
+                file=sys.stderr,
+            )
+            return EXIT_INPUT
     if args.json:
         print(text)
     else:
