@@ -12,7 +12,7 @@ from typing import Any
 
 from analytic.layers.common import ConfigError
 from analytic.profiles import ProfileError
-from analytic.workload import DTYPES, MODES, VisionWorkload, WorkloadError
+from analytic.workload import DTYPES, MODES, VisionWorkload, WorkloadError, check_positions
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,9 +66,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         from analytic.model import build_cost_model
 
-        est = build_cost_model(args.override).estimate(workload, records=args.records)
+        model = build_cost_model(args.override)
+        limit = model.decoder.max_position_embeddings
+        check_positions(limit, workload.n_image_tokens, workload.prompt_tokens, workload.decode_tokens)
+        est = model.estimate(workload, records=args.records)
     except (WorkloadError, ConfigError, ProfileError) as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # an override the config accepts but the formulas cannot use (patch_size=abc)
+        lines = str(exc).strip().splitlines()
+        print(f"error: analytic config override failed: {lines[0] if lines else type(exc).__name__}", file=sys.stderr)
         return 2
     if args.json:
         json.dump(est.to_dict(), sys.stdout)

@@ -188,7 +188,7 @@ def max_image_tokens(preset: ModePreset) -> int:
 
 
 def check_positions(max_positions: int, image_tokens: int, prompt_tokens: int, decode_tokens: int) -> None:
-    """Refuse a workload whose prefill (BOS + image + prompt tokens) plus decode steps exceeds the decoder's positions."""
+    """Refuse a workload whose prefill (BOS + image + prompt tokens) plus decode steps exceed the positions."""
     needed = 1 + image_tokens + prompt_tokens + decode_tokens
     if needed > max_positions:
         raise WorkloadError(

@@ -112,3 +112,18 @@ def test_analytic_positions_are_the_hf_decoders():
     from vendor_shim.backends.hf import text_config
 
     assert build_cost_model([]).decoder.max_position_embeddings == text_config()["max_position_embeddings"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--decode-tokens", "100000"], "past the decoder's 8192"),
+        (["--override", "vision.sam.patch_size=abc"], "analytic config override failed"),
+    ],
+)
+def test_analytic_cli_refuses_with_one_line(extra, needle, capsys):
+    from analytic.cli import main
+
+    assert main(["--mode", "gundam", "--width", "1654", "--height", "2339", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
