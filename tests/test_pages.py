@@ -412,3 +412,16 @@ def test_same_file_twice_is_one_page_and_ids_are_unique(tmp_path):
     pages = load_image_files([a / "p.png", a, tmp_path / "alias.png", a / "p.png", b / "p.png"])
     assert [p.image_path for p in pages] == [str(a / "p.png"), str(b / "p.png")]
     assert [p.page_id for p in pages] == ["x/p.png", "x/p.png-2"]
+
+
+def test_megabyte_annotation_values_are_quoted_short(tmp_path):
+    root = _omni_with(tmp_path, ["x" * 1_000_000 + ".png"])
+    (page,) = load_omnidocbench(root)
+    assert "longer than the file system allows" in page.error and len(page.error) < 400
+    assert len(page.page_id) < 300
+    (root / "OmniDocBench.json").write_text(
+        json.dumps([{"page_info": {"image_path": "a.png", "width": "9" * 1_000_000, "height": 1}}])
+    )
+    with pytest.raises(PageSourceError, match="expected positive integers") as exc:
+        load_omnidocbench(root)
+    assert len(str(exc.value)) < 600

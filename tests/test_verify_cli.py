@@ -635,3 +635,23 @@ def test_report_folder_race_takes_the_next_name(cache_dir, tmp_path, monkeypatch
     theirs, ours = sorted(out.iterdir())
     assert ours.name == f"{theirs.name}-2" and {p.name for p in ours.iterdir()} == REPORT_FILES
     assert json.loads((ours / "report.json").read_text())["run_id"] == ours.name
+
+
+def test_reports_that_cannot_be_written_still_show_the_results(cache_dir, tmp_path, monkeypatch, capsys):
+    def disk_full(run, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("reports.writer.write_csv", disk_full)
+    out = tmp_path / "runs"
+    assert run_cli(main_vision, "--limit", 1, "--quiet", "--output-dir", out) == 2
+    captured = capsys.readouterr()
+    assert "PASS: all 1 pages within tolerance" in captured.out  # the finished work is not lost
+    assert "cannot write the reports" in captured.err and "No space left" in captured.err
+    assert not [p for p in out.iterdir() if not p.name.startswith(".")]
+
+
+def test_tilde_in_a_path_option_is_the_home_folder(cache_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_png(tmp_path / "good.png", 500, 400)
+    assert run_cli(main_vision, "--images", "~/good.png", "--quiet", "--output-dir", "~/runs") == 0
+    assert [p["page"]["page_id"] for p in report(tmp_path / "runs")["pages"]] == ["good"]

@@ -39,6 +39,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _user_path(text: str) -> Path:
+    """A path the user typed; `~` expands even where the shell left it (quoted, or after `--opt=`)."""
+    return Path(text).expanduser()
+
+
 def build_parser(prog: str, vision_only: bool) -> argparse.ArgumentParser:
     what = "vision stack (SAM, CLIP, projector)" if vision_only else "vision stack, prefill and decode"
     p = _Parser(
@@ -57,12 +62,12 @@ def build_parser(prog: str, vision_only: bool) -> argparse.ArgumentParser:
     src.add_argument("--embedded", action="store_true", help="the embedded synthetic page set (default)")
     src.add_argument(
         "--omnidocbench",
-        type=Path,
+        type=_user_path,
         metavar="ROOT",
         help="OmniDocBench root (OmniDocBench.json + images/), or the annotation JSON itself (images/ beside it)",
     )
-    src.add_argument("--images", type=Path, nargs="+", metavar="PATH", help="image files or folders")
-    g.add_argument("--images-dir", type=Path, help="OmniDocBench image folder if not ROOT/images")
+    src.add_argument("--images", type=_user_path, nargs="+", metavar="PATH", help="image files or folders")
+    g.add_argument("--images-dir", type=_user_path, help="OmniDocBench image folder if not ROOT/images")
     g.add_argument("--data-source", action="append", default=[], help="OmniDocBench data_source filter (repeatable)")
     g.add_argument("--limit", type=int, help=f"at most N pages (0..{MAX_PAGES:,})")
     g.add_argument("--sample", type=int, help=f"seeded random sample of N pages (0..{MAX_PAGES:,})")
@@ -80,7 +85,7 @@ def build_parser(prog: str, vision_only: bool) -> argparse.ArgumentParser:
 
     g = p.add_argument_group("vendor")
     g.add_argument("--backend", choices=["hf", "remote-code"], default="hf", help="implementation to measure")
-    g.add_argument("--vendor-dir", type=Path, help="local DeepSeek-OCR snapshot (remote-code backend)")
+    g.add_argument("--vendor-dir", type=_user_path, help="local DeepSeek-OCR snapshot (remote-code backend)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow executing the snapshot's code")
     g.add_argument("--device", choices=["cpu", "cuda", "meta"], default="cpu" if not vision_only else "meta")
     if not vision_only:
@@ -94,12 +99,12 @@ def build_parser(prog: str, vision_only: bool) -> argparse.ArgumentParser:
     g.add_argument("--no-cache", action="store_true", help="always run the vendor (do not read or write the cache)")
     g.add_argument(
         "--cache-dir",
-        type=Path,
+        type=_user_path,
         help="trace cache (default: $DSOCR_CACHE_DIR/traces)",
     )
 
     g = p.add_argument_group("gate and output")
-    g.add_argument("--output-dir", type=Path, default=Path("runs"), help="reports go to OUTPUT_DIR/<run id>/")
+    g.add_argument("--output-dir", type=_user_path, default=Path("runs"), help="reports go to OUTPUT_DIR/<run id>/")
     g.add_argument("--tolerance-default", type=float, default=DEFAULT_TOLERANCE, help="relative, default 0.01")
     g.add_argument("--tolerance", action="append", default=[], metavar="STAGE=FRAC", help="per-stage tolerance")
     g.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="Hydra override (analytic)")

@@ -43,6 +43,7 @@ class PageSourceError(ValueError):
 MAX_ANNOTATION_BYTES = 1 << 30  # the released OmniDocBench.json is ~100 MB; anything past this is not it
 MAX_PAGE_INFO_DEPTH = 16  # page_info is 3 levels deep in the released file
 MAX_NAME_BYTES, MAX_PATH_BYTES = 255, 4096  # Linux NAME_MAX and PATH_MAX
+MAX_SHOWN = 120  # characters of an annotation value quoted in a message
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -122,8 +123,8 @@ def _omnidocbench_page(index: int, entry: Any, json_path: Path, root: Path, imag
         raise PageSourceError(f"{where} has no page_info.image_path; the file is not OmniDocBench's format")
     if not _positive_int(width) or not _positive_int(height) or width * height > MAX_PAGE_PIXELS:
         raise PageSourceError(
-            f"{where} ({image_path!r}) has size {width!r}x{height!r}; expected positive integers with "
-            f"width x height <= {MAX_PAGE_PIXELS:,} pixels: fix the annotation"
+            f"{where} ({_shown(image_path)}) has size {_shown(width)}x{_shown(height)}; expected positive "
+            f"integers with width x height <= {MAX_PAGE_PIXELS:,} pixels: fix the annotation"
         )
     attrs = info.get("page_attribute") if isinstance(info.get("page_attribute"), dict) else {}
     resolved, error = confined_image(image_path, root, images)
@@ -157,8 +158,15 @@ def _depth(obj: Any) -> int:
 
 
 def _stem(image_path: str) -> str:
-    """The file stem of an annotation path, whichever separator it was written with."""
-    return Path(re.split(r"[\\/]", image_path)[-1]).stem or image_path
+    """The file stem of an annotation path, whichever separator it was written with (cut to a file name's length)."""
+    stem = Path(re.split(r"[\\/]", image_path)[-1]).stem or image_path
+    return stem if len(stem) <= MAX_NAME_BYTES else stem[:MAX_SHOWN] + "..."
+
+
+def _shown(value: Any) -> str:
+    """repr() for a message, cut short: an annotation value can be megabytes long."""
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "..."
 
 
 def confined_image(image_path: str, root: Path, images: Path) -> tuple[str | None, str | None]:
@@ -167,8 +175,9 @@ def confined_image(image_path: str, root: Path, images: Path) -> tuple[str | Non
     Nothing outside is ever read: `..`, absolute paths and links leading out are refused
     after resolving, with one message whatever exists (or not) at the target.
     """
+    name = _shown(image_path)
     outside = (
-        f"image_path {image_path!r} points outside the OmniDocBench image folder: use a path relative to it "
+        f"image_path {name} points outside the OmniDocBench image folder: use a path relative to it "
         "(no '..', no absolute path, no link leading out)"
     )
     try:
@@ -176,17 +185,17 @@ def confined_image(image_path: str, root: Path, images: Path) -> tuple[str | Non
     except UnicodeError:
         raw = b"\0"
     if b"\0" in raw:
-        return None, f"image_path {image_path!r} is not a valid file name (NUL byte or unpaired surrogate): fix it"
+        return None, f"image_path {name} is not a valid file name (NUL byte or unpaired surrogate): fix it"
     if _URL.match(image_path):
-        return None, f"image_path {image_path!r} is a URL: pages are read from local files only; download it first"
+        return None, f"image_path {name} is a URL: pages are read from local files only; download it first"
     parts = re.split(rb"[\\/]", raw)
     if len(raw) > MAX_PATH_BYTES or any(len(p) > MAX_NAME_BYTES for p in parts):
-        return None, f"image_path {image_path!r} is longer than the file system allows: fix the annotation"
+        return None, f"image_path {name} is longer than the file system allows: fix the annotation"
     if image_path[:1] in "/\\" or _DRIVE.match(image_path) or b".." in parts:
         return None, outside
     names = [os.fsdecode(p) for p in parts if p and p != b"."]
     if not names:
-        return None, f"image_path {image_path!r} names no file: fix the annotation"
+        return None, f"image_path {name} names no file: fix the annotation"
     candidates = [images / names[-1], root.joinpath(*names)]
     try:
         bases = [images.resolve(), root.resolve()]
