@@ -10,10 +10,11 @@ import json
 import sys
 from typing import Any
 
-from analytic.dtype_policy import DEFAULT_DTYPE, DTYPE_CHOICES, choose_dtype, cpuinfo_native_bf16
+from analytic.dtype_policy import choose_dtype, cpuinfo_native_bf16
 from analytic.layers.common import ConfigError
-from analytic.profiles import ProfileError
-from analytic.workload import MODES, VisionWorkload, WorkloadError
+from analytic.options import HelpFormatter, add_workload_options, workload_kwargs
+from analytic.profiles import ProfileError, profile_names
+from analytic.workload import VisionWorkload, WorkloadError, check_positions
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,35 +23,28 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m analytic", description="Analytic FLOP/byte cost of DeepSeek-OCR on one page.")
-    p.add_argument("--mode", choices=None, default=None, help=f"mode preset: {', '.join(MODES)}")
-    p.add_argument("--base-size", type=int, default=None, help="override the mode's base_size (global view)")
-    p.add_argument("--image-size", type=int, default=None, help="override the mode's image_size")
-    p.add_argument("--crop-mode", dest="crop_mode", action="store_true", default=None, help="enable crops")
-    p.add_argument("--no-crop-mode", dest="crop_mode", action="store_false", help="disable crops")
-    p.add_argument("--width", type=int, required=True, help="page width in pixels")
-    p.add_argument("--height", type=int, required=True, help="page height in pixels")
-    p.add_argument("--prompt-tokens", type=int, default=12, help="prompt text tokens (excl. BOS and image tokens)")
-    p.add_argument("--decode-tokens", type=int, default=0, help="K single-token decode steps after the prefill")
-    p.add_argument("--lm-head", choices=("all", "last"), default=None, help="lm_head scope (default: the profile's)")
-    p.add_argument("--impl", choices=("official", "hf"), default="official", help="implementation profile")
-    p.add_argument("--attn-impl", choices=("eager", "sdpa"), default="eager", help="decoder attention")
-    p.add_argument(
-        "--dtype",
-        choices=DTYPE_CHOICES,
-        default=DEFAULT_DTYPE,
-        help="dtype for the byte metrics; auto (default): bfloat16 if this CPU runs it natively, else float32 "
-        "(the choice the vendor side makes on this machine)",
+    p = _Parser(
+        prog="dsocr-analytic",
+        description="Analytic FLOP/byte cost of DeepSeek-OCR on one page (formulas over shapes; no torch).",
+        epilog="Exit codes: 0 ok, 2 bad input or usage. Also runs as python -m analytic.",
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
-    p.add_argument("--records", action="store_true", help="include per-op records (with --json)")
-    p.add_argument(
+    g = p.add_argument_group("page")
+    g.add_argument("--width", type=int, required=True, help="page width in pixels")
+    g.add_argument("--height", type=int, required=True, help="page height in pixels")
+    add_workload_options(p)
+    g = p.add_argument_group("analytic model")
+    g.add_argument("--impl", choices=profile_names(), default="official", help="implementation profile to mirror")
+    g.add_argument(
         "--override",
         action="append",
         default=[],
         metavar="KEY=VALUE",
         help="Hydra override of the analytic config, repeatable (e.g. decoder.num_layers=2)",
     )
+    g = p.add_argument_group("output")
+    g.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    g.add_argument("--records", action="store_true", help="include per-op records (with --json)")
     return p
 
 
@@ -63,25 +57,20 @@ def _dtype(requested: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        workload = VisionWorkload.from_page(
-            args.width,
-            args.height,
-            args.mode,
-            base_size=args.base_size,
-            image_size=args.image_size,
-            crop_mode=args.crop_mode,
-            prompt_tokens=args.prompt_tokens,
-            decode_tokens=args.decode_tokens,
-            lm_head_scope=args.lm_head,
-            impl=args.impl,
-            attn_impl=args.attn_impl,
-            dtype=_dtype(args.dtype),
-        )
+        kwargs = workload_kwargs(args, dtype=_dtype(args.dtype))
+        workload = VisionWorkload.from_page(args.width, args.height, args.mode, impl=args.impl, **kwargs)
         from analytic.model import build_cost_model
 
-        est = build_cost_model(args.override).estimate(workload, records=args.records)
+        model = build_cost_model(args.override)
+        limit = model.decoder.max_position_embeddings
+        check_positions(limit, workload.n_image_tokens, workload.prompt_tokens, workload.decode_tokens)
+        est = model.estimate(workload, records=args.records)
     except (WorkloadError, ConfigError, ProfileError) as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # an override the config accepts but the formulas cannot use (patch_size=abc)
+        lines = str(exc).strip().splitlines()
+        print(f"error: analytic config override failed: {lines[0] if lines else type(exc).__name__}", file=sys.stderr)
         return 2
     if args.json:
         json.dump(est.to_dict(), sys.stdout)

@@ -178,6 +178,26 @@ def compute_projector_tokens(layout: ViewLayout, image_size: int | None = None) 
     return ProjectorTokens(nq_g, nq_c, global_tokens, crops_tokens, nq_g * nq_g, layout.n_crops * nq_c * nq_c)
 
 
+def max_image_tokens(preset: ModePreset) -> int:
+    """The most image tokens any page can get in this mode: over every crop grid the policy can pick."""
+    if not preset.crop_mode:
+        return compute_projector_tokens(ViewLayout(preset.image_size, 0, 1, 1)).total
+    small_page = compute_projector_tokens(ViewLayout(preset.base_size, 0, 1, 1)).total
+    grids = (ViewLayout(preset.base_size, CROP_SIZE, i, j) for i, j in _crop_candidates())
+    return max(small_page, *(compute_projector_tokens(g, preset.image_size).total for g in grids))
+
+
+def check_positions(max_positions: int, image_tokens: int, prompt_tokens: int, decode_tokens: int) -> None:
+    """Refuse a workload whose prefill (BOS + image + prompt tokens) plus decode steps exceed the positions."""
+    needed = 1 + image_tokens + prompt_tokens + decode_tokens
+    if needed > max_positions:
+        raise WorkloadError(
+            f"1 + {image_tokens} image tokens + {prompt_tokens} prompt tokens + {decode_tokens} decode steps = "
+            f"{needed} positions, past the decoder's {max_positions} (decoder.max_position_embeddings): "
+            "lower --prompt-tokens or --decode-tokens"
+        )
+
+
 def _validate_page(width: int, height: int) -> None:
     if not isinstance(width, int) or not isinstance(height, int) or width <= 0 or height <= 0:
         raise WorkloadError(f"page size {width}x{height} is not positive: give width and height in pixels, > 0")

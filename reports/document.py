@@ -7,27 +7,30 @@ import math
 from pathlib import Path
 from typing import Any
 
-from reports.summary import is_synthetic, summarize, verdict_line
-from verify.model import PageResult, RunResult
+from reports.frame import comparison_frame, leaf_summary
+from reports.model import PageResult, RunResult
+from reports.summary import is_synthetic, verdict_line
 
 REPORT_FORMAT = 1
 
 
 def run_document(run: RunResult) -> dict[str, Any]:
+    df = comparison_frame(run)
+    summary = leaf_summary(df).astype(object).where(lambda t: t.notna(), None).to_dict("records")
     return jsonable(
         {
             "report_format": REPORT_FORMAT,
             "run_id": run.run_id,
             "command": run.command,
             "verdict": run.verdict,
-            "verdict_line": verdict_line(run),
+            "verdict_line": verdict_line(run, df),
             "synthetic_pages": is_synthetic(run),
             "started_at": run.started_at,
             "finished_at": run.finished_at,
             "wall_s": run.wall_s,
             "config": run.config,
             "environment": run.environment,
-            "summary": summarize(run),
+            "summary": summary,
             "pages": [_page(p) for p in run.pages],
         }
     )

@@ -24,18 +24,18 @@ def format_metric(metric: str, value: float | None) -> str:
 
 
 def format_rel(value: float | None, digits: int = 2) -> str:
-    """A relative delta as a percentage; None -> '-', inf -> 'inf'."""
-    if value is None:
+    """A relative delta as a percentage; exactly 0 -> '0 (exact)' (not a rounded 0.00%), None -> '-', inf -> 'inf'."""
+    if value is None or (value != value and not isinstance(value, float)):
         return "-"
+    if value == 0:
+        return "0 (exact)"
     if math.isinf(value):
         return "inf"
-    if math.isnan(value):
-        return "nan"
     return f"{value * 100:.{digits}f}%"
 
 
 def _scaled(value: float | None, units: tuple[tuple[float, str], ...], base: str, digits: int) -> str:
-    if value is None:
+    if value is None or math.isnan(value):  # pandas writes a missing value as NaN
         return "-"
     if not math.isfinite(value):
         return f"{value} {base}"

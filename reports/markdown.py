@@ -6,9 +6,12 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+import pandas as pd
+
 from reports.format import format_metric, format_rel
-from reports.summary import LeafSummary, failing_rows, is_synthetic, summarize, verdict_line
-from verify.model import ComparisonRow, PageResult, RunResult
+from reports.frame import comparison_frame, failing, leaf_summary, page_worst
+from reports.model import PageResult, RunResult
+from reports.summary import is_synthetic, verdict_line
 
 MAX_FAILING_ROWS = 200  # the CSV has all of them
 
@@ -20,23 +23,24 @@ SYNTHETIC_NOTE = (
 
 
 def render_markdown(run: RunResult) -> str:
-    summary = summarize(run)
-    out = [f"# Verdict: {run.verdict}", "", verdict_line(run), ""]
+    df = comparison_frame(run)
+    summary = leaf_summary(df)
+    out = [f"# Verdict: {run.verdict}", "", verdict_line(run, df), ""]
     if is_synthetic(run):
         out += [SYNTHETIC_NOTE, ""]
     out += [f"Run `{run.run_id}` · `{run.command}` · {len(run.pages)} pages · {run.wall_s:.1f} s", ""]
-    out += _failures(run) + _errors(run)
-    out += _gated_table(summary) + _branch_detail(summary) + _pages(run)
+    out += _failures(df) + _errors(run)
+    out += _gated_table(summary) + _branch_detail(summary) + _pages(run, page_worst(df))
     out += _json_block("Environment", run.environment) + _json_block("Config", run.config)
     return "\n".join(out).rstrip() + "\n"
 
 
-def _failures(run: RunResult) -> list[str]:
-    rows = failing_rows(run)
-    if not rows:
+def _failures(df: pd.DataFrame) -> list[str]:
+    rows = failing(df)
+    if rows.empty:
         return []
     head = ["page", "stage", "part", "metric", "vendor", "analytic", "analytic - vendor", "rel delta", "tolerance"]
-    body = [_failing_cells(r) for r in rows[:MAX_FAILING_ROWS]]
+    body = [_failing_cells(r) for r in rows.head(MAX_FAILING_ROWS).itertuples()]
     out = ["## Failures (outside tolerance, worst first)", ""]
     out += _table([*head, "gap family", "note"], body)
     if len(rows) > MAX_FAILING_ROWS:
@@ -44,7 +48,7 @@ def _failures(run: RunResult) -> list[str]:
     return out
 
 
-def _failing_cells(r: ComparisonRow) -> list[str]:
+def _failing_cells(r) -> list[str]:
     return [
         r.page_id,
         r.stage,
@@ -68,11 +72,12 @@ def _errors(run: RunResult) -> list[str]:
     return out + _table(["page", "kind", "error"], [[p.page.page_id, p.error_kind or "-", p.error] for p in errs])
 
 
-def _gated_table(summary: list[LeafSummary]) -> list[str]:
-    gated = [s for s in summary if s.gated]
-    if not gated:
+def _gated_table(summary: pd.DataFrame) -> list[str]:
+    gated = summary[summary.gated] if not summary.empty else summary
+    if gated.empty:
         return []
-    head = ["stage", "part", "metric", "pages", "vendor total", "analytic total", "max rel delta", "worst page"]
+    head = ["stage", "part", "metric", "pages", "vendor total", "analytic total", "tolerance", "max rel delta"]
+    head += ["worst page", "pass", "fail", "not run"]
     body = [
         [
             s.stage,
@@ -81,54 +86,53 @@ def _gated_table(summary: list[LeafSummary]) -> list[str]:
             str(s.pages),
             format_metric(s.metric, s.vendor_total),
             format_metric(s.metric, s.analytic_total),
+            format_rel(s.tolerance),
             format_rel(s.max_rel),
             s.worst_page or "-",
             str(s.passed),
             str(s.failed),
+            str(s.not_run),
         ]
-        for s in gated
+        for s in gated.itertuples()
     ]
-    return ["## Gated stages", "", *_table([*head, "pass", "fail"], body)]
+    return ["## Gated stages", "", *_table(head, body)]
 
 
-def _branch_detail(summary: list[LeafSummary]) -> list[str]:
-    """Vision stages side by side per branch (global vs crops), every metric; analytic-only where not measured."""
-    by_key = {(s.stage, s.part, s.metric): s for s in summary}
-    stages = list(dict.fromkeys(s.stage for s in summary))
-    metrics = list(dict.fromkeys(s.metric for s in summary))
+def _branch_detail(summary: pd.DataFrame) -> list[str]:
+    """Each stage's parts side by side (global vs crops, decoder vs lm_head), every metric, totals over pages."""
+    if summary.empty:
+        return []
     out = ["## Per-branch detail", "", "Totals over pages, vendor / analytic; `-`: no measured counterpart yet.", ""]
-    for stage in stages:
-        parts = list(dict.fromkeys(s.part for s in summary if s.stage == stage))
+    for stage, by_stage in summary.groupby("stage", sort=False):
+        parts = list(dict.fromkeys(by_stage.part))
         body = []
-        for metric in metrics:
-            cells = [metric]
-            for part in parts:
-                s = by_key.get((stage, part, metric))
-                cells.append(_pair(s) if s else "-")
-            body.append(cells)
+        for metric, rows in by_stage.groupby("metric", sort=False):
+            cells = {r.part: _pair(r) for r in rows.itertuples()}
+            body.append([metric, *(cells.get(p, "-") for p in parts)])
         out += [f"### {stage}", "", *_table(["metric", *parts], body)]
     return out
 
 
-def _pair(s: LeafSummary) -> str:
+def _pair(s) -> str:
     analytic = format_metric(s.metric, s.analytic_total)
-    if s.vendor_total is None:
+    if s.pages == 0:
+        return "not run"
+    if s.vendor_total is None or s.vendor_total != s.vendor_total:  # None or NaN: not measured
         return f"- / {analytic}"
     return f"{format_metric(s.metric, s.vendor_total)} / {analytic} ({format_rel(s.max_rel)} max)"
 
 
-def _pages(run: RunResult) -> list[str]:
+def _pages(run: RunResult, worst: pd.Series) -> list[str]:
     head = ["page", "status", "source", "size", "grid", "image tokens", "prefill len", "worst rel delta", "cache"]
     ordered = sorted(run.pages, key=lambda p: (p.passed, p.page.page_id))  # failures first
-    return ["## Pages", "", *_table(head, [_page_cells(p) for p in ordered])]
+    return ["## Pages", "", *_table(head, [_page_cells(p, worst.get(p.page.page_id)) for p in ordered])]
 
 
-def _page_cells(p: PageResult) -> list[str]:
+def _page_cells(p: PageResult, worst: float | None) -> list[str]:
     w = p.workload or {}
     status = "PASS" if p.passed else (f"ERROR ({p.error_kind})" if p.error else "FAIL")
     source = p.page.source + (f": {p.page.attributes['data_source']}" if p.page.attributes.get("data_source") else "")
     grid = f"{w['w_crop']}x{w['h_crop']}" if w.get("n_crops") else ("none" if w else "-")
-    rels = [r.rel_delta for r in p.rows if r.passed is not None and r.rel_delta is not None]
     return [
         p.page.page_id,
         status,
@@ -137,7 +141,7 @@ def _page_cells(p: PageResult) -> list[str]:
         grid,
         str(w.get("n_image_tokens", "-")),
         str(w.get("prefill_len", "-")),
-        format_rel(max(rels)) if rels else "-",
+        format_rel(worst) if worst is not None and worst == worst else "-",
         "hit" if p.cache_hit else "miss",
     ]
 

@@ -7,6 +7,7 @@ existing run directory is never overwritten.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -15,8 +16,9 @@ from pathlib import Path
 
 from reports.document import run_document
 from reports.markdown import render_markdown
+from reports.model import RunResult
+from reports.safe import safe_tree
 from reports.tables import write_csv
-from verify.model import RunResult
 
 REPORT_FILES = {"markdown": "report.md", "csv": "report.csv", "json": "report.json"}
 
@@ -28,6 +30,7 @@ class ReportExistsError(FileExistsError):
 def write_reports(run: RunResult, run_dir: Path) -> dict[str, Path]:
     """report.md, report.csv and report.json in `run_dir` (which must not exist); returns their paths."""
     run_dir = Path(run_dir)
+    run = safe_tree(run)  # a file name that is not UTF-8 must not cost the run its reports
     _refuse_existing(run_dir)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.partial-"))
@@ -37,11 +40,21 @@ def write_reports(run: RunResult, run_dir: Path) -> dict[str, Path]:
         text = json.dumps(run_document(run), indent=1, allow_nan=False)
         (staging / REPORT_FILES["json"]).write_text(text + "\n", encoding="utf-8")
         _refuse_existing(run_dir)  # POSIX rename would silently replace an empty directory
-        os.rename(staging, run_dir)
+        _rename(staging, run_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return {kind: run_dir / name for kind, name in REPORT_FILES.items()}
+
+
+def _rename(staging: Path, run_dir: Path) -> None:
+    """Move the finished folder into place; another writer that got there first is a ReportExistsError."""
+    try:
+        os.rename(staging, run_dir)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise ReportExistsError(f"run directory {run_dir} appeared while writing: pick the next name") from exc
+        raise
 
 
 def _refuse_existing(run_dir: Path) -> None:

@@ -1,5 +1,6 @@
 """Trace cache: keyed by everything that changes a count, written atomically, corrupt = miss."""
 
+import errno
 import json
 import os
 
@@ -121,3 +122,83 @@ def test_entry_records_key_material(tmp_path):
     cache.put(key, TRACE, material={"backend": "hf"})
     entry = json.loads(cache.path_for(key).read_text())
     assert entry["material"] == {"backend": "hf"} and entry["key"] == key
+
+
+# ---- entries that are not what they seem, and folders that cannot take entries ------------------------
+
+
+def _must_have_stages(trace):
+    if "stages" not in trace:
+        raise ValueError("not a trace")
+
+
+def test_valid_json_that_is_not_a_valid_trace_is_a_miss_and_replaced(tmp_path):
+    cache = TraceCache(tmp_path, validate=_must_have_stages)
+    key = _key()
+    path = cache.put(key, {"complete": True})  # the entry layout is right, the trace is not
+    assert cache.get(key) is None and not path.exists()
+    cache.put(key, TRACE)
+    assert cache.get(key) == TRACE
+
+
+def test_entry_that_is_a_directory_is_a_miss_and_replaced(tmp_path):
+    cache = TraceCache(tmp_path)
+    key = _key()
+    path = cache.path_for(key)
+    (path / "junk").mkdir(parents=True)
+    assert cache.get(key) is None and not path.exists()
+    cache.put(key, TRACE)
+    assert cache.get(key) == TRACE
+
+
+def test_entry_that_is_a_link_is_never_followed(tmp_path):
+    outside = tmp_path / "outside.json"
+    cache = TraceCache(tmp_path / "cache")
+    key = _key()
+    path = cache.put(key, TRACE)
+    os.replace(path, outside)  # a well-formed entry, but outside the cache
+    path.symlink_to(outside)
+    assert cache.get(key) is None
+    assert not path.is_symlink() and outside.exists()  # the link is gone, its target untouched
+
+
+def test_entry_that_is_a_fifo_is_a_miss_without_blocking(tmp_path):
+    cache = TraceCache(tmp_path)
+    key = _key()
+    path = cache.path_for(key)
+    path.parent.mkdir(parents=True)
+    os.mkfifo(path)
+    assert cache.get(key) is None and not path.exists()
+
+
+def test_truncated_entry_is_a_miss(tmp_path):
+    cache = TraceCache(tmp_path)
+    key = _key()
+    path = cache.put(key, TRACE)
+    path.write_bytes(path.read_bytes()[:-7])
+    assert cache.get(key) is None and not path.exists()
+
+
+def test_probe_names_a_file_in_the_way_and_an_unwritable_folder(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    assert TraceCache(tmp_path / "file").probe() == "is a file, not a folder"
+    assert TraceCache(tmp_path / "new" / "traces").probe() is None and (tmp_path / "new" / "traces").is_dir()
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(cache_mod.tempfile, "mkstemp", read_only)
+    assert TraceCache(tmp_path / "new" / "traces").probe() == "not writable (Read-only file system)"
+
+
+def test_disk_full_while_writing_leaves_no_temporary(tmp_path, monkeypatch):
+    cache = TraceCache(tmp_path)
+
+    def full(fd, text):
+        os.close(fd)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache_mod, "_write_fd", full)
+    with pytest.raises(OSError, match="No space left"):
+        cache.put(_key(), TRACE)
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))

@@ -1,6 +1,7 @@
 """Page sources: the embedded synthetic manifest, OmniDocBench roots and plain image files."""
 
 import json
+import os
 
 import pytest
 from PIL import Image
@@ -12,12 +13,9 @@ from verify.pages import (
     REPO_ROOT,
     PageSourceError,
     checked_page,
-    default_render_dir,
-    ensure_page_image,
     load_embedded,
     load_image_files,
     load_omnidocbench,
-    render_embedded_page,
 )
 
 OMNIDOCBENCH_SOURCES = {
@@ -92,30 +90,10 @@ def test_datasets_is_never_a_package():
     assert not (REPO_ROOT / "datasets" / "__init__.py").exists()
 
 
-def test_embedded_limit_and_render(tmp_path):
-    pages = load_embedded(limit=2, render_dir=tmp_path)
+def test_embedded_limit_keeps_geometry_only():
+    pages = load_embedded(limit=2)
     assert len(pages) == 2
-    for p in pages:
-        with Image.open(p.image_path) as img:
-            assert img.size == (p.width, p.height)
-
-
-def test_render_is_deterministic_and_cached(tmp_path):
-    spec = next(p for p in load_embedded() if p.page_id == "slide-720p")
-    a = render_embedded_page(spec, tmp_path / "a")
-    b = render_embedded_page(spec, tmp_path / "b")
-    assert a.read_bytes() == b.read_bytes()
-    mtime = a.stat().st_mtime_ns
-    assert render_embedded_page(spec, tmp_path / "a") == a and a.stat().st_mtime_ns == mtime
-    assert [f.name for f in (tmp_path / "a").iterdir()] == [a.name]  # no temporary files left
-
-
-def test_ensure_page_image_renders_into_the_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DSOCR_CACHE_DIR", str(tmp_path))
-    assert default_render_dir() == tmp_path / "pages"
-    spec = next(p for p in load_embedded() if p.page_id == "book-thumb-small")
-    path = ensure_page_image(spec)
-    assert path.parent == tmp_path / "pages" and spec.image_path == str(path) and path.exists()
+    assert all(p.synthetic and p.image_path is None and p.width > 0 and p.height > 0 for p in pages)
 
 
 # --- OmniDocBench ---------------------------------------------------------------------------
@@ -258,3 +236,169 @@ def test_image_files_source_errors(tmp_path):
         load_image_files([tmp_path])
     with pytest.raises(PageSourceError, match="no image files"):
         load_image_files([])
+
+
+# --- hostile OmniDocBench annotations ------------------------------------------------------------
+
+
+def _omni_with(tmp_path, image_paths, **info):
+    """An OmniDocBench root whose entries name `image_paths` (one 100x80 PNG exists as images/ok.png)."""
+    root = tmp_path / "omni"
+    (root / "images").mkdir(parents=True)
+    Image.new("RGB", (100, 80)).save(root / "images" / "ok.png")
+    entries = [
+        {"page_info": {"image_path": p, "width": 100, "height": 80, "page_no": i, **info}}
+        for i, p in enumerate(image_paths)
+    ]
+    (root / "OmniDocBench.json").write_text(json.dumps(entries))
+    return root
+
+
+def test_image_paths_escaping_the_root_are_refused_alike_whether_or_not_the_target_exists(tmp_path):
+    outside = tmp_path / "secret.png"
+    Image.new("RGB", (100, 80)).save(outside)
+    root = _omni_with(tmp_path, [])
+    (root / "images" / "link-to-secret.png").symlink_to(outside)
+    (root / "images" / "link-to-nothing.png").symlink_to(tmp_path / "nothing.png")
+    cases = {
+        "../../secret.png": "../../nothing.png",  # exists / does not
+        str(outside): str(tmp_path / "nothing.png"),  # absolute
+        "images/../../secret.png": "images/../../nothing.png",
+        "..\\..\\secret.png": "..\\..\\nothing.png",  # Windows separators
+        "link-to-secret.png": "link-to-nothing.png",  # a link leading out, resolved then checked
+    }
+    paths = [p for pair in cases.items() for p in pair]
+    entries = [{"page_info": {"image_path": p, "width": 100, "height": 80}} for p in paths]
+    (root / "OmniDocBench.json").write_text(json.dumps(entries))
+    pages = load_omnidocbench(root)
+    for page, name in zip(pages, paths, strict=True):
+        assert page.image_path is None and page.error, name
+        assert "points outside the OmniDocBench image folder" in page.error
+        with pytest.raises(PageImageError):
+            checked_page(page)
+    for existing, missing in cases.items():
+        by_path = {p: pg.error for p, pg in zip(paths, pages, strict=True)}
+        # the same words, only the quoted name differs: nothing says whether the target exists
+        assert by_path[existing].replace(repr(existing), "X") == by_path[missing].replace(repr(missing), "X")
+
+
+def test_odd_image_path_forms_are_page_errors_or_stay_inside(tmp_path):
+    long_name = "a" * 300 + ".png"
+    odd = ["bad\x00.png", "\ud800.png", "file:///etc/passwd", "https://example.com/p.png", long_name, ".", "~/ok.png"]
+    root = _omni_with(tmp_path, odd)
+    pages = {p.attributes["page_no"]: p for p in load_omnidocbench(root)}
+    assert "not a valid file name" in pages[0].error and "not a valid file name" in pages[1].error
+    assert "is a URL" in pages[2].error and "is a URL" in pages[3].error
+    assert "longer than the file system allows" in pages[4].error
+    assert "names no file" in pages[5].error
+    # "~" is never expanded: a literal folder name, looked up inside the image folder like any other
+    assert pages[6].error is None and pages[6].image_path == str((root / "images" / "ok.png").resolve())
+    for page in pages.values():
+        assert page.error is None or "\n" not in page.error
+
+
+def test_image_path_with_undecodable_bytes_is_found(tmp_path):
+    root = _omni_with(tmp_path, [])
+    name = os.fsdecode(b"scan-\xff.png")  # a Latin-1 file name on a UTF-8 system: legal on Linux
+    Image.new("RGB", (100, 80)).save(root / "images" / name)
+    (root / "OmniDocBench.json").write_text(
+        json.dumps([{"page_info": {"image_path": name, "width": 100, "height": 80}}])
+    )
+    (page,) = load_omnidocbench(root)
+    assert page.error is None and checked_page(page).width == 100
+
+
+BAD_NUMBERS = ["1e400", "-1e400", "NaN", "Infinity", "-5", "0", "0.5", "true", '"100"', "null", "[100]", "1e30"]
+
+
+@pytest.mark.parametrize("width", BAD_NUMBERS)
+def test_annotation_sizes_must_be_finite_positive_bounded_integers(tmp_path, width):
+    root = tmp_path / "omni"
+    root.mkdir()
+    (root / "OmniDocBench.json").write_text(
+        '[{"page_info": {"image_path": "a.png", "width": ' + width + ', "height": 80}}]'
+    )
+    with pytest.raises(PageSourceError, match="expected positive integers") as exc:
+        load_omnidocbench(root)
+    assert "\n" not in str(exc.value)
+
+
+def test_annotation_area_is_bounded(tmp_path):
+    # 20000 x 20000 = 4e8 pixels > MAX_PAGE_PIXELS (2e8), though each side alone is plausible
+    root = tmp_path / "omni"
+    root.mkdir()
+    (root / "OmniDocBench.json").write_text('[{"page_info": {"image_path": "a.png", "width": 20000, "height": 20000}}]')
+    with pytest.raises(PageSourceError, match="200,000,000 pixels"):
+        load_omnidocbench(root)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[" * 200_000 + "]" * 200_000, "nested too deep"),  # RecursionError in the parser
+        (
+            '[{"page_info": {"image_path": "a.png", "width": 1, "height": 1, "x": ' + "[" * 40 + "]" * 40 + "}}]",
+            "nests deeper than 16",
+        ),
+        ('[{"page_info": {"image_path": "a.png", "width": ' + "9" * 5000 + ', "height": 1}}]', "unreadable"),
+    ],
+)
+def test_annotation_nesting_and_giant_numbers_are_one_line_errors(tmp_path, text, match):
+    root = tmp_path / "omni"
+    root.mkdir()
+    (root / "OmniDocBench.json").write_text(text)
+    with pytest.raises(PageSourceError, match=match) as exc:
+        load_omnidocbench(root)
+    assert "\n" not in str(exc.value)
+
+
+def test_omnidocbench_accepts_the_annotation_file_itself(tmp_path):
+    root = _omni_root(tmp_path, n=3)
+    demo = root / "OmniDocBench_demo.json"
+    (root / "OmniDocBench.json").rename(demo)
+    pages = load_omnidocbench(demo)
+    assert [p.page_id for p in pages] == ["page-000", "page-001", "page-002"]
+    assert pages[0].image_path == str((root / "images" / "page-000.jpg").resolve())
+    other = tmp_path / "elsewhere"
+    assert load_omnidocbench(demo, images_dir=other)[0].image_path == str(other.resolve() / "page-000.jpg")
+
+
+def test_omnidocbench_page_ids_are_unique(tmp_path):
+    root = _omni_with(tmp_path, ["ok.png", "ok.jpg", "sub/ok.png"])
+    assert [p.page_id for p in load_omnidocbench(root)] == ["ok", "ok-2", "ok-3"]
+
+
+def test_truncated_image_is_refused_when_the_page_is_checked(tmp_path):
+    path = tmp_path / "cut.png"
+    Image.effect_noise((200, 200), 50).convert("RGB").save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    (page,) = load_image_files([path])
+    assert page.error is None  # the header alone looks fine
+    with pytest.raises(PageImageError, match="corrupt or truncated"):
+        checked_page(page)
+
+
+def test_same_file_twice_is_one_page_and_ids_are_unique(tmp_path):
+    a, b = tmp_path / "a" / "x", tmp_path / "b" / "x"
+    a.mkdir(parents=True)
+    b.mkdir(parents=True)
+    Image.new("RGB", (10, 10)).save(a / "p.png")
+    Image.new("RGB", (20, 20)).save(b / "p.png")
+    (tmp_path / "alias.png").symlink_to(a / "p.png")
+    pages = load_image_files([a / "p.png", a, tmp_path / "alias.png", a / "p.png", b / "p.png"])
+    assert [p.image_path for p in pages] == [str(a / "p.png"), str(b / "p.png")]
+    assert [p.page_id for p in pages] == ["x/p.png", "x/p.png-2"]
+
+
+def test_megabyte_annotation_values_are_quoted_short(tmp_path):
+    root = _omni_with(tmp_path, ["x" * 1_000_000 + ".png"])
+    (page,) = load_omnidocbench(root)
+    assert "longer than the file system allows" in page.error and len(page.error) < 400
+    assert len(page.page_id) < 300
+    (root / "OmniDocBench.json").write_text(
+        json.dumps([{"page_info": {"image_path": "a.png", "width": "9" * 1_000_000, "height": 1}}])
+    )
+    with pytest.raises(PageSourceError, match="expected positive integers") as exc:
+        load_omnidocbench(root)
+    assert len(str(exc.value)) < 600

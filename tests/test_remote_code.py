@@ -57,6 +57,12 @@ def test_untrusted_remote_code_is_refused_with_exit_2():
     assert "\n" not in str(err.value)
 
 
+def test_vendor_dir_that_is_a_file_says_so(tmp_path):
+    with pytest.raises(SnapshotError, match="is a file, not a folder") as err:
+        load_snapshot(TINY / "config.json")
+    assert err.value.exit_code == 2
+
+
 def test_missing_vendor_dir_is_exit_2(tmp_path):
     with pytest.raises(SnapshotError) as err:
         load_snapshot(tmp_path / "nowhere")
@@ -292,3 +298,45 @@ def test_tiny_shapes_only_equals_real_run_op_by_op(pinned_env):
     assert flops(shapes) == flops(real)
     assert shapes["stages"]["decode"]["steps"] == real["stages"]["decode"]["steps"]
     assert shapes["totals"] == real["totals"]
+
+
+# ---- a snapshot whose files import their siblings by bare name ---------------------------------------
+
+
+def test_bare_name_sibling_import_is_the_same_module(tmp_path):
+    """`from configuration_deepseek_v2 import X` and `from .configuration_deepseek_v2 import X` give one class."""
+    from vendor_shim.remote_code.model import import_snapshot
+    from vendor_shim.remote_code.snapshot import Snapshot
+
+    root = tmp_path / "snap"
+    root.mkdir()
+    (root / "configuration_deepseek_v2.py").write_text("class DeepseekV2Config:\n    pass\n")
+    (root / "modeling_deepseekv2.py").write_text("from configuration_deepseek_v2 import DeepseekV2Config\n")
+    (root / "modeling_deepseekocr.py").write_text(
+        "from .configuration_deepseek_v2 import DeepseekV2Config\nfrom . import modeling_deepseekv2\n"
+    )
+    hashes = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in root.glob("*.py")}
+    before = (set(sys.modules), list(sys.meta_path))
+    try:
+        mod = import_snapshot(Snapshot(root, {}, hashes, has_tokenizer=False, weight_files=()))
+        assert mod.modeling_deepseekv2.DeepseekV2Config is mod.DeepseekV2Config
+        assert sys.modules["configuration_deepseek_v2"] is sys.modules[f"{mod.__package__}.configuration_deepseek_v2"]
+    finally:
+        for name in set(sys.modules) - before[0]:
+            del sys.modules[name]
+        sys.meta_path[:] = before[1]
+
+
+def test_tiny_snapshot_with_bare_name_imports_runs_with_its_own_hashes(tmp_path, pinned_env):
+    snap = _copy_tiny(tmp_path)
+    model = snap / "modeling_deepseekv2.py"
+    text = model.read_text()
+    assert "from .configuration_deepseek_v2 import" in text
+    model.write_text(text.replace("from .configuration_deepseek_v2 import", "from configuration_deepseek_v2 import"))
+    w = VisionWorkload.from_page(500, 500, "tiny", impl="official")
+    d = measure(w, backend="remote-code", vendor_dir=str(snap), trust_remote_code=True, device="meta", vision_only=True)
+    d = d.to_dict()
+    assert d["complete"] is True
+    assert d["environment"]["code_hashes"]["modeling_deepseekv2.py"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    # Projector Linear(128, 32), 2*128*32 = 8192 FLOPs a row: tiny 512 -> 8*8 rows.
+    assert d["stages"]["projector"]["global"]["tensor_flops"] == 64 * 8192

@@ -1,8 +1,10 @@
 """Reports: three files written all-or-nothing, verdict first, failures first, console summary."""
 
 import csv
+import io
 import json
 import os
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -12,7 +14,8 @@ from reports import REPORT_FILES, ReportExistsError, write_reports
 from reports import writer as writer_mod
 from reports.console import print_summary
 from reports.format import format_bytes, format_flops, format_rel
-from verify.model import ComparisonRow, PageResult, PageSpec, RunResult
+from reports.markdown import render_markdown
+from reports.model import ComparisonRow, PageResult, PageSpec, RunResult
 
 
 def _rows(page_id: str, bad: tuple[str, str] | None = None) -> list[ComparisonRow]:
@@ -79,7 +82,7 @@ def test_all_three_files_written(tmp_path):
     assert sorted(os.listdir(tmp_path / "out")) == ["run1"]  # no staging dir left
 
     md = paths["markdown"].read_text()
-    assert md.startswith("# Verdict: ERROR\n")
+    assert md.startswith("# Verdict: FAIL\n")  # a discrepancy outranks a bad page: the exit code is 1
     assert "Synthetic pages" in md
     # failures come before the per-stage and per-page detail; the worst (inf) failure first
     fail_at, gated_at, pages_at = md.index("## Failures"), md.index("## Gated stages"), md.index("## Pages\n")
@@ -97,7 +100,7 @@ def test_all_three_files_written(tmp_path):
     assert rows[0]["data_source"] == "book" and rows[0]["w_crop"] == "2"
 
     doc = json.loads(paths["json"].read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
-    assert doc["verdict"] == "ERROR" and doc["synthetic_pages"] is True
+    assert doc["verdict"] == "FAIL" and doc["synthetic_pages"] is True
     assert doc["pages"][0]["trace"] == {"stages": {}, "wall_s": 1.5}
     assert doc["pages"][1]["rows"][0]["rel_delta"] == "inf"
     assert len(doc["pages"]) == 3 and doc["pages"][2]["error"] == "x | y"
@@ -137,7 +140,7 @@ def test_console_summary():
     print_summary(_run(), console, {"markdown": "/tmp/runs/r1/report.md"})
     text = console.export_text()
     assert "clip" in text and "crops" in text and "5.00%" in text
-    assert text.rstrip().splitlines()[-1].startswith("ERROR: 1 of 3 pages outside tolerance")
+    assert text.rstrip().splitlines()[-1].startswith("FAIL: 1 of 3 pages outside tolerance")
     assert "not the real OmniDocBench" in text and "broken" in text
 
 
@@ -149,3 +152,112 @@ def test_formatting():
     assert format_flops(None) == "-"
     assert format_bytes(3 * 2**20) == "3.000 MiB"
     assert format_rel(0.0123) == "1.23%" and format_rel(float("inf")) == "inf" and format_rel(None) == "-"
+
+
+# ---- odd names and a racing writer -------------------------------------------------------------------
+
+
+def _odd_run() -> RunResult:
+    """Names a Linux file system and a JSON file can hold but UTF-8 cannot: bytes 0xff, an unpaired surrogate."""
+    latin1 = os.fsdecode(b"scan-\xff")  # surrogateescape: '\udcff'
+    lone = "page-\ud800"
+    run = _run(fail=False, error=False)
+    run.pages[0].page.page_id = latin1
+    run.pages[0].page.image_path = f"/data/{latin1}.png"
+    run.pages[0].rows = _rows(latin1)
+    run.pages.append(
+        PageResult(
+            page=PageSpec(lone, 0, 0, "omnidocbench", attributes={"data_source": lone}),
+            error=f"{lone}: \x1b[31mbad",
+            error_kind="input",
+        )
+    )
+    return run
+
+
+def test_undecodable_names_are_escaped_in_every_report(tmp_path):
+    paths = write_reports(_odd_run(), tmp_path / "run")
+    md, text_csv, text_json = (paths[k].read_text(encoding="utf-8") for k in ("markdown", "csv", "json"))
+    for text in (md, text_csv, text_json.replace("\\\\", "\\")):
+        assert "scan-\\xff" in text  # the file name's byte, shown as an escape
+    assert "page-\\ud800" in md and "\\x1b[31m" in md  # no raw escape sequence reaches a terminal viewing the file
+    doc = json.loads(text_json)
+    assert [p["page"]["page_id"] for p in doc["pages"]] == ["scan-\\xff", "page-\\ud800"]
+    assert {r["page_id"] for r in csv.DictReader(text_csv.splitlines())} == {"scan-\\xff"}
+
+
+def test_undecodable_names_reach_a_strict_utf8_console(tmp_path):
+    buf = io.BytesIO()
+    stream = io.TextIOWrapper(buf, encoding="utf-8", errors="strict")
+    print_summary(_odd_run(), Console(file=stream, width=200), {"markdown": tmp_path / "r" / "report.md"})
+    stream.flush()
+    out = buf.getvalue().decode("utf-8")
+    assert "page-\\ud800: input: page-\\ud800: \\x1b[31mbad" in out
+
+
+def test_a_writer_that_renames_first_makes_the_other_pick_the_next_name(tmp_path, monkeypatch):
+    """Two writers with one run id: the loser's final rename meets a non-empty folder (ENOTEMPTY)."""
+    real_rename = os.rename
+
+    def other_writer_wins(src, dst):
+        os.makedirs(dst)
+        (Path(dst) / "report.md").write_text("the other run")
+        real_rename(src, dst)  # ENOTEMPTY on Linux
+
+    monkeypatch.setattr(writer_mod.os, "rename", other_writer_wins)
+    with pytest.raises(ReportExistsError, match="appeared while writing"):
+        write_reports(_run(), tmp_path / "run")
+    assert sorted(os.listdir(tmp_path)) == ["run"]  # our staging folder is gone, theirs untouched
+    assert (tmp_path / "run" / "report.md").read_text() == "the other run"
+
+
+# ---- the comparison frame and what a reader sees ------------------------------------------------------
+
+
+def _exact_run(n_crops: int = 6) -> RunResult:
+    """Two pages whose gated rows are all exact (vendor == analytic)."""
+    pages = []
+    for pid in ("p1", "p2"):
+        rows = [ComparisonRow(pid, s, p, "tensor_flops", 100.0, 100.0, 0.0, 0.0, 0.01, True) for s, p in leaf_paths()]
+        page = _page(pid, rows=rows)
+        page.workload = {**page.workload, "n_crops": n_crops, "w_crop": 1 if not n_crops else 2}
+        pages.append(page)
+    return RunResult("r2", "run_verify_end2end", {}, {}, pages, "2026-01-01T00:00:00", "2026-01-01T00:00:01", 1.0)
+
+
+def test_frame_is_one_row_per_page_stage_part_metric_and_summaries_are_group_bys():
+    from reports.frame import ALL_EQUAL, comparison_frame, leaf_summary
+
+    run = _run(error=False)
+    df = comparison_frame(run)
+    assert len(df) == 2 * len(leaf_paths()) * len(METRICS)
+    s = leaf_summary(df).set_index(["stage", "part", "metric"])
+    clip = s.loc[("clip", "crops", "tensor_flops")]
+    assert clip.failed == 1 and clip.passed == 1 and clip.worst_page == "bad" and clip.tolerance == 0.01
+    # 2 pages x 1,000,000 vendor; analytic 1,000,000 + 1,050,000 (hand-made rows above)
+    assert clip.vendor_total == 2_000_000 and clip.analytic_total == 2_050_000
+    exact = leaf_summary(comparison_frame(_exact_run())).set_index(["stage", "part", "metric"])
+    assert exact.loc[("sam", "global", "tensor_flops")].worst_page == ALL_EQUAL
+
+
+def test_a_branch_that_did_not_run_is_not_run_not_a_pass():
+    from reports.frame import comparison_frame, leaf_summary
+
+    df = comparison_frame(_exact_run(n_crops=0))
+    crops = df[(df.part == "crops")]
+    assert set(crops.status) == {"not run"}
+    s = leaf_summary(df).set_index(["stage", "part", "metric"]).loc[("sam", "crops", "tensor_flops")]
+    assert (s.passed, s.failed, s.not_run, s.pages) == (0, 0, 2, 0)
+    md = render_markdown(_exact_run(n_crops=0))
+    assert "not run" in md
+
+
+def test_console_shows_tolerance_exact_zero_totals_and_uncut_headers():
+    stream = io.StringIO()
+    print_summary(_exact_run(n_crops=0), Console(file=stream, width=80))
+    out = stream.getvalue()
+    assert "totals over 2 pages" in out
+    for header in ("tolerance", "max rel Δ", "pass", "fail", "not run"):
+        assert header in out, header  # never cut to 'fa…' at 80 columns
+    assert "1.00%" in out and "0 (exact)" in out
+    assert "not run" in out.splitlines()[-1] or "6 not run" in out  # the verdict counts skipped branches

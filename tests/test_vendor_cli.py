@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from vendor_shim.cli import main
+from vendor_shim.cli import build_parser, main
 from vendor_shim.trace import Trace
 
 
@@ -48,6 +48,13 @@ def test_cli_vision_only_meta_json_validates():
         (["--width", "1654", "--height", "2339", "--device", "meta"], "--vision-only"),
         (["--mode", "gundam"], "page size missing"),
         (["--backend", "nope"], "invalid choice"),
+        (["--crop-mode", "maybe", "--width", "10", "--height", "10"], "'maybe' is not one of true/false"),
+        (["--crop-mode", "", "--width", "10", "--height", "10"], "is not one of true/false"),
+        # gundam A4: 1 + (273 + 630) image + 12 prompt + 100000 decode > 8192 positions
+        (["--width", "1654", "--height", "2339", "--decode-tokens", "100000"], "past the decoder's 8192"),
+        (["--width", "1654", "--height", "2339", "--prompt-tokens", str(10**12)], "past the decoder's 8192"),
+        (["--vendor-dir", "/tmp", "--width", "10", "--height", "10"], "--vendor-dir applies only to --backend"),
+        (["--trust-remote-code", "--width", "10", "--height", "10"], "--trust-remote-code applies only to --backend"),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(argv, needle, capsys):
@@ -84,3 +91,29 @@ def test_cli_writes_trace_file(tmp_path):
     )
     assert rc == 0
     assert json.loads(out.read_text())["schema_version"] == 1
+
+
+@pytest.mark.parametrize(
+    ("word", "value"),
+    [
+        ("on", True),
+        ("ON", True),
+        ("yes", True),
+        ("1", True),
+        ("True", True),
+        ("off", False),
+        ("No", False),
+        ("0", False),
+        ("false", False),
+    ],
+)
+def test_crop_mode_words(word, value):
+    assert build_parser().parse_args(["--crop-mode", word]).crop_mode is value
+
+
+def test_unwritable_out_is_exit_2_without_traceback(tmp_path, capsys):
+    out = tmp_path / "missing-folder" / "t.json"
+    argv = ["--width", "500", "--height", "400", "--vision-only", "--device", "meta", "--no-fvcore", "--out", out]
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot write --out" in err and len(err.splitlines()) == 1

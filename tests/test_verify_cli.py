@@ -13,9 +13,11 @@ vendor_shim.remote_code.env.cache_root), so they keep DSOCR_CACHE_DIR and pass -
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import importlib
 import json
+import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -227,6 +229,67 @@ USAGE_CASES = {
     "tolerance-default": (main_vision, ["--tolerance-default", "0.2"], "outside [0, 0.05]"),
     "override-bad-key": (main_vision, ["--override", "vision.clip.no_such_key=3"], "no_such_key"),
     "override-bad-syntax": (main_vision, ["--override", "vision.clip.num_layers"], "analytic config override"),
+    # a typed override that only fails when the formulas are evaluated: caught by evaluating once up front
+    "override-fails-late": (
+        main_vision,
+        ["--override", "vision.sam.patch_size=abc"],
+        "analytic config override failed",
+    ),
+    "override-bad-positions": (
+        main_vision,
+        ["--override", "decoder.max_position_embeddings=0"],
+        "max_position_embeddings=0 must be a positive integer",
+    ),
+    # Positions (decoder.max_position_embeddings = 8192). The longest gundam page: global 1024 view
+    # (16 + 1) * 16 + 1 = 273 tokens, plus the 1x9 crop grid (10 * 1 + 1) * (10 * 9) = 990: 1263 image tokens.
+    # 1 + 1263 + 12 prompt + 6917 decode = 8193 > 8192.
+    "decode-past-positions": (main_end2end, ["--decode-tokens", "6917"], "= 8193 positions, past the decoder's 8192"),
+    "decode-far-past-positions": (main_end2end, ["--decode-tokens", "100000"], "past the decoder's 8192"),
+    "prompt-past-positions": (main_vision, ["--prompt-tokens", str(10**12)], "past the decoder's 8192"),
+    # base mode with image_size 64000: nq = 64000 / 64 = 1000, (1000 + 1) * 1000 + 1 = 1,001,001 image tokens
+    "image-size-past-positions": (main_vision, ["--mode", "base", "--image-size", "64000"], "1001001 image tokens"),
+    "base-size-not-a-multiple": (main_vision, ["--base-size", "1000"], "positive multiple of 64"),
+    "image-size-zero": (main_vision, ["--mode", "base", "--image-size", "0"], "positive multiple of 64"),
+    "tolerance-nan": (main_vision, ["--tolerance-default", "nan"], "outside [0, 0.05]"),
+    "tolerance-inf": (main_vision, ["--tolerance", "sam=inf"], "outside [0, 0.05]"),
+    "limit-huge": (main_vision, ["--limit", str(10**8)], "above 10,000,000 pages"),
+    "sample-huge": (main_vision, ["--sample", str(10**8)], "above 10,000,000 pages"),
+    "seed-negative": (main_vision, ["--sample", "2", "--seed", "-1"], "--seed must be in 0..4294967295"),
+    "seed-huge": (main_vision, ["--sample", "2", "--seed", str(2**40)], "--seed must be in 0..4294967295"),
+    # options that would be silently ignored
+    "vendor-dir-is-a-file": (
+        main_vision,
+        ["--backend", "remote-code", "--vendor-dir", str(TINY / "config.json"), "--trust-remote-code"],
+        "is a file, not a folder",
+    ),
+    "vendor-dir-with-hf": (
+        main_vision,
+        ["--vendor-dir", str(TINY)],
+        "--vendor-dir applies only to --backend remote-code",
+    ),
+    "trust-with-hf": (
+        main_vision,
+        ["--trust-remote-code"],
+        "--trust-remote-code applies only to --backend remote-code",
+    ),
+    "data-source-without-omnidocbench": (main_vision, ["--data-source", "book"], "applies only to --omnidocbench"),
+    "images-dir-with-images": (
+        main_vision,
+        ["--images", "{tmp}", "--images-dir", "{tmp}"],
+        "--images-dir applies only to --omnidocbench",
+    ),
+    "seed-without-sample": (main_vision, ["--seed", "3"], "--seed applies only to --sample"),
+    "cache-dir-with-no-cache": (main_vision, ["--no-cache", "--cache-dir", "{tmp}/c"], "no effect with --no-cache"),
+    "sdpa-with-remote-code": (
+        main_end2end,
+        ["--backend", "remote-code", "--vendor-dir", str(TINY), "--trust-remote-code", "--attn-impl", "sdpa"],
+        "eager attention only",
+    ),
+    "lm-head-last-with-remote-code": (
+        main_end2end,
+        ["--backend", "remote-code", "--vendor-dir", str(TINY), "--trust-remote-code", "--lm-head", "last"],
+        "use --lm-head all",
+    ),
 }
 
 
@@ -403,3 +466,192 @@ def test_unusable_output_dir_is_exit_2_before_any_vendor_run(cache_dir, tmp_path
     assert run_cli(main_vision, "--limit", 1, "--quiet", "--output-dir", blocker / "runs") == 2
     assert vendor_calls == []
     assert "--output-dir" in capsys.readouterr().err
+
+
+# ---- hostile inputs and faults ------------------------------------------------------------------------
+
+
+def _odb(tmp_path: Path, image_paths: list[str]) -> Path:
+    """An OmniDocBench root with images/ok.png (500x400: gundam, both sides <= 640, global view only)."""
+    root = tmp_path / "odb"
+    (root / "images").mkdir(parents=True)
+    write_png(root / "images" / "ok.png", 500, 400)
+    entries = [{"page_info": {"image_path": p, "width": 500, "height": 400}} for p in image_paths]
+    (root / "OmniDocBench.json").write_text(json.dumps(entries))
+    return root
+
+
+def test_image_path_outside_the_root_is_a_bad_page_and_the_run_goes_on(cache_dir, tmp_path):
+    write_png(tmp_path / "secret.png", 500, 400)  # a readable image outside the root
+    root = _odb(tmp_path, ["ok.png", "../../secret.png", str(tmp_path / "secret.png")])
+    out = tmp_path / "runs"
+    # the annotation file itself may be named instead of the root
+    assert run_cli(main_vision, "--omnidocbench", root / "OmniDocBench.json", "--quiet", "--output-dir", out) == 2
+    ok, dotdot, absolute = report(out)["pages"]
+    assert ok["passed"] is True
+    for page in (dotdot, absolute):
+        assert page["error_kind"] == "input" and "points outside the OmniDocBench image folder" in page["error"]
+        assert page["trace"] is None and page["page"]["image_path"] is None  # never opened
+
+
+def test_every_image_path_outside_the_root_is_exit_2_without_report(cache_dir, tmp_path, capsys):
+    root = _odb(tmp_path, ["../../etc/passwd", "/etc/passwd"])
+    out = tmp_path / "runs"
+    assert run_cli(main_vision, "--omnidocbench", root, "--quiet", "--output-dir", out) == 2
+    assert "points outside" in capsys.readouterr().err and not out.exists()
+
+
+def test_every_page_bad_never_builds_the_model(cache_dir, tmp_path, monkeypatch, capsys):
+    def no_model(cfg):
+        pytest.fail("the vendor measurer was created although no page can be verified")
+
+    monkeypatch.setattr("verify.vendor_measure.VendorMeasurer.create", no_model)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    assert run_cli(main_vision, "--images", bad, "--quiet", "--output-dir", tmp_path / "runs") == 2
+    assert "bad.png" in capsys.readouterr().err
+
+
+def test_truncated_png_is_a_bad_page(cache_dir, tmp_path):
+    good = write_png(tmp_path / "good.png", 500, 400)
+    cut = tmp_path / "cut.png"
+    Image.effect_noise((500, 400), 50).convert("RGB").save(cut)
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    out = tmp_path / "runs"
+    assert run_cli(main_vision, "--images", good, cut, "--quiet", "--output-dir", out) == 2
+    pages = {p["page"]["page_id"]: p for p in report(out)["pages"]}
+    assert pages["good"]["passed"] is True
+    assert pages["cut"]["error_kind"] == "input" and "corrupt or truncated" in pages["cut"]["error"]
+
+
+def test_undecodable_file_names_keep_every_report(cache_dir, tmp_path, capsys):
+    root = _odb(tmp_path, [])
+    latin1 = os.fsdecode(b"scan-\xff.png")  # bytes that are not UTF-8: a legal Linux file name
+    write_png(root / "images" / latin1, 500, 400)
+    (root / "OmniDocBench.json").write_text(
+        json.dumps([{"page_info": {"image_path": p, "width": 500, "height": 400}} for p in (latin1, "\ud800.png")])
+    )
+    out = tmp_path / "runs"
+    assert run_cli(main_vision, "--omnidocbench", root, "--output-dir", out) == 2  # with the progress bar
+    doc = report(out)
+    assert [p["page"]["page_id"] for p in doc["pages"]] == ["scan-\\xff", "\\ud800"]
+    assert doc["pages"][0]["passed"] is True
+    assert "not a valid file name" in doc["pages"][1]["error"]
+    assert "scan-\\xff" in (the_run_dir(out) / "report.md").read_text(encoding="utf-8")
+    assert {r["page_id"] for r in csv_rows(out)} == {"scan-\\xff"}
+    assert "\\ud800" in capsys.readouterr().out
+
+
+def test_same_file_twice_is_one_page(cache_dir, tmp_path):
+    good = write_png(tmp_path / "good.png", 500, 400)
+    out = tmp_path / "runs"
+    assert run_cli(main_vision, "--images", good, tmp_path, good, "--quiet", "--output-dir", out) == 0
+    assert [p["page"]["page_id"] for p in report(out)["pages"]] == ["good"]
+
+
+# cache faults: a cache problem, one warning line, the run goes on; never exit 3, never a lost page
+
+
+def _warnings(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("warning: trace cache")]
+
+
+def test_cache_dir_that_is_a_file_runs_without_cache(cache_dir, tmp_path, vendor_calls, capsys):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    out = tmp_path / "runs"
+    assert run_cli(main_vision, "--limit", 1, "--quiet", "--cache-dir", blocker, "--output-dir", out) == 0
+    (warning,) = _warnings(capsys.readouterr().err)
+    assert "is a file, not a folder" in warning and "not a vendor failure" in warning
+    doc = report(out)
+    assert doc["pages"][0]["passed"] and len(vendor_calls) == 1
+    assert (
+        doc["environment"]["cache"].startswith("disabled: ")
+        and "is a file, not a folder" in doc["environment"]["cache"]
+    )
+    assert blocker.read_text() == ""
+
+
+def test_read_only_cache_runs_and_says_so(cache_dir, tmp_path, monkeypatch, capsys):
+    def read_only(*args, **kwargs):  # a read-only folder (chmod does not stop root, so the write is refused here)
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr("verify.cache.tempfile.mkstemp", read_only)
+    out = tmp_path / "runs"
+    assert run_cli(main_vision, "--limit", 1, "--quiet", "--output-dir", out) == 0
+    (warning,) = _warnings(capsys.readouterr().err)
+    assert "Read-only file system" in warning
+    doc = report(out)
+    assert doc["pages"][0]["passed"] and doc["environment"]["cache"].startswith("read-only: ")
+
+
+def test_disk_full_mid_run_keeps_every_page_and_warns_once(cache_dir, tmp_path, vendor_calls, capsys, monkeypatch):
+    def full(fd, text):
+        os.close(fd)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("verify.cache._write_fd", full)
+    out = tmp_path / "runs"
+    # 3 pages, 2 workload signatures (see the cache test above): two writes fail, one warning
+    assert run_cli(main_vision, "--limit", 3, "--quiet", "--output-dir", out) == 0
+    assert len(_warnings(capsys.readouterr().err)) == 1
+    doc = report(out)
+    assert [p["passed"] for p in doc["pages"]] == [True, True, True] and len(vendor_calls) == 2
+    assert doc["environment"]["cache"].startswith("degraded: ") and "No space left" in doc["environment"]["cache"]
+    assert not [p for p in (cache_dir / "traces").rglob("*") if p.is_file()]  # no temporary left behind
+
+
+def test_cache_entry_that_is_not_a_valid_trace_is_a_miss_and_replaced(cache_dir, tmp_path, vendor_calls):
+    from verify.vendor_measure import valid_cache_trace
+
+    args = ("--limit", 1, "--quiet")
+    assert run_cli(main_vision, *args, "--output-dir", tmp_path / "a") == 0
+    (entry,) = (cache_dir / "traces").rglob("*.json")
+    doc = json.loads(entry.read_text())
+    doc["trace"] = {"complete": True}  # the entry layout is right, the trace is not
+    entry.write_text(json.dumps(doc))
+    vendor_calls.clear()
+    assert run_cli(main_vision, *args, "--output-dir", tmp_path / "b") == 0
+    assert len(vendor_calls) == 1 and report(tmp_path / "b")["pages"][0]["cache_hit"] is False
+    valid_cache_trace(json.loads(entry.read_text())["trace"])  # replaced by a valid one
+
+
+def test_report_folder_race_takes_the_next_name(cache_dir, tmp_path, monkeypatch):
+    import reports.writer
+
+    real_rename = os.rename
+    raced: list[str] = []
+
+    def other_writer_first(src, dst):
+        if not raced:  # another run with the same id renames its folder into place just before us
+            raced.append(str(dst))
+            os.makedirs(dst)
+            (Path(dst) / "report.md").write_text("the other run")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(reports.writer.os, "rename", other_writer_first)
+    out = tmp_path / "runs"
+    assert run_cli(main_vision, "--limit", 1, "--quiet", "--output-dir", out) == 0
+    theirs, ours = sorted(out.iterdir())
+    assert ours.name == f"{theirs.name}-2" and {p.name for p in ours.iterdir()} == REPORT_FILES
+    assert json.loads((ours / "report.json").read_text())["run_id"] == ours.name
+
+
+def test_reports_that_cannot_be_written_still_show_the_results(cache_dir, tmp_path, monkeypatch, capsys):
+    def disk_full(run, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("reports.writer.write_csv", disk_full)
+    out = tmp_path / "runs"
+    assert run_cli(main_vision, "--limit", 1, "--quiet", "--output-dir", out) == 2
+    captured = capsys.readouterr()
+    assert "PASS: all 1 pages within tolerance" in captured.out  # the finished work is not lost
+    assert "cannot write the reports" in captured.err and "No space left" in captured.err
+    assert not [p for p in out.iterdir() if not p.name.startswith(".")]
+
+
+def test_tilde_in_a_path_option_is_the_home_folder(cache_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_png(tmp_path / "good.png", 500, 400)
+    assert run_cli(main_vision, "--images", "~/good.png", "--quiet", "--output-dir", "~/runs") == 0
+    assert [p["page"]["page_id"] for p in report(tmp_path / "runs")["pages"]] == ["good"]

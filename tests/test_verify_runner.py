@@ -14,9 +14,9 @@ import pytest
 
 from analytic.schema import METRICS, STAGES, VISION_STAGES, leaf_paths
 from analytic.workload import VisionWorkload
+from reports.model import ComparisonRow, PageResult, PageSpec, RunResult
 from vendor_shim.backends.base import OutOfProcessBackend
 from verify.compare import Tolerances
-from verify.model import ComparisonRow, PageResult, PageSpec, RunResult
 from verify.runner import VendorFailure, Verifier, VerifyConfig, exit_code, run_pages
 
 FLOPS = 1000  # every gated leaf on the analytic side; vendor sides below differ from it on purpose
@@ -182,6 +182,15 @@ def test_received_workload_mismatch_is_a_vendor_error():
     assert exit_code(run) == 3
 
 
+def test_vendor_running_another_number_of_decode_steps_is_a_vendor_error():
+    # The workload asks for 2 decode steps; the trace records the steps run as received.decode_forwards.
+    vendor = FakeVendor(STAGES, traces={"a": {"received": {"decode_forwards": 3}}})
+    run = _run(_verifier(vision_only=False, vendor=vendor), [_page("a"), _page("b")])
+    a = run.pages[0]
+    assert a.error_kind == "vendor" and "decode_tokens: workload 2 vs vendor 3" in a.error
+    assert run.pages[1].passed
+
+
 @pytest.mark.parametrize(
     "trace",
     [
@@ -302,6 +311,24 @@ def _run_of(*kinds: str) -> RunResult:
 )
 def test_exit_code_precedence(kinds, code):
     assert exit_code(_run_of(*kinds)) == code
+
+
+@pytest.mark.parametrize(
+    ("kinds", "verdict", "code"),
+    [
+        (("pass",), "PASS", 0),
+        (("pass", "discrepancy"), "FAIL", 1),
+        (("pass", "analytic"), "FAIL", 1),
+        (("pass", "coverage"), "INCOMPLETE COUNT", 1),
+        (("coverage", "vendor"), "INCOMPLETE COUNT", 1),
+        (("discrepancy", "coverage", "vendor"), "FAIL", 1),
+        (("pass", "vendor"), "ERROR", 3),
+        (("pass", "input"), "ERROR", 2),
+    ],
+)
+def test_verdict_and_exit_code_tell_one_story(kinds, verdict, code):
+    run = _run_of(*kinds)
+    assert (run.verdict, exit_code(run)) == (verdict, code)
 
 
 # ---- config ------------------------------------------------------------------------------------------

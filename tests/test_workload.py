@@ -3,6 +3,7 @@
 import pytest
 
 from analytic import VisionWorkload, WorkloadError, compute_num_queries
+from analytic.workload import MODES, check_positions, max_image_tokens
 
 
 def test_num_queries():
@@ -85,3 +86,44 @@ def test_bad_pages_rejected():
             VisionWorkload.from_page(*wh, "base")
     with pytest.raises(WorkloadError, match="unknown mode"):
         VisionWorkload.from_page(10, 10, "huge")
+
+
+# ---- the decoder's positions bound every token count ----------------------------------------------
+
+
+def test_max_image_tokens_by_hand():
+    # One view of s pixels: nq = s / 64, (nq + 1) * nq + 1 tokens. tiny 512 -> 8: 73; small 640 -> 10: 111;
+    # base 1024 -> 16: 273; large 1280 -> 20: 421. Gundam: global 273 plus the crop grid with the most tokens,
+    # (10 i + 1) * 10 j over 2 <= i*j <= 9: 1x9 gives 11 * 90 = 990 (9x1: 910, 3x3: 930, 2x4: 840) -> 1263.
+    expected = {"tiny": 73, "small": 111, "base": 273, "large": 421, "gundam": 273 + 990}
+    assert {m: max_image_tokens(p) for m, p in MODES.items()} == expected
+
+
+def test_positions_bound_is_inclusive():
+    # 1 (BOS) + 1263 + 12 + 6916 = 8192 fits exactly; one more decode step does not.
+    check_positions(8192, 1263, 12, 6916)
+    with pytest.raises(WorkloadError, match="= 8193 positions, past the decoder's 8192"):
+        check_positions(8192, 1263, 12, 6917)
+
+
+def test_analytic_positions_are_the_hf_decoders():
+    """The analytic config is the one statement of the limit the CLIs enforce; the hf model must agree."""
+    from analytic.model import build_cost_model
+    from vendor_shim.backends.hf import text_config
+
+    assert build_cost_model([]).decoder.max_position_embeddings == text_config()["max_position_embeddings"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--decode-tokens", "100000"], "past the decoder's 8192"),
+        (["--override", "vision.sam.patch_size=abc"], "analytic config override failed"),
+    ],
+)
+def test_analytic_cli_refuses_with_one_line(extra, needle, capsys):
+    from analytic.cli import main
+
+    assert main(["--mode", "gundam", "--width", "1654", "--height", "2339", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1

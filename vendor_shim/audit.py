@@ -404,7 +404,7 @@ class AuditLog:
 
 
 class AuditMode(TorchDispatchMode):
-    """Records every op, evaluates its formula, charges FLOPs via ``charge(op_name, family_op, flops)``."""
+    """Records every op, evaluates its formula, charges FLOPs via ``charge(op_name, flops)``."""
 
     def __init__(
         self,

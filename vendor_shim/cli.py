@@ -11,12 +11,13 @@ import sys
 import warnings
 from typing import Any
 
-from analytic.dtype_policy import DEFAULT_DTYPE, DTYPE_CHOICES
+from analytic.options import HelpFormatter, add_workload_options, user_path, workload_kwargs
 from analytic.schema import LM_PARTS, VISION_BRANCHES, VISION_STAGES
-from analytic.workload import VisionWorkload, WorkloadError
+from analytic.workload import VisionWorkload, WorkloadError, check_positions
 from vendor_shim.backends import REGISTRY, impl_of
-from vendor_shim.backends.base import DEVICES, EXECUTION_CHOICES, VISION_DEVICE_CHOICES, resolve_vision_device
+from vendor_shim.backends.base import resolve_vision_device
 from vendor_shim.errors import VendorShimError
+from vendor_shim.options import add_vendor_options, snapshot_options_misused
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_INPUT, EXIT_VENDOR = 0, 1, 2, 3
 
@@ -27,47 +28,30 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="dsocr-measure", description="Run a DeepSeek-OCR implementation under a complete FLOP counter.")
-    p.add_argument("--backend", default=REGISTRY.default, choices=REGISTRY.names(), help="implementation to measure")
-    p.add_argument("--vendor-dir", default=None, help="DeepSeek-OCR snapshot directory (remote-code backend)")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow executing the snapshot's code")
-    p.add_argument("--mode", default="gundam", help="tiny | small | base | large | gundam")
-    p.add_argument("--base-size", type=int, default=None)
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--crop-mode", type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
-    p.add_argument("--width", type=int, default=None, help="page width in pixels")
-    p.add_argument("--height", type=int, default=None, help="page height in pixels")
-    p.add_argument("--image", default=None, help="page image; its size is used when --width/--height are absent")
-    p.add_argument("--prompt-tokens", type=int, default=12)
-    p.add_argument("--decode-tokens", type=int, default=16)
-    p.add_argument("--lm-head", choices=["all", "last"], default=None, help="default: the backend's own behaviour")
-    p.add_argument("--attn-impl", choices=["eager", "sdpa"], default="eager")
-    p.add_argument(
-        "--dtype",
-        choices=DTYPE_CHOICES,
-        default=DEFAULT_DTYPE,
-        help="auto (default): bfloat16 where the device runs it natively, else float32 (counts never depend on it)",
+    p = _Parser(
+        prog="dsocr-measure",
+        description="Run a DeepSeek-OCR implementation on one page under a complete FLOP counter.",
+        epilog="Exit codes: 0 complete count, 1 incomplete count, 2 bad input/usage, 3 vendor run failed.",
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--device", default="cpu", choices=DEVICES, help="where the model runs")
-    p.add_argument("--vision-only", action="store_true", help="count the vision stack only")
-    p.add_argument(
-        "--vision-device",
-        choices=VISION_DEVICE_CHOICES,
-        default="auto",
-        help="meta: count the vision stack shapes-only on meta, the decoder on --device; same: all on --device; "
-        "auto (default): meta when --device is cpu and the backend can split, else same",
-    )
-    p.add_argument(
-        "--execution",
-        choices=EXECUTION_CHOICES,
-        default="auto",
-        help="shapes: counted ops return zeros of the right shape without arithmetic (same ops, same counts, "
-        "balanced MoE routing); real: do the arithmetic (the reference); auto (default): real on cuda, else shapes",
-    )
-    p.add_argument("--no-fvcore", action="store_true", help="skip the secondary fvcore count")
-    p.add_argument("--json", action="store_true", help="print the trace as JSON")
-    p.add_argument("--out", default=None, help="also write the trace JSON to this file")
+    g = p.add_argument_group("page")
+    g.add_argument("--width", type=int, help="page width in pixels")
+    g.add_argument("--height", type=int, help="page height in pixels")
+    g.add_argument("--image", type=user_path, help="page image; its size is used when --width/--height are absent")
+    add_workload_options(p)
+    g = add_vendor_options(p)
+    g.add_argument("--vision-only", action="store_true", help="count the vision stack only")
+    g = p.add_argument_group("output")
+    g.add_argument("--no-fvcore", action="store_true", help="skip the secondary fvcore count")
+    g.add_argument("--json", action="store_true", help="print the trace as JSON")
+    g.add_argument("--out", type=user_path, help="also write the trace JSON to this file")
     return p
+
+
+def _refuse_options_that_do_not_apply(args: argparse.Namespace) -> None:
+    misuse = snapshot_options_misused(args)
+    if misuse:
+        raise WorkloadError(misuse)
 
 
 def _page_size(args: argparse.Namespace) -> tuple[int, int]:
@@ -86,24 +70,20 @@ def _page_size(args: argparse.Namespace) -> tuple[int, int]:
 
 
 def workload_from_args(args: argparse.Namespace) -> VisionWorkload:
+    """The workload the flags describe, refused when it would not fit the decoder's positions."""
+    from analytic.model import build_cost_model
     from vendor_shim.env import resolve_dtype
 
+    _refuse_options_that_do_not_apply(args)
     width, height = _page_size(args)
     args.dtype_choice = resolve_dtype(args.dtype, args.device)
-    return VisionWorkload.from_page(
-        width,
-        height,
-        args.mode,
-        base_size=args.base_size,
-        image_size=args.image_size,
-        crop_mode=args.crop_mode,
-        prompt_tokens=args.prompt_tokens,
-        decode_tokens=0 if args.vision_only else args.decode_tokens,
-        dtype=args.dtype_choice.dtype,
-        lm_head_scope=args.lm_head,
-        impl=impl_of(args.backend),
-        attn_impl=args.attn_impl,
-    )
+    kwargs = workload_kwargs(args, dtype=args.dtype_choice.dtype)
+    if args.vision_only:
+        kwargs["decode_tokens"] = 0
+    workload = VisionWorkload.from_page(width, height, args.mode, impl=impl_of(args.backend), **kwargs)
+    limit = build_cost_model([]).decoder.max_position_embeddings  # the one statement of the limit
+    check_positions(limit, workload.n_image_tokens, workload.prompt_tokens, workload.decode_tokens)
+    return workload
 
 
 def _print_table(trace: Any) -> None:
@@ -164,8 +144,16 @@ def main(argv: list[str] | None = None) -> int:
         from pathlib import Path
 
         tmp = Path(args.out).with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(args.out)
+        try:
+            tmp.write_text(text)
+            tmp.replace(args.out)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            print(
+                f"dsocr-measure: error: cannot write --out {args.out} ({exc.strerror}): pick a writable path",
+                file=sys.stderr,
+            )
+            return EXIT_INPUT
     if args.json:
         print(text)
     else:

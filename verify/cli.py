@@ -7,31 +7,31 @@ count); 2 bad input or usage; 3 the vendor run itself failed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
-from analytic.dtype_policy import DEFAULT_DTYPE, DTYPE_CHOICES
-from analytic.workload import MODES, WorkloadError
+from analytic.options import HelpFormatter, add_workload_options, user_path
+from analytic.workload import WorkloadError, check_positions, max_image_tokens, resolve_mode
+from reports.model import PageResult, PageSpec
+from reports.safe import printable
 from vendor_shim.backends import REGISTRY
-from vendor_shim.backends.base import (
-    DEVICES,
-    EXECUTION_CHOICES,
-    VISION_DEVICE_CHOICES,
-    resolve_execution,
-    resolve_vision_device,
-)
+from vendor_shim.backends.base import resolve_execution, resolve_vision_device
 from vendor_shim.errors import VendorInputError
+from vendor_shim.options import add_vendor_options, snapshot_options_misused
 from verify.cache import default_cache_root
 from verify.compare import DEFAULT_TOLERANCE, ToleranceError, parse_tolerances
-from verify.model import PageResult, PageSpec
-from verify.runner import VendorFailure, Verifier, VerifyConfig, exit_code, run_pages
+from verify.runner import VendorFailure, Verifier, VerifyConfig, build_workload, exit_code, run_pages
 from verify.selection import select_pages
 
 EXIT_OK, EXIT_DISCREPANCY, EXIT_USAGE, EXIT_VENDOR = 0, 1, 2, 3
+MAX_PAGES = 10_000_000  # --limit / --sample
+MAX_SEED = 2**32 - 1
 
 
 class UsageError(Exception):
@@ -49,74 +49,36 @@ def build_parser(prog: str, vision_only: bool) -> argparse.ArgumentParser:
         prog=prog,
         description=f"Verify the analytic DeepSeek-OCR cost model against the real model code: {what}.",
         epilog="Exit codes: 0 pass, 1 discrepancy, 2 bad input/usage, 3 vendor run failed.",
+        formatter_class=HelpFormatter,
     )
-    g = p.add_argument_group("mode")
-    g.add_argument("--mode", choices=sorted(MODES), default="gundam", help="resolution preset (default: gundam)")
-    g.add_argument("--base-size", type=int, help="override the preset's base_size (global view)")
-    g.add_argument("--image-size", type=int, help="override the preset's image_size")
-    g.add_argument("--crop-mode", action=argparse.BooleanOptionalAction, default=None, help="override crop mode")
-
     g = p.add_argument_group("pages (default: the embedded synthetic set)")
     src = g.add_mutually_exclusive_group()
     src.add_argument("--embedded", action="store_true", help="the embedded synthetic page set (default)")
     src.add_argument(
-        "--omnidocbench", type=Path, metavar="ROOT", help="OmniDocBench root (OmniDocBench.json + images/)"
+        "--omnidocbench",
+        type=user_path,
+        metavar="ROOT",
+        help="OmniDocBench root (OmniDocBench.json + images/), or the annotation JSON itself (images/ beside it)",
     )
-    src.add_argument("--images", type=Path, nargs="+", metavar="PATH", help="image files or folders")
-    g.add_argument("--images-dir", type=Path, help="OmniDocBench image folder if not ROOT/images")
+    src.add_argument("--images", type=user_path, nargs="+", metavar="PATH", help="image files or folders")
+    g.add_argument("--images-dir", type=user_path, help="OmniDocBench image folder if not ROOT/images")
     g.add_argument("--data-source", action="append", default=[], help="OmniDocBench data_source filter (repeatable)")
-    g.add_argument("--limit", type=int, help="at most N pages")
-    g.add_argument("--sample", type=int, help="seeded random sample of N pages")
-    g.add_argument("--seed", type=int, default=0, help="seed for --sample (default 0)")
+    g.add_argument("--limit", type=int, help=f"at most N pages (0..{MAX_PAGES:,})")
+    g.add_argument("--sample", type=int, help=f"seeded random sample of N pages (0..{MAX_PAGES:,})")
+    g.add_argument("--seed", type=int, help=f"seed for --sample (0 when not given; 0..{MAX_SEED})")
 
-    g = p.add_argument_group("workload")
-    g.add_argument("--prompt-tokens", type=int, default=12, help="prompt text tokens, excl. BOS and image (default 12)")
-    if not vision_only:
-        g.add_argument("--decode-tokens", type=int, default=16, help="decode steps after prefill (default 16)")
-        g.add_argument("--lm-head", choices=["all", "last"], help="lm_head scope in prefill (default: backend's own)")
-        g.add_argument("--attn-impl", choices=["eager", "sdpa"], default="eager", help="decoder attention (hf backend)")
-    g.add_argument(
-        "--dtype",
-        choices=DTYPE_CHOICES,
-        default=DEFAULT_DTYPE,
-        help="auto (default): bfloat16 where the device runs it natively, else float32 (counts never depend on it)",
-    )
-
-    g = p.add_argument_group("vendor")
-    g.add_argument(
-        "--backend",
-        choices=REGISTRY.names(),
-        default=REGISTRY.default,
-        help="implementation to measure: " + "; ".join(f"{b.name}: {b.summary}" for b in REGISTRY),
-    )
-    g.add_argument("--vendor-dir", type=Path, help="local DeepSeek-OCR snapshot (remote-code backend)")
-    g.add_argument("--trust-remote-code", action="store_true", help="allow executing the snapshot's code")
-    g.add_argument("--device", choices=DEVICES, default="cpu" if not vision_only else "meta")
-    if not vision_only:
-        g.add_argument(
-            "--vision-device",
-            choices=VISION_DEVICE_CHOICES,
-            default="auto",
-            help="where the vision stack is counted: meta = shapes only (identical counts, tested), same = on "
-            "--device; auto (default) = meta when --device is cpu, else same",
-        )
-    g.add_argument(
-        "--execution",
-        choices=EXECUTION_CHOICES,
-        default="auto",
-        help="shapes: counted ops return zeros of the right shape without arithmetic (same ops, same counts, "
-        "balanced MoE routing); real: do the arithmetic (the reference); auto (default): real on cuda, else shapes",
-    )
+    add_workload_options(p, decode=not vision_only)
+    g = add_vendor_options(p, default_device="meta" if vision_only else "cpu", vision_split=not vision_only)
     g.add_argument("--no-cache", action="store_true", help="always run the vendor (do not read or write the cache)")
     g.add_argument(
         "--cache-dir",
-        type=Path,
+        type=user_path,
         help="trace cache (default: $DSOCR_CACHE_DIR/traces)",
     )
 
     g = p.add_argument_group("gate and output")
-    g.add_argument("--output-dir", type=Path, default=Path("runs"), help="reports go to OUTPUT_DIR/<run id>/")
-    g.add_argument("--tolerance-default", type=float, default=DEFAULT_TOLERANCE, help="relative, default 0.01")
+    g.add_argument("--output-dir", type=user_path, default=Path("runs"), help="reports go to OUTPUT_DIR/<run id>/")
+    g.add_argument("--tolerance-default", type=float, default=DEFAULT_TOLERANCE, help="relative tolerance")
     g.add_argument("--tolerance", action="append", default=[], metavar="STAGE=FRAC", help="per-stage tolerance")
     g.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="Hydra override (analytic)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -128,9 +90,12 @@ def config_from_args(args: argparse.Namespace, command: str, vision_only: bool) 
         tolerances = parse_tolerances(args.tolerance_default, args.tolerance)
     except ToleranceError as exc:
         raise UsageError(str(exc)) from None
+    _refuse_options_that_do_not_apply(args, vision_only)
     if REGISTRY.spec(args.backend).needs_vendor_dir:
         if args.vendor_dir is None:
             raise UsageError(f"--backend {args.backend} needs --vendor-dir PATH (a local DeepSeek-OCR snapshot)")
+        if args.vendor_dir.is_file():
+            raise UsageError(f"vendor dir {args.vendor_dir} is a file, not a folder: point --vendor-dir at a snapshot")
         if not args.vendor_dir.is_dir():
             raise UsageError(f"vendor dir {args.vendor_dir} does not exist: point --vendor-dir at a snapshot folder")
         if not args.trust_remote_code:
@@ -143,6 +108,8 @@ def config_from_args(args: argparse.Namespace, command: str, vision_only: bool) 
         val = getattr(args, name, None)
         if val is not None and val < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0")
+    _check_bounds(args)
+    resolve_mode(args.mode, args.base_size, args.image_size, args.crop_mode)  # WorkloadError: exit 2, up front
     from vendor_shim.env import resolve_dtype
 
     dtype = resolve_dtype(args.dtype, args.device)
@@ -177,6 +144,42 @@ def config_from_args(args: argparse.Namespace, command: str, vision_only: bool) 
     )
 
 
+def _refuse_options_that_do_not_apply(args: argparse.Namespace, vision_only: bool) -> None:
+    """An option that would be ignored is a usage error: the user meant something else."""
+    misuse = snapshot_options_misused(args)
+    if misuse:
+        raise UsageError(misuse)
+    if args.omnidocbench is None:
+        for flag, given in (("--data-source", bool(args.data_source)), ("--images-dir", args.images_dir is not None)):
+            if given:
+                raise UsageError(f"{flag} applies only to --omnidocbench: drop it or add --omnidocbench ROOT")
+    if args.seed is not None and args.sample is None:
+        raise UsageError("--seed applies only to --sample: drop it or add --sample N")
+    if args.no_cache and args.cache_dir is not None:
+        raise UsageError("--cache-dir has no effect with --no-cache: drop one of them")
+    if args.backend == "remote-code" and not vision_only:
+        if args.attn_impl != "eager":
+            raise UsageError("--attn-impl sdpa: the official decoder runs eager attention only; drop --attn-impl")
+        if args.lm_head == "last":
+            raise UsageError("--lm-head last: the official forward projects every prefill position; use --lm-head all")
+
+
+def _check_bounds(args: argparse.Namespace) -> None:
+    for name in ("limit", "sample"):
+        val = getattr(args, name)
+        if val is not None and val > MAX_PAGES:
+            raise UsageError(f"--{name} {val} is above {MAX_PAGES:,} pages: pass a smaller number")
+    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
+        raise UsageError(f"--seed must be in 0..{MAX_SEED}")
+
+
+def check_positions_fit(cfg: VerifyConfig, cost_model: Any) -> None:
+    """Refuse up front when the longest page of the mode would not fit the decoder's positions."""
+    _, preset = resolve_mode(cfg.mode, cfg.base_size, cfg.image_size, cfg.crop_mode)
+    limit = cost_model.decoder.max_position_embeddings
+    check_positions(limit, max_image_tokens(preset), cfg.prompt_tokens, cfg.decode_tokens)
+
+
 def load_pages(args: argparse.Namespace) -> list[PageSpec]:
     from verify import pages as P
 
@@ -191,19 +194,35 @@ def load_pages(args: argparse.Namespace) -> list[PageSpec]:
             found = P.load_embedded()
     except P.PageSourceError as exc:
         raise UsageError(str(exc)) from None
-    return select_pages(found, limit=args.limit, sample=args.sample, seed=args.seed)
+    return select_pages(found, limit=args.limit, sample=args.sample, seed=args.seed or 0)
 
 
-def make_verifier(cfg: VerifyConfig) -> tuple[Verifier, dict[str, Any]]:
+def build_analytic(cfg: VerifyConfig) -> Any:
+    """The analytic model, built and evaluated once on a small page: a bad override fails here (exit 2).
+
+    The token counts are checked against its decoder's positions before anything is evaluated.
+    """
     from analytic.model import build_cost_model
-    from verify.vendor_measure import VendorMeasurer
 
     try:
         cost_model = build_cost_model(cfg.analytic_overrides)
     except Exception as exc:
-        raise UsageError(f"analytic config override failed: {exc}") from None
-    measurer = VendorMeasurer.create(cfg)
-    return Verifier(cfg=cfg, measure=measurer, cost_model=cost_model), measurer.environment()
+        raise _override_error(exc) from None
+    check_positions_fit(cfg, cost_model)
+    probe = build_workload(PageSpec("override-check", 1280, 1920, source="check"), cfg)  # crops in crop mode
+    probe = dataclasses.replace(
+        probe, prompt_tokens=min(probe.prompt_tokens, 16), decode_tokens=min(probe.decode_tokens, 2)
+    )
+    try:
+        cost_model.estimate(probe)
+    except Exception as exc:  # e.g. vision.sam.patch_size=abc: accepted by the config, fails in the formulas
+        raise _override_error(exc) from None
+    return cost_model
+
+
+def _override_error(exc: Exception) -> UsageError:
+    lines = str(exc).strip().splitlines()
+    return UsageError(f"analytic config override failed: {lines[0] if lines else type(exc).__name__}")
 
 
 def _main(argv: list[str] | None, command: str, vision_only: bool) -> int:
@@ -211,30 +230,41 @@ def _main(argv: list[str] | None, command: str, vision_only: bool) -> int:
     args = build_parser(command, vision_only).parse_args(argv)
     try:
         cfg = config_from_args(args, command, vision_only)
+        verifier = Verifier(cfg=cfg, measure=None, cost_model=build_analytic(cfg))  # the vendor comes later
         pages = load_pages(args)
         if not pages:
             raise UsageError("no pages selected: check the page source and the --data-source/--limit filters")
-        verifier, environment = make_verifier(cfg)
+        prepared = [verifier.prepare(page) for page in pages]  # every page checked before the model is built
+        if all(workload is None for _, workload in prepared):
+            for res, _ in prepared:
+                line = escape(printable(f"{res.page.page_id}: {res.error}"))
+                console.print(f"[bold red]error:[/] {line}", highlight=False)
+            return EXIT_USAGE
         _check_output_dir(Path(args.output_dir))
+        from verify.vendor_measure import VendorMeasurer
+
+        verifier.measure = measurer = VendorMeasurer.create(cfg)
+        environment = measurer.environment()
     except (UsageError, WorkloadError, VendorInputError) as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(printable(str(exc)))}", highlight=False)
         return EXIT_USAGE
     except VendorFailure as exc:
-        console.print(f"[bold red]vendor failed:[/] {exc}", highlight=False)
+        console.print(f"[bold red]vendor failed:[/] {escape(printable(str(exc)))}", highlight=False)
         return EXIT_VENDOR
 
-    run = _run_with_progress(verifier, pages, environment, console, quiet=args.quiet)
-    if all(p.error_kind == "input" for p in run.pages):
-        for p in run.pages:
-            console.print(f"[bold red]error:[/] {p.page.page_id}: {p.error}", highlight=False)
-        return EXIT_USAGE
+    run = _run_with_progress(verifier, prepared, environment, console, quiet=args.quiet)
 
     from reports.console import print_summary
 
     try:
         paths = _write_fresh(run, Path(args.output_dir))
-    except OSError as exc:
-        console.print(f"[bold red]error:[/] cannot write the reports ({exc}): pick another --output-dir")
+    except OSError as exc:  # the disk, not the vendor: the results are still shown below
+        print_summary(run, Console())
+        console.print(
+            f"[bold red]error:[/] cannot write the reports ({escape(printable(str(exc)))}): "
+            "free space or pick another --output-dir; the summary above is this run's result",
+            highlight=False,
+        )
         return EXIT_USAGE
     print_summary(run, Console(), paths)
     return exit_code(run)
@@ -263,13 +293,14 @@ def _write_fresh(run, output_dir: Path) -> dict[str, Path]:
     raise ReportExistsError(f"{output_dir} holds 999 runs named {base}*: pick another --output-dir")
 
 
-def _run_with_progress(verifier: Verifier, pages: list[PageSpec], env: dict, console: Console, quiet: bool):
+def _run_with_progress(verifier: Verifier, prepared: list, env: dict, console: Console, quiet: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    pages = [res.page for res, _ in prepared]
     if quiet:
-        return run_pages(verifier, pages, env)
+        return run_pages(verifier, pages, env, prepared=prepared)
     if not console.is_terminal:  # CI logs, nohup: one plain line per page instead of a bar nobody sees
-        return run_pages(verifier, pages, env, on_page=_page_logger(console, len(pages)))
+        return run_pages(verifier, pages, env, on_page=_page_logger(console, len(pages)), prepared=prepared)
     columns = (
         TextColumn("[bold]verifying"),
         BarColumn(),
@@ -282,9 +313,9 @@ def _run_with_progress(verifier: Verifier, pages: list[PageSpec], env: dict, con
 
         def on_page(res: PageResult) -> None:
             mark = "[green]ok[/]" if res.passed else "[red]FAIL[/]"
-            progress.update(task, advance=1, description=f"{res.page.page_id} {mark}")
+            progress.update(task, advance=1, description=f"{escape(printable(res.page.page_id))} {mark}")
 
-        return run_pages(verifier, pages, env, on_page=on_page)
+        return run_pages(verifier, pages, env, on_page=on_page, prepared=prepared)
 
 
 def _page_logger(console: Console, total: int):
@@ -301,7 +332,8 @@ def _page_logger(console: Console, total: int):
         verdict = "ok" if res.passed else f"FAIL ({res.error_kind})" if res.error else "FAIL"
         cache = "cache hit" if res.cache_hit else "measured"
         console.print(
-            f"[{state['done']}/{total}] {res.page.page_id}: {verdict}, {grid}, {cache}, {now - state['t']:.1f} s",
+            f"[{state['done']}/{total}] {printable(res.page.page_id)}: {verdict}, {grid}, {cache}, "
+            f"{now - state['t']:.1f} s",
             highlight=False,
             markup=False,
         )

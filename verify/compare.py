@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from analytic.schema import METRICS, OP_FAMILIES, leaf_paths
-from verify.model import ComparisonRow
+from reports.model import ComparisonRow
 
 GATED_METRICS = ("tensor_flops",)
 DEFAULT_TOLERANCE = 0.01
@@ -136,13 +136,21 @@ def compare_stages(
     return rows
 
 
-RECEIVED_FIELDS = ("w_crop", "h_crop", "n_crops", "n_image_tokens", "prefill_len", "decode_tokens")
+# workload field -> the name the vendor trace records it under (decode steps run are `decode_forwards`)
+RECEIVED_FIELDS = {
+    "w_crop": "w_crop",
+    "h_crop": "h_crop",
+    "n_crops": "n_crops",
+    "n_image_tokens": "n_image_tokens",
+    "prefill_len": "prefill_len",
+    "decode_tokens": "decode_forwards",
+}
 
 
 def received_mismatches(workload: Mapping[str, Any], received: Mapping[str, Any]) -> list[str]:
     """Fields where what the vendor model received differs from the workload."""
     out = []
-    for key in RECEIVED_FIELDS:
-        if key in received and key in workload and received[key] != workload[key]:
-            out.append(f"{key}: workload {workload[key]} vs vendor {received[key]}")
+    for key, got in RECEIVED_FIELDS.items():
+        if got in received and key in workload and received[got] != workload[key]:
+            out.append(f"{key}: workload {workload[key]} vs vendor {received[got]}")
     return out

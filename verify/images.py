@@ -8,6 +8,7 @@ one-line `PageImageError`; the run loop records it for that page and goes on.
 
 from __future__ import annotations
 
+import stat
 import warnings
 from pathlib import Path
 
@@ -24,15 +25,30 @@ class PageImageError(ValueError):
     """A page image that cannot be used; the message names the file and the fix."""
 
 
-def page_size(path: Path | str) -> tuple[int, int]:
-    """(width, height) after EXIF orientation, read from the header without decoding pixels."""
+def page_size(path: Path | str, decode: bool = False) -> tuple[int, int]:
+    """(width, height) after EXIF orientation, from the header; `decode=True` also decodes every pixel.
+
+    A header can be intact while the data is cut short, so the check a page must pass
+    before it is verified decodes it (under the pixel bound checked first).
+    """
     path = Path(path)
     with _open(path) as img:
         width, height = img.size
         _check_size(path, width, height)
+        if decode:
+            _decode(path, img)
         if _orientation(img) in _SWAPPING_ORIENTATIONS:
             width, height = height, width
     return width, height
+
+
+def _decode(path: Path, img: Image.Image) -> None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PageImageError(f"{path}: image data is corrupt or truncated ({exc}); re-export the page") from None
 
 
 def open_page_image(path: Path | str) -> Image.Image:
@@ -49,11 +65,16 @@ def open_page_image(path: Path | str) -> Image.Image:
 
 
 def _open(path: Path) -> Image.Image:
-    if not path.exists():
-        raise PageImageError(f"{path}: no such image file; check the path or the OmniDocBench image folder")
-    if not path.is_file():
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise PageImageError(f"{path}: no such image file; check the path or the OmniDocBench image folder") from None
+    except (OSError, ValueError) as exc:  # name too long, NUL byte, unencodable name, permission denied
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise PageImageError(f"{path}: cannot be read ({reason}); check the file name and permissions") from None
+    if not stat.S_ISREG(st.st_mode):
         raise PageImageError(f"{path}: not a regular file; pass an image file (PNG, JPEG, ...)")
-    if path.stat().st_size == 0:
+    if st.st_size == 0:
         raise PageImageError(f"{path}: the image file is empty; re-export or remove the page")
     try:
         with warnings.catch_warnings():
@@ -61,6 +82,8 @@ def _open(path: Path) -> Image.Image:
             return Image.open(path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PageImageError(f"{path}: refused as a decompression bomb ({exc}); downscale the image first") from None
+    except PermissionError as exc:
+        raise PageImageError(f"{path}: cannot be read ({exc.strerror}); check the file permissions") from None
     except UnidentifiedImageError:
         raise PageImageError(f"{path}: not a readable image (unknown or corrupt format); re-export it") from None
     except (OSError, SyntaxError, ValueError) as exc:

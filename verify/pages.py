@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
-import random
-import tempfile
-import zlib
+import re
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw
-
-from verify.cache import cache_base_dir
+from analytic.workload import MAX_PAGE_PIXELS
+from reports.model import PageSpec
 from verify.images import PageImageError, page_size
-from verify.model import PageSpec
 from verify.selection import select_pages
 
 # datasets/ is data only (never a package): locate it from the repo root.
@@ -37,6 +34,13 @@ class PageSourceError(ValueError):
 
 # --- OmniDocBench -----------------------------------------------------------------
 
+MAX_ANNOTATION_BYTES = 1 << 30  # the released OmniDocBench.json is ~100 MB; anything past this is not it
+MAX_PAGE_INFO_DEPTH = 16  # page_info is 3 levels deep in the released file
+MAX_NAME_BYTES, MAX_PATH_BYTES = 255, 4096  # Linux NAME_MAX and PATH_MAX
+MAX_SHOWN = 120  # characters of an annotation value quoted in a message
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
 
 def load_omnidocbench(
     root: Path,
@@ -46,15 +50,17 @@ def load_omnidocbench(
     seed: int = 0,
     images_dir: Path | None = None,
 ) -> list[PageSpec]:
-    """Pages of `<root>/OmniDocBench.json`, filtered by data source, then sampled (seeded), then limited.
+    """Pages of an OmniDocBench annotation file, filtered by data source, then sampled (seeded), then limited.
 
+    `root` is the dataset folder (holding OmniDocBench.json) or the annotation JSON itself
+    (any name, as OmniDocBench's own tools take it); images default to `images/` beside it.
     Width and height come from the annotation (`page_info`); the image itself is
     opened (and its real size checked) only when the page is verified.
     """
-    root = Path(root)
-    entries = _read_omnidocbench_json(root)
+    json_path, root = _annotation_path(Path(root))
+    entries = _read_omnidocbench_json(json_path)
     images = Path(images_dir) if images_dir is not None else root / "images"
-    pages = [_omnidocbench_page(i, e, root, images) for i, e in enumerate(entries)]
+    pages = unique_ids([_omnidocbench_page(i, e, json_path, root, images) for i, e in enumerate(entries)])
     if data_sources:
         known = sorted({str(p.attributes.get("data_source")) for p in pages})
         unknown = sorted(set(data_sources) - set(known))
@@ -66,53 +72,141 @@ def load_omnidocbench(
     return select_pages(pages, limit=limit, sample=sample, seed=seed)
 
 
-def _read_omnidocbench_json(root: Path) -> list[Any]:
-    if not root.is_dir():
-        raise PageSourceError(f"OmniDocBench root {root} is not a directory: pass the folder with {OMNIDOCBENCH_JSON}")
-    path = root / OMNIDOCBENCH_JSON
+def _annotation_path(source: Path) -> tuple[Path, Path]:
+    """(annotation JSON, dataset root) from a root folder or the JSON file itself."""
     try:
+        if source.is_dir():
+            return source / OMNIDOCBENCH_JSON, source
+        if source.is_file():
+            return source, source.parent
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise PageSourceError(f"OmniDocBench source {source} cannot be read ({exc.strerror}): fix the path") from None
+    raise PageSourceError(
+        f"OmniDocBench root {source} is not a directory or a JSON file: pass the folder with {OMNIDOCBENCH_JSON} "
+        "or the annotation JSON itself"
+    )
+
+
+def _read_omnidocbench_json(path: Path) -> list[Any]:
+    try:
+        if path.stat().st_size > MAX_ANNOTATION_BYTES:
+            raise PageSourceError(
+                f"{path} is larger than {MAX_ANNOTATION_BYTES >> 20} MiB: this is not an OmniDocBench annotation file"
+            )
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PageSourceError(f"{path} not found: pass the OmniDocBench root that holds {OMNIDOCBENCH_JSON}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PageSourceError(f"{path} is unreadable ({exc}); re-download OmniDocBench") from None
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, bad UTF-8, an int past 4300 digits
+        reason = "nested too deep" if isinstance(exc, RecursionError) else str(exc).splitlines()[0]
+        raise PageSourceError(f"{path} is unreadable ({reason}); re-download OmniDocBench") from None
     if not isinstance(data, list) or not data:
         raise PageSourceError(f"{path} must hold a non-empty JSON list of pages; re-download OmniDocBench")
     return data
 
 
-def _omnidocbench_page(index: int, entry: Any, root: Path, images: Path) -> PageSpec:
+def _omnidocbench_page(index: int, entry: Any, json_path: Path, root: Path, images: Path) -> PageSpec:
     info = entry.get("page_info") if isinstance(entry, dict) else None
-    where = f"{root / OMNIDOCBENCH_JSON} entry {index}"
+    where = f"{json_path} entry {index}"
     if not isinstance(info, dict):
         raise PageSourceError(f"{where} has no page_info object; the file is not OmniDocBench's format")
+    if _depth(info) > MAX_PAGE_INFO_DEPTH:
+        raise PageSourceError(f"{where}: page_info nests deeper than {MAX_PAGE_INFO_DEPTH} levels; fix the annotation")
     image_path = info.get("image_path")
     width, height = info.get("width"), info.get("height")
     if not isinstance(image_path, str) or not image_path:
         raise PageSourceError(f"{where} has no page_info.image_path; the file is not OmniDocBench's format")
-    if not _positive_int(width) or not _positive_int(height):
-        raise PageSourceError(f"{where} ({image_path}) has size {width!r}x{height!r}; expected positive integers")
+    if not _positive_int(width) or not _positive_int(height) or width * height > MAX_PAGE_PIXELS:
+        raise PageSourceError(
+            f"{where} ({_shown(image_path)}) has size {_shown(width)}x{_shown(height)}; expected positive "
+            f"integers with width x height <= {MAX_PAGE_PIXELS:,} pixels: fix the annotation"
+        )
     attrs = info.get("page_attribute") if isinstance(info.get("page_attribute"), dict) else {}
+    resolved, error = confined_image(image_path, root, images)
     return PageSpec(
-        page_id=Path(image_path).stem,
+        page_id=_stem(image_path),
         width=int(width),
         height=int(height),
         source="omnidocbench",
-        image_path=str(_resolve_image(image_path, root, images)),
+        image_path=resolved,
         attributes={**attrs, "page_no": info.get("page_no")},
+        error=error,
     )
 
 
 def _positive_int(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0 and int(value) == value
+    """A JSON number that is a finite, positive integer (1e400 parses as inf; true is not a number here)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and value > 0 and int(value) == value
 
 
-def _resolve_image(image_path: str, root: Path, images: Path) -> Path:
+def _depth(obj: Any) -> int:
+    """Nesting depth of a JSON value, without recursion."""
+    deepest, todo = 0, [(obj, 1)]
+    while todo:
+        node, level = todo.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, level)
+            todo.extend((child, level + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
+def _stem(image_path: str) -> str:
+    """The file stem of an annotation path, whichever separator it was written with (cut to a file name's length)."""
+    stem = Path(re.split(r"[\\/]", image_path)[-1]).stem or image_path
+    return stem if len(stem) <= MAX_NAME_BYTES else stem[:MAX_SHOWN] + "..."
+
+
+def _shown(value: Any) -> str:
+    """repr() for a message, cut short: an annotation value can be megabytes long."""
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "..."
+
+
+def confined_image(image_path: str, root: Path, images: Path) -> tuple[str | None, str | None]:
+    """(resolved path, None) for an image inside the image folder or the root, else (None, why not).
+
+    Nothing outside is ever read: `..`, absolute paths and links leading out are refused
+    after resolving, with one message whatever exists (or not) at the target.
+    """
+    name = _shown(image_path)
+    outside = (
+        f"image_path {name} points outside the OmniDocBench image folder: use a path relative to it "
+        "(no '..', no absolute path, no link leading out)"
+    )
+    try:
+        raw = os.fsencode(image_path)
+    except UnicodeError:
+        raw = b"\0"
+    if b"\0" in raw:
+        return None, f"image_path {name} is not a valid file name (NUL byte or unpaired surrogate): fix it"
+    if _URL.match(image_path):
+        return None, f"image_path {name} is a URL: pages are read from local files only; download it first"
+    parts = re.split(rb"[\\/]", raw)
+    if len(raw) > MAX_PATH_BYTES or any(len(p) > MAX_NAME_BYTES for p in parts):
+        return None, f"image_path {name} is longer than the file system allows: fix the annotation"
+    if image_path[:1] in "/\\" or _DRIVE.match(image_path) or b".." in parts:
+        return None, outside
+    names = [os.fsdecode(p) for p in parts if p and p != b"."]
+    if not names:
+        return None, f"image_path {name} names no file: fix the annotation"
+    candidates = [images / names[-1], root.joinpath(*names)]
+    try:
+        bases = [images.resolve(), root.resolve()]
+        real = [c.resolve() for c in candidates]
+    except (OSError, RuntimeError):  # a link loop
+        return None, outside
+    if not all(any(r.is_relative_to(b) for b in bases) for r in real):
+        return None, outside
     # The released JSON holds bare file names (images/ implied); some re-packagings keep "images/x.jpg".
-    candidate = images / Path(image_path).name
-    if not candidate.exists() and (root / image_path).exists():
-        return root / image_path
-    return candidate
+    return str(real[0] if _exists(real[0]) or not _exists(real[1]) else real[1]), None
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # e.g. root + name past PATH_MAX: reported when the page is opened
+        return False
 
 
 def checked_page(spec: PageSpec) -> PageSpec:
@@ -126,7 +220,7 @@ def checked_page(spec: PageSpec) -> PageSpec:
         raise PageImageError(spec.error)
     if spec.image_path is None:
         return spec  # a synthetic geometry not rendered yet: the manifest is the truth
-    width, height = page_size(spec.image_path)
+    width, height = page_size(spec.image_path, decode=True)
     if (width, height) == (spec.width, spec.height):
         return spec
     attrs = {**spec.attributes, "annotated_size": [spec.width, spec.height]}
@@ -137,31 +231,69 @@ def checked_page(spec: PageSpec) -> PageSpec:
 
 
 def load_image_files(paths: list[Path]) -> list[PageSpec]:
-    """One page per image file; a folder contributes its image files (sorted, not recursive).
+    """One page per distinct image file; a folder contributes its image files (sorted, not recursive).
 
-    Size is read from the header with EXIF orientation applied.  An unreadable
-    image becomes a page carrying `error` (and a 0x0 size) so the run records
-    it for that page instead of stopping.
+    A file named twice (directly, through its folder or a link) is one page.  Size is
+    read from the header with EXIF orientation applied.  An unreadable image becomes a
+    page carrying `error` (and a 0x0 size) so the run records it for that page instead
+    of stopping.
     """
     files: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
+        kind = _path_kind(p)
+        if kind == "dir":
             found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
                 raise PageSourceError(f"folder {p} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}): pass another")
             files.extend(found)
-        elif not p.exists():
+        elif kind == "missing":
             raise PageSourceError(f"{p} does not exist: pass image files or a folder of images")
         else:
             files.append(p)
     if not files:
         raise PageSourceError("no image files given: pass at least one image or a folder of images")
-    return [_file_page(f, _unique_id(f, files)) for f in files]
+    files = _distinct(files)
+    return unique_ids([_file_page(f, _unique_id(f, files)) for f in files])
+
+
+def _path_kind(path: Path) -> str:
+    """'dir', 'missing' or 'other' (a file, or something the page check will name)."""
+    try:
+        return "dir" if path.is_dir() else ("other" if path.exists() else "missing")
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise PageSourceError(f"{path} cannot be read ({exc.strerror}): fix the path") from None
+
+
+def _distinct(files: list[Path]) -> list[Path]:
+    """Files in order, each real file once."""
+    seen: set[str] = set()
+    out = []
+    for f in files:
+        key = os.path.realpath(f)
+        if key not in seen:
+            seen.add(key)
+            out.append(f)
+    return out
 
 
 def _unique_id(path: Path, files: list[Path]) -> str:
     same_stem = [f for f in files if f.stem == path.stem]
     return path.stem if len(same_stem) == 1 else f"{path.parent.name}/{path.name}"
+
+
+def unique_ids(pages: list[PageSpec]) -> list[PageSpec]:
+    """Pages whose ids are unique: a repeated id gets -2, -3, ... (reports are keyed by page id)."""
+    taken = {p.page_id for p in pages}
+    seen: set[str] = set()
+    for page in pages:
+        if page.page_id in seen:
+            n = 2
+            while f"{page.page_id}-{n}" in taken:
+                n += 1
+            page.page_id = f"{page.page_id}-{n}"
+            taken.add(page.page_id)
+        seen.add(page.page_id)
+    return pages
 
 
 def _file_page(path: Path, page_id: str) -> PageSpec:
@@ -175,8 +307,9 @@ def _file_page(path: Path, page_id: str) -> PageSpec:
 # --- embedded synthetic set ---------------------------------------------------------
 
 
-def load_embedded(limit: int | None = None, render_dir: Path | None = None) -> list[PageSpec]:
-    """The embedded synthetic page geometries; with `render_dir`, their images are rendered there."""
+def load_embedded(limit: int | None = None) -> list[PageSpec]:
+    """The embedded synthetic page geometries: all the verifier needs (vendor inputs are tensors of the view sizes,
+    so no image is ever rendered)."""
     manifest = _read_manifest(EMBEDDED_MANIFEST)
     pages = [
         PageSpec(
@@ -189,11 +322,7 @@ def load_embedded(limit: int | None = None, render_dir: Path | None = None) -> l
         )
         for e in manifest["pages"]
     ]
-    pages = select_pages(pages, limit=limit)
-    if render_dir is not None:
-        for page in pages:
-            page.image_path = str(render_embedded_page(page, Path(render_dir)))
-    return pages
+    return select_pages(pages, limit=limit)
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -204,68 +333,9 @@ def _read_manifest(path: Path) -> dict[str, Any]:
                 raise ValueError(f"bad entry {e!r}")
             if e.get("synthetic") is not True:
                 raise ValueError(f"entry {e['id']} is not labelled synthetic")
+        ids = [e["id"] for e in manifest["pages"]]
+        if len(set(ids)) != len(ids):
+            raise ValueError("page ids repeat")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PageSourceError(f"embedded manifest {path} is broken ({exc}); restore it from git") from None
     return manifest
-
-
-def default_render_dir() -> Path:
-    """Rendered embedded pages: <cache base>/pages (never inside the repo)."""
-    return cache_base_dir() / "pages"
-
-
-def ensure_page_image(spec: PageSpec, render_dir: Path | None = None) -> Path:
-    """The page's image file, rendering a synthetic page on first use (into `render_dir` or the default)."""
-    if spec.image_path is None:
-        if not spec.synthetic:
-            raise PageSourceError(f"page {spec.page_id} has no image file and is not synthetic: pass its image path")
-        spec.image_path = str(render_embedded_page(spec, render_dir or default_render_dir()))
-    return Path(spec.image_path)
-
-
-def render_embedded_page(spec: PageSpec, out_dir: Path) -> Path:
-    """Render (once) a deterministic page of text-like blocks at the spec's geometry; returns its PNG path."""
-    out_dir = Path(out_dir)
-    out = out_dir / f"{spec.page_id}-{spec.width}x{spec.height}.png"
-    if out.exists():
-        return out
-    out_dir.mkdir(parents=True, exist_ok=True)
-    img = _draw_page(spec.width, spec.height, seed=zlib.crc32(spec.page_id.encode()))
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{out.stem}-", suffix=".png.tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            img.save(fh, format="PNG")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
-
-
-def _draw_page(width: int, height: int, seed: int) -> Image.Image:
-    """Columns of grey 'text lines' with the odd title bar and figure box."""
-    rng = random.Random(seed)
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    margin = max(4, min(width, height) // 16)
-    cols = 1 if width < 900 else rng.choice((1, 2, 2, 3))
-    gutter = margin // 2
-    col_w = max(1, (width - 2 * margin - (cols - 1) * gutter) // cols)
-    line_h = max(3, min(width, height) // 80)
-    for c in range(cols):
-        x0 = margin + c * (col_w + gutter)
-        y = margin
-        while y + line_h < height - margin:
-            roll = rng.random()
-            if roll < 0.02:  # figure / table box
-                box_h = min(height - margin - y, rng.randint(4, 12) * line_h)
-                draw.rectangle((x0, y, x0 + col_w, y + box_h), outline=(90, 90, 90), width=max(1, line_h // 3))
-                y += box_h + line_h
-            elif roll < 0.05:  # heading
-                draw.rectangle((x0, y, x0 + int(col_w * rng.uniform(0.3, 0.7)), y + 2 * line_h), fill=(30, 30, 30))
-                y += 3 * line_h
-            else:  # a text line, sometimes the short last line of a paragraph
-                frac = rng.uniform(0.2, 0.8) if rng.random() < 0.15 else rng.uniform(0.9, 1.0)
-                draw.rectangle((x0, y, x0 + int(col_w * frac), y + line_h - max(1, line_h // 3)), fill=(110, 110, 110))
-                y += line_h + max(1, line_h // 2)
-    return img

@@ -16,9 +16,9 @@ from typing import Any
 
 from analytic.schema import STAGES, VISION_STAGES, aten_family
 from analytic.workload import VisionWorkload, WorkloadError
+from reports.model import PageResult, PageSpec, RunResult, outcome
 from vendor_shim.backends import impl_of
 from verify.compare import Tolerances, compare_stages, received_mismatches
-from verify.model import PageResult, PageSpec, RunResult
 
 
 @dataclass
@@ -162,12 +162,15 @@ def run_pages(
     pages: list[PageSpec],
     environment: dict[str, Any],
     on_page: Callable[[PageResult], None] | None = None,
+    prepared: list[tuple[PageResult, VisionWorkload | None]] | None = None,
 ) -> RunResult:
+    """Verify `pages`; `prepared` is `[verifier.prepare(p) for p in pages]` when the caller checked them already."""
     started = datetime.now(UTC)
     t0 = time.perf_counter()
     # platform.platform() forks `uname`: ask before the model is built, so the child is small
     host = {"python": platform.python_version(), "platform": platform.platform()}
-    prepared = [verifier.prepare(page) for page in pages]
+    if prepared is None:
+        prepared = [verifier.prepare(page) for page in pages]
     prefetch = getattr(verifier.measure, "prefetch", None)
     if prefetch is not None:  # out-of-process backends measure every distinct workload in one worker
         prefetch([wl for _, wl in prepared if wl is not None])
@@ -183,11 +186,12 @@ def run_pages(
         if on_page:
             on_page(res)
     finished = datetime.now(UTC)
+    late = getattr(verifier.measure, "final_environment", None)  # e.g. a cache write that failed mid-run
     return RunResult(
         run_id=started.strftime("%Y%m%d-%H%M%S"),
         command=verifier.cfg.command,
         config=verifier.cfg.to_dict(),
-        environment={**host, **environment},
+        environment={**host, **environment, **(late() if late else {})},
         pages=results,
         started_at=started.isoformat(timespec="seconds"),
         finished_at=finished.isoformat(timespec="seconds"),
@@ -196,15 +200,8 @@ def run_pages(
 
 
 def exit_code(run: RunResult) -> int:
-    """1 discrepancy (or incomplete count) > 3 vendor failure > 2 bad page input > 0."""
-    kinds = {p.error_kind for p in run.pages if p.error}
-    if any(r.passed is False for p in run.pages for r in p.rows) or kinds & {"coverage", "analytic"}:
-        return 1
-    if "vendor" in kinds:
-        return 3
-    if "input" in kinds:
-        return 2
-    return 0
+    """1 discrepancy (or incomplete count) > 3 vendor failure > 2 bad page input > 0 (`reports.model.outcome`)."""
+    return outcome(run.pages)[1]
 
 
 __all__ = ["VendorFailure", "Verifier", "VerifyConfig", "build_workload", "exit_code", "run_pages"]

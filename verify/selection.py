@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from verify.model import PageSpec
+from reports.model import PageSpec
 
 
 def select_pages(

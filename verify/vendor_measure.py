@@ -8,15 +8,16 @@ the built model across pages (`ModelCache`), and batches out-of-process backends
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from analytic.workload import VisionWorkload
+from reports.model import PageSpec
 from vendor_shim.backends.base import OutOfProcessBackend
 from vendor_shim.trace import SCHEMA_VERSION
 from verify.cache import TraceCache
-from verify.model import PageSpec
 from verify.runner import VendorFailure, VerifyConfig
 
 _SHIM_ROOT = Path(__file__).resolve().parent.parent / "vendor_shim"
@@ -44,6 +45,8 @@ class VendorMeasurer:
     _memo: dict[str, dict[str, Any]] = field(default_factory=dict)
     _failures: dict[str, str] = field(default_factory=dict)
     _fresh: set[str] = field(default_factory=set)  # measured by prefetch, not yet handed to a page
+    cache_writable: bool = True
+    cache_problem: str | None = None  # why the cache is disabled or degraded, for the report's environment
 
     @classmethod
     def create(cls, cfg: VerifyConfig) -> VendorMeasurer:
@@ -56,18 +59,48 @@ class VendorMeasurer:
         backend = get_backend(cfg.backend, vendor_dir=cfg.vendor_dir, trust_remote_code=cfg.trust_remote_code)
         code_hashes = {"vendor_shim": shim_code_hash(), **backend.signature().get("code_hashes", {})}
         versions = backend.cache_versions()
-        cache = TraceCache(Path(cfg.cache_dir)) if cfg.use_cache and cfg.cache_dir else None
-        return cls(cfg, backend, cache, code_hashes, versions, model_cache=ModelCache())
+        cache = TraceCache(Path(cfg.cache_dir), validate=valid_cache_trace) if cfg.use_cache and cfg.cache_dir else None
+        measurer = cls(cfg, backend, cache, code_hashes, versions, model_cache=ModelCache())
+        measurer._probe_cache()
+        return measurer
 
     def environment(self) -> dict[str, Any]:
         env = dict(self.backend.environment())
-        env["cache"] = str(self.cache.root) if self.cache else "disabled"
+        env.update(self.final_environment())
         env["dtype_choice"] = dict(self.cfg.dtype_choice)
         env["execution"] = self.cfg.execution
         env.setdefault("cpu", _cpu_info())
         env["library_versions"] = self.versions
         env.setdefault("code_hashes", {}).update({"vendor_shim": self.code_hashes["vendor_shim"]})
         return env
+
+    def final_environment(self) -> dict[str, Any]:
+        """What the run learned about its cache (a write may fail mid-run): merged into the report at the end."""
+        if self.cache_problem:
+            return {"cache": self.cache_problem}
+        return {"cache": str(self.cache.root) if self.cache else "disabled"}
+
+    # -- cache faults: a cache problem, never a vendor failure, never a lost page ------------------
+    def _probe_cache(self) -> None:
+        if self.cache is None:
+            return
+        problem = self.cache.probe()
+        if problem is None:
+            return
+        if self.cache.root.is_dir():  # read-only: existing entries still serve, new traces are not stored
+            self._cache_fault(f"read-only: {self.cache.root} {problem}; cached traces read, new ones not stored")
+        else:
+            self._cache_fault(f"disabled: {self.cache.root} {problem}; every trace measured, none stored")
+            self.cache = None
+
+    def _cache_fault(self, what: str) -> None:
+        self.cache_writable = False
+        if self.cache_problem is None:  # one warning line per run
+            print(
+                f"warning: trace cache {what} (a cache problem, not a vendor failure; use --cache-dir to fix)",
+                file=sys.stderr,
+            )
+        self.cache_problem = what
 
     def key(self, workload: VisionWorkload) -> str:
         return TraceCache.key_for(
@@ -136,8 +169,15 @@ class VendorMeasurer:
 
     def _store(self, k: str, trace: dict[str, Any]) -> None:
         self._memo[k] = trace
-        if self.cache and trace.get("complete", False):
+        if not (self.cache and self.cache_writable and trace.get("complete", False)):
+            return
+        try:
             self.cache.put(k, trace)
+        except OSError as exc:  # disk full, permissions changed mid-run: the page keeps its trace
+            self._cache_fault(
+                f"degraded: writing to {self.cache.root} failed ({exc.strerror or exc}); traces measured from then on "
+                "not stored"
+            )
 
     def _measure(self, workload: VisionWorkload) -> dict[str, Any]:
         from vendor_shim.errors import VendorShimError
@@ -164,6 +204,15 @@ def _cpu_info() -> dict[str, Any]:
     from vendor_shim.env import cpu_info
 
     return cpu_info()
+
+
+def valid_cache_trace(trace: dict[str, Any]) -> None:
+    """A cached trace must pass the vendor's own schema check and be complete, or it is not served."""
+    from vendor_shim.trace import validate_trace_dict
+
+    validate_trace_dict(trace)
+    if trace.get("complete") is not True:
+        raise ValueError("an incomplete trace is never cached")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -208,8 +208,12 @@ class Decoder:
     qk_nope_head_dim: int
     qk_rope_head_dim: int
     v_head_dim: int
+    max_position_embeddings: int  # positions the decoder has: prefill_len + decode steps must fit
 
     def __post_init__(self) -> None:
+        mp = self.max_position_embeddings
+        if isinstance(mp, bool) or not isinstance(mp, int) or mp <= 0:
+            raise ConfigError(f"decoder.max_position_embeddings={mp!r} must be a positive integer")
         if self.num_layers < 0 or self.hidden_size <= 0 or self.num_heads <= 0 or self.vocab_size <= 0:
             raise ConfigError("decoder: hidden_size, num_heads, vocab_size must be positive and num_layers >= 0")
         kv = self.num_kv_heads or self.num_heads
@@ -311,4 +315,5 @@ class Decoder:
             "moe_intermediate_size": self.moe_intermediate_size,
             "n_shared_experts": self.n_shared_experts,
             "intermediate_size": self.intermediate_size,
+            "max_position_embeddings": self.max_position_embeddings,
         }

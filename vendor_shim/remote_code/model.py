@@ -11,6 +11,7 @@ Only `vendor_shim.remote_code.worker` imports this module, after `compat` is app
 from __future__ import annotations
 
 import importlib
+import importlib.abc
 import importlib.machinery
 import importlib.util
 import json
@@ -38,7 +39,9 @@ def import_snapshot(snapshot: Snapshot) -> Any:
     """Import the snapshot's model module as a package (trust-remote-code semantics).
 
     The directory becomes package ``dsocr_snapshot_<hash>`` so its relative imports
-    (``from .deepencoder import ...``) resolve inside it; no bytecode is written into it.
+    (``from .deepencoder import ...``) resolve inside it; a file importing a sibling by its
+    bare name (``from configuration_deepseek_v2 import ...``, as several public copies do)
+    gets the same module object.  The files are run as given; no bytecode is written into it.
     """
     digest = "".join(v[:4] for v in snapshot.code_hashes.values())[:16]
     pkg_name = f"dsocr_snapshot_{digest}"
@@ -46,11 +49,39 @@ def import_snapshot(snapshot: Snapshot) -> Any:
         spec = importlib.machinery.ModuleSpec(pkg_name, None, is_package=True)
         spec.submodule_search_locations = [str(snapshot.root)]
         sys.modules[pkg_name] = importlib.util.module_from_spec(spec)
+        siblings = frozenset(p.stem for p in snapshot.root.glob("*.py") if p.stem.isidentifier())
+        sys.meta_path.append(_SiblingFinder(pkg_name, siblings))  # last: never shadows an installed module
     sys.dont_write_bytecode = True
     try:
         return importlib.import_module(f"{pkg_name}.{MODEL_MODULE}")
     except Exception as exc:
         raise SnapshotError(_import_error_line(snapshot.root, exc)) from exc
+
+
+class _SiblingFinder(importlib.abc.MetaPathFinder):
+    """Resolves a snapshot file's bare-name import of a sibling to that sibling in the snapshot package."""
+
+    def __init__(self, package: str, names: frozenset[str]) -> None:
+        self.package, self.names = package, names
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if path is not None or fullname not in self.names:
+            return None
+        return importlib.util.spec_from_loader(fullname, _AliasLoader(f"{self.package}.{fullname}"))
+
+
+class _AliasLoader(importlib.abc.Loader):
+    """Loads `name` as the already importable `target`: one module object under both names."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> None:
+        return None
+
+    def exec_module(self, module: Any) -> None:
+        # the import system hands back whatever sys.modules holds under the name after this returns
+        sys.modules[module.__name__] = importlib.import_module(self.target)
 
 
 def _import_error_line(root: Path, exc: BaseException) -> str:

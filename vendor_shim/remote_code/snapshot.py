@@ -69,6 +69,8 @@ def load_snapshot(vendor_dir: str | Path | None) -> Snapshot:
     if vendor_dir is None or str(vendor_dir) == "":
         raise SnapshotError("backend remote-code needs --vendor-dir PATH: a local DeepSeek-OCR snapshot directory")
     root = Path(vendor_dir).expanduser().resolve()
+    if root.is_file():
+        raise SnapshotError(f"{root}: vendor dir is a file, not a folder: pass a local DeepSeek-OCR snapshot directory")
     if not root.is_dir():
         raise SnapshotError(f"{root}: vendor dir not found: pass a local DeepSeek-OCR snapshot directory")
     missing = [name for name in (*CODE_FILES, CONFIG_FILE) if not (root / name).is_file()]

@@ -1,0 +1,97 @@
+"""The workload options every CLI shares (`dsocr-analytic`, `dsocr-measure`, `run_verify_end2end*`).
+
+One definition, so names, defaults, choices and help never drift apart; each CLI adds only what is
+its own (pages and tolerances, a page size, a backend).  Torch-free: the analytic CLI uses it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from analytic.dtype_policy import DEFAULT_DTYPE, DTYPE_CHOICES
+from analytic.schema import ATTN_IMPLS, LM_HEAD_SCOPES
+from analytic.workload import MODES
+
+DEFAULT_MODE = "gundam"
+DEFAULT_PROMPT_TOKENS = 12
+DEFAULT_DECODE_TOKENS = 16
+DEFAULT_ATTN_IMPL = ATTN_IMPLS[0]
+_BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in --help (skipped where there is none to show)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def bool_word(text: str) -> bool:
+    """true/false, 1/0, yes/no, on/off in any case; any other word is a usage error, never a silent False."""
+    try:
+        return _BOOL_WORDS[text.strip().lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of true/false (or 1/0, yes/no, on/off)") from None
+
+
+def user_path(text: str) -> Path:
+    """A path the user typed; `~` expands even where the shell left it (quoted, or after `--opt=`)."""
+    return Path(text).expanduser()
+
+
+def add_workload_options(parser: argparse.ArgumentParser, *, decode: bool = True) -> argparse._ArgumentGroup:
+    """Mode and token options; ``decode=False`` for vision-only commands (no decode steps, lm_head, attention)."""
+    g = parser.add_argument_group("workload")
+    g.add_argument("--mode", choices=sorted(MODES), default=DEFAULT_MODE, help="resolution preset")
+    g.add_argument("--base-size", type=int, help="override the preset's base_size (global view)")
+    g.add_argument("--image-size", type=int, help="override the preset's image_size")
+    g.add_argument(
+        "--crop-mode",
+        nargs="?",
+        const=True,
+        type=bool_word,
+        metavar="BOOL",
+        help="override the preset's crop mode: bare or true/false (1/0, yes/no, on/off)",
+    )
+    g.add_argument(
+        "--no-crop-mode", dest="crop_mode", action="store_false", default=None, help="same as --crop-mode false"
+    )
+    g.add_argument(
+        "--prompt-tokens",
+        type=int,
+        default=DEFAULT_PROMPT_TOKENS,
+        help="prompt text tokens, excluding BOS and image tokens",
+    )
+    if decode:
+        g.add_argument(
+            "--decode-tokens", type=int, default=DEFAULT_DECODE_TOKENS, help="single-token decode steps after prefill"
+        )
+        g.add_argument(
+            "--lm-head", choices=LM_HEAD_SCOPES, help="prefill lm_head scope (default: the implementation's own)"
+        )
+        g.add_argument("--attn-impl", choices=ATTN_IMPLS, default=DEFAULT_ATTN_IMPL, help="decoder attention")
+    g.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default=DEFAULT_DTYPE,
+        help="auto: bfloat16 where the device runs it natively, else float32 (counts never depend on it)",
+    )
+    return g
+
+
+def workload_kwargs(args: argparse.Namespace, *, dtype: str) -> dict[str, Any]:
+    """`VisionWorkload.from_page` keyword arguments from the shared options (``dtype`` already resolved)."""
+    return {
+        "base_size": args.base_size,
+        "image_size": args.image_size,
+        "crop_mode": args.crop_mode,
+        "prompt_tokens": args.prompt_tokens,
+        "decode_tokens": getattr(args, "decode_tokens", 0),
+        "lm_head_scope": getattr(args, "lm_head", None),
+        "attn_impl": getattr(args, "attn_impl", DEFAULT_ATTN_IMPL),
+        "dtype": dtype,
+    }

@@ -1,0 +1,640 @@
+"""The HTML report: one self-contained file, verdict first, charts a performance engineer reads at a glance.
+
+Charts are matplotlib figures rendered to SVG and inlined (no JavaScript, no network, text kept as text);
+everything else is a table.  Every figure is a group-by of the comparison frame (`reports.frame`).
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import math
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import pandas as pd
+
+from reports.format import format_metric, format_rel
+from reports.frame import comparison_frame, failing, leaf_summary, page_worst
+from reports.model import RunResult
+from reports.safe import printable, safe_text
+from reports.summary import is_synthetic, verdict_line
+
+MAX_FAILING_ROWS = 200  # the CSV has all of them
+MAX_PAGE_BARS = 40  # "where the cost goes": one bar per page up to this many, else one per mode
+CHART_METRIC = "tensor_flops"  # the per-page charts total this metric
+SYNTHETIC_NOTE = (
+    "Synthetic pages. This run used the embedded page set: synthetic page geometries chosen to be representative "
+    "of OmniDocBench's nine document types and to hit every crop-grid path. They are not pages of the real "
+    "benchmark; use --omnidocbench ROOT for that."
+)
+
+# Okabe-Ito: distinguishable with the common colour-vision deficiencies
+VENDOR_COLOR, ANALYTIC_COLOR, FAIL_COLOR, MUTED = "#0072B2", "#E69F00", "#C0392B", "#6b6b6b"
+STAGE_COLORS = {"sam": "#0072B2", "clip": "#E69F00", "projector": "#009E73", "prefill": "#CC79A7", "decode": "#D55E00"}
+_RC = {
+    "svg.fonttype": "none",  # text stays text: small, selectable, searchable
+    "text.parse_math": False,  # a '$' in a page id is a dollar sign, not TeX
+    "font.family": "sans-serif",
+    "font.sans-serif": ["DejaVu Sans", "Liberation Sans", "Arial"],
+    "font.size": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.titlesize": 11,
+    "axes.titleweight": "bold",
+    "axes.titlelocation": "left",
+}
+_SVG_PROLOGUE = re.compile(r"\A.*?(?=<svg\b)", re.S)
+_SVG_METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.S)
+
+_CSS = """
+:root{--pass:#1e7b34;--fail:#c0392b;--warn:#9a6700;--line:#d8dde3;--muted:#5f6b76}
+*{box-sizing:border-box}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI","DejaVu Sans",sans-serif;color:#1f2328;margin:0 auto;
+max-width:1240px;padding:20px 28px 60px}
+h1{font-size:26px;margin:4px 0 6px}h2{font-size:19px;margin:34px 0 8px;border-bottom:1px solid var(--line);
+padding-bottom:4px}
+.verdict{padding:12px 16px;border-radius:6px;border-left:8px solid}
+.verdict.PASS{background:#e9f6ec;border-color:var(--pass)}.verdict.FAIL,.verdict.INCOMPLETE{background:#fdecea;
+border-color:var(--fail)}.verdict.ERROR{background:#fff5d6;border-color:var(--warn)}
+.verdict p{margin:4px 0}.counts span{margin-right:18px;white-space:nowrap}
+.note{background:#f3f0ff;border-left:4px solid #6f42c1;padding:8px 12px;margin:12px 0}
+.meta{color:var(--muted)}
+table{border-collapse:collapse;margin:8px 0 4px;font-size:13px}
+th,td{border:1px solid var(--line);padding:3px 8px;text-align:left;vertical-align:top}
+th{background:#f3f5f7;white-space:nowrap}tr:nth-child(even) td{background:#fafbfc}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+tr.fail td{background:#fdecea}td.fail{color:var(--fail);font-weight:600}td.pass{color:var(--pass)}
+td.notrun{color:var(--muted);font-style:italic}
+figure{margin:18px 0;border:1px solid var(--line);border-radius:6px;padding:8px}
+figure svg{display:block;width:100%;height:auto}
+figcaption{color:var(--muted);font-size:13px;margin-top:4px}
+pre{background:#f6f8fa;padding:10px;overflow-x:auto;font-size:12px;border-radius:4px}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px}dt{font-weight:600}dd{margin:0}
+details summary{cursor:pointer;color:var(--muted)}
+""".strip()
+
+
+def render_html(run: RunResult) -> str:
+    """The whole report as one HTML document that opens without a network."""
+    df = comparison_frame(run)
+    summary = leaf_summary(df)
+    title = f"Verdict: {run.verdict} · {run.command} · {run.run_id}"
+    body = [*_verdict(run, df), *_failures(df), *_errors(run), *_charts(run, df, summary)]
+    body += [*_stage_table(summary), *_pages(run, df), *_environment(run), *_config(run)]
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{_e(title)}</title>",
+            f"<style>{_CSS}</style>",
+            "</head><body>",
+            *body,
+            "</body></html>",
+            "",
+        ]
+    )
+
+
+# --- text ------------------------------------------------------------------------------------------------------------
+
+
+def _e(value: Any) -> str:
+    """One line of escaped text: odd characters shown as escapes, markup inert."""
+    return html.escape(printable(str(value)))
+
+
+def _short(text: Any, limit: int = 36) -> str:
+    """A chart label: printable, and cut in the middle when long (the tables carry the full name)."""
+    text = printable(str(text))
+    return text if len(text) <= limit else text[: limit // 2 - 1] + "…" + text[-(limit - limit // 2) :]
+
+
+def _grid(w: dict[str, Any] | None) -> str:
+    """'2x3' for a page cut into crops, 'none' for one without, '-' when there is no workload."""
+    if not w:
+        return "-"
+    if _missing(w.get("n_crops")) or not w.get("n_crops"):
+        return "none"
+    return f"{_int(w.get('w_crop'))}x{_int(w.get('h_crop'))}"
+
+
+def _int(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _rel(value: Any) -> str:
+    return "-" if _missing(value) else format_rel(float(value))
+
+
+def _table(head: Iterable[str], rows: Iterable[Iterable[Any]], row_classes: Iterable[str] | None = None) -> str:
+    """Cells are escaped here; a cell given as ('num', text) or ('fail', text) gets that class."""
+    out = ["<table><thead><tr>", *(f"<th>{_e(h)}</th>" for h in head), "</tr></thead><tbody>"]
+    classes = iter(row_classes or ())
+    for row in rows:
+        cls = next(classes, "")
+        out.append(f'<tr class="{cls}">' if cls else "<tr>")
+        for cell in row:
+            kind, text = cell if isinstance(cell, tuple) else ("", cell)
+            out.append(f'<td class="{kind}">{_e(text)}</td>' if kind else f"<td>{_e(text)}</td>")
+        out.append("</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+# --- sections --------------------------------------------------------------------------------------------------------
+
+
+def _verdict(run: RunResult, df: pd.DataFrame) -> list[str]:
+    n = len(run.pages)
+    errors = sum(1 for p in run.pages if p.error)
+    failed = sum(1 for p in run.pages if not p.error and not p.passed)
+    counts = {"pages": n, "passed": n - errors - failed, "failed": failed, "could not be verified": errors}
+    if not df.empty:
+        status = df.status.value_counts()
+        counts |= {f"gated checks {s}": int(status.get(s, 0)) for s in ("pass", "fail", "not run")}
+    kind = run.verdict.split()[0]
+    out = [
+        f'<section class="verdict {_e(kind)}">',
+        f"<h1>Verdict: {_e(run.verdict)}</h1>",
+        f"<p>{_e(verdict_line(run, df))}</p>",
+        '<p class="counts">' + "".join(f"<span>{_e(k)}: <b>{v}</b></span>" for k, v in counts.items()) + "</p>",
+        "</section>",
+    ]
+    if is_synthetic(run):
+        out.append(
+            f'<p class="note"><b>Synthetic pages.</b> {_e(SYNTHETIC_NOTE.removeprefix("Synthetic pages. "))}</p>'
+        )
+    meta = f"Run {run.run_id} · {run.command} · {n} pages · {run.wall_s:.1f} s · {run.started_at} → {run.finished_at}"
+    out.append(f'<p class="meta">{_e(meta)}</p>')
+    return out
+
+
+def _failures(df: pd.DataFrame) -> list[str]:
+    rows = failing(df)
+    if rows.empty:
+        return []
+    head = ["page", "stage", "part", "metric", "vendor", "analytic", "analytic - vendor", "rel delta", "tolerance"]
+    body = [
+        [
+            r.page_id,
+            r.stage,
+            r.part,
+            r.metric,
+            ("num", format_metric(r.metric, r.vendor)),
+            ("num", format_metric(r.metric, r.analytic)),
+            ("num", format_metric(r.metric, r.abs_delta)),
+            ("fail", _rel(r.rel_delta)),
+            ("num", _rel(r.tolerance)),
+            r.gap_family or "-",
+            r.note,
+        ]
+        for r in rows.head(MAX_FAILING_ROWS).itertuples()
+    ]
+    out = ["<h2>Failures (outside tolerance, worst first)</h2>", _table([*head, "gap family", "note"], body)]
+    if len(rows) > MAX_FAILING_ROWS:
+        out.append(f"<p>… and {len(rows) - MAX_FAILING_ROWS} more failing rows in report.csv</p>")
+    return out
+
+
+def _errors(run: RunResult) -> list[str]:
+    errs = [p for p in run.pages if p.error]
+    if not errs:
+        return []
+    body = "".join(
+        f"<tr><td>{_e(p.page.page_id)}</td><td>{_e(p.error_kind or '-')}</td>"
+        f"<td><pre>{html.escape(safe_text(p.error or ''))}</pre></td></tr>"
+        for p in errs
+    )
+    head = "<table><thead><tr><th>page</th><th>kind</th><th>error</th></tr></thead><tbody>"
+    return ["<h2>Pages that could not be verified</h2>", head + body + "</tbody></table>"]
+
+
+def _stage_table(summary: pd.DataFrame) -> list[str]:
+    if summary.empty:
+        return []
+    head = ["stage", "part", "metric", "pages", "vendor total", "analytic total", "tolerance", "max rel delta"]
+    head += ["worst page", "pass", "fail", "not run"]
+
+    def rows(frame: pd.DataFrame) -> list[list[Any]]:
+        return [
+            [
+                s.stage,
+                s.part,
+                s.metric,
+                ("num", s.pages),
+                ("num", "-" if _missing(s.vendor_total) else format_metric(s.metric, s.vendor_total)),
+                ("num", format_metric(s.metric, s.analytic_total)),
+                ("num", _rel(s.tolerance)),
+                ("fail" if s.failed else "num", "not run" if s.pages == 0 else _rel(s.max_rel)),
+                "-" if _missing(s.worst_page) else s.worst_page,
+                ("num", s.passed),
+                ("fail" if s.failed else "num", s.failed),
+                ("notrun" if s.not_run else "num", s.not_run),
+            ]
+            for s in frame.itertuples()
+        ]
+
+    gated, reported = summary[summary.gated], summary[~summary.gated]
+    out = ["<h2>Per stage</h2>", "<p>Totals over the pages on which the branch ran; tolerance gates each page.</p>"]
+    out.append(_table(head, rows(gated), ("fail" if s.failed else "" for s in gated.itertuples())))
+    if not reported.empty:
+        out += [
+            "<details><summary>Reported-only metrics (no vendor counterpart yet, not gated)</summary>",
+            _table(head[:6], (r[:6] for r in rows(reported))),
+            "</details>",
+        ]
+    return out
+
+
+def _pages(run: RunResult, df: pd.DataFrame) -> list[str]:
+    worst = page_worst(df)
+    flops = _page_flops(df)
+    head = ["page", "status", "source", "size", "mode", "grid", "image tokens", "prefill len"]
+    head += ["vendor tensor FLOPs", "analytic tensor FLOPs", "worst rel delta", "cache"]
+    ordered = sorted(run.pages, key=lambda p: (p.passed, p.page.page_id))  # failures first
+    rows, classes = [], []
+    for p in ordered:
+        w = p.workload or {}
+        status = "PASS" if p.passed else (f"ERROR ({p.error_kind})" if p.error else "FAIL")
+        source = p.page.source + (
+            f": {p.page.attributes['data_source']}" if p.page.attributes.get("data_source") else ""
+        )
+        totals = flops.loc[p.page.page_id] if p.page.page_id in flops.index else None
+        rows.append(
+            [
+                p.page.page_id,
+                ("pass" if p.passed else "fail", status),
+                source + (" (synthetic)" if p.page.synthetic else ""),
+                ("num", f"{p.page.width}x{p.page.height}"),
+                w.get("mode", "-"),
+                _grid(w),
+                ("num", w.get("n_image_tokens", "-")),
+                ("num", w.get("prefill_len", "-")),
+                (
+                    "num",
+                    "-" if totals is None or _missing(totals.vendor) else format_metric(CHART_METRIC, totals.vendor),
+                ),
+                ("num", "-" if totals is None else format_metric(CHART_METRIC, totals.analytic)),
+                ("num", _rel(worst.get(p.page.page_id))),
+                "hit" if p.cache_hit else "miss",
+            ]
+        )
+        classes.append("" if p.passed else "fail")
+    return ["<h2>Pages</h2>", _table(head, rows, classes)]
+
+
+def _environment(run: RunResult) -> list[str]:
+    env = run.environment or {}
+    facts: list[tuple[str, Any]] = []
+    cpu = env.get("cpu")
+    if isinstance(cpu, dict):
+        facts.append(("CPU", cpu.get("model", "?")))
+        capability = [str(cpu.get("capability") or "?")]
+        capability += [k for k in ("avx512_bf16", "amx", "onednn_bf16", "native_bf16") if cpu.get(k)]
+        facts.append(("capability", ", ".join(capability)))
+        facts.append(("cores / torch threads", f"{cpu.get('cores', '?')} / {cpu.get('torch_threads', '?')}"))
+        if cpu.get("capped_by"):
+            facts.append(("capped by", cpu["capped_by"]))
+    choice = env.get("dtype_choice") or run.config.get("dtype_choice")
+    if isinstance(choice, dict):
+        facts.append(("dtype", f"{choice.get('dtype', '?')} (requested {choice.get('requested', '?')})"))
+        facts.append(("why", choice.get("reason", "-")))
+    elif run.config.get("dtype"):
+        facts.append(("dtype", run.config["dtype"]))
+    for key in ("execution", "cache"):
+        if key in env:
+            facts.append((key, env[key]))
+    versions = dict(env.get("library_versions") or {})
+    for key in ("python", "torch", "transformers"):
+        if key in env and not isinstance(env[key], dict | list):
+            versions.setdefault(key, env[key])
+    if versions:
+        facts.append(("versions", ", ".join(f"{k} {v}" for k, v in versions.items())))
+    if env.get("platform"):
+        facts.append(("platform", env["platform"]))
+    out = ["<h2>Environment</h2>"]
+    if facts:
+        out.append("<dl>" + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts) + "</dl>")
+    return [*out, "<details><summary>everything recorded</summary>", _json_pre(env), "</details>"]
+
+
+def _config(run: RunResult) -> list[str]:
+    return ["<h2>Config</h2>", _json_pre(run.config)]
+
+
+def _json_pre(data: Any) -> str:
+    return f"<pre>{html.escape(safe_text(json.dumps(data, indent=2, sort_keys=True, default=str)))}</pre>"
+
+
+# --- charts ----------------------------------------------------------------------------------------------------------
+
+
+def _page_flops(df: pd.DataFrame) -> pd.DataFrame:
+    """page_id -> vendor and analytic totals of CHART_METRIC over every stage, with the page's geometry.
+
+    The vendor total is NaN when a stage has no vendor count (a partial sum would read as a gap)."""
+    cols = ["vendor", "analytic", "n_image_tokens", "mode", "w_crop", "h_crop", "n_crops", "failed"]
+    rows = df[df.metric == CHART_METRIC] if not df.empty else df
+    if rows.empty:
+        return pd.DataFrame(columns=cols)
+    g = rows.groupby("page_id", sort=False)
+    out = pd.DataFrame(
+        {
+            "vendor": g.vendor.sum(min_count=1).where(g.vendor.count() == g.size()),
+            "analytic": g.analytic.sum(),
+            "failed": g.status.agg(lambda s: bool((s == "fail").any())),
+        }
+    )
+    first = g[["n_image_tokens", "mode", "w_crop", "h_crop", "n_crops"]].first()
+    return out.join(first)[cols]
+
+
+def _charts(run: RunResult, df: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
+    if df.empty:
+        return ["<h2>Charts</h2>", "<p>No page was compared, so there is nothing to chart.</p>"]
+    figures = [_stage_chart(summary, len(run.pages)), _page_chart(run, df), _share_chart(run, df)]
+    out = ["<h2>Charts</h2>"]
+    for i, made in enumerate(f for f in figures if f is not None):
+        fig, label, caption = made
+        out.append(f"<figure>{_svg(fig, i, label)}<figcaption>{_e(caption)}</figcaption></figure>")
+    return out
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_svg import FigureCanvasSVG
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasSVG(fig)  # the SVG canvas, explicitly: no pyplot, no global backend
+    return fig
+
+
+def _svg(fig, index: int, label: str) -> str:
+    """The figure as an inline <svg>: no XML prologue, no metadata, ids unique per chart, an accessible name."""
+    import matplotlib as mpl
+
+    buf = io.StringIO()
+    meta = {"Creator": None, "Date": None, "Format": None, "Type": None}
+    with mpl.rc_context({**_RC, "svg.hashsalt": f"dsocr-chart-{index}"}):
+        fig.savefig(buf, format="svg", metadata=meta)
+    svg = _SVG_METADATA.sub("", _SVG_PROLOGUE.sub("", buf.getvalue(), count=1))
+    return svg.replace("<svg ", f'<svg role="img" aria-label="{_e(label)}" ', 1)
+
+
+def _stage_chart(summary: pd.DataFrame, n_pages: int):
+    """Per stage and branch, vendor vs analytic totals of each gated metric, log scale, every bar labelled."""
+    gated = summary[summary.gated]
+    metrics = list(dict.fromkeys(gated.metric))
+    if not metrics:
+        return None
+    import matplotlib as mpl
+
+    with mpl.rc_context(_RC):
+        n_leaves = gated.groupby("metric").size().max()
+        fig = _figure(max(11.0, 1.0 * n_leaves + 1.5), 4.8 * len(metrics))
+        axes = fig.subplots(len(metrics), 1, squeeze=False)[:, 0]
+        for ax, metric in zip(axes, metrics, strict=True):
+            _stage_axes(ax, gated[gated.metric == metric], metric, n_pages)
+    caption = (
+        f"Totals over the pages on which each branch ran (of {n_pages}); vendor count (measured) beside the analytic "
+        "model, log scale. A branch that ran on no page is marked 'not run', not drawn as zero."
+    )
+    return fig, "Per stage and branch: vendor vs analytic", caption
+
+
+def _stage_axes(ax, rows: pd.DataFrame, metric: str, n_pages: int) -> None:
+    from matplotlib.ticker import LogLocator, NullFormatter
+
+    x = list(range(len(rows)))
+    width = 0.38
+    values = [v for r in rows.itertuples() if r.pages for v in (r.vendor_total, r.analytic_total) if _positive(v)]
+    low, high = (min(values), max(values)) if values else (1.0, 10.0)
+    floor = low / 30
+    ax.set_yscale("log")
+    ax.set_ylim(floor, high * 60)
+    ticks = []
+    for i, r in enumerate(rows.itertuples()):
+        tick = f"{r.stage}\n{r.part}"
+        if r.pages == 0:
+            ax.text(i, floor * 1.5, "not run", rotation=90, ha="center", va="bottom", color=MUTED, style="italic")
+            ax.axvspan(i - 0.45, i + 0.45, color="#eeeeee", zorder=0)
+            ticks.append(f"{tick}\nnot run")
+            continue
+        if r.pages < n_pages:
+            tick += f"\n{r.pages} of {n_pages} pages"
+        if r.failed:
+            tick += f"\nFAIL ({r.failed})"
+        ticks.append(tick)
+        for offset, value, color in (
+            (-width / 2, r.vendor_total, VENDOR_COLOR),
+            (width / 2, r.analytic_total, ANALYTIC_COLOR),
+        ):
+            if _missing(value):
+                ax.text(i + offset, floor * 1.5, "no vendor count", rotation=90, ha="center", va="bottom", color=MUTED)
+                continue
+            shown = value if value > 0 else floor
+            ax.bar(i + offset, shown - floor, width, bottom=floor, color=color, edgecolor="white", linewidth=0.5)
+            label = format_metric(metric, value) if value > 0 else "0"
+            ax.text(i + offset, shown * 1.25, label, rotation=90, ha="center", va="bottom", fontsize=7.5)
+    ax.set_xticks(x, ticks)
+    for tick, r in zip(ax.get_xticklabels(), rows.itertuples(), strict=True):
+        if r.failed:
+            tick.set_color(FAIL_COLOR)
+    stages = list(rows.stage)
+    for i in range(1, len(stages)):
+        if stages[i] != stages[i - 1]:
+            ax.axvline(i - 0.5, color="#cccccc", linewidth=0.8)
+    ax.set_xlim(-0.6, len(rows) - 0.4)
+    ax.set_ylabel(f"{_metric_name(metric)} (log scale)")
+    ax.yaxis.set_major_locator(LogLocator(base=10))
+    ax.yaxis.set_major_formatter(_axis_formatter(metric))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_title(f"{_metric_name(metric)} per stage and branch: vendor vs analytic, totals over pages")
+    ax.grid(axis="y", which="major", color="#e6e6e6", linewidth=0.6)
+    ax.set_axisbelow(True)
+    handles = [_patch(VENDOR_COLOR, "vendor (counted)"), _patch(ANALYTIC_COLOR, "analytic model")]
+    ax.legend(handles=handles, loc="upper right", frameon=False, ncols=2)
+
+
+def _patch(color: str, label: str):
+    from matplotlib.patches import Patch
+
+    return Patch(facecolor=color, label=label)
+
+
+def _positive(value: Any) -> bool:
+    return not _missing(value) and value > 0
+
+
+def _page_chart(run: RunResult, df: pd.DataFrame):
+    """Total CHART_METRIC per page against its image tokens, vendor and analytic markers, crop grid labelled."""
+    per_page = _page_flops(df).dropna(subset=["n_image_tokens"])
+    if per_page.empty:
+        return None
+    import matplotlib as mpl
+
+    per_page = per_page.assign(grid=[_grid(r) for r in per_page[["w_crop", "h_crop", "n_crops"]].to_dict("records")])
+    modes = sorted(m for m in per_page["mode"].dropna().unique() if m)
+    with mpl.rc_context(_RC):
+        fig = _figure(11, 5.2)
+        ax = fig.subplots()
+        x = per_page.n_image_tokens.astype(float)
+        measured = per_page.vendor.notna()
+        ax.scatter(
+            x[measured],
+            per_page.vendor[measured],
+            s=90,
+            facecolors="none",
+            edgecolors=VENDOR_COLOR,
+            linewidths=1.6,
+            label="vendor (counted)",
+            zorder=3,
+        )
+        ax.scatter(x, per_page.analytic, s=22, color=ANALYTIC_COLOR, marker="D", label="analytic model", zorder=4)
+        bad = per_page[per_page.failed]
+        if not bad.empty:
+            ax.scatter(
+                bad.n_image_tokens.astype(float),
+                bad.analytic,
+                s=220,
+                facecolors="none",
+                edgecolors=FAIL_COLOR,
+                linewidths=1.8,
+                label="page outside tolerance",
+                zorder=5,
+            )
+        _label_points(ax, per_page, len(modes) > 1)
+        ax.set_xlabel("image tokens")
+        ax.set_ylabel(f"{_metric_name(CHART_METRIC)} per page")
+        ax.yaxis.set_major_formatter(_axis_formatter(CHART_METRIC))
+        ax.set_ylim(bottom=0, top=per_page[["vendor", "analytic"]].max().max() * 1.15)
+        span = max(x.max() - x.min(), 1.0)
+        ax.set_xlim(max(0.0, x.min() - 0.08 * span), x.max() + 0.12 * span)
+        mode_text = ", ".join(modes) or "-"
+        ax.set_title(f"{_metric_name(CHART_METRIC)} by page (mode {mode_text}), labelled with the crop grid")
+        ax.grid(color="#e6e6e6", linewidth=0.6)
+        ax.set_axisbelow(True)
+        ax.legend(loc="upper left", frameon=False)
+    skipped = len(run.pages) - len(per_page)
+    caption = f"One point per page: all stages summed ({len(per_page)} pages"
+    caption += f"; {skipped} pages without results not shown)." if skipped else ")."
+    caption += " Pages with the same image tokens and grid share a label (×n)."
+    return fig, "FLOPs by page against image tokens", caption
+
+
+def _label_points(ax, per_page: pd.DataFrame, with_mode: bool) -> None:
+    """One label per distinct (image tokens, grid): 'grid' or 'grid ×n', nudged so neighbours do not overlap."""
+    groups = per_page.groupby(["n_image_tokens", "grid", "mode"], sort=True, dropna=False)
+    x_span = max(float(per_page.n_image_tokens.max() - per_page.n_image_tokens.min()), 1.0)
+    y_span = max(float(per_page.analytic.max()), 1.0)
+    placed: list[tuple[float, float]] = []
+    offsets = [(7, 6), (7, -14), (7, 18), (7, -26), (-7, 6), (-7, -14), (7, 30), (7, -38)]
+    for (tokens, grid, mode), g in groups:
+        y = float(g.analytic.max())
+        text = f"{mode} {grid}" if with_mode and mode else str(grid)
+        if len(g) > 1:
+            text += f" ×{len(g)}"
+        fx, fy = float(tokens) / x_span, y / y_span
+        for dx, dy in offsets:
+            spot = (fx + dx / 900, fy + dy / 330)
+            if all(abs(spot[0] - px) > 0.06 or abs(spot[1] - py) > 0.045 for px, py in placed):
+                break
+        placed.append(spot)
+        ax.annotate(
+            text,
+            (float(tokens), y),
+            xytext=(dx, dy),
+            textcoords="offset points",
+            fontsize=8,
+            ha="left" if dx > 0 else "right",
+            va="center",
+            color="#333333",
+        )
+
+
+def _axis_formatter(metric: str):
+    """Tick labels in the report's units without trailing zeros: '3.5 TFLOP', '100 GFLOP', '0'."""
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda v, _pos: _tick(metric, v))
+
+
+def _tick(metric: str, value: float) -> str:
+    if value == 0:
+        return "0"
+    number, _, unit = format_metric(metric, value).partition(" ")
+    if "." in number:
+        number = number.rstrip("0").rstrip(".")
+    return f"{number} {unit}"
+
+
+def _metric_name(metric: str) -> str:
+    """'tensor_flops' -> 'tensor FLOPs', 'io_bytes' -> 'io bytes'."""
+    return metric.replace("_flops", " FLOPs").replace("_", " ")
+
+
+def _share_chart(run: RunResult, df: pd.DataFrame):
+    """Where the analytic CHART_METRIC goes: a 100% stacked bar per page (or per mode for many pages)."""
+    rows = df[df.metric == CHART_METRIC]
+    if rows.empty or rows.analytic.sum() <= 0:
+        return None
+    import matplotlib as mpl
+
+    by_page = len(rows.page_id.unique()) <= MAX_PAGE_BARS
+    stages = [s for s in STAGE_COLORS if s in set(rows.stage)] + sorted(set(rows.stage) - set(STAGE_COLORS))
+    if by_page:
+        table = rows.pivot_table(index="page_id", columns="stage", values="analytic", aggfunc="sum", sort=False)
+        info = rows.groupby("page_id", sort=False)[["mode", "w_crop", "h_crop", "n_crops"]].first()
+        labels = [f"{_short(pid)} · {_grid(info.loc[pid].to_dict())}" for pid in table.index]
+    else:
+        table = rows.pivot_table(index="mode", columns="stage", values="analytic", aggfunc="sum", sort=False)
+        counts = rows.groupby("mode", sort=False).page_id.nunique()
+        labels = [f"{_short(mode or '-')} ({counts[mode]} pages)" for mode in table.index]
+    table = table.reindex(columns=stages).fillna(0.0)
+    totals = table.sum(axis=1).replace(0, math.nan)
+    shares = table.div(totals, axis=0).fillna(0.0) * 100
+    modes = sorted(m for m in rows["mode"].dropna().unique() if m)
+    with mpl.rc_context(_RC):
+        fig = _figure(11, 1.3 + 0.3 * len(table))
+        ax = fig.subplots()
+        y = list(range(len(table)))
+        left = [0.0] * len(table)
+        for stage in stages:
+            widths = list(shares[stage])
+            ax.barh(
+                y,
+                widths,
+                left=left,
+                height=0.72,
+                color=STAGE_COLORS.get(stage, MUTED),
+                label=stage,
+                edgecolor="white",
+                linewidth=0.5,
+            )
+            for i, (w, start) in enumerate(zip(widths, left, strict=True)):
+                if w >= 6:
+                    ax.text(start + w / 2, i, f"{w:.0f}%", ha="center", va="center", fontsize=7.5, color="white")
+            left = [a + b for a, b in zip(left, widths, strict=True)]
+        for i, total in enumerate(table.sum(axis=1)):
+            ax.text(101, i, format_metric(CHART_METRIC, total), va="center", fontsize=7.5, color="#333333")
+        ax.set_yticks(y, labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 112)
+        ax.set_xticks([0, 25, 50, 75, 100], ["0%", "25%", "50%", "75%", "100%"])
+        ax.set_xlabel(f"share of the analytic {_metric_name(CHART_METRIC)} (total at the right)")
+        unit = "page" if by_page else "mode"
+        ax.set_title(f"Where the cost goes, per {unit} (mode {', '.join(modes) or '-'})")
+        fig.legend(loc="outside upper right", ncols=len(stages), frameon=False, fontsize=8.5)
+    caption = "Share of total tensor FLOPs by stage (SAM, CLIP, projector, prefill, decode; branches summed), "
+    caption += "from the analytic model, which covers every stage" + (
+        "." if by_page else "; totals over each mode's pages."
+    )
+    return fig, "Where the cost goes, by stage", caption

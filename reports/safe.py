@@ -1,0 +1,62 @@
+"""Text every report format can hold: odd file names never cost a finished run its reports.
+
+Linux file names are bytes; Python carries the undecodable ones as lone surrogates
+(surrogateescape), and JSON may hold unpaired surrogates too.  Neither encodes to UTF-8,
+and control characters in a name would break a markdown table or a terminal line.
+Reports show such characters as backslash escapes (the bytes of a file name as `\\xff`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Any
+
+# C0 and C1 controls and DEL, except tab and newline (tracebacks keep their lines)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def safe_text(text: str) -> str:
+    """`text` as encodable UTF-8 without control characters; unchanged when it already is."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = _escape_surrogates(text)
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def printable(text: str) -> str:
+    """`safe_text` on one line (for a console line)."""
+    return safe_text(text).replace("\n", "\\n")
+
+
+def _escape_surrogates(text: str) -> str:
+    try:  # surrogateescape'd bytes of a file name: show the bytes
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    except UnicodeError:  # an unpaired surrogate that stands for no byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def safe_tree(obj: Any, _memo: dict[int, Any] | None = None) -> Any:
+    """A copy of a run (dataclasses, dicts, lists) whose every string went through `safe_text`.
+
+    Containers shared by several pages (a cached trace) stay shared in the copy.
+    """
+    if isinstance(obj, str):
+        return safe_text(obj)
+    if not isinstance(obj, dict | list | tuple) and not (dataclasses.is_dataclass(obj) and not isinstance(obj, type)):
+        return obj
+    memo = {} if _memo is None else _memo
+    if id(obj) not in memo:
+        memo[id(obj)] = _copy(obj, memo)
+    return memo[id(obj)]
+
+
+def _copy(obj: Any, memo: dict[int, Any]) -> Any:
+    if isinstance(obj, dict):
+        return {safe_tree(k, memo): safe_tree(v, memo) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(safe_tree(v, memo) for v in obj)
+    changes = {f.name: safe_tree(getattr(obj, f.name), memo) for f in dataclasses.fields(obj) if f.init}
+    return dataclasses.replace(obj, **changes)
