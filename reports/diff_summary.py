@@ -15,6 +15,7 @@ from verify.diff import KNOBS, TraceDiff
 HEADLINE_ITEMS = 5
 HEADLINE_OPS = 3
 _BRIEF_KEYS = ("transformers", "torch", "device", "dtype", "backend")
+_NAMED = ("transformers", "torch")
 
 
 def leaf_changes(d: TraceDiff) -> pd.DataFrame:
@@ -63,7 +64,8 @@ def headline(d: TraceDiff) -> str:
         more = len(changes) - HEADLINE_ITEMS
         lead = ", ".join(changes[:HEADLINE_ITEMS]) + (f", +{more} more" if more > 0 else "")
     else:
-        brief = ", ".join(d.a.environment[k] for k in _BRIEF_KEYS if k in d.a.environment)
+        env = d.a.environment
+        brief = ", ".join(f"{k} {env[k]}" if k in _NAMED else env[k] for k in _BRIEF_KEYS if k in env)
         lead = f"same environment ({brief})" if brief else "same environment"
     leaves = leaf_changes(d)
     ops = op_changes(d)

@@ -116,7 +116,8 @@ def test_ops_appearing_disappearing_and_changing_calls(tmp_path):
     assert d.exit_code == 1
     line = headline(d)
     assert line.startswith(
-        "same environment (5.23.0, 2.13.0+cpu, cpu, float32, hf): stage prefill/decoder changed by -100"
+        "same environment (transformers 5.23.0, torch 2.13.0+cpu, cpu, float32, hf): "
+        "stage prefill/decoder changed by -100 FLOPs"
     )
     assert "+aten._grouped_mm.default (new, 200 FLOPs)" in line and "-aten.bmm.default (gone, 300 FLOPs)" in line
 
@@ -124,7 +125,10 @@ def test_ops_appearing_disappearing_and_changing_calls(tmp_path):
 def test_identical_traces_exit_0_and_say_no_change(tmp_path, capsys):
     a = write(tmp_path, "a.json", make_trace(A_OPS))
     assert run(a, a, "--quiet") == 0
-    assert capsys.readouterr().out.strip() == "SAME: same environment (5.23.0, 2.13.0+cpu, cpu, float32, hf): no change"
+    assert (
+        capsys.readouterr().out.strip()
+        == "SAME: same environment (transformers 5.23.0, torch 2.13.0+cpu, cpu, float32, hf): no change"
+    )
 
 
 def test_headline_names_the_library_change_and_the_code_hash(tmp_path, capsys):
