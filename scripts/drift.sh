@@ -22,15 +22,26 @@ mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # both venvs run this checkout's code
 export DSOCR_CACHE_DIR="${DSOCR_CACHE_DIR:-$PWD/.cache}"  # rendered pages only: every gate runs --no-cache
 
+setup() {  # setup VENV LOG [DEPS]: quiet unless it fails
+    if ! DSOCR_VENV="$1" DSOCR_DEPS="${3:-tested}" bash scripts/setup.sh >"$2" 2>&1; then
+        tail -n 20 "$2" >&2
+        echo "drift.sh: setting up $1 failed (log: $2): fix the install, then run again" >&2
+        exit 2
+    fi
+}
 echo "== setting up the tested set in $TESTED"
-DSOCR_VENV="$TESTED" bash scripts/setup.sh
+setup "$TESTED" "$OUT/setup-tested.log"
 "$TESTED/bin/python" -m verify.depset check | tail -n 1
-echo "== setting up the newest releases in $LATEST${*:+ (plus $*)}"
-DSOCR_VENV="$LATEST" DSOCR_DEPS=latest bash scripts/setup.sh
+echo "== setting up the candidate in $LATEST: the newest releases${*:+, then $*}"
+setup "$LATEST" "$OUT/setup-candidate.log" latest
 if [ $# -gt 0 ]; then
     keep_torch="$OUT/keep-torch.txt"
     "$LATEST/bin/python" -c "from importlib.metadata import version; print('torch==' + version('torch'))" >"$keep_torch"
-    "$LATEST/bin/python" -m pip install -q -c "$keep_torch" "$@"
+    if ! "$LATEST/bin/python" -m pip install -q -c "$keep_torch" "$@" >>"$OUT/setup-candidate.log" 2>&1; then
+        tail -n 20 "$OUT/setup-candidate.log" >&2
+        echo "drift.sh: pip cannot install $* next to the installed torch: pick other versions" >&2
+        exit 2
+    fi
 fi
 
 versions() {
@@ -54,12 +65,12 @@ gate() {  # gate VENV NAME: vision-only on every embedded page, end to end on tw
 }
 echo "== gates (logs in $OUT)"
 gate "$TESTED" tested
-gate "$LATEST" latest
+gate "$LATEST" candidate
 
 declare -A DIFF
 for kind in vision e2e; do
     rc=0
-    DIFF[$kind]="$("$TESTED/bin/dsocr-diff" "$OUT/tested/$kind" "$OUT/latest/$kind" --quiet --out "$OUT/diff-$kind" 2>&1)" \
+    DIFF[$kind]="$("$TESTED/bin/dsocr-diff" "$OUT/tested/$kind" "$OUT/candidate/$kind" --quiet --out "$OUT/diff-$kind" 2>&1)" \
         || rc=$?
     [ "$rc" -eq 0 ] || status=1
 done
@@ -67,16 +78,16 @@ done
 echo
 echo "== drift report"
 echo "tested: $(versions "$TESTED")"
-echo "newest: $(versions "$LATEST")"
-for name in tested latest; do
+echo "candidate: $(versions "$LATEST")"
+for name in tested candidate; do
     echo "gate $name vision: ${GATE[$name-vision]}"
     echo "gate $name e2e (2 pages, 4 decode tokens): ${GATE[$name-e2e]}"
 done
-echo "diff vision (tested -> newest): ${DIFF[vision]}"
-echo "diff e2e (tested -> newest): ${DIFF[e2e]}"
+echo "diff vision (tested -> candidate): ${DIFF[vision]}"
+echo "diff e2e (tested -> candidate): ${DIFF[e2e]}"
 echo "reports: $OUT (diff-vision/diff.md, diff-e2e/diff.md)"
 if [ "$status" -eq 0 ]; then
-    echo "verdict: no drift: the newest releases execute the same counted work and pass the gate"
+    echo "verdict: no drift: the candidate executes the same counted work and passes the gate"
 else
     echo "verdict: DRIFT or a failing gate: read the diffs above before bumping constraints/tested.txt"
 fi
