@@ -284,3 +284,14 @@ def test_two_run_folders(tmp_path, monkeypatch, capsys):
     assert d.gated_changes.empty and d.ops.empty
     assert set(d.metrics["metric"]) >= {"tensor_flops"} and d.metrics["gated"].any()
     assert run(run_b, run_b, "--quiet") == 0  # a run against itself
+
+
+def test_a_trace_pairs_with_the_run_page_of_its_workload(tmp_path):
+    tall = VisionWorkload.from_page(800, 2000, "gundam", prompt_tokens=5, impl="hf").to_dict()
+    run_a = run_doc([("p1", make_trace(A_OPS), None), ("tall", make_trace(A_OPS, workload=tall), None)])
+    d = diff_sides(
+        load_side(write(tmp_path, "a.json", run_a)),
+        load_side(write(tmp_path, "b.json", make_trace(B_OPS, workload=tall))),
+    )
+    assert [(p.key, p.paired_by) for p in d.pairs] == [("tall ~ trace", "workload signature")]
+    assert d.unpaired_a == ["p1"] and d.gated_changes["delta"].tolist() == [-100]
