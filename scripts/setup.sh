@@ -1,13 +1,34 @@
 #!/usr/bin/env bash
-# Creates .venv and installs the project. torch is installed first and pinned to the
-# local CPU build only when no torch is present yet, so a GPU user's CUDA build is kept.
+# Creates a venv (default .venv) and installs the project with the tested dependency set
+# (constraints/tested.txt). torch is installed first and pinned to the local CPU build only
+# when no torch is present yet, so a GPU user's CUDA build is kept: the tested set never names it.
+#
+#   DSOCR_DEPS=tested (default)  exact versions from constraints/tested.txt
+#   DSOCR_DEPS=latest            the newest releases instead (torch still kept as installed)
+#   DSOCR_VENV=DIR               the venv to create or update (default .venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-. .venv/bin/activate
+VENV=${DSOCR_VENV:-.venv}
+DEPS=${DSOCR_DEPS:-tested}
+case "$DEPS" in
+    tested|latest) ;;
+    *) echo "setup.sh: DSOCR_DEPS=$DEPS unknown: use tested (the default) or latest" >&2; exit 2 ;;
+esac
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+. "$VENV/bin/activate"
 python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 if ! python -c "import torch" >/dev/null 2>&1; then
     python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 fi
-python -m pip install -q -e ".[vendor,dev]"
+if [ "$DEPS" = tested ]; then
+    python -m pip install -q -c constraints/tested.txt -e ".[vendor,dev]"
+else
+    # Newest everything, except the installed torch (an eager upgrade would replace a CUDA build).
+    keep_torch="$(mktemp)"
+    trap 'rm -f "$keep_torch"' EXIT
+    python -c "from importlib.metadata import version; print('torch==' + version('torch'))" >"$keep_torch"
+    python -m pip install -q --upgrade --upgrade-strategy eager -c "$keep_torch" -e ".[vendor,dev]"
+fi
+# Which set this venv holds: tests/test_tested_deps.py skips its version check in a "latest" venv.
+echo "$DEPS" >"$VENV/dsocr-deps"

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Drift job: verifies the embedded page set with the tested dependency set and with the newest releases,
+# then diffs the two runs, so a library upgrade that changes what the model executes shows up as
+# "transformers X -> Y: stage S changed by N FLOPs (ops ...)" and one that changes nothing as "no change".
+#
+#   bash scripts/drift.sh                          # candidate = the newest releases
+#   bash scripts/drift.sh transformers==5.24.0     # candidate = the newest, with these pins on top
+#
+# Both venvs keep (or get) the same torch: the local CPU build unless one is installed already.
+# Env: DSOCR_TESTED_VENV (.venv), DSOCR_LATEST_VENV (.venv-latest), DSOCR_DRIFT_DIR (runs/drift/<UTC time>).
+# Exit: 0 both gates pass and no gated metric differs; 1 a gate failed or something differs; 2 bad setup.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TESTED=${DSOCR_TESTED_VENV:-.venv}
+LATEST=${DSOCR_LATEST_VENV:-.venv-latest}
+OUT=${DSOCR_DRIFT_DIR:-runs/drift/$(date -u +%Y%m%d-%H%M%S)}
+if [ -e "$OUT" ]; then
+    echo "drift.sh: $OUT already exists: remove it or set DSOCR_DRIFT_DIR to a new folder" >&2
+    exit 2
+fi
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # both venvs run this checkout's code
+export DSOCR_CACHE_DIR="${DSOCR_CACHE_DIR:-$PWD/.cache}"  # rendered pages only: every gate runs --no-cache
+
+setup() {  # setup VENV LOG [DEPS]: quiet unless it fails
+    if ! DSOCR_VENV="$1" DSOCR_DEPS="${3:-tested}" bash scripts/setup.sh >"$2" 2>&1; then
+        tail -n 20 "$2" >&2
+        echo "drift.sh: setting up $1 failed (log: $2): fix the install, then run again" >&2
+        exit 2
+    fi
+}
+echo "== setting up the tested set in $TESTED"
+setup "$TESTED" "$OUT/setup-tested.log"
+"$TESTED/bin/python" -m verify.depset check | tail -n 1
+echo "== setting up the candidate in $LATEST: the newest releases${*:+, then $*}"
+setup "$LATEST" "$OUT/setup-candidate.log" latest
+if [ $# -gt 0 ]; then
+    keep_torch="$OUT/keep-torch.txt"
+    "$LATEST/bin/python" -c "from importlib.metadata import version; print('torch==' + version('torch'))" >"$keep_torch"
+    if ! "$LATEST/bin/python" -m pip install -q -c "$keep_torch" "$@" >>"$OUT/setup-candidate.log" 2>&1; then
+        tail -n 20 "$OUT/setup-candidate.log" >&2
+        echo "drift.sh: pip cannot install $* next to the installed torch: pick other versions" >&2
+        exit 2
+    fi
+fi
+
+versions() {
+    "$1/bin/python" -c "from importlib.metadata import version as v; \
+print(', '.join(f'{p} {v(p)}' for p in ('transformers', 'torch', 'tokenizers', 'huggingface-hub')))"
+}
+
+status=0
+declare -A GATE
+gate() {  # gate VENV NAME: vision-only on every embedded page, end to end on two pages
+    local venv=$1 name=$2 rc
+    for kind in vision e2e; do
+        local cmd=(run_verify_end2end_vision)
+        [ "$kind" = e2e ] && cmd=(run_verify_end2end --limit 2 --decode-tokens 4)
+        rc=0
+        "$venv/bin/${cmd[0]}" "${cmd[@]:1}" --quiet --no-cache --output-dir "$OUT/$name/$kind" \
+            >"$OUT/$name-$kind.log" 2>&1 || rc=$?
+        GATE[$name-$kind]="$(tail -n 1 "$OUT/$name-$kind.log") (exit $rc)"
+        [ "$rc" -eq 0 ] || status=1
+    done
+}
+echo "== gates (logs in $OUT)"
+gate "$TESTED" tested
+gate "$LATEST" candidate
+
+declare -A DIFF
+for kind in vision e2e; do
+    rc=0
+    DIFF[$kind]="$("$TESTED/bin/dsocr-diff" "$OUT/tested/$kind" "$OUT/candidate/$kind" --quiet --out "$OUT/diff-$kind" 2>&1)" \
+        || rc=$?
+    [ "$rc" -eq 0 ] || status=1
+done
+
+echo
+echo "== drift report"
+echo "tested: $(versions "$TESTED")"
+echo "candidate: $(versions "$LATEST")"
+for name in tested candidate; do
+    echo "gate $name vision: ${GATE[$name-vision]}"
+    echo "gate $name e2e (2 pages, 4 decode tokens): ${GATE[$name-e2e]}"
+done
+echo "diff vision (tested -> candidate): ${DIFF[vision]}"
+echo "diff e2e (tested -> candidate): ${DIFF[e2e]}"
+echo "reports: $OUT (diff-vision/diff.md, diff-e2e/diff.md)"
+if [ "$status" -eq 0 ]; then
+    echo "verdict: no drift: the candidate executes the same counted work and passes the gate"
+else
+    echo "verdict: DRIFT or a failing gate: read the diffs above before bumping constraints/tested.txt"
+fi
+exit "$status"

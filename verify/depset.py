@@ -1,0 +1,176 @@
+"""The tested dependency set: read it, check an install against it, regenerate it.
+
+`constraints/tested.txt` pins every package the project pulls in (its dependency closure,
+read from the installed metadata) except torch and what only torch pulls in, so a user's
+own CUDA build of torch survives `pip install -c constraints/tested.txt`.
+
+    python -m verify.depset check    # installed versions vs the tested set, exit 1 on a mismatch
+    python -m verify.depset freeze   # print a new tested set from this environment
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTED_FILE = ROOT / "constraints" / "tested.txt"
+EXTRAS = ("vendor", "dev")
+KEPT_AS_INSTALLED = ("torch",)  # never pinned: a CUDA build must not be replaced
+CORE = (
+    "transformers",
+    "tokenizers",
+    "huggingface-hub",
+    "safetensors",
+    "hydra-core",
+    "omegaconf",
+    "pandas",
+    "rich",
+    "pillow",
+    "fvcore",
+)
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)\s*$")
+HEADER = """\
+# The tested dependency set: the exact library versions dsocr-flopcheck was last verified with.
+# scripts/setup.sh installs with `pip install -c constraints/tested.txt -e ".[vendor,dev]"`.
+#
+# torch is deliberately absent, and so are the packages only torch pulls in (sympy, mpmath,
+# networkx, jinja2, markupsafe): a user's own CUDA build of torch is kept as installed.
+# The versions the gate ran with are in every report (environment.torch).
+#
+# Update deliberately, never by hand-editing one line: run the drift job
+# (`bash scripts/drift.sh`), read its diff, fix the analytic profile if the library really
+# changed the computation, then regenerate this file from the verified environment
+# (README, "Upgrading the tested set"). tests/test_tested_deps.py checks an install against it.
+"""
+
+
+class DepsetError(ValueError):
+    """The tested-set file or the project metadata cannot be read; the message names the fix."""
+
+
+def normalize(name: str) -> str:
+    """PEP 503 name: 'huggingface_hub' and 'Huggingface-Hub' are one package."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def read_pins(path: Path = TESTED_FILE) -> dict[str, str]:
+    """{normalized name: version}; every non-comment line must be an exact `name==version` pin."""
+    if not path.is_file():
+        raise DepsetError(f"{path} not found: run from a checkout of dsocr-flopcheck")
+    pins: dict[str, str] = {}
+    for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = _PIN.match(line)
+        if not m:
+            raise DepsetError(f"{path}:{n}: {line!r} is not an exact pin: write name==version")
+        pins[normalize(m.group(1))] = m.group(2)
+    return pins
+
+
+def project_requirements(root: Path = ROOT, extras: tuple[str, ...] = EXTRAS) -> list[str]:
+    """The project's own requirement strings (base dependencies plus the named extras) from pyproject.toml."""
+    try:
+        project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError) as exc:
+        raise DepsetError(f"cannot read {root / 'pyproject.toml'} ({exc}): run from a checkout") from exc
+    reqs = list(project.get("dependencies", []))
+    for extra in extras:
+        reqs += project.get("optional-dependencies", {}).get(extra, [])
+    return reqs
+
+
+def closure(requirements: list[str], stop: tuple[str, ...] = KEPT_AS_INSTALLED) -> dict[str, str | None]:
+    """{name: installed version or None} of everything `requirements` pull in, not descending into `stop`."""
+    from packaging.requirements import Requirement  # a transformers dependency; only needed here
+
+    found: dict[str, str | None] = {}
+    todo = [Requirement(r) for r in requirements]
+    while todo:
+        req = todo.pop()
+        name = normalize(req.name)
+        if name in found:
+            continue
+        try:
+            dist = metadata.distribution(req.name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+            continue
+        found[name] = dist.version
+        if name in stop:
+            continue
+        extras = set(req.extras) | {""}
+        for spec in dist.requires or []:
+            sub = Requirement(spec)
+            if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in extras):
+                todo.append(sub)
+    return found
+
+
+def mismatches(pins: dict[str, str], required: tuple[str, ...] = CORE) -> list[str]:
+    """One line per pinned package whose installed version differs (or a core package that is missing)."""
+    out = []
+    for name, want in sorted(pins.items()):
+        try:
+            have = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            if name in required:
+                out.append(f"{name}: tested {want}, not installed")
+            continue
+        if have != want:
+            out.append(f"{name}: tested {want}, installed {have}")
+    return out
+
+
+def unpinned(pins: dict[str, str], root: Path = ROOT) -> list[str]:
+    """Installed packages the project pulls in that the tested set does not pin (torch excepted)."""
+    deps = closure(project_requirements(root))
+    return sorted(n for n, v in deps.items() if v is not None and n not in pins and n not in KEPT_AS_INSTALLED)
+
+
+def freeze(root: Path = ROOT) -> str:
+    """A new tested-set file from this environment: the closure minus torch's own subtree."""
+    deps = closure(project_requirements(root))
+    missing = sorted(n for n, v in deps.items() if v is None)
+    if missing:
+        raise DepsetError(f"not installed: {', '.join(missing)}: run scripts/setup.sh in this environment first")
+    torch_version = deps.get("torch")
+    lines = [HEADER.rstrip("\n")]
+    if torch_version:
+        lines.append(f"# Tested with: torch {torch_version}, Python {sys.version_info.major}.{sys.version_info.minor}.")
+    lines += [f"{n}=={v}" for n, v in sorted(deps.items()) if n not in KEPT_AS_INSTALLED]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m verify.depset", description=__doc__.splitlines()[0])
+    p.add_argument("action", choices=("check", "freeze"))
+    p.add_argument("--constraints", type=Path, default=TESTED_FILE, help="the tested-set file (check)")
+    args = p.parse_args(argv)
+    try:
+        if args.action == "freeze":
+            sys.stdout.write(freeze())
+            return 0
+        pins = read_pins(args.constraints)
+        bad = mismatches(pins) + [f"{n}: installed, not in the tested set" for n in unpinned(pins)]
+    except DepsetError as exc:
+        print(f"depset: error: {exc}", file=sys.stderr)
+        return 2
+    for line in bad:
+        print(line)
+    print(
+        f"tested set: {len(bad)} difference(s) from {args.constraints}"
+        if bad
+        else f"tested set: all {len(pins)} pins match"
+    )
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

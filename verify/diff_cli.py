@@ -1,0 +1,81 @@
+"""`dsocr-diff A B`: what changed between two runs or two traces (library versions, device, dtype, backend).
+
+Exit codes: 0 no gated metric differs; 1 a gated metric differs, a page has no counterpart or no trace, or the
+counter's coverage changed; 2 bad input or usage (one line naming the fix, nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+
+from verify.diff import diff_sides
+from verify.diff_load import DiffInputError, load_side
+
+EXIT_SAME, EXIT_DIFFERENT, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="dsocr-diff",
+        description="Compare two runs (run folder or report.json) or two vendor traces (dsocr-measure --json): "
+        "per page x stage x part x metric, the aten ops that appeared, disappeared or changed, and the environment.",
+        epilog="Exit codes: 0 no gated metric differs, 1 something differs, 2 bad input/usage.",
+    )
+    p.add_argument("a", metavar="A", help="the reference: run folder, report.json or trace JSON")
+    p.add_argument("b", metavar="B", help="the candidate, same kinds as A")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print the JSON document instead of tables")
+    fmt.add_argument("--markdown", action="store_true", help="print the markdown report instead of tables")
+    fmt.add_argument("--quiet", action="store_true", help="print only the verdict line")
+    p.add_argument("--out", type=Path, metavar="DIR", help="also write DIR/diff.md and DIR/diff.json (atomically)")
+    p.add_argument("--max-rows", type=int, default=30, metavar="N", help="rows per console table (default 30)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    err = Console(stderr=True, soft_wrap=True)
+    if args.max_rows < 1:
+        err.print(f"dsocr-diff: error: --max-rows {args.max_rows}: give a positive number", highlight=False)
+        return EXIT_USAGE
+    try:
+        d = diff_sides(load_side(args.a, "A"), load_side(args.b, "B"))
+    except DiffInputError as exc:
+        err.print(f"dsocr-diff: error: {escape(str(exc))}", highlight=False)
+        return EXIT_USAGE
+    from reports.diff import diff_document, print_diff, render_markdown, write_diff
+    from reports.diff_summary import headline, verdict_word
+
+    if args.out is not None:
+        try:
+            write_diff(d, args.out)
+        except OSError as exc:
+            err.print(f"dsocr-diff: error: cannot write {args.out} ({exc.strerror or exc}): pick a writable --out")
+            return EXIT_USAGE
+    if args.json:
+        import json
+
+        print(json.dumps(diff_document(d), indent=1, allow_nan=False))
+    elif args.markdown:
+        print(render_markdown(d), end="")
+    elif args.quiet:
+        print(f"{verdict_word(d)}: {headline(d)}")
+    else:
+        print_diff(d, Console(soft_wrap=True), max_rows=args.max_rows)
+        if args.out is not None:
+            Console().print(f"[dim]diff: {escape(str(args.out))}[/]", highlight=False)
+    return d.exit_code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
