@@ -1,4 +1,4 @@
-"""Report writers: markdown, CSV, JSON (written atomically) and the console summary."""
+"""Report writers: markdown, CSV, JSON, HTML (written atomically) and the console summary."""
 
 from reports.writer import REPORT_FILES, ReportExistsError, write_reports
 

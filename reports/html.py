@@ -48,6 +48,9 @@ _RC = {
 }
 _SVG_PROLOGUE = re.compile(r"\A.*?(?=<svg\b)", re.S)
 _SVG_METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.S)
+_SVG_ID = re.compile(r' id="([^"]+)"')
+_SVG_REF = re.compile(r'(?:url\(#|href="#)([^)"]+)')
+_SVG_REF_SUB = re.compile(r'(url\(#|href="#)([^)"]+)')
 
 _CSS = """
 :root{--pass:#1e7b34;--fail:#c0392b;--warn:#9a6700;--line:#d8dde3;--muted:#5f6b76}
@@ -62,9 +65,10 @@ border-color:var(--fail)}.verdict.ERROR{background:#fff5d6;border-color:var(--wa
 .verdict p{margin:4px 0}.counts span{margin-right:18px;white-space:nowrap}
 .note{background:#f3f0ff;border-left:4px solid #6f42c1;padding:8px 12px;margin:12px 0}
 .meta{color:var(--muted)}
-table{border-collapse:collapse;margin:8px 0 4px;font-size:13px}
+.scroll{overflow-x:auto;max-width:100%}table{border-collapse:collapse;margin:8px 0 4px;font-size:12.5px}
+td:first-child{white-space:nowrap}
 th,td{border:1px solid var(--line);padding:3px 8px;text-align:left;vertical-align:top}
-th{background:#f3f5f7;white-space:nowrap}tr:nth-child(even) td{background:#fafbfc}
+th{background:#f3f5f7;vertical-align:bottom}tr:nth-child(even) td{background:#fafbfc}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr.fail td{background:#fdecea}td.fail{color:var(--fail);font-weight:600}td.pass{color:var(--pass)}
 td.notrun{color:var(--muted);font-style:italic}
@@ -136,7 +140,7 @@ def _rel(value: Any) -> str:
 
 def _table(head: Iterable[str], rows: Iterable[Iterable[Any]], row_classes: Iterable[str] | None = None) -> str:
     """Cells are escaped here; a cell given as ('num', text) or ('fail', text) gets that class."""
-    out = ["<table><thead><tr>", *(f"<th>{_e(h)}</th>" for h in head), "</tr></thead><tbody>"]
+    out = ['<div class="scroll"><table><thead><tr>', *(f"<th>{_e(h)}</th>" for h in head), "</tr></thead><tbody>"]
     classes = iter(row_classes or ())
     for row in rows:
         cls = next(classes, "")
@@ -145,7 +149,7 @@ def _table(head: Iterable[str], rows: Iterable[Iterable[Any]], row_classes: Iter
             kind, text = cell if isinstance(cell, tuple) else ("", cell)
             out.append(f'<td class="{kind}">{_e(text)}</td>' if kind else f"<td>{_e(text)}</td>")
         out.append("</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     return "".join(out)
 
 
@@ -213,8 +217,8 @@ def _errors(run: RunResult) -> list[str]:
         f"<td><pre>{html.escape(safe_text(p.error or ''))}</pre></td></tr>"
         for p in errs
     )
-    head = "<table><thead><tr><th>page</th><th>kind</th><th>error</th></tr></thead><tbody>"
-    return ["<h2>Pages that could not be verified</h2>", head + body + "</tbody></table>"]
+    head = '<div class="scroll"><table><thead><tr><th>page</th><th>kind</th><th>error</th></tr></thead><tbody>'
+    return ["<h2>Pages that could not be verified</h2>", head + body + "</tbody></table></div>"]
 
 
 def _stage_table(summary: pd.DataFrame) -> list[str]:
@@ -257,8 +261,9 @@ def _stage_table(summary: pd.DataFrame) -> list[str]:
 def _pages(run: RunResult, df: pd.DataFrame) -> list[str]:
     worst = page_worst(df)
     flops = _page_flops(df)
+    skipped = _not_run(df)
     head = ["page", "status", "source", "size", "mode", "grid", "image tokens", "prefill len"]
-    head += ["vendor tensor FLOPs", "analytic tensor FLOPs", "worst rel delta", "cache"]
+    head += ["vendor FLOPs", "analytic FLOPs", "worst rel delta", "not run", "cache"]
     ordered = sorted(run.pages, key=lambda p: (p.passed, p.page.page_id))  # failures first
     rows, classes = [], []
     for p in ordered:
@@ -284,11 +289,21 @@ def _pages(run: RunResult, df: pd.DataFrame) -> list[str]:
                 ),
                 ("num", "-" if totals is None else format_metric(CHART_METRIC, totals.analytic)),
                 ("num", _rel(worst.get(p.page.page_id))),
+                ("notrun", skipped.get(p.page.page_id, "")),
                 "hit" if p.cache_hit else "miss",
             ]
         )
         classes.append("" if p.passed else "fail")
-    return ["<h2>Pages</h2>", _table(head, rows, classes)]
+    note = f"<p>FLOPs: {_e(_metric_name(CHART_METRIC))} over every stage; failing pages first.</p>"
+    return ["<h2>Pages</h2>", note, _table(head, rows, classes)]
+
+
+def _not_run(df: pd.DataFrame) -> dict[str, str]:
+    """page_id -> the branches its workload does not have, e.g. 'crops' for a page without crops."""
+    if df.empty:
+        return {}
+    rows = df[df.status == "not run"]
+    return {pid: ", ".join(dict.fromkeys(g.part)) for pid, g in rows.groupby("page_id", sort=False)}
 
 
 def _environment(run: RunResult) -> list[str]:
@@ -386,7 +401,14 @@ def _svg(fig, index: int, label: str) -> str:
     with mpl.rc_context({**_RC, "svg.hashsalt": f"dsocr-chart-{index}"}):
         fig.savefig(buf, format="svg", metadata=meta)
     svg = _SVG_METADATA.sub("", _SVG_PROLOGUE.sub("", buf.getvalue(), count=1))
-    return svg.replace("<svg ", f'<svg role="img" aria-label="{_e(label)}" ', 1)
+    return _scope_ids(svg, f"c{index}-").replace("<svg ", f'<svg role="img" aria-label="{_e(label)}" ', 1)
+
+
+def _scope_ids(svg: str, prefix: str) -> str:
+    """Ids unique in the page: drop the ones nothing references (matplotlib names every group), prefix the rest."""
+    used = set(_SVG_REF.findall(svg))
+    svg = _SVG_ID.sub(lambda m: f' id="{prefix}{m[1]}"' if m[1] in used else "", svg)
+    return _SVG_REF_SUB.sub(lambda m: f"{m[1]}{prefix}{m[2]}", svg)
 
 
 def _stage_chart(summary: pd.DataFrame, n_pages: int):
@@ -484,7 +506,8 @@ def _page_chart(run: RunResult, df: pd.DataFrame):
     per_page = per_page.assign(grid=[_grid(r) for r in per_page[["w_crop", "h_crop", "n_crops"]].to_dict("records")])
     modes = sorted(m for m in per_page["mode"].dropna().unique() if m)
     with mpl.rc_context(_RC):
-        fig = _figure(11, 5.2)
+        width, height = 11, 5.2
+        fig = _figure(width, height)
         ax = fig.subplots()
         x = per_page.n_image_tokens.astype(float)
         measured = per_page.vendor.notna()
@@ -511,13 +534,13 @@ def _page_chart(run: RunResult, df: pd.DataFrame):
                 label="page outside tolerance",
                 zorder=5,
             )
-        _label_points(ax, per_page, len(modes) > 1)
         ax.set_xlabel("image tokens")
         ax.set_ylabel(f"{_metric_name(CHART_METRIC)} per page")
         ax.yaxis.set_major_formatter(_axis_formatter(CHART_METRIC))
         ax.set_ylim(bottom=0, top=per_page[["vendor", "analytic"]].max().max() * 1.15)
         span = max(x.max() - x.min(), 1.0)
         ax.set_xlim(max(0.0, x.min() - 0.08 * span), x.max() + 0.12 * span)
+        _label_points(ax, per_page, len(modes) > 1, (width * 72 - 90, height * 72 - 70))
         mode_text = ", ".join(modes) or "-"
         ax.set_title(f"{_metric_name(CHART_METRIC)} by page (mode {mode_text}), labelled with the crop grid")
         ax.grid(color="#e6e6e6", linewidth=0.6)
@@ -526,38 +549,48 @@ def _page_chart(run: RunResult, df: pd.DataFrame):
     skipped = len(run.pages) - len(per_page)
     caption = f"One point per page: all stages summed ({len(per_page)} pages"
     caption += f"; {skipped} pages without results not shown)." if skipped else ")."
-    caption += " Pages with the same image tokens and grid share a label (×n)."
+    caption += " Pages with the same image tokens and grid share one label."
     return fig, "FLOPs by page against image tokens", caption
 
 
-def _label_points(ax, per_page: pd.DataFrame, with_mode: bool) -> None:
-    """One label per distinct (image tokens, grid): 'grid' or 'grid ×n', nudged so neighbours do not overlap."""
+def _label_points(ax, per_page: pd.DataFrame, with_mode: bool, size_pt: tuple[float, float]) -> None:
+    """One label per distinct (image tokens, grid, mode): 'grid' or 'grid (n pages)'.
+
+    Each goes to the first side of its point (right, left, above, below, then diagonals) where it covers no
+    marker and no other label, estimated in points from the axes' limits and approximate size `size_pt`."""
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    w_pt, h_pt = size_pt
+
+    def to_pt(x: float, y: float) -> tuple[float, float]:
+        return (x - x0) / (x1 - x0) * w_pt, (y - y0) / (y1 - y0) * h_pt
+
+    marks = [to_pt(x, y) for x, y in zip(per_page.n_image_tokens, per_page.analytic, strict=True)]
+    taken = [(px - 6, py - 6, px + 6, py + 6) for px, py in marks]
+    sides = [(7, 0, "left"), (-7, 0, "right"), (0, 12, "center"), (0, -13, "center")]
+    sides += [(7, 13, "left"), (7, -14, "left"), (-7, 13, "right"), (-7, -14, "right")]
     groups = per_page.groupby(["n_image_tokens", "grid", "mode"], sort=True, dropna=False)
-    x_span = max(float(per_page.n_image_tokens.max() - per_page.n_image_tokens.min()), 1.0)
-    y_span = max(float(per_page.analytic.max()), 1.0)
-    placed: list[tuple[float, float]] = []
-    offsets = [(7, 6), (7, -14), (7, 18), (7, -26), (-7, 6), (-7, -14), (7, 30), (7, -38)]
     for (tokens, grid, mode), g in groups:
         y = float(g.analytic.max())
         text = f"{mode} {grid}" if with_mode and mode else str(grid)
-        if len(g) > 1:
-            text += f" ×{len(g)}"
-        fx, fy = float(tokens) / x_span, y / y_span
-        for dx, dy in offsets:
-            spot = (fx + dx / 900, fy + dy / 330)
-            if all(abs(spot[0] - px) > 0.06 or abs(spot[1] - py) > 0.045 for px, py in placed):
+        text += f" ({len(g)} pages)" if len(g) > 1 else ""
+        px, py = to_pt(float(tokens), y)
+        width = 5.0 * len(text)
+        for dx, dy, ha in sides:
+            left = {"left": px + dx, "right": px + dx - width, "center": px - width / 2}[ha]
+            box = (left, py + dy - 5, left + width, py + dy + 5)
+            inside = box[0] >= 0 and box[2] <= w_pt and box[1] >= 0 and box[3] <= h_pt
+            if inside and not any(_overlap(box, other) for other in taken):
                 break
-        placed.append(spot)
-        ax.annotate(
-            text,
-            (float(tokens), y),
-            xytext=(dx, dy),
-            textcoords="offset points",
-            fontsize=8,
-            ha="left" if dx > 0 else "right",
-            va="center",
-            color="#333333",
-        )
+        else:
+            dx, dy, ha = sides[0]
+            box = (px + dx, py - 5, px + dx + width, py + 5)
+        taken.append(box)
+        ax.annotate(text, (float(tokens), y), xytext=(dx, dy), textcoords="offset points", fontsize=8, ha=ha,
+                    va="center", color="#333333")  # fmt: skip
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def _axis_formatter(metric: str):

@@ -15,12 +15,13 @@ import tempfile
 from pathlib import Path
 
 from reports.document import run_document
+from reports.html import render_html
 from reports.markdown import render_markdown
 from reports.model import RunResult
 from reports.safe import safe_tree
 from reports.tables import write_csv
 
-REPORT_FILES = {"markdown": "report.md", "csv": "report.csv", "json": "report.json"}
+REPORT_FILES = {"markdown": "report.md", "csv": "report.csv", "json": "report.json", "html": "report.html"}
 
 
 class ReportExistsError(FileExistsError):
@@ -28,7 +29,7 @@ class ReportExistsError(FileExistsError):
 
 
 def write_reports(run: RunResult, run_dir: Path) -> dict[str, Path]:
-    """report.md, report.csv and report.json in `run_dir` (which must not exist); returns their paths."""
+    """report.md, report.csv, report.json and report.html in `run_dir` (which must not exist); returns their paths."""
     run_dir = Path(run_dir)
     run = safe_tree(run)  # a file name that is not UTF-8 must not cost the run its reports
     _refuse_existing(run_dir)
@@ -39,6 +40,7 @@ def write_reports(run: RunResult, run_dir: Path) -> dict[str, Path]:
         write_csv(run, staging / REPORT_FILES["csv"])
         text = json.dumps(run_document(run), indent=1, allow_nan=False)
         (staging / REPORT_FILES["json"]).write_text(text + "\n", encoding="utf-8")
+        (staging / REPORT_FILES["html"]).write_text(render_html(run), encoding="utf-8")
         _refuse_existing(run_dir)  # POSIX rename would silently replace an empty directory
         _rename(staging, run_dir)
     except BaseException:

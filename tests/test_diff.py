@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 from analytic.workload import VisionWorkload
-from reports.diff_summary import headline
+from drift.cli import main
+from drift.compare import diff_sides, pairing_signature
+from drift.load import DiffInputError, load_side
+from drift.summary import headline
 from vendor_shim.trace import SCHEMA, SCHEMA_VERSION, empty_stages, validate_trace_dict
-from verify.diff import diff_sides, pairing_signature
-from verify.diff_cli import main
-from verify.diff_load import DiffInputError, load_side
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {"python": "3.11.7", "torch": "2.13.0+cpu", "transformers": "5.23.0", "device": "cpu", "dtype": "float32"}

@@ -17,7 +17,7 @@ import math
 import pytest
 
 from analytic.workload import VisionWorkload
-from verify.diff_cli import main
+from drift.cli import main
 
 pytest.importorskip("transformers.models.unlimited_ocr")
 

@@ -43,7 +43,7 @@ def test_cli_vision_only_meta_json_validates():
 @pytest.mark.parametrize(
     "argv, needle",
     [
-        (["--mode", "bogus", "--width", "10", "--height", "10"], "unknown mode"),
+        (["--mode", "bogus", "--width", "10", "--height", "10"], "invalid choice: 'bogus'"),
         (["--width", "0", "--height", "10"], "not positive"),
         (["--width", "1654", "--height", "2339", "--device", "meta"], "--vision-only"),
         (["--mode", "gundam"], "page size missing"),

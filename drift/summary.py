@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from verify.diff import KNOBS, TraceDiff
+from drift.compare import KNOBS, TraceDiff
 
 HEADLINE_ITEMS = 5
 HEADLINE_OPS = 3

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from analytic.schema import METRICS, STAGES, stage_parts
-from verify.diff_load import Sample, Side
+from drift.load import Sample, Side
 
 PAIR_KEYS = (
     "base_size",

@@ -13,11 +13,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from reports.diff_summary import headline, leaf_changes, verdict_word
+from drift.compare import TraceDiff, format_shapes
+from drift.load import Side
+from drift.summary import headline, leaf_changes, verdict_word
 from reports.document import jsonable
 from reports.format import format_rel
-from verify.diff import TraceDiff, format_shapes
-from verify.diff_load import Side
 
 DIFF_FORMAT = "dsocr-flopcheck/diff"
 DIFF_FORMAT_VERSION = 1

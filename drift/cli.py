@@ -13,8 +13,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from verify.diff import diff_sides
-from verify.diff_load import DiffInputError, load_side
+from drift.compare import diff_sides
+from drift.load import DiffInputError, load_side
 
 EXIT_SAME, EXIT_DIFFERENT, EXIT_USAGE = 0, 1, 2
 
@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     except DiffInputError as exc:
         err.print(f"dsocr-diff: error: {escape(str(exc))}", highlight=False)
         return EXIT_USAGE
-    from reports.diff import diff_document, print_diff, render_markdown, write_diff
-    from reports.diff_summary import headline, verdict_word
+    from drift.render import diff_document, print_diff, render_markdown, write_diff
+    from drift.summary import headline, verdict_word
 
     if args.out is not None:
         try:

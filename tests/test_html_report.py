@@ -1,0 +1,216 @@
+"""report.html: self-contained, verdict first, charts inline as SVG, text escaped, and it renders in a real browser."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from analytic.schema import leaf_paths
+from reports import REPORT_FILES, write_reports
+from reports import writer as writer_mod
+from reports.html import render_html
+from reports.model import ComparisonRow, PageResult, PageSpec, RunResult
+
+HOSTILE = "<script>alert(1)</script>"
+ODD = "scan-\udcff $1$ & \x07"  # a file name that is not UTF-8, a '$' (no TeX), an ampersand, a control character
+N_CHARTS = 3
+SIZE_BOUND = 400_000  # bytes, for 16 pages
+CHART_COLORS = {"vendor": (0x00, 0x72, 0xB2), "analytic": (0xE6, 0x9F, 0x00)}
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+# per (stage, part): tensor FLOPs of a 2x3 gundam page; crops are 0 on a page without crops
+_FLOPS = {
+    ("sam", "global"): 9.77e11,
+    ("sam", "crops"): 1.95e12,
+    ("clip", "global"): 1.62e11,
+    ("clip", "crops"): 2.48e11,
+    ("projector", "global"): 1.34e9,
+    ("projector", "crops"): 2.1e9,
+    ("prefill", "decoder"): 6.1e11,
+    ("prefill", "lm_head"): 3.3e8,
+    ("decode", "decoder"): 1.7e9,
+    ("decode", "lm_head"): 6.6e8,
+}
+
+
+def _rows(page_id: str, crops: bool, off: float = 0.0) -> list[ComparisonRow]:
+    """Gated tensor FLOPs for every leaf (analytic off by `off` on clip/global), one reported-only metric."""
+    rows = []
+    for stage, part in leaf_paths():
+        vendor = (
+            _FLOPS[(stage, part)] * (2 if stage in ("prefill", "decode") else 1) if crops or part != "crops" else 0.0
+        )
+        analytic = vendor * (1 + off) if (stage, part) == ("clip", "global") else vendor
+        rel = abs(analytic - vendor) / vendor if vendor else 0.0
+        ok = rel <= 0.01
+        gap = None if ok else "mm"
+        rows.append(
+            ComparisonRow(page_id, stage, part, "tensor_flops", vendor, analytic, analytic - vendor, rel, 0.01, ok, gap)
+        )
+        rows.append(ComparisonRow(page_id, stage, part, "io_bytes", None, 1e6, None, None, None, None))
+    return rows
+
+
+def _page(page_id: str, crops: bool = True, off: float = 0.0, grid: tuple[int, int] = (2, 3)) -> PageResult:
+    spec = PageSpec(page_id, 1654, 2339, "embedded", synthetic=True, attributes={"data_source": "book"})
+    n = grid[0] * grid[1] if crops else 0
+    tokens = 273 + ((10 * grid[0] + 1) * 10 * grid[1] if crops else 0)
+    workload = {"mode": "gundam", "w_crop": grid[0], "h_crop": grid[1], "n_crops": n, "n_image_tokens": tokens}
+    workload["prefill_len"] = tokens + 13
+    return PageResult(page=spec, workload=workload, rows=_rows(page_id, crops, off))
+
+
+def _run(pages: list[PageResult]) -> RunResult:
+    env = {
+        "torch": "2.13.0",
+        "cpu": {"model": "Test CPU 9000", "capability": "AVX2", "cores": 2, "torch_threads": 2},
+        "dtype_choice": {"requested": "auto", "dtype": "float32", "reason": "no native bf16 on AVX2"},
+        "library_versions": {"torch": "2.13.0", "transformers": "5.0"},
+    }
+    config = {"mode": "gundam", "output_dir": "/tmp/<b>out</b>"}
+    return RunResult("r1", "run_verify_end2end", config, env, pages, "2026-01-01T00:00", "2026-01-01T00:01", 60.0)
+
+
+def _sixteen() -> RunResult:
+    grids = [(2, 3), (3, 2), (1, 2), (2, 2), (3, 3), (2, 4), (4, 2), (1, 3)]
+    pages = [_page(f"page-{i:02d}", grid=grids[i % len(grids)]) for i in range(13)]
+    pages.append(_page(HOSTILE, crops=False))
+    pages.append(_page(ODD, off=0.05))  # outside tolerance: a failing row
+    pages.append(
+        PageResult(page=PageSpec("broken", 0, 0, "embedded", synthetic=True), error="x\ny", error_kind="input")
+    )
+    return _run(pages)
+
+
+@pytest.fixture(scope="module")
+def report() -> str:
+    return render_html(_sixteen())
+
+
+def _svgs(text: str) -> list[str]:
+    return re.findall(r"<svg\b.*?</svg>", text, re.S)
+
+
+def test_self_contained(report):
+    assert report.startswith("<!DOCTYPE html>")
+    # nothing is fetched: no remote src/href/url(), no script, no stylesheet link, no web font
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", report, re.I)
+    assert not re.search(r"url\(\s*['\"]?\s*(?:https?:)?//|@import|<link\b|<script\b|<iframe\b", report, re.I)
+    # the only URLs left are the SVG namespace names, which browsers never fetch
+    assert set(re.findall(r"https?://[^\s\"'<>]+", report)) <= {
+        "http://www.w3.org/2000/svg",
+        "http://www.w3.org/1999/xlink",
+    }
+
+
+def test_charts_inline_svg_text_as_text(report):
+    svgs = _svgs(report)
+    assert len(svgs) == N_CHARTS
+    assert "<?xml" not in report and "<!DOCTYPE svg" not in report and "<metadata>" not in report
+    for svg in svgs:
+        assert 'role="img"' in svg and "<text" in svg  # svg.fonttype none: labels are text, not glyph paths
+    ids = re.findall(r'\bid="([^"]+)"', report)
+    assert len(ids) == len(set(ids)), "element ids repeat across the inline charts"
+    stage, pages, share = svgs
+    assert "vendor vs analytic" in stage and "2x3" in pages and "none" in pages and "Where the cost goes" in share
+    assert "mode gundam" in share
+
+
+def test_verdict_first_failures_worst_first(report):
+    body = report[report.index("<body>") :]
+    assert body.index("Verdict: FAIL") < body.index("<h2>Failures") < body.index("<svg") < body.index("<h2>Per stage")
+    failures = body[body.index("<h2>Failures") : body.index("</table>", body.index("<h2>Failures"))]
+    assert "clip" in failures and "5.00%" in failures and "page-00" not in failures
+    assert "Synthetic pages" in body
+    stages = body[body.index("<h2>Per stage") : body.index("<h2>Pages</h2>")]
+    assert "0 (exact)" in stages and "all equal" in stages  # exact ties are said so, not pinned on the first page
+
+
+def test_hostile_text_escaped(report):
+    assert HOSTILE not in report and "<script" not in report.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in report
+    assert "<b>out</b>" not in report  # config values are text too
+    assert "\udcff" not in report and "\x07" not in report
+    assert "scan-\\xff $1$ &amp;" in report  # shown, as escapes, in the tables and the charts
+    report.encode("utf-8")  # every character encodes
+
+
+def test_not_run_for_crops_of_a_page_without_crops(report):
+    pages_table = report[report.index("<h2>Pages</h2>") :]
+    row = next(r for r in pages_table.split("<tr") if "&lt;script&gt;" in r)
+    assert ">none<" in row and '<td class="notrun">crops</td>' in row
+    only = render_html(_run([_page("flat", crops=False)]))
+    stage_chart = _svgs(only)[0]
+    assert stage_chart.count(">not run<") >= 3  # sam, clip, projector crops: marked, not drawn as zero
+    table = only[only.index("<h2>Per stage") : only.index("<h2>Pages</h2>")]
+    crops = [r for r in table.split("<tr") if ">crops<" in r and "tensor_flops" in r]
+    assert len(crops) == 3 and all("not run" in r for r in crops)
+
+
+def test_environment_and_config(report):
+    env = report[report.index("<h2>Environment") :]
+    assert "Test CPU 9000" in env and "AVX2" in env and "no native bf16 on AVX2" in env and "transformers 5.0" in env
+    assert "&lt;b&gt;out&lt;/b&gt;" in env
+
+
+def test_size_bound(report):
+    assert len(report.encode("utf-8")) < SIZE_BOUND
+
+
+def test_written_with_the_other_reports_atomically(tmp_path, monkeypatch):
+    run = _run([_page("one")])
+    paths = write_reports(run, tmp_path / "run")
+    assert REPORT_FILES["html"] == "report.html" and paths["html"].read_text(encoding="utf-8").startswith("<!DOCTYPE")
+
+    def boom(_run):
+        raise RuntimeError("crash while charting")
+
+    monkeypatch.setattr(writer_mod, "render_html", boom)
+    with pytest.raises(RuntimeError, match="charting"):
+        write_reports(run, tmp_path / "run2")
+    assert sorted(os.listdir(tmp_path)) == ["run"]  # no half-written report next to it
+
+
+def _browser() -> str | None:
+    return next((path for name in BROWSERS if (path := shutil.which(name))), None)
+
+
+def _chromium(browser: str, tmp_path, *args: str) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"]
+    flags += ["--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    flags += ["--disable-dev-shm-usage", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}"]
+    return subprocess.run([browser, *flags, *args], capture_output=True, text=True, timeout=180, check=False)
+
+
+def test_renders_in_headless_chromium(tmp_path):
+    browser = _browser()
+    if browser is None:
+        pytest.skip(f"no headless browser on PATH (looked for {', '.join(BROWSERS)}): apt-get install chromium")
+    from PIL import Image
+
+    html_path = write_reports(_sixteen(), tmp_path / "run")["html"]
+    url = html_path.resolve().as_uri()
+
+    dom = _chromium(browser, tmp_path, "--dump-dom", url)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert len(_svgs(dom.stdout)) == N_CHARTS, "the charts are not in the rendered DOM"
+    assert "Verdict: FAIL" in dom.stdout and "<script" not in dom.stdout.lower()
+
+    shot = tmp_path / "shot.png"
+    out = _chromium(browser, tmp_path, f"--screenshot={shot}", "--window-size=1280,2400", url)
+    assert out.returncode == 0 and shot.is_file(), out.stderr[-2000:]
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1280, 2400)
+    charts = image.crop((0, 300, 1280, 2400))  # below the verdict: the charts start here
+    pixels = np.asarray(charts, dtype=np.int16).reshape(-1, 3)
+    non_white = int((pixels.min(axis=1) < 235).sum())
+    assert non_white > 0.05 * len(pixels), "the page rendered (nearly) blank"
+    assert len(np.unique(pixels, axis=0)) > 200, "too few colours for charts"
+    for name, rgb in CHART_COLORS.items():  # the bars and markers were painted, in the chart colours
+        near = int((np.abs(pixels - np.array(rgb)).max(axis=1) <= 12).sum())
+        assert near > 2000, f"hardly any {name}-coloured pixels ({near}): the SVG charts did not render"
