@@ -375,7 +375,7 @@ def _page_flops(df: pd.DataFrame) -> pd.DataFrame:
 def _charts(run: RunResult, df: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
     if df.empty:
         return ["<h2>Charts</h2>", "<p>No page was compared, so there is nothing to chart.</p>"]
-    figures = [_stage_chart(summary, len(run.pages)), _page_chart(run, df), _share_chart(run, df)]
+    figures = [_stage_chart(summary, df.page_id.nunique()), _page_chart(run, df), _share_chart(run, df)]
     out = ["<h2>Charts</h2>"]
     for i, made in enumerate(f for f in figures if f is not None):
         fig, label, caption = made
@@ -426,8 +426,8 @@ def _stage_chart(summary: pd.DataFrame, n_pages: int):
         for ax, metric in zip(axes, metrics, strict=True):
             _stage_axes(ax, gated[gated.metric == metric], metric, n_pages)
     caption = (
-        f"Totals over the pages on which each branch ran (of {n_pages}); vendor count (measured) beside the analytic "
-        "model, log scale. A branch that ran on no page is marked 'not run', not drawn as zero."
+        f"Totals over the pages on which each branch ran (of {n_pages} compared); vendor count (measured) beside the "
+        "analytic model, log scale. A branch that ran on no page is marked 'not run', not drawn as zero."
     )
     return fig, "Per stage and branch: vendor vs analytic", caption
 
@@ -541,14 +541,13 @@ def _page_chart(run: RunResult, df: pd.DataFrame):
         span = max(x.max() - x.min(), 1.0)
         ax.set_xlim(max(0.0, x.min() - 0.08 * span), x.max() + 0.12 * span)
         _label_points(ax, per_page, len(modes) > 1, (width * 72 - 90, height * 72 - 70))
-        mode_text = ", ".join(modes) or "-"
-        ax.set_title(f"{_metric_name(CHART_METRIC)} by page (mode {mode_text}), labelled with the crop grid")
+        ax.set_title(f"{_metric_name(CHART_METRIC)} by page ({_modes(modes)}), labelled with the crop grid")
         ax.grid(color="#e6e6e6", linewidth=0.6)
         ax.set_axisbelow(True)
-        ax.legend(loc="upper left", frameon=False)
+        fig.legend(loc="outside upper right", ncols=3, frameon=False, fontsize=8.5)
     skipped = len(run.pages) - len(per_page)
     caption = f"One point per page: all stages summed ({len(per_page)} pages"
-    caption += f"; {skipped} pages without results not shown)." if skipped else ")."
+    caption += f"; {skipped} without results not shown)." if skipped else ")."
     caption += " Pages with the same image tokens and grid share one label."
     return fig, "FLOPs by page against image tokens", caption
 
@@ -587,6 +586,11 @@ def _label_points(ax, per_page: pd.DataFrame, with_mode: bool, size_pt: tuple[fl
         taken.append(box)
         ax.annotate(text, (float(tokens), y), xytext=(dx, dy), textcoords="offset points", fontsize=8, ha=ha,
                     va="center", color="#333333")  # fmt: skip
+
+
+def _modes(modes: list[str]) -> str:
+    """'mode gundam' or 'modes base, gundam': the title says which mode(s) the chart covers."""
+    return f"mode{'s' if len(modes) > 1 else ''} {', '.join(_short(m, 20) for m in modes) or '-'}"
 
 
 def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
@@ -664,9 +668,9 @@ def _share_chart(run: RunResult, df: pd.DataFrame):
         ax.set_xticks([0, 25, 50, 75, 100], ["0%", "25%", "50%", "75%", "100%"])
         ax.set_xlabel(f"share of the analytic {_metric_name(CHART_METRIC)} (total at the right)")
         unit = "page" if by_page else "mode"
-        ax.set_title(f"Where the cost goes, per {unit} (mode {', '.join(modes) or '-'})")
+        ax.set_title(f"Where the cost goes, per {unit} ({_modes(modes)})")
         fig.legend(loc="outside upper right", ncols=len(stages), frameon=False, fontsize=8.5)
-    caption = "Share of total tensor FLOPs by stage (SAM, CLIP, projector, prefill, decode; branches summed), "
+    caption = f"Share of total {_metric_name(CHART_METRIC)} by stage ({', '.join(stages)}; branches summed), "
     caption += "from the analytic model, which covers every stage" + (
         "." if by_page else "; totals over each mode's pages."
     )

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pytest
 
+import reports
 from verify.vendor_measure import valid_cache_trace
 
 REPO = Path(__file__).resolve().parents[1]
-REPORT_FILES = {"report.md", "report.csv", "report.json"}
+REPORT_FILES = set(reports.REPORT_FILES.values())
 POLL_S = 0.0005
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+import reports
 import verify.runner
 from analytic.schema import OP_FAMILIES, STAGES, VISION_STAGES
 from verify.cli import main_end2end, main_vision
@@ -33,7 +34,7 @@ from verify.runner import VendorFailure
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "datasets" / "fixtures" / "tiny_remote_snapshot"
-REPORT_FILES = {"report.md", "report.csv", "report.json"}
+REPORT_FILES = set(reports.REPORT_FILES.values())
 N_METRICS = 6  # analytic.schema.METRICS
 
 

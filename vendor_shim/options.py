@@ -49,7 +49,8 @@ def snapshot_options_misused(args: argparse.Namespace) -> str | None:
     snapshot (they would be silently ignored), else None."""
     if REGISTRY.spec(args.backend).needs_vendor_dir:
         return None
+    snapshot = " or ".join(f"--backend {b.name}" for b in REGISTRY if b.needs_vendor_dir)
     for flag, given in (("--vendor-dir", args.vendor_dir is not None), ("--trust-remote-code", args.trust_remote_code)):
         if given:
-            return f"{flag} applies only to a snapshot backend (--backend remote-code): drop it or add that backend"
+            return f"{flag} applies only to {snapshot} (a snapshot backend): drop it or add the backend"
     return None
