@@ -81,7 +81,7 @@ def test_all_three_files_written(tmp_path):
     assert sorted(os.listdir(tmp_path / "out")) == ["run1"]  # no staging dir left
 
     md = paths["markdown"].read_text()
-    assert md.startswith("# Verdict: ERROR\n")
+    assert md.startswith("# Verdict: FAIL\n")  # a discrepancy decides the verdict, as it decides the exit code (1)
     assert "Synthetic pages" in md
     # failures come before the per-stage and per-page detail; the worst (inf) failure first
     fail_at, gated_at, pages_at = md.index("## Failures"), md.index("## Gated stages"), md.index("## Pages\n")
@@ -99,7 +99,7 @@ def test_all_three_files_written(tmp_path):
     assert rows[0]["data_source"] == "book" and rows[0]["w_crop"] == "2"
 
     doc = json.loads(paths["json"].read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
-    assert doc["verdict"] == "ERROR" and doc["synthetic_pages"] is True
+    assert doc["verdict"] == "FAIL" and doc["synthetic_pages"] is True
     assert doc["pages"][0]["trace"] == {"stages": {}, "wall_s": 1.5}
     assert doc["pages"][1]["rows"][0]["rel_delta"] == "inf"
     assert len(doc["pages"]) == 3 and doc["pages"][2]["error"] == "x | y"
@@ -139,7 +139,7 @@ def test_console_summary():
     print_summary(_run(), console, {"markdown": "/tmp/runs/r1/report.md"})
     text = console.export_text()
     assert "clip" in text and "crops" in text and "5.00%" in text
-    assert text.rstrip().splitlines()[-1].startswith("ERROR: 1 of 3 pages outside tolerance")
+    assert text.rstrip().splitlines()[-1].startswith("FAIL: 1 of 3 pages outside tolerance")
     assert "not the real OmniDocBench" in text and "broken" in text
 
 
