@@ -81,7 +81,7 @@ def test_all_three_files_written(tmp_path):
     assert sorted(os.listdir(tmp_path / "out")) == ["run1"]  # no staging dir left
 
     md = paths["markdown"].read_text()
-    assert md.startswith("# Verdict: FAIL\n")  # a discrepancy decides the verdict, as it decides the exit code (1)
+    assert md.startswith("# Verdict: FAIL\n")  # a discrepancy outranks a bad page: the exit code is 1
     assert "Synthetic pages" in md
     # failures come before the per-stage and per-page detail; the worst (inf) failure first
     fail_at, gated_at, pages_at = md.index("## Failures"), md.index("## Gated stages"), md.index("## Pages\n")
