@@ -207,7 +207,7 @@ def build_analytic(cfg: VerifyConfig) -> Any:
     try:
         cost_model = build_cost_model(cfg.analytic_overrides)
     except Exception as exc:
-        raise _override_error(exc) from None
+        raise _override_error(exc, cfg.analytic_overrides) from None
     check_positions_fit(cfg, cost_model)
     probe = build_workload(PageSpec("override-check", 1280, 1920, source="check"), cfg)  # crops in crop mode
     probe = dataclasses.replace(
@@ -216,13 +216,15 @@ def build_analytic(cfg: VerifyConfig) -> Any:
     try:
         cost_model.estimate(probe)
     except Exception as exc:  # e.g. vision.sam.patch_size=abc: accepted by the config, fails in the formulas
-        raise _override_error(exc) from None
+        raise _override_error(exc, cfg.analytic_overrides) from None
     return cost_model
 
 
-def _override_error(exc: Exception) -> UsageError:
+def _override_error(exc: Exception, overrides: list[str]) -> UsageError:
     lines = str(exc).strip().splitlines()
-    return UsageError(f"analytic config override failed: {lines[0] if lines else type(exc).__name__}")
+    given = f" ({', '.join(overrides)})" if overrides else ""
+    reason = lines[0] if lines else type(exc).__name__
+    return UsageError(f"analytic config override failed{given}: {reason}; fix the --override value")
 
 
 def _main(argv: list[str] | None, command: str, vision_only: bool) -> int:
