@@ -227,3 +227,61 @@ def test_overrides_and_consistency_checks():
         build_cost_model(["projector.input_dim=2048"], family=OCR2)
     with pytest.raises(ConfigError, match=r"must equal vision\.qwen2_encoder\.hidden_size=896"):
         build_cost_model(["vision.sam.downsample_channels=[512,1024]"], family=OCR2)
+
+
+# ---- the CLI: --model on dsocr-analytic ---------------------------------------------------------------
+
+
+def test_cli_json_for_the_a4_page(capsys):
+    import json
+
+    from analytic.cli import main
+
+    assert main(["--model", OCR2, "--width", "1654", "--height", "2339", "--dtype", "bfloat16", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["workload"]["model"] == OCR2 and doc["workload"]["n_image_tokens"] == 1121
+    assert tuple(doc["stages"]) == family_stages(OCR2)
+    # official profile (the CLI default): encoder + the rotary bmm 2*32*L once per call
+    enc = doc["stages"]["qwen2_encoder"]
+    assert enc["global"]["tensor_flops"] == encoder_by_hand(256) + 2 * 32 * 512
+    assert enc["crops"]["tensor_flops"] == 6 * encoder_by_hand(144) + 2 * 32 * 288
+    assert doc["stages"]["sam"]["crops"]["tensor_flops"] == 6 * sam_by_hand(768)
+    assert doc["model"]["family"] == OCR2
+
+
+def test_cli_table_names_the_family(capsys):
+    from analytic.cli import main
+
+    assert main(["--model", OCR2, "--width", "1654", "--height", "2339", "--dtype", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert "deepseek-ocr-2 gundam 1654x2339" in out and "clip" not in out
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--mode", "tiny"], "unknown mode 'tiny' for --model deepseek-ocr-2"),
+        (["--mode", "base", "--image-size", "640"], "image_size=640 cannot run on deepseek-ocr-2"),
+    ],
+)
+def test_cli_refuses_other_views_in_one_line(extra, needle, capsys):
+    from analytic.cli import main
+
+    assert main(["--model", OCR2, "--width", "1654", "--height", "2339", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+
+
+def test_model_option_is_shared():
+    import argparse
+
+    from analytic.options import add_workload_options, model_without_backend, workload_kwargs
+
+    p = argparse.ArgumentParser()
+    add_workload_options(p)
+    default = p.parse_args([])
+    assert default.model == "deepseek-ocr" and workload_kwargs(default, dtype="float32")["model"] == "deepseek-ocr"
+    assert model_without_backend(default) is None
+    two = p.parse_args(["--model", OCR2])
+    assert workload_kwargs(two, dtype="float32")["model"] == OCR2
+    assert "no backend for OCR-2 yet" in model_without_backend(two)
