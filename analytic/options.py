@@ -49,7 +49,12 @@ def user_path(text: str) -> Path:
 def add_workload_options(parser: argparse.ArgumentParser, *, decode: bool = True) -> argparse._ArgumentGroup:
     """Mode and token options; ``decode=False`` for vision-only commands (no decode steps, lm_head, attention)."""
     g = parser.add_argument_group("workload")
-    g.add_argument("--model", choices=FAMILIES, default=DEFAULT_FAMILY, help="model family (deepseek-ocr-2 has modes small 768, base 1024, gundam 1024 + 768 crops)")
+    g.add_argument(
+        "--model",
+        choices=FAMILIES,
+        default=DEFAULT_FAMILY,
+        help="model family (deepseek-ocr-2 has modes small 768, base 1024, gundam 1024 + 768 crops)",
+    )
     modes = sorted({m for rules in FAMILY_RULES.values() for m in rules.modes})
     g.add_argument("--mode", choices=modes, default=DEFAULT_MODE, help="resolution preset")
     g.add_argument("--base-size", type=int, help="override the preset's base_size (global view)")
