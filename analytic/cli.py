@@ -25,7 +25,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="dsocr-analytic",
-        description="Analytic FLOP/byte cost of DeepSeek-OCR on one page (formulas over shapes; no torch).",
+        description="Analytic FLOP/byte cost of DeepSeek-OCR (or --model deepseek-ocr-2) on one page "
+        "(formulas over shapes; no torch).",
         epilog="Exit codes: 0 ok, 2 bad input or usage. Also runs as python -m analytic.",
         formatter_class=HelpFormatter,
     )
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         workload = VisionWorkload.from_page(args.width, args.height, args.mode, impl=args.impl, **kwargs)
         from analytic.model import build_cost_model
 
-        model = build_cost_model(args.override)
+        model = build_cost_model(args.override, family=workload.model)
         limit = model.decoder.max_position_embeddings
         check_positions(limit, workload.n_image_tokens, workload.prompt_tokens, workload.decode_tokens)
         est = model.estimate(workload, records=args.records)
@@ -84,11 +85,12 @@ def _print_table(doc: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from analytic.schema import METRICS, leaf_paths
+    from analytic.schema import METRICS, family_stages, leaf_paths
 
     w = doc["workload"]
     title = (
-        f"{w['mode']} {w['width']}x{w['height']}  grid {w['w_crop']}x{w['h_crop']} ({w['n_crops']} crops)  "
+        f"{w['model']} {w['mode']} {w['width']}x{w['height']}  "
+        f"grid {w['w_crop']}x{w['h_crop']} ({w['n_crops']} crops)  "
         f"image tokens {w['n_image_tokens']}  prefill_len {w['prefill_len']}  decode {w['decode_tokens']}  "
         f"impl {w['impl']}  lm_head {w['lm_head_scope']}"
     )
@@ -98,7 +100,7 @@ def _print_table(doc: dict[str, Any]) -> None:
     for m in METRICS:
         table.add_column(m.replace("_flops", " GF").replace("_bytes", " MB"), justify="right")
     total = dict.fromkeys(METRICS, 0)
-    for stage, part in leaf_paths():
+    for stage, part in leaf_paths(family_stages(w["model"])):
         leaf = doc["stages"][stage][part]
         table.add_row(stage, part, *(_fmt(m, leaf[m]) for m in METRICS))
         for m in METRICS:

@@ -2,20 +2,24 @@
 
 The global view and the crops are separate explicit calls (batch 1 at global_view_size; batch
 n_crops at crop_size), exactly as the vendor runs them; no "effective views" multiplier.
+DeepSeek-OCR runs `VisionBranch` (SAM -> CLIP -> projector), DeepSeek-OCR 2 `QueryVisionBranch`
+(SAM -> Qwen2 encoder with learnable queries -> projector); the family's config names which.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from analytic.costs import Cost
 from analytic.layers.clip import ClipEncoder
 from analytic.layers.common import ConfigError
 from analytic.layers.decoder import Decoder
 from analytic.layers.projector import MlpProjector
+from analytic.layers.qwen2_encoder import Qwen2QueryEncoder
 from analytic.layers.sam import SamEncoder
 from analytic.profiles import ImplProfile
-from analytic.schema import VISION_STAGES
+from analytic.schema import FAMILY_VISION_STAGES, VISION_STAGES
 from analytic.workload import VisionWorkload
 
 
@@ -53,6 +57,41 @@ class VisionBranch:
         seq = clip.evaluate(out["clip"], batch, grid, profile, db, "clip" if records else None)
         projector.evaluate(out["projector"], batch, seq - 1, db, "projector" if records else None)
         return out
+
+    def run(self, model: Any, size: int, batch: int, profile: ImplProfile, db: int, records: bool) -> dict[str, Cost]:
+        """This branch on a CostModel's layers."""
+        return self.evaluate(model.sam, model.clip, model.projector, size, batch, profile, db, records)
+
+
+@dataclass(frozen=True)
+class QueryVisionBranch(VisionBranch):
+    """DeepSeek-OCR 2: SAM -> Qwen2 encoder over [SAM tokens; queries] -> projector on the query outputs."""
+
+    stages: tuple[str, ...] = FAMILY_VISION_STAGES["deepseek-ocr-2"]
+
+    def evaluate_query(
+        self,
+        sam: SamEncoder,
+        encoder: Qwen2QueryEncoder,
+        projector: MlpProjector,
+        size: int,
+        batch: int,
+        profile: ImplProfile,
+        db: int,
+        records: bool,
+    ) -> dict[str, Cost]:
+        sam_stage, enc_stage, proj_stage = self.stages
+        out = {part: Cost(records) for part in self.stages}
+        if batch == 0:
+            return out
+        grid = sam.evaluate(out[sam_stage], batch, size, profile, db, sam_stage if records else None)
+        kept = encoder.evaluate(out[enc_stage], batch, grid, profile, db, enc_stage if records else None)
+        projector.evaluate(out[proj_stage], batch, kept, db, proj_stage if records else None)
+        return out
+
+    def run(self, model: Any, size: int, batch: int, profile: ImplProfile, db: int, records: bool) -> dict[str, Cost]:
+        encoder = model.vision[self.stages[1]]
+        return self.evaluate_query(model.sam, encoder, model.projector, size, batch, profile, db, records)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 `build_cost_model(["decoder.num_layers=2"])` composes analytic/configs/model.yaml with the
 overrides and instantiates the `_target_` nodes; `CostModel.estimate(workload)` is then plain
 arithmetic on the workload's shapes, memoised per (component, shape) signature.
+`build_cost_model(family="deepseek-ocr-2")` composes that family's config instead (FAMILY_CONFIGS).
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ from analytic.layers.decoder import Decoder
 from analytic.layers.projector import MlpProjector
 from analytic.layers.sam import SamEncoder
 from analytic.profiles import ImplProfile, ProfileError
-from analytic.schema import LM_PARTS, VISION_BRANCHES, VISION_STAGES
+from analytic.schema import DEFAULT_FAMILY, FAMILIES, LM_PARTS, VISION_BRANCHES, family_vision_stages
 from analytic.workload import VisionWorkload
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 CONFIG_NAME = "model"
+# One Hydra primary config per model family (analytic/configs/<name>.yaml).
+FAMILY_CONFIGS = {"deepseek-ocr": CONFIG_NAME, "deepseek-ocr-2": "model_ocr2"}
+assert tuple(FAMILY_CONFIGS) == FAMILIES, "analytic.schema.FAMILIES and FAMILY_CONFIGS must list the same"
 _MEMO_LIMIT = 50_000
 
 
@@ -81,15 +85,53 @@ class CostModel:
     decoder: Decoder
     profiles: dict[str, ImplProfile]
     composites: dict[str, Any]
+    family: str = DEFAULT_FAMILY
     config: dict[str, Any] = field(default_factory=dict)
     _memo: dict[tuple, Any] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.sam: SamEncoder = self.vision["sam"]
-        self.clip: ClipEncoder = self.vision["clip"]
+        if self.family not in FAMILIES:
+            raise ConfigError(f"family={self.family!r} unknown: use one of {', '.join(FAMILIES)}")
+        self.vision_stages = family_vision_stages(self.family)
+        expected = {s for s in self.vision_stages if s != "projector"}
+        if set(self.vision) != expected:
+            raise ConfigError(
+                f"family {self.family} has vision stages {', '.join(self.vision_stages)}: its config needs "
+                f"vision.{{{', '.join(sorted(expected))}}}, not vision.{{{', '.join(sorted(self.vision))}}}"
+            )
         for name in ("vision_global", "vision_crops", "prefill", "decode"):
             if name not in self.composites:
                 raise ConfigError(f"config has no composites.{name}: restore it in analytic/configs/model.yaml")
+        self.sam: SamEncoder = self.vision["sam"]
+        if "clip" in self.vision:
+            self._check_clip()
+        else:
+            self._check_query_encoder()
+        if self.projector.output_dim != self.decoder.hidden_size:
+            raise ConfigError(
+                f"projector output {self.projector.output_dim} != decoder.hidden_size={self.decoder.hidden_size}: "
+                "override projector.n_embed to match"
+            )
+        for key, prof in self.profiles.items():
+            if key != prof.name:
+                raise ConfigError(f"profiles.{key}.name={prof.name!r} must equal its key {key!r}")
+
+    def _check_query_encoder(self) -> None:
+        """DeepSeek-OCR 2: SAM's map is the encoder's token embedding; the projector reads its outputs."""
+        enc = self.vision[self.vision_stages[1]]
+        if self.sam.out_channels != enc.hidden_size:
+            raise ConfigError(
+                f"vision.sam.downsample_channels[-1]={self.sam.out_channels} must equal vision.{self.vision_stages[1]}"
+                f".hidden_size={enc.hidden_size} (SAM's map is the encoder's token embedding)"
+            )
+        if self.projector.projector_type != "identity" and self.projector.total_input_dim != enc.hidden_size:
+            raise ConfigError(
+                f"projector.input_dim={self.projector.input_dim} does not match the encoder's {enc.hidden_size}: "
+                f"override projector.input_dim={enc.hidden_size}"
+            )
+
+    def _check_clip(self) -> None:
+        self.clip: ClipEncoder = self.vision["clip"]
         feat = self.clip.hidden_size + self.sam.out_channels
         single_input = ("linear", "mlp_gelu", "downsample_mlp_gelu", "normlayer_downsample_mlp_gelu")
         checked = self.projector.projector_type in (*single_input, "hybrid_split_feature_mlp_gelu")
@@ -103,14 +145,6 @@ class CostModel:
                 f"vision.sam.downsample_channels[-1]={self.sam.out_channels} must equal vision.clip.hidden_size="
                 f"{self.clip.hidden_size} (SAM's map is CLIP's patch embedding)"
             )
-        if self.projector.output_dim != self.decoder.hidden_size:
-            raise ConfigError(
-                f"projector output {self.projector.output_dim} != decoder.hidden_size={self.decoder.hidden_size}: "
-                "override projector.n_embed to match"
-            )
-        for key, prof in self.profiles.items():
-            if key != prof.name:
-                raise ConfigError(f"profiles.{key}.name={prof.name!r} must equal its key {key!r}")
 
     # --- public -----------------------------------------------------------------------------
     def profile(self, impl: str) -> ImplProfile:
@@ -121,6 +155,11 @@ class CostModel:
 
     def estimate(self, workload: VisionWorkload, records: bool = False) -> Estimate:
         """All stages of one workload; `records=True` also lists every op with its shapes and FLOPs."""
+        if workload.model != self.family:
+            raise ConfigError(
+                f"the workload is for {workload.model} but this cost model is {self.family}: "
+                f"build it with build_cost_model(family={workload.model!r})"
+            )
         prof = self.profile(workload.impl)
         db = workload.dtype_bytes
         stages: dict[str, Any] = {}
@@ -128,7 +167,7 @@ class CostModel:
         recs: list[dict[str, Any]] | None = [] if records else None
 
         vision = {b: self._vision(self.composites[f"vision_{b}"], workload, prof, db, records) for b in VISION_BRANCHES}
-        for part in VISION_STAGES:
+        for part in self.vision_stages:
             stages[part] = {b: _leaf(vision[b][part], False) for b in VISION_BRANCHES}
             families[part] = {b: dict(vision[b][part].families) for b in VISION_BRANCHES}
             if recs is not None:
@@ -160,6 +199,15 @@ class CostModel:
         return Estimate(workload, stages, families, self.summary(prof), recs)
 
     def summary(self, prof: ImplProfile | None = None) -> dict[str, Any]:
+        d = self._summary(prof)
+        if "clip" not in self.vision:  # DeepSeek-OCR 2: the query encoder in CLIP's place
+            enc = self.vision_stages[1]
+            d = {(enc if k == "clip" else k): (self.vision[enc].summary() if k == "clip" else v) for k, v in d.items()}
+            d["family"] = self.family
+        return d
+
+    def _summary(self, prof: ImplProfile | None) -> dict[str, Any]:
+        clip = self.vision.get("clip")
         return {
             "sam": {
                 "embed_dim": self.sam.embed_dim,
@@ -169,11 +217,13 @@ class CostModel:
                 "global_attn_indexes": list(self.sam.global_attn_indexes),
                 "downsample_channels": list(self.sam.downsample_channels),
             },
-            "clip": {
-                "hidden_size": self.clip.hidden_size,
-                "num_layers": self.clip.num_layers,
-                "num_heads": self.clip.num_heads,
-                "ffn_hidden_size": self.clip.ffn_hidden_size,
+            "clip": None
+            if clip is None
+            else {
+                "hidden_size": clip.hidden_size,
+                "num_layers": clip.num_layers,
+                "num_heads": clip.num_heads,
+                "ffn_hidden_size": clip.ffn_hidden_size,
             },
             "projector": {
                 "projector_type": self.projector.projector_type,
@@ -200,7 +250,7 @@ class CostModel:
         size, batch = comp.views(w)
 
         def run() -> dict[str, Cost]:
-            return comp.evaluate(self.sam, self.clip, self.projector, size, batch, prof, db, records)
+            return comp.run(self, size, batch, prof, db, records)
 
         return run() if records else self._memoised(("vision", size, batch, prof.name, db), run)
 
@@ -223,8 +273,11 @@ class CostModel:
         return run() if records else self._memoised(key, run)
 
 
-def build_cost_model(overrides: list[str] | None = None) -> CostModel:
-    """Compose analytic/configs/model.yaml with Hydra overrides and instantiate the layer graph once."""
+def build_cost_model(overrides: list[str] | None = None, family: str = DEFAULT_FAMILY) -> CostModel:
+    """Compose the family's config (analytic/configs/model.yaml for DeepSeek-OCR) with Hydra overrides and
+    instantiate the layer graph once."""
+    if family not in FAMILY_CONFIGS:
+        raise ConfigError(f"unknown model family {family!r}: use one of {', '.join(FAMILY_CONFIGS)} (--model)")
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -238,7 +291,7 @@ def build_cost_model(overrides: list[str] | None = None) -> CostModel:
     gh.clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-            cfg = compose(config_name=CONFIG_NAME, overrides=overrides)
+            cfg = compose(config_name=FAMILY_CONFIGS[family], overrides=overrides)
         model = instantiate(cfg, _convert_="all")
     except (HydraException, OmegaConfBaseException, TypeError, ValueError) as exc:
         raise ConfigError(_one_line(exc, overrides)) from exc
@@ -247,6 +300,11 @@ def build_cost_model(overrides: list[str] | None = None) -> CostModel:
         gh.clear()
         if outer is not None:
             gh.initialize(outer)
+    if model.family != family:
+        raise ConfigError(
+            f"analytic/configs/{FAMILY_CONFIGS[family]}.yaml says family={model.family!r}, not {family!r}: "
+            "fix its family key"
+        )
     model.config = {"overrides": overrides, "resolved": OmegaConf.to_container(cfg, resolve=True)}
     return model
 
@@ -266,5 +324,5 @@ def _one_line(exc: BaseException, overrides: list[str]) -> str:
 
 
 def estimate(workload: VisionWorkload, overrides: list[str] | None = None, records: bool = False) -> Estimate:
-    """Convenience: build the model (once per call) and estimate one workload."""
-    return build_cost_model(overrides).estimate(workload, records=records)
+    """Convenience: build the workload's family model (once per call) and estimate one workload."""
+    return build_cost_model(overrides, family=workload.model).estimate(workload, records=records)

@@ -11,13 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from analytic.dtype_policy import DEFAULT_DTYPE, DTYPE_CHOICES
-from analytic.schema import ATTN_IMPLS, LM_HEAD_SCOPES
-from analytic.workload import MODES
+from analytic.schema import ATTN_IMPLS, DEFAULT_FAMILY, FAMILIES, LM_HEAD_SCOPES
+from analytic.workload import FAMILY_RULES
 
 DEFAULT_MODE = "gundam"
 DEFAULT_PROMPT_TOKENS = 12
 DEFAULT_DECODE_TOKENS = 16
 DEFAULT_ATTN_IMPL = ATTN_IMPLS[0]
+# Families the vendor backends can run (dsocr-measure, run_verify_end2end*); DeepSeek-OCR 2 joins when its
+# hf / remote-code backends exist (issue 13). The analytic model runs every family in FAMILIES.
+BACKEND_FAMILIES = (DEFAULT_FAMILY,)
 _BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
 
@@ -46,7 +49,14 @@ def user_path(text: str) -> Path:
 def add_workload_options(parser: argparse.ArgumentParser, *, decode: bool = True) -> argparse._ArgumentGroup:
     """Mode and token options; ``decode=False`` for vision-only commands (no decode steps, lm_head, attention)."""
     g = parser.add_argument_group("workload")
-    g.add_argument("--mode", choices=sorted(MODES), default=DEFAULT_MODE, help="resolution preset")
+    g.add_argument(
+        "--model",
+        choices=FAMILIES,
+        default=DEFAULT_FAMILY,
+        help="model family (deepseek-ocr-2 has modes small 768, base 1024, gundam 1024 + 768 crops)",
+    )
+    modes = sorted({m for rules in FAMILY_RULES.values() for m in rules.modes})
+    g.add_argument("--mode", choices=modes, default=DEFAULT_MODE, help="resolution preset")
     g.add_argument("--base-size", type=int, help="override the preset's base_size (global view)")
     g.add_argument("--image-size", type=int, help="override the preset's image_size")
     g.add_argument(
@@ -94,4 +104,16 @@ def workload_kwargs(args: argparse.Namespace, *, dtype: str) -> dict[str, Any]:
         "lm_head_scope": getattr(args, "lm_head", None),
         "attn_impl": getattr(args, "attn_impl", DEFAULT_ATTN_IMPL),
         "dtype": dtype,
+        "model": getattr(args, "model", DEFAULT_FAMILY),
     }
+
+
+def model_without_backend(args: argparse.Namespace) -> str | None:
+    """The one-line refusal for a --model no vendor backend runs yet (None when it has one)."""
+    model = getattr(args, "model", DEFAULT_FAMILY)
+    if model in BACKEND_FAMILIES:
+        return None
+    return (
+        f"--model {model}: no backend for OCR-2 yet, only the analytic model "
+        f"(dsocr-analytic --model {model}); use --model {DEFAULT_FAMILY} here"
+    )

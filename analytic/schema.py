@@ -6,7 +6,17 @@ leaf: ``stages[stage][part][metric]``.
 
 from __future__ import annotations
 
-VISION_STAGES = ("sam", "clip", "projector")
+# Model families (analytic/configs/<family config>.yaml, workload rules in analytic.workload).
+# The default family is DeepSeek-OCR; every name without a family below is its.
+DEFAULT_FAMILY = "deepseek-ocr"
+FAMILY_VISION_STAGES = {
+    "deepseek-ocr": ("sam", "clip", "projector"),
+    "deepseek-ocr-2": ("sam", "qwen2_encoder", "projector"),  # DeepEncoder V2: Qwen2-shaped encoder + queries
+}
+FAMILIES = tuple(FAMILY_VISION_STAGES)
+
+VISION_STAGES = FAMILY_VISION_STAGES[DEFAULT_FAMILY]
+ALL_VISION_STAGES = tuple(dict.fromkeys(s for stages in FAMILY_VISION_STAGES.values() for s in stages))
 VISION_BRANCHES = ("global", "crops")
 LM_STAGES = ("prefill", "decode")
 LM_PARTS = ("decoder", "lm_head")
@@ -24,9 +34,26 @@ METRICS = (
 )
 
 
+def check_family(family: str) -> str:
+    """`family` itself, or a one-line error naming the families that exist."""
+    if family not in FAMILY_VISION_STAGES:
+        raise ValueError(f"unknown model family {family!r}: use one of {', '.join(FAMILIES)} (--model)")
+    return family
+
+
+def family_vision_stages(family: str = DEFAULT_FAMILY) -> tuple[str, ...]:
+    """The vision stages of one family, in pipeline order."""
+    return FAMILY_VISION_STAGES[check_family(family)]
+
+
+def family_stages(family: str = DEFAULT_FAMILY) -> tuple[str, ...]:
+    """Every stage of one family in report order: its vision stages, then prefill and decode."""
+    return family_vision_stages(family) + LM_STAGES
+
+
 def stage_parts(stage: str) -> tuple[str, ...]:
     """The leaves under one stage: branches for vision stages, decoder/lm_head for LM stages."""
-    if stage in VISION_STAGES:
+    if stage in ALL_VISION_STAGES:
         return VISION_BRANCHES
     if stage in LM_STAGES:
         return LM_PARTS

@@ -4,6 +4,11 @@ Both sides (analytic and vendor) receive the same `VisionWorkload`; the vendor
 side asserts that what the model actually received equals it.  The crop policy
 mirrors the official `dynamic_preprocess` / `infer()` code (see
 shared/deepseek-ocr-facts.md, "Views and the crop grid").
+
+Each model family has its own rules (`FAMILY_RULES`): modes, crop tile and grid bounds, which
+view sizes can run, and the image-token layout.  DeepSeek-OCR 2 (docs/deepseek-ocr2-facts.md):
+crops of 768 (2..6 of them, same tie-break with 768 as the tile), only 768/1024 views (learnable
+queries exist for 144 and 256 patches only), no newline tokens: nq*nq per view + 1 separator.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from analytic.profiles import profile_lm_head_default, profile_names
-from analytic.schema import ATTN_IMPLS, LM_HEAD_SCOPES
+from analytic.schema import ATTN_IMPLS, DEFAULT_FAMILY, FAMILIES, LM_HEAD_SCOPES
 
 PATCH_SIZE = 16
 DOWNSAMPLE_RATIO = 4
@@ -47,40 +52,86 @@ MODES: dict[str, ModePreset] = {
     "gundam": ModePreset(1024, 640, True),
 }
 
+# DeepSeek-OCR 2 (docs/deepseek-ocr2-facts.md, "Modes"): the README's one mode is global 1024 + 0 or
+# 2..6 crops of 768 (named gundam here, as OCR-1's crop mode); one 1024 or one 768 view without crops.
+MODES_OCR2: dict[str, ModePreset] = {
+    "small": ModePreset(768, 768, False),
+    "base": ModePreset(1024, 1024, False),
+    "gundam": ModePreset(1024, 768, True),
+}
+
+
+@dataclass(frozen=True)
+class FamilyRules:
+    """The workload rules of one model family: data, read by the functions below."""
+
+    modes: dict[str, ModePreset]
+    crop_size: int  # side of one crop; pages with both sides <= it get no crops
+    crop_min: int  # fewest crops of a grid (dynamic_preprocess min_num)
+    crop_max: int  # most crops of a grid (dynamic_preprocess max_num)
+    view_sizes: tuple[int, ...] | None  # the only view sides that can run; None: any multiple of 64
+    newlines: bool  # one newline token after each row of queries (OCR-1) or none (OCR-2)
+
+
+FAMILY_RULES: dict[str, FamilyRules] = {
+    "deepseek-ocr": FamilyRules(MODES, CROP_SIZE, CROP_MIN_NUM, CROP_MAX_NUM, None, True),
+    "deepseek-ocr-2": FamilyRules(MODES_OCR2, 768, 2, 6, (768, 1024), False),
+}
+assert tuple(FAMILY_RULES) == FAMILIES, "analytic.schema.FAMILIES and workload.FAMILY_RULES must list the same"
+
+
+def family_rules(family: str = DEFAULT_FAMILY) -> FamilyRules:
+    try:
+        return FAMILY_RULES[family]
+    except KeyError:
+        raise WorkloadError(f"unknown model {family!r}: use one of {', '.join(FAMILY_RULES)} (--model)") from None
+
 
 def resolve_mode(
     mode: str | None,
     base_size: int | None = None,
     image_size: int | None = None,
     crop_mode: bool | None = None,
+    family: str = DEFAULT_FAMILY,
 ) -> tuple[str, ModePreset]:
     """A preset, optionally overridden field by field; `custom` when no mode is named."""
-    if mode is not None and mode not in MODES:
-        raise WorkloadError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+    modes = family_rules(family).modes
+    if mode is not None and mode not in modes:
+        which = "" if family == DEFAULT_FAMILY else f" for --model {family}"
+        raise WorkloadError(f"unknown mode {mode!r}{which}: use one of {', '.join(modes)}")
     if mode is None and (base_size is None or image_size is None or crop_mode is None):
         raise WorkloadError("no mode given: pass --mode, or all of --base-size, --image-size and --crop-mode")
-    preset = MODES[mode] if mode else ModePreset(0, 0, False)
+    preset = modes[mode] if mode else ModePreset(0, 0, False)
     resolved = ModePreset(
         base_size if base_size is not None else preset.base_size,
         image_size if image_size is not None else preset.image_size,
         crop_mode if crop_mode is not None else preset.crop_mode,
     )
-    name = mode if mode and resolved == MODES[mode] else "custom"
-    _validate_mode(resolved)
+    name = mode if mode and resolved == modes[mode] else "custom"
+    _validate_mode(resolved, family)
     return name, resolved
 
 
-def _validate_mode(p: ModePreset) -> None:
+def _validate_mode(p: ModePreset, family: str = DEFAULT_FAMILY) -> None:
+    rules = family_rules(family)
     for label, size in (("base_size", p.base_size), ("image_size", p.image_size)):
-        if size <= 0 or size % (PATCH_SIZE * DOWNSAMPLE_RATIO) != 0:
+        if rules.view_sizes is not None:
+            if size not in rules.view_sizes:
+                sizes = " or ".join(str(v) for v in rules.view_sizes)
+                raise WorkloadError(
+                    f"{label}={size} cannot run on {family}: its encoder has learnable queries only for "
+                    f"{sizes} px views; use {label}={sizes}"
+                )
+        elif size <= 0 or size % (PATCH_SIZE * DOWNSAMPLE_RATIO) != 0:
             raise WorkloadError(
                 f"{label}={size} must be a positive multiple of {PATCH_SIZE * DOWNSAMPLE_RATIO} "
                 "(patch 16 x downsample 4); pick e.g. 512, 640, 1024 or 1280"
             )
-    if p.crop_mode and p.image_size != CROP_SIZE:
+    if p.crop_mode and p.image_size != rules.crop_size:
         raise WorkloadError(
             f"crop_mode with image_size={p.image_size} is inconsistent: the vendor always cuts "
-            f"{CROP_SIZE}x{CROP_SIZE} crops but would lay out tokens for {p.image_size}; use image_size=640"
+            f"{rules.crop_size}x{rules.crop_size} crops but would lay out tokens for {p.image_size}; "
+            f"use image_size={rules.crop_size}"
         )
 
 
@@ -104,14 +155,19 @@ def _crop_candidates(min_num: int = CROP_MIN_NUM, max_num: int = CROP_MAX_NUM) -
 
 
 def find_closest_aspect_ratio(
-    aspect_ratio: float, width: int, height: int, image_size: int = CROP_SIZE
+    aspect_ratio: float,
+    width: int,
+    height: int,
+    image_size: int = CROP_SIZE,
+    min_num: int = CROP_MIN_NUM,
+    max_num: int = CROP_MAX_NUM,
 ) -> tuple[int, int]:
     """The vendor's tie-break: on an exact ratio tie the later candidate wins only
     if the page area exceeds half the candidate's tiled area."""
     best_ratio_diff = float("inf")
     best = (1, 1)
     area = width * height
-    for ratio in _crop_candidates():
+    for ratio in _crop_candidates(min_num, max_num):
         target = ratio[0] / ratio[1]
         diff = abs(aspect_ratio - target)
         if diff < best_ratio_diff:
@@ -140,16 +196,20 @@ class ViewLayout:
         return self.w_crop > 1 or self.h_crop > 1
 
 
-def compute_view_layout(width: int, height: int, base_size: int, image_size: int, crop_mode: bool) -> ViewLayout:
+def compute_view_layout(
+    width: int, height: int, base_size: int, image_size: int, crop_mode: bool, family: str = DEFAULT_FAMILY
+) -> ViewLayout:
     """The official infer() view policy (crop grid, global size)."""
     _validate_page(width, height)
+    rules = family_rules(family)
     if not crop_mode:
-        # One view of image_size (resized if <= 640, padded otherwise): no crops.
+        # One view of image_size (resized if <= the crop size, padded otherwise): no crops.
         return ViewLayout(global_size=image_size, crop_size=0, w_crop=1, h_crop=1)
-    if width <= CROP_SIZE and height <= CROP_SIZE:
+    tile = rules.crop_size
+    if width <= tile and height <= tile:
         return ViewLayout(global_size=base_size, crop_size=0, w_crop=1, h_crop=1)
-    i, j = find_closest_aspect_ratio(width / height, width, height)
-    return ViewLayout(global_size=base_size, crop_size=CROP_SIZE, w_crop=i, h_crop=j)
+    i, j = find_closest_aspect_ratio(width / height, width, height, tile, rules.crop_min, rules.crop_max)
+    return ViewLayout(global_size=base_size, crop_size=tile, w_crop=i, h_crop=j)
 
 
 @dataclass(frozen=True)
@@ -158,8 +218,8 @@ class ProjectorTokens:
 
     global_queries: int  # nq of the global view
     crop_queries: int  # nq of one crop (0 without crops)
-    global_tokens: int  # (nq+1)*nq + 1 (the +1 is the view separator)
-    crops_tokens: int  # (nq*i + 1) * (nq*j)
+    global_tokens: int  # (nq+1)*nq + 1 (the +1 is the view separator); OCR-2 (no newlines): nq*nq + 1
+    crops_tokens: int  # (nq*i + 1) * (nq*j); OCR-2: (nq*i) * (nq*j)
     global_rows: int  # projector output rows of the global view: nq*nq
     crops_rows: int  # projector output rows of all crops: i*j*nq*nq
 
@@ -168,23 +228,28 @@ class ProjectorTokens:
         return self.global_tokens + self.crops_tokens
 
 
-def compute_projector_tokens(layout: ViewLayout, image_size: int | None = None) -> ProjectorTokens:
+def compute_projector_tokens(
+    layout: ViewLayout, image_size: int | None = None, family: str = DEFAULT_FAMILY
+) -> ProjectorTokens:
+    nl = 1 if family_rules(family).newlines else 0
     nq_g = compute_num_queries(layout.global_size)
-    global_tokens = (nq_g + 1) * nq_g + 1
+    global_tokens = (nq_g + nl) * nq_g + 1
     if not layout.has_crops:
         return ProjectorTokens(nq_g, 0, global_tokens, 0, nq_g * nq_g, 0)
     nq_c = compute_num_queries(image_size if image_size is not None else layout.crop_size)
-    crops_tokens = (nq_c * layout.w_crop + 1) * (nq_c * layout.h_crop)
+    crops_tokens = (nq_c * layout.w_crop + nl) * (nq_c * layout.h_crop)
     return ProjectorTokens(nq_g, nq_c, global_tokens, crops_tokens, nq_g * nq_g, layout.n_crops * nq_c * nq_c)
 
 
-def max_image_tokens(preset: ModePreset) -> int:
+def max_image_tokens(preset: ModePreset, family: str = DEFAULT_FAMILY) -> int:
     """The most image tokens any page can get in this mode: over every crop grid the policy can pick."""
+    rules = family_rules(family)
     if not preset.crop_mode:
-        return compute_projector_tokens(ViewLayout(preset.image_size, 0, 1, 1)).total
-    small_page = compute_projector_tokens(ViewLayout(preset.base_size, 0, 1, 1)).total
-    grids = (ViewLayout(preset.base_size, CROP_SIZE, i, j) for i, j in _crop_candidates())
-    return max(small_page, *(compute_projector_tokens(g, preset.image_size).total for g in grids))
+        return compute_projector_tokens(ViewLayout(preset.image_size, 0, 1, 1), family=family).total
+    small_page = compute_projector_tokens(ViewLayout(preset.base_size, 0, 1, 1), family=family).total
+    candidates = _crop_candidates(rules.crop_min, rules.crop_max)
+    grids = (ViewLayout(preset.base_size, rules.crop_size, i, j) for i, j in candidates)
+    return max(small_page, *(compute_projector_tokens(g, preset.image_size, family).total for g in grids))
 
 
 def check_positions(max_positions: int, image_tokens: int, prompt_tokens: int, decode_tokens: int) -> None:
@@ -232,6 +297,7 @@ class VisionWorkload:
     lm_head_scope: str = "all"  # one of schema.LM_HEAD_SCOPES
     impl: str = "official"  # an implementation profile (profiles.profile_names())
     attn_impl: str = "eager"  # one of schema.ATTN_IMPLS
+    model: str = DEFAULT_FAMILY  # the model family (schema.FAMILIES): picks the rules above and the config
 
     @property
     def prefill_len(self) -> int:
@@ -263,8 +329,10 @@ class VisionWorkload:
         lm_head_scope: str | None = None,
         impl: str = "official",
         attn_impl: str = "eager",
+        model: str = DEFAULT_FAMILY,
     ) -> VisionWorkload:
-        name, preset = resolve_mode(mode, base_size, image_size, crop_mode)
+        family_rules(model)
+        name, preset = resolve_mode(mode, base_size, image_size, crop_mode, model)
         if prompt_tokens < 0 or decode_tokens < 0:
             raise WorkloadError("prompt_tokens and decode_tokens must be >= 0")
         if batch != 1:
@@ -279,8 +347,8 @@ class VisionWorkload:
             lm_head_scope = profile_lm_head_default(impl)
         if lm_head_scope not in LM_HEAD_SCOPES:
             raise WorkloadError(f"lm_head scope {lm_head_scope!r} unknown: use one of {', '.join(LM_HEAD_SCOPES)}")
-        layout = compute_view_layout(width, height, preset.base_size, preset.image_size, preset.crop_mode)
-        tokens = compute_projector_tokens(layout, preset.image_size if layout.has_crops else None)
+        layout = compute_view_layout(width, height, preset.base_size, preset.image_size, preset.crop_mode, model)
+        tokens = compute_projector_tokens(layout, preset.image_size if layout.has_crops else None, model)
         return cls(
             mode=name,
             base_size=preset.base_size,
@@ -305,6 +373,7 @@ class VisionWorkload:
             lm_head_scope=lm_head_scope,
             impl=impl,
             attn_impl=attn_impl,
+            model=model,
         )
 
     def to_dict(self) -> dict[str, Any]:

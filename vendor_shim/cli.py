@@ -11,7 +11,7 @@ import sys
 import warnings
 from typing import Any
 
-from analytic.options import HelpFormatter, add_workload_options, user_path, workload_kwargs
+from analytic.options import HelpFormatter, add_workload_options, model_without_backend, user_path, workload_kwargs
 from analytic.schema import LM_PARTS, VISION_BRANCHES, VISION_STAGES
 from analytic.workload import VisionWorkload, WorkloadError, check_positions
 from vendor_shim.backends import REGISTRY, impl_of
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _refuse_options_that_do_not_apply(args: argparse.Namespace) -> None:
-    misuse = snapshot_options_misused(args)
+    misuse = model_without_backend(args) or snapshot_options_misused(args)
     if misuse:
         raise WorkloadError(misuse)
 

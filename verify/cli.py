@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from analytic.options import HelpFormatter, add_workload_options, user_path
+from analytic.options import HelpFormatter, add_workload_options, model_without_backend, user_path
 from analytic.workload import WorkloadError, check_positions, max_image_tokens, resolve_mode
 from reports.model import PageResult, PageSpec
 from reports.safe import printable
@@ -109,6 +109,9 @@ def config_from_args(args: argparse.Namespace, command: str, vision_only: bool) 
         if val is not None and val < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0")
     _check_bounds(args)
+    no_backend = model_without_backend(args)
+    if no_backend:
+        raise UsageError(no_backend)
     resolve_mode(args.mode, args.base_size, args.image_size, args.crop_mode)  # WorkloadError: exit 2, up front
     from vendor_shim.env import resolve_dtype
 
