@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -16,6 +17,9 @@ from reports.summary import gated_summary, is_synthetic, verdict_line
 
 _VERDICT_STYLE = {"PASS": "bold green", "FAIL": "bold red", "INCOMPLETE COUNT": "bold red", "ERROR": "bold yellow"}
 _NUMERIC = ("vendor", "analytic", "tolerance", "max rel Δ", "pass", "fail", "not run")
+_UNITS = 11  # '15.63 TFLOP'
+
+_FIXED = {"stage": 16, "metric": 17}  # 'projector/global', 'elementwise_flops': never cut
 
 
 def summary_table(run: RunResult, df=None) -> Table:
@@ -24,17 +28,26 @@ def summary_table(run: RunResult, df=None) -> Table:
     many_metrics = gated.metric.nunique() > 1
     n = len(run.pages)
     title = f"{run.command} · totals over {n} page{'' if n == 1 else 's'}"
-    table = Table(title=title, title_justify="left", padding=(0, 1))
-    for name in ("stage", "part", *(["metric"] if many_metrics else [])):
-        table.add_column(name, no_wrap=True, min_width=len(name))
-    for name in _NUMERIC:  # never wrapped, never shorter than the header: a cut header or number is unreadable
-        table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
+    tolerances = gated.tolerance.dropna().unique()
+    one_tolerance = len(tolerances) == 1  # then the title says it and the table keeps to 80 columns
+    if one_tolerance:
+        title += f" · tolerance {format_rel(float(tolerances[0]))} on every stage"
+    numeric = [c for c in _NUMERIC if not (one_tolerance and c == "tolerance")]
+    # 80 columns hold it all: no vertical rules, stage and part in one cell, 2-digit numbers; nothing is cut
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
+    for name in ("stage", *(["metric"] if many_metrics else [])):
+        table.add_column(name, no_wrap=True, min_width=_FIXED[name])
+    for name in numeric:  # never wrapped, never shorter than the header: a cut header or number is unreadable
+        width = _UNITS if name in ("vendor", "analytic") else len(name)
+        table.add_column(name, justify="right", no_wrap=True, min_width=width)
     for s in gated.itertuples():
         fail_cell = f"[bold red]{s.failed}[/]" if s.failed else "0"
         rel_style = "red" if s.failed else "green"
-        cells = [s.stage, s.part, *([s.metric] if many_metrics else [])]  # schema names: no markup
-        cells += [format_metric(s.metric, s.vendor_total), format_metric(s.metric, s.analytic_total)]
-        cells += [format_rel(s.tolerance), f"[{rel_style}]{format_rel(s.max_rel)}[/]", str(s.passed), fail_cell]
+        cells = [f"{s.stage}/{s.part}", *([s.metric] if many_metrics else [])]  # schema names: no markup
+        cells += [format_metric(s.metric, s.vendor_total, 2), format_metric(s.metric, s.analytic_total, 2)]
+        cells += [] if one_tolerance else [format_rel(s.tolerance)]
+        rel = format_rel(s.max_rel) if s.pages else "not run"
+        cells += [f"[{rel_style}]{rel}[/]", str(s.passed), fail_cell]
         cells.append(str(s.not_run) if s.not_run else "-")
         table.add_row(*cells)
     return table

@@ -18,14 +18,14 @@ def format_bytes(value: float | None, digits: int = 3) -> str:
     return _scaled(value, _BYTE_UNITS, "B", digits)
 
 
-def format_metric(metric: str, value: float | None) -> str:
+def format_metric(metric: str, value: float | None, digits: int = 3) -> str:
     """FLOP metrics in FLOP units, byte metrics in byte units."""
-    return format_flops(value) if metric.endswith("flops") else format_bytes(value)
+    return format_flops(value, digits) if metric.endswith("flops") else format_bytes(value, digits)
 
 
 def format_rel(value: float | None, digits: int = 2) -> str:
     """A relative delta as a percentage; exactly 0 -> '0 (exact)' (not a rounded 0.00%), None -> '-', inf -> 'inf'."""
-    if value is None or (value != value and not isinstance(value, float)):
+    if value is None or math.isnan(value):  # pandas writes a missing value as NaN
         return "-"
     if value == 0:
         return "0 (exact)"

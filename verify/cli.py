@@ -333,9 +333,9 @@ def _page_logger(console: Console, total: int):
         now = time.perf_counter()
         state["done"] += 1
         wl = res.workload or {}
-        grid = f"grid {wl.get('w_crop', '?')}x{wl.get('h_crop', '?')}" if wl else "no workload"
+        grid = "no workload" if not wl else f"grid {wl['w_crop']}x{wl['h_crop']}" if wl.get("n_crops") else "no crops"
         verdict = "ok" if res.passed else f"FAIL ({res.error_kind})" if res.error else "FAIL"
-        cache = "cache hit" if res.cache_hit else "measured"
+        cache = "served from cache (same workload signature)" if res.cache_hit else "measured"
         console.print(
             f"[{state['done']}/{total}] {printable(res.page.page_id)}: {verdict}, {grid}, {cache}, "
             f"{now - state['t']:.1f} s",
