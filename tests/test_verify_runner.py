@@ -75,7 +75,7 @@ class FakeVendor:
             "stages": _stages(self.stages),
             "received": {k: getattr(workload, k) for k in ("w_crop", "h_crop", "n_crops", "n_image_tokens")},
             "coverage": {"uncounted_ops": []},
-            "op_breakdown": {"sam": {"global": {"aten.addmm.default": {"flops": FLOPS}}}},
+            "op_breakdown": {"sam": {"global": {"aten.addmm.default": {"flops": FLOPS, "family": "mm"}}}},
         }
         trace.update(self.traces.get(page.page_id, {}))
         return trace, False
@@ -217,7 +217,7 @@ def test_discrepancy_rows_and_gap_family():
     # Vendor clip/crops 1005 vs 1000: 5 / 1005 = 0.50% <= 1% -> pass.
     # Families: vendor mm 1020 vs analytic mm 1000 -> the gap (20) is in mm.
     stages = _stages(VISION_STAGES, sam__global=1020, clip__crops=1005)
-    breakdown = {"sam": {"global": {"aten.addmm.default": {"flops": 1020}}}}
+    breakdown = {"sam": {"global": {"aten.addmm.default": {"flops": 1020, "family": "mm"}}}}
     vendor = FakeVendor(VISION_STAGES, traces={"a": {"stages": stages, "op_breakdown": breakdown}})
     run = _run(_verifier(vendor=vendor), [_page("a")])
     rows = {(r.stage, r.part): r for r in run.pages[0].rows if r.metric == "tensor_flops"}

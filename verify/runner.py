@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from analytic.schema import STAGES, VISION_STAGES, aten_family
+from analytic.schema import STAGES, VISION_STAGES
 from analytic.workload import VisionWorkload, WorkloadError
 from reports.model import PageResult, PageSpec, RunResult, outcome
 from vendor_shim.backends import impl_of
@@ -145,10 +145,8 @@ def trace_families(trace: dict) -> dict[str, dict[str, dict[str, float]]]:
     for stage, parts in trace.get("op_breakdown", {}).items():
         for part, ops in parts.items():
             fams = out.setdefault(stage, {}).setdefault(part, {})
-            for op, flops in ops.items():
-                val = flops["flops"] if isinstance(flops, dict) else flops
-                fam = aten_family(op)
-                fams[fam] = fams.get(fam, 0) + val
+            for cell in ops.values():  # the harness stored each op's family with it (analytic.schema.aten_family)
+                fams[cell["family"]] = fams.get(cell["family"], 0) + cell["flops"]
     return out
 
 
