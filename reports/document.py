@@ -43,10 +43,10 @@ def _page(p: PageResult) -> dict[str, Any]:
         "error": p.error,
         "error_kind": p.error_kind,
         "cache_hit": p.cache_hit,
-        "workload": p.workload,
+        "workload": p.workload,  # once per page: the analytic document's own copy is left out below
         "rows": p.rows,
-        "analytic": p.analytic,
-        "trace": p.trace,
+        "analytic": {k: v for k, v in p.analytic.items() if k != "workload"} if p.analytic else p.analytic,
+        "trace": p.trace,  # kept whole (its workload included): a valid trace document for dsocr-diff
     }
 
 
