@@ -2,8 +2,8 @@
 
 The global view and the crops are separate explicit calls (batch 1 at global_view_size; batch
 n_crops at crop_size), exactly as the vendor runs them; no "effective views" multiplier.
-DeepSeek-OCR runs `VisionBranch` (SAM -> CLIP -> projector), DeepSeek-OCR 2 `QueryVisionBranch`
-(SAM -> Qwen2 encoder with learnable queries -> projector); the family's config names which.
+`VisionBranch` runs SAM -> the family's encoder (DeepSeek-OCR: CLIP; DeepSeek-OCR 2: the Qwen2
+encoder with learnable queries) -> projector, with the family's stage names.
 """
 
 from __future__ import annotations
@@ -19,13 +19,12 @@ from analytic.layers.projector import MlpProjector
 from analytic.layers.qwen2_encoder import Qwen2QueryEncoder
 from analytic.layers.sam import SamEncoder
 from analytic.profiles import ImplProfile
-from analytic.schema import FAMILY_VISION_STAGES, VISION_STAGES
 from analytic.workload import VisionWorkload
 
 
 @dataclass(frozen=True)
 class VisionBranch:
-    """SAM -> CLIP -> projector on one batch of equal-size views."""
+    """SAM -> encoder -> projector on one batch of equal-size views."""
 
     branch: str
 
@@ -41,8 +40,9 @@ class VisionBranch:
 
     def evaluate(
         self,
+        stages: tuple[str, ...],
         sam: SamEncoder,
-        clip: ClipEncoder,
+        encoder: ClipEncoder | Qwen2QueryEncoder,
         projector: MlpProjector,
         size: int,
         batch: int,
@@ -50,48 +50,22 @@ class VisionBranch:
         db: int,
         records: bool,
     ) -> dict[str, Cost]:
-        out = {part: Cost(records) for part in VISION_STAGES}
-        if batch == 0:
-            return out
-        grid = sam.evaluate(out["sam"], batch, size, profile, db, "sam" if records else None)
-        seq = clip.evaluate(out["clip"], batch, grid, profile, db, "clip" if records else None)
-        projector.evaluate(out["projector"], batch, seq - 1, db, "projector" if records else None)
-        return out
-
-    def run(self, model: Any, size: int, batch: int, profile: ImplProfile, db: int, records: bool) -> dict[str, Cost]:
-        """This branch on a CostModel's layers."""
-        return self.evaluate(model.sam, model.clip, model.projector, size, batch, profile, db, records)
-
-
-@dataclass(frozen=True)
-class QueryVisionBranch(VisionBranch):
-    """DeepSeek-OCR 2: SAM -> Qwen2 encoder over [SAM tokens; queries] -> projector on the query outputs."""
-
-    stages: tuple[str, ...] = FAMILY_VISION_STAGES["deepseek-ocr-2"]
-
-    def evaluate_query(
-        self,
-        sam: SamEncoder,
-        encoder: Qwen2QueryEncoder,
-        projector: MlpProjector,
-        size: int,
-        batch: int,
-        profile: ImplProfile,
-        db: int,
-        records: bool,
-    ) -> dict[str, Cost]:
-        sam_stage, enc_stage, proj_stage = self.stages
-        out = {part: Cost(records) for part in self.stages}
+        """``stages`` = (sam, the family's encoder stage, projector); the encoder says which rows reach the
+        projector (CLIP drops its CLS row, the query encoder keeps only the query outputs)."""
+        sam_stage, enc_stage, proj_stage = stages
+        out = {part: Cost(records) for part in stages}
         if batch == 0:
             return out
         grid = sam.evaluate(out[sam_stage], batch, size, profile, db, sam_stage if records else None)
-        kept = encoder.evaluate(out[enc_stage], batch, grid, profile, db, enc_stage if records else None)
-        projector.evaluate(out[proj_stage], batch, kept, db, proj_stage if records else None)
+        seq = encoder.evaluate(out[enc_stage], batch, grid, profile, db, enc_stage if records else None)
+        projector.evaluate(out[proj_stage], batch, encoder.projector_rows(seq), db, proj_stage if records else None)
         return out
 
     def run(self, model: Any, size: int, batch: int, profile: ImplProfile, db: int, records: bool) -> dict[str, Cost]:
-        encoder = model.vision[self.stages[1]]
-        return self.evaluate_query(model.sam, encoder, model.projector, size, batch, profile, db, records)
+        """This branch on a CostModel's layers, with the stages of the model's family."""
+        stages = model.vision_stages
+        encoder = model.vision[stages[1]]
+        return self.evaluate(stages, model.sam, encoder, model.projector, size, batch, profile, db, records)
 
 
 @dataclass(frozen=True)

@@ -74,3 +74,7 @@ class ClipEncoder:
             blk.evaluate(one, batch, seq, profile, db, None)
             c.add(one, self.num_layers)
         return seq
+
+    def projector_rows(self, seq: int) -> int:
+        """Rows per view the projector reads: the CLS row is dropped before fusion."""
+        return seq - 1

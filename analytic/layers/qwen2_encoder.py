@@ -130,3 +130,7 @@ class Qwen2QueryEncoder:
             "intermediate_size": self.intermediate_size,
             "query_counts": list(self.query_counts),
         }
+
+    def projector_rows(self, kept: int) -> int:
+        """Rows per view the projector reads: the query outputs `evaluate` kept."""
+        return kept
