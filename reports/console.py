@@ -12,7 +12,7 @@ from rich.table import Table
 from reports.format import format_metric, format_rel
 from reports.frame import comparison_frame
 from reports.model import RunResult
-from reports.safe import printable, safe_tree
+from reports.safe import printable
 from reports.summary import gated_summary, is_synthetic, verdict_line
 
 _VERDICT_STYLE = {"PASS": "bold green", "FAIL": "bold red", "INCOMPLETE COUNT": "bold red", "ERROR": "bold yellow"}
@@ -54,8 +54,7 @@ def summary_table(run: RunResult, df=None) -> Table:
 
 
 def print_summary(run: RunResult, console: Console | None = None, paths: dict[str, Path] | None = None) -> None:
-    console = console or Console()
-    run = safe_tree(run)
+    console = console or Console()  # every user-supplied string below goes through printable()
     df = comparison_frame(run)
     if len(gated_summary(df)):
         console.print(summary_table(run, df))

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from reports.frame import comparison_frame, leaf_summary
 from reports.model import PageResult, RunResult
 from reports.summary import is_synthetic, verdict_line
@@ -14,8 +16,8 @@ from reports.summary import is_synthetic, verdict_line
 REPORT_FORMAT = 1
 
 
-def run_document(run: RunResult) -> dict[str, Any]:
-    df = comparison_frame(run)
+def run_document(run: RunResult, df: pd.DataFrame | None = None) -> dict[str, Any]:
+    df = comparison_frame(run) if df is None else df
     summary = leaf_summary(df).astype(object).where(lambda t: t.notna(), None).to_dict("records")
     return jsonable(
         {

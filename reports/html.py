@@ -26,7 +26,7 @@ MAX_FAILING_ROWS = 200  # the CSV has all of them
 MAX_PAGE_BARS = 40  # "where the cost goes": one bar per page up to this many, else one per mode
 CHART_METRIC = "tensor_flops"  # the per-page charts total this metric
 SYNTHETIC_NOTE = (
-    "Synthetic pages. This run used the embedded page set: synthetic page geometries chosen to be representative "
+    "This run used the embedded page set: synthetic page geometries chosen to be representative "
     "of OmniDocBench's nine document types and to hit every crop-grid path. They are not pages of the real "
     "benchmark; use --omnidocbench ROOT for that."
 )
@@ -81,9 +81,9 @@ details summary{cursor:pointer;color:var(--muted)}
 """.strip()
 
 
-def render_html(run: RunResult) -> str:
+def render_html(run: RunResult, df: pd.DataFrame | None = None) -> str:
     """The whole report as one HTML document that opens without a network."""
-    df = comparison_frame(run)
+    df = comparison_frame(run) if df is None else df
     summary = leaf_summary(df)
     title = f"Verdict: {run.verdict} · {run.command} · {run.run_id}"
     body = [*_verdict(run, df), *_failures(df), *_errors(run), *_charts(run, df, summary)]
@@ -134,10 +134,6 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _rel(value: Any) -> str:
-    return "-" if _missing(value) else format_rel(float(value))
-
-
 def _table(head: Iterable[str], rows: Iterable[Iterable[Any]], row_classes: Iterable[str] | None = None) -> str:
     """Cells are escaped here; a cell given as ('num', text) or ('fail', text) gets that class."""
     out = ['<div class="scroll"><table><thead><tr>', *(f"<th>{_e(h)}</th>" for h in head), "</tr></thead><tbody>"]
@@ -173,9 +169,7 @@ def _verdict(run: RunResult, df: pd.DataFrame) -> list[str]:
         "</section>",
     ]
     if is_synthetic(run):
-        out.append(
-            f'<p class="note"><b>Synthetic pages.</b> {_e(SYNTHETIC_NOTE.removeprefix("Synthetic pages. "))}</p>'
-        )
+        out.append(f'<p class="note"><b>Synthetic pages.</b> {_e(SYNTHETIC_NOTE)}</p>')
     meta = f"Run {run.run_id} · {run.command} · {n} pages · {run.wall_s:.1f} s · {run.started_at} → {run.finished_at}"
     out.append(f'<p class="meta">{_e(meta)}</p>')
     return out
@@ -195,8 +189,8 @@ def _failures(df: pd.DataFrame) -> list[str]:
             ("num", format_metric(r.metric, r.vendor)),
             ("num", format_metric(r.metric, r.analytic)),
             ("num", format_metric(r.metric, r.abs_delta)),
-            ("fail", _rel(r.rel_delta)),
-            ("num", _rel(r.tolerance)),
+            ("fail", format_rel(r.rel_delta)),
+            ("num", format_rel(r.tolerance)),
             r.gap_family or "-",
             r.note,
         ]
@@ -234,10 +228,10 @@ def _stage_table(summary: pd.DataFrame) -> list[str]:
                 s.part,
                 s.metric,
                 ("num", s.pages),
-                ("num", "-" if _missing(s.vendor_total) else format_metric(s.metric, s.vendor_total)),
+                ("num", format_metric(s.metric, s.vendor_total)),
                 ("num", format_metric(s.metric, s.analytic_total)),
-                ("num", _rel(s.tolerance)),
-                ("fail" if s.failed else "num", "not run" if s.pages == 0 else _rel(s.max_rel)),
+                ("num", format_rel(s.tolerance)),
+                ("fail" if s.failed else "num", "not run" if s.pages == 0 else format_rel(s.max_rel)),
                 "-" if _missing(s.worst_page) else s.worst_page,
                 ("num", s.passed),
                 ("fail" if s.failed else "num", s.failed),
@@ -285,10 +279,10 @@ def _pages(run: RunResult, df: pd.DataFrame) -> list[str]:
                 ("num", w.get("prefill_len", "-")),
                 (
                     "num",
-                    "-" if totals is None or _missing(totals.vendor) else format_metric(CHART_METRIC, totals.vendor),
+                    "-" if totals is None else format_metric(CHART_METRIC, totals.vendor),
                 ),
                 ("num", "-" if totals is None else format_metric(CHART_METRIC, totals.analytic)),
-                ("num", _rel(worst.get(p.page.page_id))),
+                ("num", format_rel(worst.get(p.page.page_id))),
                 ("notrun", skipped.get(p.page.page_id, "")),
                 "hit" if p.cache_hit else "miss",
             ]

@@ -22,8 +22,8 @@ SYNTHETIC_NOTE = (
 )
 
 
-def render_markdown(run: RunResult) -> str:
-    df = comparison_frame(run)
+def render_markdown(run: RunResult, df: pd.DataFrame | None = None) -> str:
+    df = comparison_frame(run) if df is None else df
     summary = leaf_summary(df)
     out = [f"# Verdict: {run.verdict}", "", verdict_line(run, df), ""]
     if is_synthetic(run):

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from reports.document import run_document
+from reports.frame import comparison_frame
 from reports.html import render_html
 from reports.markdown import render_markdown
 from reports.model import RunResult
@@ -31,16 +32,17 @@ class ReportExistsError(FileExistsError):
 def write_reports(run: RunResult, run_dir: Path) -> dict[str, Path]:
     """report.md, report.csv, report.json and report.html in `run_dir` (which must not exist); returns their paths."""
     run_dir = Path(run_dir)
-    run = safe_tree(run)  # a file name that is not UTF-8 must not cost the run its reports
     _refuse_existing(run_dir)
+    run = safe_tree(run)  # a file name that is not UTF-8 must not cost the run its reports
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.partial-"))
     try:
-        (staging / REPORT_FILES["markdown"]).write_text(render_markdown(run), encoding="utf-8")
-        write_csv(run, staging / REPORT_FILES["csv"])
-        text = json.dumps(run_document(run), indent=1, allow_nan=False)
+        df = comparison_frame(run)  # every format is a view of this one frame
+        (staging / REPORT_FILES["markdown"]).write_text(render_markdown(run, df), encoding="utf-8")
+        write_csv(run, staging / REPORT_FILES["csv"], df)
+        text = json.dumps(run_document(run, df), indent=1, allow_nan=False)
         (staging / REPORT_FILES["json"]).write_text(text + "\n", encoding="utf-8")
-        (staging / REPORT_FILES["html"]).write_text(render_html(run), encoding="utf-8")
+        (staging / REPORT_FILES["html"]).write_text(render_html(run, df), encoding="utf-8")
         _refuse_existing(run_dir)  # POSIX rename would silently replace an empty directory
         _rename(staging, run_dir)
     except BaseException:

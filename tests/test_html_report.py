@@ -167,7 +167,7 @@ def test_written_with_the_other_reports_atomically(tmp_path, monkeypatch):
     paths = write_reports(run, tmp_path / "run")
     assert REPORT_FILES["html"] == "report.html" and paths["html"].read_text(encoding="utf-8").startswith("<!DOCTYPE")
 
-    def boom(_run):
+    def boom(_run, *_):
         raise RuntimeError("crash while charting")
 
     monkeypatch.setattr(writer_mod, "render_html", boom)

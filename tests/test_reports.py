@@ -125,7 +125,7 @@ def test_existing_run_dir_is_refused(tmp_path):
 
 
 def test_crash_mid_write_leaves_nothing(tmp_path, monkeypatch):
-    def boom(run, path):
+    def boom(run, path, *_):
         path.write_text("half a csv")
         raise RuntimeError("crash while writing")
 

@@ -639,7 +639,7 @@ def test_report_folder_race_takes_the_next_name(cache_dir, tmp_path, monkeypatch
 
 
 def test_reports_that_cannot_be_written_still_show_the_results(cache_dir, tmp_path, monkeypatch, capsys):
-    def disk_full(run, path):
+    def disk_full(run, path, *_):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr("reports.writer.write_csv", disk_full)
