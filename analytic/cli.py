@@ -12,18 +12,13 @@ from typing import Any
 
 from analytic.dtype_policy import choose_dtype, cpuinfo_native_bf16
 from analytic.layers.common import ConfigError
-from analytic.options import HelpFormatter, add_workload_options, workload_kwargs
+from analytic.options import HelpFormatter, UsageParser, add_workload_options, workload_kwargs
 from analytic.profiles import ProfileError, profile_names
 from analytic.workload import VisionWorkload, WorkloadError, check_positions
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line + exit 2, like argparse but without the usage dump
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = UsageParser(
         prog="dsocr-analytic",
         description="Analytic FLOP/byte cost of DeepSeek-OCR (or --model deepseek-ocr-2) on one page "
         "(formulas over shapes; no torch).",

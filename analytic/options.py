@@ -24,6 +24,13 @@ BACKEND_FAMILIES = (DEFAULT_FAMILY,)
 _BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
 
+class UsageParser(argparse.ArgumentParser):
+    """Usage errors as one line naming the fix, exit 2 (argparse's own code), without the usage dump."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Every option's default in --help (skipped where there is none to show)."""
 

@@ -8,28 +8,24 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 
+from analytic.options import HelpFormatter, UsageParser, user_path
 from drift.compare import diff_sides
 from drift.load import DiffInputError, load_side
 
 EXIT_SAME, EXIT_DIFFERENT, EXIT_USAGE = 0, 1, 2
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = UsageParser(
         prog="dsocr-diff",
         description="Compare two runs (run folder or report.json) or two vendor traces (dsocr-measure --json): "
         "per page x stage x part x metric, the aten ops that appeared, disappeared or changed, and the environment.",
         epilog="Exit codes: 0 no gated metric differs, 1 something differs, 2 bad input/usage.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("a", metavar="A", help="the reference: run folder, report.json or trace JSON")
     p.add_argument("b", metavar="B", help="the candidate, same kinds as A")
@@ -37,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true", help="print the JSON document instead of tables")
     fmt.add_argument("--markdown", action="store_true", help="print the markdown report instead of tables")
     fmt.add_argument("--quiet", action="store_true", help="print only the verdict line")
-    p.add_argument("--out", type=Path, metavar="DIR", help="also write DIR/diff.md and DIR/diff.json (atomically)")
-    p.add_argument("--max-rows", type=int, default=30, metavar="N", help="rows per console table (default 30)")
+    p.add_argument("--out", type=user_path, metavar="DIR", help="also write DIR/diff.md and DIR/diff.json (atomically)")
+    p.add_argument("--max-rows", type=int, default=30, metavar="N", help="rows per console table")
     return p
 
 

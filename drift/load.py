@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reports.writer import REPORT_FILES
 from vendor_shim.trace import SCHEMA as TRACE_SCHEMA
 from vendor_shim.trace import TraceValidationError, validate_trace_dict
 
-REPORT_FILE = "report.json"
+REPORT_FILE = REPORT_FILES["json"]
 REPORT_FORMATS = (1,)
 _WHAT = "pass a run folder (OUTPUT_DIR/<run id>), its report.json, or a trace written by dsocr-measure --json"
 _ENV_KEYS = ("transformers", "torch", "python", "backend", "device", "device_name", "dtype")

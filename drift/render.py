@@ -35,17 +35,17 @@ def diff_document(d: TraceDiff) -> dict[str, Any]:
             "headline": headline(d),
             "a": _side(d.a),
             "b": _side(d.b),
-            "environment_changes": _records(d.environment[d.environment["changed"].astype(bool)]),
+            "environment_changes": d.environment[d.environment["changed"].astype(bool)].to_dict("records"),
             "pairs": [
                 {"pair": p.key, "page_a": p.a.page_id, "page_b": p.b.page_id, "paired_by": p.paired_by} for p in d.pairs
             ],
             "unpaired": {"a": d.unpaired_a, "b": d.unpaired_b},
             "unmeasured": d.unmeasured,
             "coverage_changes": d.coverage,
-            "workload_changes": _records(d.workload),
-            "leaf_changes": _records(leaf_changes(d)),
-            "metrics": _records(d.metrics),
-            "ops": _records(d.ops),
+            "workload_changes": d.workload.to_dict("records"),
+            "leaf_changes": leaf_changes(d).to_dict("records"),
+            "metrics": d.metrics.to_dict("records"),
+            "ops": d.ops.to_dict("records"),
             "notes": d.notes,
         }
     )
@@ -193,10 +193,6 @@ def _holds(s: Side) -> str:
         return "one vendor trace"
     n = len(s.samples)
     return f"{s.command or 'run'}, {n} page{'' if n == 1 else 's'}"
-
-
-def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    return [dict(zip(df.columns, row, strict=True)) for row in df.itertuples(index=False, name=None)]
 
 
 def _num(v: Any, sign: bool = False) -> str:

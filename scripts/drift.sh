@@ -22,27 +22,25 @@ mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # both venvs run this checkout's code
 export DSOCR_CACHE_DIR="${DSOCR_CACHE_DIR:-$PWD/.cache}"  # rendered pages only: every gate runs --no-cache
 
-setup() {  # setup VENV LOG [DEPS]: quiet unless it fails
-    if ! DSOCR_VENV="$1" DSOCR_DEPS="${3:-tested}" bash scripts/setup.sh >"$2" 2>&1; then
-        tail -n 20 "$2" >&2
-        echo "drift.sh: setting up $1 failed (log: $2): fix the install, then run again" >&2
+setup() {  # setup VENV LOG [DEPS [PIN ...]]: quiet unless it fails
+    local venv=$1 log=$2 deps=${3:-tested}
+    shift $(($# < 3 ? $# : 3))
+    if ! DSOCR_VENV="$venv" DSOCR_DEPS="$deps" bash scripts/setup.sh "$@" >"$log" 2>&1; then
+        tail -n 20 "$log" >&2
+        echo "drift.sh: setting up $venv failed (log: $log): fix the install or the pins, then run again" >&2
         exit 2
     fi
 }
 echo "== setting up the tested set in $TESTED"
 setup "$TESTED" "$OUT/setup-tested.log"
-"$TESTED/bin/python" -m verify.depset check | tail -n 1
-echo "== setting up the candidate in $LATEST: the newest releases${*:+, then $*}"
-setup "$LATEST" "$OUT/setup-candidate.log" latest
-if [ $# -gt 0 ]; then
-    keep_torch="$OUT/keep-torch.txt"
-    "$LATEST/bin/python" -c "from importlib.metadata import version; print('torch==' + version('torch'))" >"$keep_torch"
-    if ! "$LATEST/bin/python" -m pip install -q -c "$keep_torch" "$@" >>"$OUT/setup-candidate.log" 2>&1; then
-        tail -n 20 "$OUT/setup-candidate.log" >&2
-        echo "drift.sh: pip cannot install $* next to the installed torch: pick other versions" >&2
-        exit 2
-    fi
+if ! "$TESTED/bin/python" -m verify.depset check >"$OUT/depset.txt"; then
+    cat "$OUT/depset.txt" >&2
+    echo "drift.sh: $TESTED does not hold the tested set: re-run scripts/setup.sh" >&2
+    exit 2
 fi
+tail -n 1 "$OUT/depset.txt"
+echo "== setting up the candidate in $LATEST: the newest releases${*:+, then $*}"
+setup "$LATEST" "$OUT/setup-candidate.log" latest "$@"
 
 versions() {
     "$1/bin/python" -c "from importlib.metadata import version as v; \

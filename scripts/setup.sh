@@ -4,7 +4,8 @@
 # when no torch is present yet, so a GPU user's CUDA build is kept: the tested set never names it.
 #
 #   DSOCR_DEPS=tested (default)  exact versions from constraints/tested.txt
-#   DSOCR_DEPS=latest            the newest releases instead (torch still kept as installed)
+#   DSOCR_DEPS=latest            the newest releases instead (torch still kept as installed); extra
+#                                arguments are requirements pinned on top (bash scripts/setup.sh transformers==X)
 #   DSOCR_VENV=DIR               the venv to create or update (default .venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +29,7 @@ else
     keep_torch="$(mktemp)"
     trap 'rm -f "$keep_torch"' EXIT
     python -c "from importlib.metadata import version; print('torch==' + version('torch'))" >"$keep_torch"
-    python -m pip install -q --upgrade --upgrade-strategy eager -c "$keep_torch" -e ".[vendor,dev]"
+    python -m pip install -q --upgrade --upgrade-strategy eager -c "$keep_torch" -e ".[vendor,dev]" "$@"
 fi
 # Which set this venv holds: tests/test_tested_deps.py skips its version check in a "latest" venv.
 echo "$DEPS" >"$VENV/dsocr-deps"

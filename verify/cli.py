@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from analytic.options import HelpFormatter, add_workload_options, model_without_backend, user_path
+from analytic.options import HelpFormatter, UsageParser, add_workload_options, model_without_backend, user_path
 from analytic.workload import WorkloadError, check_positions, max_image_tokens, resolve_mode
 from reports.model import PageResult, PageSpec
 from reports.safe import printable
@@ -24,6 +24,7 @@ from vendor_shim.backends import REGISTRY
 from vendor_shim.backends.base import resolve_execution, resolve_vision_device
 from vendor_shim.errors import VendorInputError
 from vendor_shim.options import add_vendor_options, snapshot_options_misused
+from vendor_shim.remote_code.snapshot import check_vendor_dir
 from verify.cache import default_cache_root
 from verify.compare import DEFAULT_TOLERANCE, ToleranceError, parse_tolerances
 from verify.runner import VendorFailure, Verifier, VerifyConfig, build_workload, exit_code, run_pages
@@ -38,14 +39,9 @@ class UsageError(Exception):
     """Bad input or usage: one line, exit 2, no report."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's own exit code is already 2; keep one line
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser(prog: str, vision_only: bool) -> argparse.ArgumentParser:
     what = "vision stack (SAM, CLIP, projector)" if vision_only else "vision stack, prefill and decode"
-    p = _Parser(
+    p = UsageParser(
         prog=prog,
         description=f"Verify the analytic DeepSeek-OCR cost model against the real model code: {what}.",
         epilog="Exit codes: 0 pass, 1 discrepancy, 2 bad input/usage, 3 vendor run failed.",
@@ -94,10 +90,7 @@ def config_from_args(args: argparse.Namespace, command: str, vision_only: bool) 
     if REGISTRY.spec(args.backend).needs_vendor_dir:
         if args.vendor_dir is None:
             raise UsageError(f"--backend {args.backend} needs --vendor-dir PATH (a local DeepSeek-OCR snapshot)")
-        if args.vendor_dir.is_file():
-            raise UsageError(f"vendor dir {args.vendor_dir} is a file, not a folder: point --vendor-dir at a snapshot")
-        if not args.vendor_dir.is_dir():
-            raise UsageError(f"vendor dir {args.vendor_dir} does not exist: point --vendor-dir at a snapshot folder")
+        check_vendor_dir(args.vendor_dir)
         if not args.trust_remote_code:
             raise UsageError(
                 f"{args.backend} executes the snapshot's Python files: add --trust-remote-code to allow it"
@@ -160,11 +153,10 @@ def _refuse_options_that_do_not_apply(args: argparse.Namespace, vision_only: boo
         raise UsageError("--seed applies only to --sample: drop it or add --sample N")
     if args.no_cache and args.cache_dir is not None:
         raise UsageError("--cache-dir has no effect with --no-cache: drop one of them")
-    if args.backend == "remote-code" and not vision_only:
-        if args.attn_impl != "eager":
-            raise UsageError("--attn-impl sdpa: the official decoder runs eager attention only; drop --attn-impl")
-        if args.lm_head == "last":
-            raise UsageError("--lm-head last: the official forward projects every prefill position; use --lm-head all")
+    if not vision_only:
+        refusal = REGISTRY.spec(args.backend).refusal(attn_impl=args.attn_impl, lm_head_scope=args.lm_head)
+        if refusal:
+            raise UsageError(refusal)
 
 
 def _check_bounds(args: argparse.Namespace) -> None:
