@@ -331,7 +331,6 @@ class VisionWorkload:
         attn_impl: str = "eager",
         model: str = DEFAULT_FAMILY,
     ) -> VisionWorkload:
-        family_rules(model)
         name, preset = resolve_mode(mode, base_size, image_size, crop_mode, model)
         if prompt_tokens < 0 or decode_tokens < 0:
             raise WorkloadError("prompt_tokens and decode_tokens must be >= 0")

@@ -45,7 +45,6 @@ class VendorMeasurer:
     _memo: dict[str, dict[str, Any]] = field(default_factory=dict)
     _failures: dict[str, str] = field(default_factory=dict)
     _fresh: set[str] = field(default_factory=set)  # measured by prefetch, not yet handed to a page
-    cache_writable: bool = True
     cache_problem: str | None = None  # why the cache is disabled or degraded, for the report's environment
 
     @classmethod
@@ -94,7 +93,6 @@ class VendorMeasurer:
             self.cache = None
 
     def _cache_fault(self, what: str) -> None:
-        self.cache_writable = False
         if self.cache_problem is None:  # one warning line per run
             print(
                 f"warning: trace cache {what} (a cache problem, not a vendor failure; use --cache-dir to fix)",
@@ -125,7 +123,12 @@ class VendorMeasurer:
         todo: dict[str, VisionWorkload] = {}
         for wl in workloads:
             k = self.key(wl)
-            if k not in self._memo and k not in todo and self._cached(k) is None:
+            if k in self._memo or k in todo:
+                continue
+            cached = self._cached(k)
+            if cached is not None:
+                self._memo[k] = cached  # served as a cache hit by __call__ (k is not in _fresh)
+            else:
                 todo[k] = wl
         if not todo:
             return
@@ -169,7 +172,7 @@ class VendorMeasurer:
 
     def _store(self, k: str, trace: dict[str, Any]) -> None:
         self._memo[k] = trace
-        if not (self.cache and self.cache_writable and trace.get("complete", False)):
+        if not (self.cache and self.cache_problem is None and trace.get("complete", False)):
             return
         try:
             self.cache.put(k, trace)

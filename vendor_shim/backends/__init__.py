@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from analytic.schema import ATTN_IMPLS, LM_HEAD_SCOPES
 from vendor_shim.errors import VendorInputError
 
 
@@ -27,6 +28,22 @@ class BackendSpec:
     summary: str
     splits_vision: bool = False  # its generation accepts pre-encoded vision features (vision counted on meta)
     needs_vendor_dir: bool = False  # runs code from a local snapshot (--vendor-dir, --trust-remote-code)
+    attn_impls: tuple[str, ...] = ATTN_IMPLS  # decoder attentions its code can run
+    lm_head_scopes: tuple[str, ...] = LM_HEAD_SCOPES  # prefill lm_head scopes its forward can do
+
+    def refusal(self, *, attn_impl: str, lm_head_scope: str | None) -> str | None:
+        """One line naming the fix when the backend's code cannot run this decoder setting, else None."""
+        if attn_impl not in self.attn_impls:
+            return (
+                f"--attn-impl {attn_impl}: the {self.name} backend runs {'/'.join(self.attn_impls)} attention only; "
+                "drop --attn-impl"
+            )
+        if lm_head_scope is not None and lm_head_scope not in self.lm_head_scopes:
+            return (
+                f"--lm-head {lm_head_scope}: the {self.name} backend projects lm_head over "
+                f"{'/'.join(self.lm_head_scopes)} prefill positions only; use --lm-head {self.lm_head_scopes[0]}"
+            )
+        return None
 
 
 class BackendRegistry:
@@ -89,6 +106,8 @@ REGISTRY = BackendRegistry(
         impl="official",
         summary="the official DeepSeek-OCR code from a local snapshot (needs --vendor-dir and --trust-remote-code)",
         needs_vendor_dir=True,
+        attn_impls=("eager",),  # the official decoder: eager (or flash-attn 2, not installed here)
+        lm_head_scopes=("all",),  # the official forward projects every prefill position
     ),
 )
 DEFAULT_BACKEND = REGISTRY.default

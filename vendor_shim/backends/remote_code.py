@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from vendor_shim.backends import REGISTRY
 from vendor_shim.backends.base import DEVICES, OutOfProcessBackend
 from vendor_shim.errors import VendorInputError, VendorRunError, VendorShimError
 from vendor_shim.remote_code.env import PINS, ensure_env
@@ -162,15 +163,11 @@ class RemoteCodeBackend(OutOfProcessBackend):
 
 
 def _check_workload(workload: VisionWorkload, vision_only: bool) -> None:
-    """What the official code cannot do, refused before any subprocess starts (exit 2)."""
-    if not vision_only and workload.lm_head_scope != "all":
-        raise VendorInputError(
-            "lm_head scope 'last': the official forward projects every prefill position; use --lm-head all"
-        )
-    if workload.attn_impl != "eager":
-        raise VendorInputError(
-            f"attention {workload.attn_impl!r}: the official decoder runs eager (or flash-attn 2): use eager"
-        )
+    """What the official code cannot do (its registry entry says), refused before any subprocess starts (exit 2)."""
+    scope = None if vision_only else workload.lm_head_scope
+    refusal = REGISTRY.spec(RemoteCodeBackend.name).refusal(attn_impl=workload.attn_impl, lm_head_scope=scope)
+    if refusal:
+        raise VendorInputError(refusal)
 
 
 def _run_worker(request: dict[str, Any], pythonpath: str, timeout_s: float | None) -> dict[str, Any]:

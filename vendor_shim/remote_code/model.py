@@ -49,7 +49,8 @@ def import_snapshot(snapshot: Snapshot) -> Any:
         spec = importlib.machinery.ModuleSpec(pkg_name, None, is_package=True)
         spec.submodule_search_locations = [str(snapshot.root)]
         sys.modules[pkg_name] = importlib.util.module_from_spec(spec)
-        siblings = frozenset(p.stem for p in snapshot.root.glob("*.py") if p.stem.isidentifier())
+        hashed = (Path(n).stem for n in snapshot.code_hashes if n.endswith(".py"))  # the files load_snapshot hashed
+        siblings = frozenset(stem for stem in hashed if stem.isidentifier())
         sys.meta_path.append(_SiblingFinder(pkg_name, siblings))  # last: never shadows an installed module
     sys.dont_write_bytecode = True
     try:

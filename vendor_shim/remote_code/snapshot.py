@@ -64,15 +64,20 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def check_vendor_dir(root: Path) -> None:
+    """The one check that --vendor-dir names a folder (the CLI asks it up front, `load_snapshot` again)."""
+    if root.is_file():
+        raise SnapshotError(f"{root}: vendor dir is a file, not a folder: pass a local DeepSeek-OCR snapshot directory")
+    if not root.is_dir():
+        raise SnapshotError(f"{root}: vendor dir does not exist: pass a local DeepSeek-OCR snapshot directory")
+
+
 def load_snapshot(vendor_dir: str | Path | None) -> Snapshot:
     """Validate ``vendor_dir`` and hash its code; raises `SnapshotError` (exit 2) otherwise."""
     if vendor_dir is None or str(vendor_dir) == "":
         raise SnapshotError("backend remote-code needs --vendor-dir PATH: a local DeepSeek-OCR snapshot directory")
     root = Path(vendor_dir).expanduser().resolve()
-    if root.is_file():
-        raise SnapshotError(f"{root}: vendor dir is a file, not a folder: pass a local DeepSeek-OCR snapshot directory")
-    if not root.is_dir():
-        raise SnapshotError(f"{root}: vendor dir not found: pass a local DeepSeek-OCR snapshot directory")
+    check_vendor_dir(root)
     missing = [name for name in (*CODE_FILES, CONFIG_FILE) if not (root / name).is_file()]
     if missing:
         raise SnapshotError(
