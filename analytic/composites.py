@@ -75,7 +75,9 @@ class Prefill:
     def evaluate(self, decoder: Decoder, w: VisionWorkload, profile: ImplProfile, records: bool) -> tuple[Cost, Cost]:
         db = w.dtype_bytes
         dec, head = Cost(records), Cost(records)
-        decoder.forward(dec, w.prefill_len, 0, profile, w.attn_impl, db, "decoder" if records else None)
+        decoder.forward(
+            dec, w.prefill_len, 0, profile, w.attn_impl, db, "decoder" if records else None, w.prefill_experts_hit
+        )
         rows = w.prefill_len if w.lm_head_scope == "all" else 1
         decoder.lm_head(head, rows, db, "lm_head" if records else None)
         return dec, head

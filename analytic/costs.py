@@ -56,6 +56,7 @@ class Cost:
         "families",
         "io_bytes",
         "kv_cache_bytes",
+        "peak_bytes",
         "records",
         "tensor_flops",
         "weight_bytes",
@@ -69,6 +70,7 @@ class Cost:
         self.weight_bytes = 0
         self.activation_bytes = 0
         self.kv_cache_bytes = 0
+        self.peak_bytes = 0
         self.families: dict[str, int] = {}
         self.records: list[dict[str, Any]] | None = [] if records else None
 
@@ -86,6 +88,7 @@ class Cost:
         self.weight_bytes += other.weight_bytes * times
         self.activation_bytes += other.activation_bytes * times
         self.kv_cache_bytes += other.kv_cache_bytes * times
+        self.peak_bytes = max(self.peak_bytes, other.peak_bytes)  # layers run one after another
         fam = self.families
         for k, v in other.families.items():
             fam[k] = fam.get(k, 0) + v * times

@@ -20,7 +20,7 @@ from analytic.layers.decoder import Decoder
 from analytic.layers.projector import MlpProjector
 from analytic.layers.sam import SamEncoder
 from analytic.profiles import ImplProfile, ProfileError
-from analytic.schema import DEFAULT_FAMILY, FAMILIES, LM_PARTS, VISION_BRANCHES, family_vision_stages
+from analytic.schema import DEFAULT_FAMILY, FAMILIES, LM_PARTS, VISION_BRANCHES, combine, family_vision_stages
 from analytic.workload import VisionWorkload
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -43,11 +43,8 @@ def _zero_leaf(causal: bool) -> dict[str, int]:
 
 
 def _sum_leaves(leaves: list[dict[str, int]], causal: bool) -> dict[str, int]:
-    total = _zero_leaf(causal)
-    for leaf in leaves:
-        for k in total:
-            total[k] += leaf[k]
-    return total
+    """Decode stage from its steps: work adds up, peaks take the maximum (`analytic.schema.combine`)."""
+    return {k: combine(k, [leaf[k] for leaf in leaves]) for k in _zero_leaf(causal)}
 
 
 @dataclass
@@ -260,7 +257,7 @@ class CostModel:
         def run() -> tuple[Cost, Cost]:
             return comp.evaluate(self.decoder, w, prof, records)
 
-        key = ("prefill", w.prefill_len, w.lm_head_scope, prof.name, w.attn_impl, w.dtype_bytes)
+        key = ("prefill", w.prefill_len, w.lm_head_scope, prof.name, w.attn_impl, w.dtype_bytes, w.prefill_experts_hit)
         return run() if records else self._memoised(key, run)
 
     def _decode_step(self, w: VisionWorkload, t: int, prof: ImplProfile, records: bool) -> tuple[Cost, Cost]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from analytic.schema import LM_HEAD_SCOPES
+from analytic.schema import LM_HEAD_SCOPES, METRICS
 
 PROFILE_DIR = Path(__file__).resolve().parent / "configs" / "profiles"
 
@@ -42,6 +42,10 @@ class ImplProfile:
       eager = two matmuls (bmm family), sdpa = one attention kernel (sdpa family; flash-attn
       counted with the same formula).
     supports_mla: whether the decoder class implements multi-head latent attention.
+    modeled_metrics: the metrics this profile follows op by op as the implementation executes them
+      (gated against the vendor), as ``METRIC`` (every stage) or ``STAGE.METRIC``; the others are
+      estimates under the model's own conventions, reported next to the measured figure until the
+      profile models the code's copies and casts.
     """
 
     name: str
@@ -52,6 +56,7 @@ class ImplProfile:
     decoder_attn_impls: tuple[str, ...]
     supports_mla: bool
     lm_head_default: str
+    modeled_metrics: tuple[str, ...] = ("tensor_flops",)
     references: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -66,6 +71,13 @@ class ImplProfile:
             if value not in allowed:
                 raise ProfileError(f"profile {self.name}: {label}={value!r} unknown; use one of {', '.join(allowed)}")
         object.__setattr__(self, "decoder_attn_impls", tuple(self.decoder_attn_impls))
+        object.__setattr__(self, "modeled_metrics", tuple(self.modeled_metrics))
+        unknown = [m for m in self.modeled_metrics if m.rpartition(".")[2] not in METRICS or m.count(".") > 1]
+        if unknown or "tensor_flops" not in self.modeled_metrics:
+            raise ProfileError(
+                f"profile {self.name}: modeled_metrics must include tensor_flops and name only METRIC or STAGE.METRIC "
+                f"with METRIC in {', '.join(METRICS)}"
+            )
         object.__setattr__(self, "references", dict(self.references))
 
     def decoder_attention_family(self, attn_impl: str) -> str:
@@ -84,6 +96,7 @@ class ImplProfile:
             "decoder_attn_impls": list(self.decoder_attn_impls),
             "supports_mla": self.supports_mla,
             "lm_head_default": self.lm_head_default,
+            "modeled_metrics": list(self.modeled_metrics),
             "references": dict(self.references),
         }
 

@@ -31,7 +31,16 @@ METRICS = (
     "weight_bytes",
     "activation_bytes",
     "kv_cache_bytes",
+    "peak_bytes",
 )
+# How a stage's figure follows from its parts over time (decode steps, repeated calls): work adds up,
+# a high-water mark does not.
+PEAK_METRICS = ("peak_bytes",)
+
+
+def combine(metric: str, values: list[int] | tuple[int, ...]) -> int:
+    """Stage figure from per-step figures: the maximum for high-water marks, the sum for everything else."""
+    return max(values, default=0) if metric in PEAK_METRICS else sum(values)
 
 
 def check_family(family: str) -> str:

@@ -298,6 +298,10 @@ class VisionWorkload:
     impl: str = "official"  # an implementation profile (profiles.profile_names())
     attn_impl: str = "eager"  # one of schema.ATTN_IMPLS
     model: str = DEFAULT_FAMILY  # the model family (schema.FAMILIES): picks the rules above and the config
+    # Experts whose weights the prefill reads, per MoE layer in order; None = balanced routing (every layer
+    # hits min(E, rows x top-k)).  Routing decides bytes, never FLOPs: a comparison takes it from the vendor
+    # trace, as it takes the crop grid.  Decode steps need none: one token hits exactly top-k experts.
+    prefill_experts_hit: tuple[int, ...] | None = None
 
     @property
     def prefill_len(self) -> int:
@@ -383,11 +387,14 @@ class VisionWorkload:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VisionWorkload:
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        kw = {k: v for k, v in d.items() if k in names}
+        if kw.get("prefill_experts_hit") is not None:  # JSON gives a list; the workload is hashable
+            kw["prefill_experts_hit"] = tuple(kw["prefill_experts_hit"])
+        return cls(**kw)
 
     def signature(self) -> dict[str, Any]:
         """The fields that change a count (page size only through the grid)."""
         d = self.to_dict()
-        for k in ("width", "height", "mode"):
+        for k in ("width", "height", "mode", "prefill_experts_hit"):  # routing is what the run did, not asked
             d.pop(k, None)
         return d

@@ -36,7 +36,7 @@ PAIR_KEYS = (
 KNOBS = ("mode", "dtype", "lm_head_scope", "impl", "attn_impl", "prompt_tokens", "decode_tokens")
 METRIC_COLUMNS = ["pair", "stage", "part", "metric", "a", "b", "delta", "rel_delta", "gated", "changed"]
 OP_COLUMNS = ["pair", "stage", "part", "op", "family", "status", "flops_a", "flops_b", "delta_flops"]
-OP_COLUMNS += ["calls_a", "calls_b", "fields", "shapes_a", "shapes_b"]
+OP_COLUMNS += ["calls_a", "calls_b", "fields", "deltas", "shapes_a", "shapes_b"]
 SHAPES_SHOWN = 3
 
 
@@ -221,6 +221,12 @@ def op_diff(key: str, ta: dict[str, Any], tb: dict[str, Any]) -> list[dict[str, 
                     "calls_a": _number((ra or {}).get("calls")),
                     "calls_b": _number((rb or {}).get("calls")),
                     "fields": fields,
+                    # per-op delta of every other measured metric the op cells carry (bytes, elementwise FLOPs)
+                    "deltas": {
+                        f: (_number((rb or {}).get(f)) or 0) - (_number((ra or {}).get(f)) or 0)
+                        for f in fields
+                        if f in METRICS
+                    },
                     "shapes_a": call_shapes(ta, stage, part, op),
                     "shapes_b": call_shapes(tb, stage, part, op),
                 }

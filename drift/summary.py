@@ -31,8 +31,9 @@ def leaf_changes(d: TraceDiff) -> pd.DataFrame:
 
 
 def op_changes(d: TraceDiff) -> pd.DataFrame:
-    """Per stage x part x op over pairs: status (joined), delta_flops, calls A and B (summed)."""
-    cols = ["stage", "part", "op", "status", "delta_flops", "calls_a", "calls_b"]
+    """Per stage x part x op over pairs: status (joined), delta_flops, calls A and B, the other metrics' deltas
+    (summed)."""
+    cols = ["stage", "part", "op", "status", "delta_flops", "calls_a", "calls_b", "deltas"]
     if d.ops.empty:
         return pd.DataFrame(columns=cols, dtype=object)
     g = d.ops.groupby(["stage", "part", "op"], sort=False).agg(
@@ -40,8 +41,17 @@ def op_changes(d: TraceDiff) -> pd.DataFrame:
         delta_flops=("delta_flops", _exact_sum),
         calls_a=("calls_a", _exact_sum),
         calls_b=("calls_b", _exact_sum),
+        deltas=("deltas", _sum_dicts),
     )
     return g.reset_index()[cols].astype(object)
+
+
+def _sum_dicts(col: pd.Series) -> dict[str, int | float]:
+    out: dict[str, int | float] = {}
+    for d in col:
+        for k, v in (d if isinstance(d, dict) else {}).items():
+            out[k] = out.get(k, 0) + v
+    return out
 
 
 def environment_changes(d: TraceDiff) -> list[str]:
@@ -94,20 +104,41 @@ def _leaf_text(row: Any, ops: pd.DataFrame, n_pairs: int) -> str:
     amount = "appeared or vanished" if row.delta is None else f"changed by {row.delta:+,}{_unit(row.metric)}"
     detail = [row.metric] + ([f"{row.pages} of {n_pairs} pages"] if n_pairs > 1 else [])
     mine = ops[(ops["stage"] == row.stage) & (ops["part"] == row.part)]
+    size = [abs(_op_delta(r, row.metric) or 0) for r in mine.itertuples(index=False)]
+    if row.metric != "tensor_flops":  # ops whose own figure changed (a high-water mark has no per-op figure)
+        mine = mine[[bool(x) for x in size]]
+        size = [x for x in size if x]
     if not mine.empty:
-        mine = mine.assign(_abs=[abs(x or 0) for x in mine["delta_flops"]]).sort_values("_abs", ascending=False)
-        detail.append("ops: " + ", ".join(_op_text(r) for r in mine.head(HEADLINE_OPS).itertuples(index=False)))
+        mine = mine.assign(_abs=size).sort_values("_abs", ascending=False)
+        detail.append(
+            "ops: " + ", ".join(_op_text(r, row.metric) for r in mine.head(HEADLINE_OPS).itertuples(index=False))
+        )
     return f"stage {row.stage}/{row.part} {amount} ({'; '.join(detail)})"
 
 
-def _op_text(r: Any) -> str:
+def _op_delta(r: Any, metric: str) -> int | float | None:
+    """An op row's change in `metric` (tensor FLOPs are its ``delta_flops``)."""
+    if metric == "tensor_flops":
+        return r.delta_flops
+    deltas = getattr(r, "deltas", None)
+    return deltas.get(metric) if isinstance(deltas, dict) else None
+
+
+def _op_text(r: Any, metric: str = "tensor_flops") -> str:
+    delta = _op_delta(r, metric) or 0
+    unit = _unit(metric)
     if r.status == "appeared":
-        return f"+{r.op} (new, {r.delta_flops:,} FLOPs)"
+        return f"+{r.op} (new, {delta:,}{unit})"
     if r.status == "disappeared":
-        return f"-{r.op} (gone, {-r.delta_flops:,} FLOPs)"
-    if r.delta_flops:
-        return f"{r.op} {r.delta_flops:+,}"
-    return f"{r.op} calls {r.calls_a} -> {r.calls_b}"
+        return f"-{r.op} (gone, {-delta:,}{unit})"
+    if delta:
+        return f"{r.op} {delta:+,}"
+    return f"{r.op} calls {_int(r.calls_a)} -> {_int(r.calls_b)}"
+
+
+def _int(v: Any) -> Any:
+    """Call counts come back from the frame as floats where one side is missing: print 48, not 48.0."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
 
 
 def _tail(d: TraceDiff) -> str:

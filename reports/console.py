@@ -13,37 +13,43 @@ from reports.format import format_metric, format_rel
 from reports.frame import comparison_frame
 from reports.model import RunResult
 from reports.safe import printable
-from reports.summary import gated_summary, is_synthetic, verdict_line
+from reports.summary import gated_summary, is_synthetic, reported_line, verdict_line
 
 _VERDICT_STYLE = {"PASS": "bold green", "FAIL": "bold red", "INCOMPLETE COUNT": "bold red", "ERROR": "bold yellow"}
 _NUMERIC = ("vendor", "analytic", "tolerance", "max rel Δ", "pass", "fail", "not run")
 _UNITS = 11  # '15.63 TFLOP'
 
-_FIXED = {"stage": 16, "metric": 17}  # 'projector/global', 'elementwise_flops': never cut
+_FIXED = {"stage": 16}  # 'projector/global': never cut
 
 
-def summary_table(run: RunResult, df=None) -> Table:
-    """Per stage x part (gated metrics): totals over pages, tolerance, worst relative delta, pass/fail/not-run."""
+def summary_tables(run: RunResult, df=None) -> list[Table]:
+    """One table per gated metric (80 columns each): per stage x part, totals over pages, tolerance, worst relative
+    delta, pass/fail/not-run.  Leaves that are zero on both sides on every page (a vision stage's KV cache) are left
+    to the reports."""
     gated = gated_summary(comparison_frame(run) if df is None else df)
-    many_metrics = gated.metric.nunique() > 1
+    return [_metric_table(run, metric, g) for metric, g in gated.groupby("metric", sort=False)]
+
+
+def _metric_table(run: RunResult, metric: str, gated) -> Table:
+    shown = gated[(gated.vendor_total.fillna(0) != 0) | (gated.analytic_total != 0)]
+    gated = shown if len(shown) else gated
     n = len(run.pages)
-    title = f"{run.command} · totals over {n} page{'' if n == 1 else 's'}"
+    title = f"{metric} · {run.command} · totals over {n} page{'' if n == 1 else 's'}"
     tolerances = gated.tolerance.dropna().unique()
     one_tolerance = len(tolerances) == 1  # then the title says it and the table keeps to 80 columns
     if one_tolerance:
-        title += f" · tolerance {format_rel(float(tolerances[0]))} on every stage"
+        title += f" · tolerance {format_rel(float(tolerances[0]))}"
     numeric = [c for c in _NUMERIC if not (one_tolerance and c == "tolerance")]
     # 80 columns hold it all: no vertical rules, stage and part in one cell, 2-digit numbers; nothing is cut
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
-    for name in ("stage", *(["metric"] if many_metrics else [])):
-        table.add_column(name, no_wrap=True, min_width=_FIXED[name])
+    table.add_column("stage", no_wrap=True, min_width=_FIXED["stage"])
     for name in numeric:  # never wrapped, never shorter than the header: a cut header or number is unreadable
         width = _UNITS if name in ("vendor", "analytic") else len(name)
         table.add_column(name, justify="right", no_wrap=True, min_width=width)
     for s in gated.itertuples():
         fail_cell = f"[bold red]{s.failed}[/]" if s.failed else "0"
         rel_style = "red" if s.failed else "green"
-        cells = [f"{s.stage}/{s.part}", *([s.metric] if many_metrics else [])]  # schema names: no markup
+        cells = [f"{s.stage}/{s.part}"]  # schema names: no markup
         cells += [format_metric(s.metric, s.vendor_total, 2), format_metric(s.metric, s.analytic_total, 2)]
         cells += [] if one_tolerance else [format_rel(s.tolerance)]
         rel = format_rel(s.max_rel) if s.pages else "not run"
@@ -56,8 +62,11 @@ def summary_table(run: RunResult, df=None) -> Table:
 def print_summary(run: RunResult, console: Console | None = None, paths: dict[str, Path] | None = None) -> None:
     console = console or Console()  # every user-supplied string below goes through printable()
     df = comparison_frame(run)
-    if len(gated_summary(df)):
-        console.print(summary_table(run, df))
+    for table in summary_tables(run, df):
+        console.print(table)
+    reported = reported_line(df)
+    if reported:
+        console.print(f"[dim]{escape(reported)}[/]", highlight=False)
     if is_synthetic(run):
         console.print("[dim]pages: embedded synthetic geometries, not the real OmniDocBench[/]")
     for page in (p for p in run.pages if p.error):

@@ -6,7 +6,7 @@ tolerance, passed, gap_family, note), the page's geometry (`PAGE_COLUMNS`), and 
 - ``pass`` / ``fail``: a gated row within / outside its tolerance;
 - ``not run``: a gated row of a branch the workload does not have (the crops of a page without crops):
   0 vs 0 proves nothing, so it is neither a pass nor a fail;
-- ``reported``: a metric shown but not gated (no measured counterpart);
+- ``reported``: a metric shown but not gated (not measured, or not modeled op by op by the profile);
 - ``error``: the page could not be verified (no rows; listed apart).
 """
 

@@ -51,3 +51,25 @@ def verdict_line(run: RunResult, df: pd.DataFrame | None = None) -> str:
         if errors:
             parts.append(("; " if fails else "") + f"{len(errors)} of {n} pages could not be verified")
     return " ".join(parts).replace(" ;", ";")
+
+
+def reported_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per metric that is measured but not gated: the worst relative delta and where (stage/part)."""
+    summary = leaf_summary(df)
+    if summary.empty:
+        return pd.DataFrame(columns=["metric", "max_rel", "where"])
+    shown = summary[~summary.gated & summary.max_rel.notna()]
+    out = []
+    for metric, g in shown.groupby("metric", sort=False):
+        worst = g.loc[g.max_rel.idxmax()]
+        out.append({"metric": metric, "max_rel": float(worst.max_rel), "where": f"{worst.stage}/{worst.part}"})
+    return pd.DataFrame(out, columns=["metric", "max_rel", "where"])
+
+
+def reported_line(df: pd.DataFrame) -> str | None:
+    """'reported, not gated: io_bytes worst 35.12% (sam/global), ...' or None when every measured metric is gated."""
+    rep = reported_summary(df)
+    if rep.empty:
+        return None
+    cells = [f"{r.metric} {format_rel(r.max_rel)} ({r.where})" for r in rep.itertuples()]
+    return "measured, not gated (the profile does not model them yet), worst delta: " + ", ".join(cells)

@@ -27,8 +27,12 @@ ENV |= {"backend": "hf", "code_hashes": {"modeling.py": "a" * 64}}
 def make_trace(ops: dict[tuple[str, str], dict[str, tuple[int, int]]], *, env: dict[str, Any] | None = None,
                shapes: dict[tuple[str, str], list[int]] | None = None, workload: dict[str, Any] | None = None,
                ) -> dict[str, Any]:  # fmt: skip
-    """A valid trace: leaf tensor_flops = the sum of its ops' FLOPs; one call record per leaf with `shapes`."""
+    """A valid version-1-style trace (tensor FLOPs measured, the other metrics null): leaf tensor_flops = the sum
+    of its ops' FLOPs; one call record per leaf with `shapes`."""
     stages = empty_stages(0)
+    for parts in stages.values():
+        for leaf in (v for k, v in parts.items() if k != "steps"):
+            leaf.update({m: None for m in leaf if m not in ("tensor_flops", "calls")})
     breakdown: dict[str, Any] = {}
     calls = []
     for (stage, part), leaf_ops in ops.items():
@@ -158,9 +162,12 @@ def test_metrics_are_read_from_the_leaves_not_a_fixed_list(tmp_path):
         ["prefill", "decoder", "io_bytes", None, 4096, None, False],
     ]
     assert d.exit_code == 0  # nothing gated changed
-    tb["measured_metrics"] = ["tensor_flops", "io_bytes"]
+    tb["measured_metrics"] = ["tensor_flops", "io_bytes"]  # then every leaf of B carries it
+    for parts in tb["stages"].values():
+        for leaf in (v for k, v in parts.items() if k != "steps"):
+            leaf["io_bytes"] = leaf["io_bytes"] or 0
     d = diff_sides(load_side(write(tmp_path, "a.json", ta)), load_side(write(tmp_path, "b.json", tb)))
-    assert d.gated_changes["metric"].tolist() == ["io_bytes"] and d.exit_code == 1
+    assert set(d.gated_changes["metric"]) == {"io_bytes"} and d.exit_code == 1  # A never measured it
 
 
 def run_doc(pages: list[tuple[str, dict[str, Any] | None, str | None]]) -> dict[str, Any]:
@@ -266,7 +273,8 @@ def first_pages(n: int) -> list[str]:
 
 
 def test_two_run_folders(tmp_path, monkeypatch, capsys):
-    """Vision-only runs on the meta device: bf16 on 2 pages vs float32 on 3. Counts never depend on dtype."""
+    """Vision-only runs on the meta device: bf16 on 2 pages vs float32 on 3. FLOP counts never depend on dtype;
+    bytes do (every tensor doubles, and the float32 casts of a bf16 run vanish), and the diff says so."""
     from verify.cli import main_vision
 
     monkeypatch.setenv("DSOCR_CACHE_DIR", str(tmp_path / "cache"))
@@ -278,10 +286,13 @@ def test_two_run_folders(tmp_path, monkeypatch, capsys):
     assert run(tmp_path / "a", run_b / "report.json", "--quiet") == 1  # an --output-dir with one run, a report.json
     out = capsys.readouterr().out.strip()
     third = first_pages(3)[2]
-    assert out == f"DIFFERENT: dtype bfloat16 -> float32: no change on 2 paired pages; 1 page only in B ({third})"
+    assert out.startswith("DIFFERENT: dtype bfloat16 -> float32: stage sam/global changed by +")
+    assert out.endswith(f"; 1 page only in B ({third})")
     d = diff_sides(load_side(tmp_path / "a"), load_side(run_b))
     assert [p.key for p in d.pairs] == first_pages(2) and d.unpaired_b == [third]
-    assert d.gated_changes.empty and d.ops.empty
+    changed = set(d.gated_changes["metric"])
+    assert "io_bytes" in changed and not {"tensor_flops", "elementwise_flops"} & changed
+    assert not d.ops["delta_flops"].any()  # ops changed their bytes (and casts their calls), never their FLOPs
     assert set(d.metrics["metric"]) >= {"tensor_flops"} and d.metrics["gated"].any()
     assert run(run_b, run_b, "--quiet") == 0  # a run against itself
 

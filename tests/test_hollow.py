@@ -27,7 +27,12 @@ def _count(fn, execute=None):
     counter = FlopCounterMode(display=False, custom_mapping=custom_mapping())
     log = AuditLog()
     charged: dict[str, int] = {}
-    audit = AuditMode(counter.flop_registry, lambda n, f: charged.__setitem__(n, charged.get(n, 0) + f), log, execute)
+    audit = AuditMode(
+        counter.flop_registry,
+        lambda n, m: charged.__setitem__(n, charged.get(n, 0) + m.vector[0]),
+        log,
+        execute=execute,
+    )
     with torch.no_grad(), audit, counter:
         out = fn()
     calls = {n: st.calls for n, st in log.ops.items()}
@@ -84,12 +89,15 @@ def models() -> ModelCache:
     return ModelCache(max_models=3)
 
 
-def _breakdown(trace) -> dict:
+def _breakdown(trace, metrics=("flops",)) -> dict:
+    """(stage, part, op) -> (metrics..., calls) of the ops with tensor FLOPs (casts, copies and their bytes
+    depend on the dtype and the routing; tensor FLOPs and their op list do not)."""
     return {
-        (s, p, op): (c["flops"], c["calls"])
+        (s, p, op): (*(c[m] for m in metrics), c["calls"])
         for s, parts in trace.op_breakdown.items()
         for p, ops in parts.items()
         for op, c in ops.items()
+        if c["flops"]
     }
 
 
@@ -113,8 +121,23 @@ def test_hf_reduced_depth_shapes_equals_real_op_by_op(mode, width, height, scope
     # one MoE layer: one top-k per forward (prefill + 3 decode steps), over prefill_len + 3 rows in all
     assert ex["topk_calls"] == 4 and ex["topk_rows"] == w.prefill_len + 3
     assert _breakdown(shapes) == _breakdown(real)
-    assert shapes.stages == real.stages
     assert shapes.totals == real.totals
+    # every metric equal, except the weights the prefill's experts read: the random router of the real run
+    # hits fewer experts than the balanced one (both recorded); one expert = 3 x 1280 x 896 float32 weights
+    routing = {"weight_bytes", "io_bytes"}
+    for stage, parts in real.stages.items():
+        for part, leaf in parts.items():
+            if part == "steps":
+                continue
+            for m, v in leaf.items():
+                if not (stage == "prefill" and part == "decoder" and m in routing):
+                    assert shapes.stages[stage][part][m] == v, (stage, part, m)
+    hit_real = real.received["routing"]["prefill_experts_hit"]
+    hit_shapes = shapes.received["routing"]["prefill_experts_hit"]
+    assert hit_shapes == [min(64, 6 * w.prefill_len)] and len(hit_real) == 1
+    expert = 3 * 1280 * 896 * 4
+    gap = shapes.stages["prefill"]["decoder"]["weight_bytes"] - real.stages["prefill"]["decoder"]["weight_bytes"]
+    assert gap == (hit_shapes[0] - hit_real[0]) * expert
 
 
 def test_dtype_does_not_change_counts_in_shapes_mode(models):

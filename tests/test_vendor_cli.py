@@ -90,7 +90,7 @@ def test_cli_writes_trace_file(tmp_path):
         ]
     )
     assert rc == 0
-    assert json.loads(out.read_text())["schema_version"] == 1
+    assert json.loads(out.read_text())["schema_version"] == 2
 
 
 @pytest.mark.parametrize(

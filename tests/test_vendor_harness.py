@@ -247,7 +247,7 @@ def test_trace_json_round_trip_and_validation_failures():
             Trace.from_dict(bad)
     with pytest.raises(TraceValidationError, match="not valid JSON"):
         Trace.from_json("{")
-    assert d["schema_version"] == 1
+    assert d["schema_version"] == 2
 
 
 def test_warning_is_not_silenced_by_default():

@@ -252,7 +252,7 @@ def test_per_stage_tolerance_is_used():
     # Vendor sam/global 1020 vs 1000: 1.96%, outside the 1% default but inside a sam tolerance of 2%.
     vendor = FakeVendor(VISION_STAGES, traces={"a": {"stages": _stages(VISION_STAGES, sam__global=1020)}})
     verifier = _verifier(vendor=vendor)
-    verifier.cfg.tolerances = Tolerances(per_stage={"sam": 0.02})
+    verifier.cfg.tolerances = Tolerances(overrides={"sam": 0.02})
     run = _run(verifier, [_page("a")])
     assert run.pages[0].passed and exit_code(run) == 0
 
@@ -337,12 +337,13 @@ def test_verdict_and_exit_code_tell_one_story(kinds, verdict, code):
 def test_verify_config_to_dict_is_json_serialisable():
     cfg = VerifyConfig(
         command="run_verify_end2end",
-        tolerances=Tolerances(default=0.02, per_stage={"decode": 0.05}),
+        tolerances=Tolerances(default=0.02, overrides={"decode": 0.05, "sam.io_bytes": 0.1}),
         analytic_overrides=["vision.clip.num_layers=23"],
         vendor_dir="/snap",
     )
     d = json.loads(json.dumps(cfg.to_dict(), allow_nan=False))
-    assert d["tolerances"] == {"default": 0.02, "per_stage": {"decode": 0.05}}
+    assert d["tolerances"]["default"] == 0.02 and d["tolerances"]["per_metric"]["peak_bytes"] == 0.10
+    assert d["tolerances"]["overrides"] == {"decode": 0.05, "sam.io_bytes": 0.1}
     assert d["stages"] == list(STAGES)
     assert d["analytic_overrides"] == ["vision.clip.num_layers=23"]
     assert d["vendor_dir"] == "/snap" and d["decode_tokens"] == 16

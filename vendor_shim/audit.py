@@ -398,28 +398,38 @@ class AuditLog:
 
     ops: dict[str, OpStats] = field(default_factory=dict)  # full op name -> stats (whole run)
     total_flops: int = 0
+    no_convention: list[str] = field(default_factory=list)  # float ops without an elementwise convention
+    alias_mismatch: list[str] = field(default_factory=list)  # ops returning a view their schema did not announce
 
     def uncounted(self) -> list[str]:
         return sorted(name for name, st in self.ops.items() if st.klass == "uncounted")
 
 
 class AuditMode(TorchDispatchMode):
-    """Records every op, evaluates its formula, charges FLOPs via ``charge(op_name, flops)``."""
+    """Records every op, evaluates its formula, meters it, and charges the result via ``charge(op_name, measured)``."""
 
     def __init__(
         self,
         registry: dict[Any, Any],
-        charge: Callable[[str, int], None],
+        charge: Callable[[str, Any], None],
         log: AuditLog,
+        meter: Any = None,
         execute: Callable[[Any, tuple[Any, ...], dict[str, Any]], Any] | None = None,
     ) -> None:
-        """``execute(func, args, kwargs)`` runs the op (default: the kernel itself; `vendor_shim.hollow`
-        answers counted ops with shapes only).  Being the bottom mode, the audit sees the op either way."""
+        """``meter``: a `vendor_shim.op_meter.OpMeter` (every other metric of the op; default: one that knows no
+        weights).  ``execute(func, args,
+        kwargs)`` runs the op (default: the kernel itself; `vendor_shim.hollow` answers counted ops with shapes
+        only).  Being the bottom mode, the audit sees the op either way."""
         super().__init__()
         self.execute = execute
         self.registry = registry
         self.charge = charge
         self.log = log
+        if meter is None:
+            from vendor_shim.op_meter import OpMeter  # op_meter reads this module's categories
+
+            meter = OpMeter(weights=frozenset())
+        self.meter = meter
         self._names: dict[Any, str] = {}  # str(func) is slow and asked ~1,000 times per decoder forward
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -438,11 +448,12 @@ class AuditMode(TorchDispatchMode):
         elif st.klass == "non_float" and _touches_float(args, kwargs, out):  # same op, now on floats
             st.klass = classify(func, formula is not None, True)
         st.calls += 1
+        flops = 0
         if formula is not None:
             flops = int(formula(*args, **kwargs, out_val=out))
             st.flops += flops
             self.log.total_flops += flops
-            self.charge(name, flops)
+        self.charge(name, self.meter.measure(func, name, args, kwargs, out, flops))
         return out
 
 

@@ -36,6 +36,7 @@ from vendor_shim.env import base_environment, dtype_evidence, peak_rss_bytes, re
 from vendor_shim.errors import VendorRunError, VendorShimError
 from vendor_shim.formulas import custom_mapping
 from vendor_shim.hollow import HollowExecution
+from vendor_shim.op_meter import OP_METRICS, FusedAttention, OpMeter
 from vendor_shim.stages import UNATTRIBUTED, StageTracker
 from vendor_shim.trace import Trace, empty_stages
 
@@ -116,6 +117,8 @@ def run_counted(
             "uncounted_ops": uncounted,
             "ops_seen": ops_by_class(done.log),
             "custom_formulas": sorted(str(k) for k in custom_mapping()),
+            "no_elementwise_convention": list(done.log.no_convention),
+            "alias_by_behaviour": list(done.log.alias_mismatch),
         },
         environment=_environment(backend, loaded, dtype_reason),
         timing={
@@ -164,17 +167,20 @@ def _execute(
     execution: str,
 ) -> _Executed:
     """The run itself under hooks, audit and counter (module docstring), with its peak memory."""
+    meter = OpMeter(weights=_weight_storages(loaded, plan.vision_loaded))
     tracker = StageTracker(
         plan.roots,
         global_view_size=workload.global_view_size,
         crop_size=workload.crop_size,
         n_crops=workload.n_crops,
+        book=meter.book,
         module_names=plan.names,
     )
     counter = global_total_counter()
     log = AuditLog()
     hollow = HollowExecution(set(counter.flop_registry)) if execution == "shapes" else None
-    audit = AuditMode(counter.flop_registry, tracker.charge, log, execute=hollow)
+    audit = AuditMode(counter.flop_registry, tracker.charge, log, meter, execute=hollow)
+    fused = FusedAttention(meter, tracker.charge)
     cuda = loaded.device == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -182,7 +188,7 @@ def _execute(
     gen: GenerationResult | None = None
     t_run = time.perf_counter()
     try:
-        with tracker.attached(), torch.no_grad(), audit, counter:
+        with tracker.attached(), torch.no_grad(), fused, audit, counter:
             if vision_only:
                 backend.run_vision(loaded, plan.inputs)
             elif plan.vision_loaded is not None and plan.vision_inputs is not None:
@@ -202,8 +208,33 @@ def _execute(
         "peak_rss_bytes": peak_rss_bytes(),
         "peak_rss_scope": "this run" if rss_reset else "process lifetime",
         "cuda_max_allocated_bytes": int(torch.cuda.max_memory_allocated()) if cuda else None,
+        "weight_resident_bytes": _resident_weight_bytes(loaded, plan.vision_loaded),
+        "kv_cache_resident_bytes": list(tracker.kv_resident),  # after each forward: prefill, decode 1..K
     }
+    log.no_convention = sorted(meter.no_convention)
+    log.alias_mismatch = sorted(meter.alias_mismatch)
     return _Executed(tracker, log, int(counter.get_total_flops()), gen, hollow, time.perf_counter() - t_run, memory)
+
+
+def _models(loaded: LoadedModel, vision_loaded: LoadedModel | None) -> list[torch.nn.Module]:
+    return [loaded.model] + ([vision_loaded.model] if vision_loaded is not None else [])
+
+
+def _weight_storages(loaded: LoadedModel, vision_loaded: LoadedModel | None) -> frozenset[int]:
+    """Storage identities of every parameter and buffer: reads of these are weight_bytes."""
+    return frozenset(
+        t.untyped_storage()._cdata for m in _models(loaded, vision_loaded) for t in (*m.parameters(), *m.buffers())
+    )
+
+
+def _resident_weight_bytes(loaded: LoadedModel, vision_loaded: LoadedModel | None) -> int:
+    """Bytes of the distinct parameter and buffer storages (what the weights occupy)."""
+    seen: dict[int, int] = {}
+    for m in _models(loaded, vision_loaded):
+        for t in (*m.parameters(), *m.buffers()):
+            st = t.untyped_storage()
+            seen[st._cdata] = st.nbytes()
+    return sum(seen.values())
 
 
 def _coverage_gaps(log: AuditLog) -> tuple[list[str], list[str]]:
@@ -255,6 +286,11 @@ def _received(plan: _Plan, done: _Executed, loaded: LoadedModel, vision_only: bo
     received["generation_path"] = done.gen.path if done.gen else None
     received["vision_device"] = plan.vision_loaded.device if plan.vision_loaded is not None else loaded.device
     received["execution"] = done.hollow.stats.to_dict() if done.hollow is not None else {"mode": "real"}
+    hits = done.tracker.experts_hit
+    received["routing"] = {  # experts hit per MoE layer: what the weight reads of the run depend on
+        "prefill_experts_hit": list(hits.get(0, [])),
+        "decode_experts_hit": [list(hits.get(t, [])) for t in range(1, received["decode_forwards"] + 1)],
+    }
     return received
 
 
@@ -285,30 +321,41 @@ def global_total_counter() -> FlopCounterMode:
 def _assemble(
     tracker: StageTracker, workload: VisionWorkload, vision_only: bool
 ) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """Leaves from the per-op cells (sums) and the call records (``peak_bytes``: the maximum over calls)."""
     k = 0 if vision_only else workload.decode_tokens
     stages = empty_stages(k)
     breakdown: dict[str, Any] = {}
     unattributed = 0
     for (stage, part, step), ops in tracker.leaf_ops.items():
-        flops = sum(v[0] for v in ops.values())
+        sums = [sum(cell[i] for cell in ops.values()) for i in range(len(OP_METRICS))]
         if (stage, part) == UNATTRIBUTED:
-            unattributed += flops
+            unattributed += sums[0]
             stage, part = UNATTRIBUTED  # still listed, so a failure points at the ops
         else:
-            stages[stage][part]["tensor_flops"] += flops
+            leaves = [stages[stage][part]]
             if stage == "decode":
                 if not 1 <= step <= k:
-                    raise VendorRunError(f"decode FLOPs charged to step {step}, outside 1..{k}")
-                stages["decode"]["steps"][step - 1][part]["tensor_flops"] += flops
+                    raise VendorRunError(f"decode work charged to step {step}, outside 1..{k}")
+                leaves.append(stages["decode"]["steps"][step - 1][part])
+            for leaf in leaves:
+                for metric, v in zip(OP_METRICS, sums, strict=True):
+                    leaf[metric] += v
         dst = breakdown.setdefault(stage, {}).setdefault(part, {})
-        for op, (f, calls) in ops.items():
-            cell = dst.setdefault(op, {"flops": 0, "calls": 0, "family": aten_family(op)})
-            cell["flops"] += f
-            cell["calls"] += calls
+        for op, cell in ops.items():
+            row = dst.setdefault(
+                op, {"flops": 0, "calls": 0, "family": aten_family(op)} | dict.fromkeys(OP_METRICS[1:], 0)
+            )
+            row["flops"] += cell[0]
+            row["calls"] += cell[-1]
+            for i, metric in enumerate(OP_METRICS[1:], start=1):
+                row[metric] += cell[i]
     for rec in tracker.records:
-        stages[rec.stage][rec.part]["calls"] += 1
+        leaves = [stages[rec.stage][rec.part]]
         if rec.stage == "decode" and 1 <= rec.step <= k:
-            stages["decode"]["steps"][rec.step - 1][rec.part]["calls"] += 1
+            leaves.append(stages["decode"]["steps"][rec.step - 1][rec.part])
+        for leaf in leaves:
+            leaf["calls"] += 1
+            leaf["peak_bytes"] = max(leaf["peak_bytes"], rec.peak_bytes)
     return stages, breakdown, unattributed
 
 

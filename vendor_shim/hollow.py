@@ -156,7 +156,7 @@ class HollowExecution:
             out = func(*args, **kwargs)
             flat = out if isinstance(out, tuple | list) else (out,)
             if all(isinstance(o, torch.Tensor) and o.storage_offset() == 0 for o in flat):
-                self._layouts[key] = out
+                self._layouts[key] = tree_map(_meta_like, out)  # a copy: the memo must not keep outputs alive
             return out
         self.stats.meta_memo_hits += 1
         return tree_map(_meta_like, layout)

@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 
-from analytic.schema import VISION_STAGES
+from analytic.schema import LM_STAGES, VISION_STAGES
 from vendor_shim.backends.base import StageRoots
 from vendor_shim.errors import VendorRunError
+from vendor_shim.op_meter import KV, OP_METRICS, TENSOR, Measured, StorageBook
 
 UNATTRIBUTED = ("unattributed", "-")
 
@@ -37,6 +38,12 @@ class CallRecord:
     input_shapes: list[list[Any]]  # [[arg name, shape], ...] for tensor inputs
     tensor_flops: int = 0
     ops: dict[str, int] = field(default_factory=dict)  # op name -> flops
+    entry_live: int = 0  # live run-allocated bytes when the call began
+    peak_live: int = 0  # their high-water mark during the call (StorageBook raises it)
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.peak_live - self.entry_live
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +55,7 @@ class CallRecord:
             "step": self.step,
             "input_shapes": self.input_shapes,
             "tensor_flops": self.tensor_flops,
+            "peak_bytes": self.peak_bytes,
             "ops": dict(self.ops),
         }
 
@@ -65,8 +73,36 @@ def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor
     return None
 
 
+def cache_tensors(output: Any) -> list[torch.Tensor]:
+    """The K/V cache a model forward returns (``past_key_values``): transformers 5 `DynamicCache` layers,
+    4.46 `DynamicCache` lists, or legacy tuples."""
+    cache = getattr(output, "past_key_values", None)
+    if cache is None and isinstance(output, tuple) and len(output) > 1:
+        cache = output[1]
+    if cache is None:
+        return []
+    if hasattr(cache, "layers"):
+        return [
+            t
+            for layer in cache.layers
+            for t in (getattr(layer, "keys", None), getattr(layer, "values", None))
+            if isinstance(t, torch.Tensor)
+        ]
+    if hasattr(cache, "key_cache"):
+        return [t for t in (*cache.key_cache, *cache.value_cache) if isinstance(t, torch.Tensor)]
+    out: list[torch.Tensor] = []
+    stack = [cache]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, torch.Tensor):
+            out.append(x)
+        elif isinstance(x, list | tuple):
+            stack.extend(x)
+    return out
+
+
 class StageTracker:
-    """Hooks the roots of one model; collects per-call records and per-leaf op FLOPs."""
+    """Hooks the roots of one model; collects per-call records and per-leaf op metrics."""
 
     def __init__(
         self,
@@ -75,35 +111,64 @@ class StageTracker:
         global_view_size: int,
         crop_size: int,
         n_crops: int,
+        book: StorageBook,
         module_names: dict[int, str] | None = None,
     ) -> None:
         self.roots = roots
+        self.book = book
         self.global_view_size = global_view_size
         self.crop_size = crop_size
         self.n_crops = n_crops
         self.names = module_names or {}
         self.frames: list[CallRecord] = []
+        book.watchers = self.frames  # allocations raise the peak of every active frame
         self.records: list[CallRecord] = []
+        self.kv_pending: list[tuple[tuple[str, str, int], str, Measured]] = []  # LM-stage reads of this forward
+        self.kv_resident: list[int] = []  # cache bytes after each forward
+        self.experts_hit: dict[int, list[int]] = defaultdict(list)  # forward (0 = prefill) -> per MoE router call
         self.top_calls = 0
         self.top_depth = 0
         self.last_sam: tuple[str, int] | None = None  # (branch, batch)
-        # (stage, part, step) -> op name -> [flops, calls]
+        # (stage, part, step) -> op name -> [*OP_METRICS, calls]
         self.leaf_ops: dict[tuple[str, str, int], dict[str, list[int]]] = defaultdict(
-            lambda: defaultdict(lambda: [0, 0])
+            lambda: defaultdict(lambda: [0] * (len(OP_METRICS) + 1))
         )
 
     # ---- attribution -----------------------------------------------------------------
-    def charge(self, op_name: str, flops: int) -> None:
+    def charge(self, op_name: str, measured: Measured) -> None:
+        vec = measured.vector
+        flops = vec[TENSOR]
         if self.frames:
             fr = self.frames[-1]
             fr.tensor_flops += flops
-            fr.ops[op_name] = fr.ops.get(op_name, 0) + flops
+            if flops:
+                fr.ops[op_name] = fr.ops.get(op_name, 0) + flops
             key = (fr.stage, fr.part, fr.step)
+            if fr.stage in LM_STAGES:
+                if measured.read_serials:
+                    self.kv_pending.append((key, op_name, measured))
+                if measured.experts_hit is not None:
+                    self.experts_hit[fr.step].append(measured.experts_hit)
         else:
             key = (*UNATTRIBUTED, self.top_calls - 1 if self.top_depth else -1)
         cell = self.leaf_ops[key][op_name]
-        cell[0] += flops
-        cell[1] += 1
+        for i, v in enumerate(vec):
+            cell[i] += v
+        cell[-1] += 1
+
+    def _settle_kv(self, output: Any) -> None:
+        """Charge this forward's reads of its returned cache (module docstring of `vendor_shim.op_meter`)."""
+        cache = cache_tensors(output)
+        serials = {s for s in map(self.book.serial_of, cache) if s is not None}
+        distinct = {t.untyped_storage()._cdata: t.untyped_storage().nbytes() for t in cache}
+        self.kv_resident.append(sum(distinct.values()))
+        for key, op_name, m in self.kv_pending:
+            if serials.intersection(m.write_serials):
+                continue  # the cache update: its copies are io_bytes, not cache reads
+            kv = sum(b for s, b in m.read_serials if s in serials)
+            if kv:
+                self.leaf_ops[key][op_name][KV] += kv
+        self.kv_pending.clear()
 
     def _vision_branch(self, root: str, x: torch.Tensor | None) -> str:
         if x is None:
@@ -148,6 +213,8 @@ class StageTracker:
             part=part,
             step=step,
             input_shapes=_tensor_shapes(args, kwargs),
+            entry_live=self.book.live_bytes,
+            peak_live=self.book.live_bytes,
         )
         self.frames.append(rec)
 
@@ -161,8 +228,10 @@ class StageTracker:
             self.top_calls += 1
         self.top_depth += 1
 
-    def _top_post(self, *_: Any) -> None:
+    def _top_post(self, module: Any, args: Any, output: Any) -> None:
         self.top_depth -= 1
+        if self.top_depth == 0:
+            self._settle_kv(output)
 
     @contextmanager
     def attached(self) -> Iterator[StageTracker]:

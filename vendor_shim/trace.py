@@ -1,6 +1,6 @@
 """The vendor trace: a versioned JSON document, one per workload, validated on write and read.
 
-Schema ``dsocr-flopcheck/vendor-trace`` version 1 (``schema_version: 1``):
+Schema ``dsocr-flopcheck/vendor-trace`` version 2 (``schema_version: 2``; version 1 measured tensor FLOPs only):
 
 - ``schema``: the literal above; ``schema_version``: 1.
 - ``backend`` (str), ``device`` (cpu|cuda|meta), ``dtype`` (str), ``vision_only`` (bool).
@@ -12,22 +12,27 @@ Schema ``dsocr-flopcheck/vendor-trace`` version 1 (``schema_version: 1``):
 - ``stages``: the analytic nesting: ``stages.{sam,clip,projector}.{global,crops}.<metrics>``,
   ``stages.{prefill,decode}.{decoder,lm_head}.<metrics>``, ``stages.decode.steps`` = list of K
   ``{"decoder": {...}, "lm_head": {...}}``.  Metrics = ``analytic.schema.METRICS``; the vendor
-  measures ``tensor_flops`` (int) today, the others are null (listed in ``measured_metrics``).
+  measures every metric per aten op (definitions: `analytic.op_conventions`); a metric the trace does
+  not measure is null and missing from ``measured_metrics``.
   Leaves also carry ``calls`` (root forward calls).  A branch that did not run is all zeros.
-- ``measured_metrics``: ["tensor_flops"].
+- ``measured_metrics``: the metrics measured (all of ``METRICS`` since version 2).
 - ``totals``: ``counter_total`` (FlopCounterMode's whole-run total), ``stage_sum`` (sum of all
   leaves), ``audit_total`` (the audit's own sum) and ``unattributed`` (FLOPs outside every root,
   always 0 in a valid trace).
-- ``op_breakdown``: ``{stage: {part: {aten op: {"flops", "calls", "family"}}}}`` (family from
-  ``analytic.schema.aten_family``), decode summed over steps.
+- ``op_breakdown``: ``{stage: {part: {aten op: {"flops", "calls", "family", <other metrics>}}}}``
+  (family from ``analytic.schema.aten_family``; ``flops`` are tensor FLOPs), decode summed over steps;
+  the fused attention op is ``fused.scaled_dot_product_attention``.
 - ``calls``: per-call records (index, root, module, stage, part, step, input_shapes, tensor_flops, ops).
 - ``coverage``: ``uncounted_ops`` (sorted list of op names), ``ops_seen`` ({op: {calls, flops,
-  class}}), ``custom_formulas`` (op names the shim registered).
+  class}}), ``custom_formulas`` (op names the shim registered), ``no_elementwise_convention`` (float
+  ops the elementwise conventions do not cover), ``alias_by_behaviour`` (ops that returned a view their
+  schema did not announce).
 - ``secondary``: ``{"fvcore": {"status": ok|skipped|failed, "reason", "parts": {...}}}``.
 - ``environment``: python, torch, transformers, device, device_name, dtype, backend,
   ``code_hashes`` ({file: sha256}), ``model`` (backend build info).
 - ``timing``: ``wall_s``, ``build_s``, ``run_s``, ``model_reused``; ``memory``:
-  ``peak_rss_bytes``, ``cuda_max_allocated_bytes`` (null off cuda).
+  ``peak_rss_bytes``, ``cuda_max_allocated_bytes`` (null off cuda), ``weight_resident_bytes``
+  (distinct parameter and buffer storages), ``kv_cache_resident_bytes`` (cache bytes after each forward).
 """
 
 from __future__ import annotations
@@ -36,11 +41,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from analytic.schema import LM_PARTS, LM_STAGES, METRICS, VISION_BRANCHES, VISION_STAGES
+from analytic.schema import LM_PARTS, LM_STAGES, METRICS, VISION_BRANCHES, VISION_STAGES, combine
 
 SCHEMA = "dsocr-flopcheck/vendor-trace"
-SCHEMA_VERSION = 1
-MEASURED_METRICS = ("tensor_flops",)
+SCHEMA_VERSION = 2
+MEASURED_METRICS = METRICS  # every metric, per aten op (analytic.op_conventions defines them)
 DEVICES = ("cpu", "cuda", "meta")
 
 
@@ -114,12 +119,12 @@ def _require(cond: bool, msg: str) -> None:
         raise TraceValidationError(f"invalid vendor trace: {msg}")
 
 
-def _check_leaf(leaf: Any, where: str) -> int:
+def _check_leaf(leaf: Any, where: str, measured: tuple[str, ...] | list[str] = MEASURED_METRICS) -> int:
     _require(isinstance(leaf, dict), f"{where} is not an object")
     for m in METRICS:
         _require(m in leaf, f"{where} lacks metric {m!r}")
         v = leaf[m]
-        if m in MEASURED_METRICS:
+        if m in measured:
             _require(isinstance(v, int) and not isinstance(v, bool) and v >= 0, f"{where}.{m} must be an int >= 0")
         else:
             _require(v is None or (isinstance(v, int | float) and not isinstance(v, bool)), f"{where}.{m} bad type")
@@ -162,26 +167,33 @@ def validate_trace_dict(d: Any) -> None:
         f"schema_version {d['schema_version']} unsupported (this code reads {SCHEMA_VERSION}): re-run the measurement",
     )
     _require(d["device"] in DEVICES, f"device {d['device']!r} not one of {DEVICES}")
+    measured = d["measured_metrics"]
+    _require("tensor_flops" in measured and set(measured) <= set(METRICS), f"measured_metrics {measured} unknown")
     stages = d["stages"]
     total = 0
     for s in VISION_STAGES:
         _require(isinstance(stages.get(s), dict), f"stages.{s} missing")
         for b in VISION_BRANCHES:
-            total += _check_leaf(stages[s].get(b), f"stages.{s}.{b}")
+            total += _check_leaf(stages[s].get(b), f"stages.{s}.{b}", measured)
     for s in LM_STAGES:
         _require(isinstance(stages.get(s), dict), f"stages.{s} missing")
         for p in LM_PARTS:
-            total += _check_leaf(stages[s].get(p), f"stages.{s}.{p}")
+            total += _check_leaf(stages[s].get(p), f"stages.{s}.{p}", measured)
     steps = stages["decode"].get("steps")
     _require(isinstance(steps, list), "stages.decode.steps must be a list")
     k = d["received"].get("decode_forwards", 0)
     _require(len(steps) == k, f"stages.decode.steps has {len(steps)} entries, received.decode_forwards says {k}")
     for p in LM_PARTS:
-        step_sum = sum(_check_leaf(st.get(p), f"stages.decode.steps[{i}].{p}") for i, st in enumerate(steps))
-        _require(
-            step_sum == stages["decode"][p]["tensor_flops"],
-            f"decode steps sum {step_sum} != stages.decode.{p}.tensor_flops {stages['decode'][p]['tensor_flops']}",
-        )
+        for i, st in enumerate(steps):
+            _check_leaf(st.get(p), f"stages.decode.steps[{i}].{p}", measured)
+        for m in measured:
+            per_step = [st[p][m] for st in steps]
+            if None in per_step or stages["decode"][p][m] is None:
+                continue
+            _require(
+                combine(m, per_step) == stages["decode"][p][m],
+                f"decode steps give {combine(m, per_step)} != stages.decode.{p}.{m} {stages['decode'][p][m]}",
+            )
     totals = d["totals"]
     for key in ("counter_total", "stage_sum", "audit_total", "unattributed"):
         _require(isinstance(totals.get(key), int), f"totals.{key} must be an int")

@@ -6,6 +6,7 @@ tested; `verify.cli` wraps it.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 import traceback
@@ -106,7 +107,8 @@ class Verifier:
         return result, workload
 
     def finish(self, result: PageResult, workload: VisionWorkload) -> PageResult:
-        """Analytic estimate, vendor trace (cached), comparison."""
+        """Analytic estimate, vendor trace (cached), the estimate again on the vendor's routing if it differs
+        from the balanced one assumed, comparison.  A broken analytic model never costs a vendor run."""
         try:
             estimate = self.cost_model.estimate(workload)
         except Exception as exc:  # the analytic model must never take the run down
@@ -117,6 +119,13 @@ class Verifier:
         except VendorFailure as exc:
             return _failed(result, "vendor", str(exc))
         result.trace = trace
+        routed = with_vendor_routing(workload, trace)
+        if routed != workload:
+            try:
+                estimate = self.cost_model.estimate(routed)
+            except Exception as exc:
+                return _failed(result, "analytic", f"analytic model failed on the vendor's routing: {exc}")
+            result.workload, result.analytic = routed.to_dict(), estimate.to_dict()
         return self._compare(result, estimate, trace)
 
     def _compare(self, result: PageResult, estimate: Any, trace: dict) -> PageResult:
@@ -135,8 +144,27 @@ class Verifier:
             self.cfg.stages,
             vendor_families=trace_families(trace),
             analytic_families=getattr(estimate, "families", None),
+            gated=gated_metrics(estimate, trace),
+            vendor_ops=trace.get("op_breakdown"),
         )
         return result
+
+
+def with_vendor_routing(workload: VisionWorkload, trace: dict) -> VisionWorkload:
+    """The workload with the experts the vendor's prefill actually hit (bytes depend on routing, FLOPs do not)."""
+    hits = (trace.get("received", {}).get("routing") or {}).get("prefill_experts_hit")
+    if not hits:
+        return workload
+    return dataclasses.replace(workload, prefill_experts_hit=tuple(int(h) for h in hits))
+
+
+def gated_metrics(estimate: Any, trace: dict) -> tuple[str, ...]:
+    """Metrics both sides stand behind: measured by the vendor and modeled op by op by the profile (``METRIC`` or
+    ``STAGE.METRIC`` entries)."""
+    profile = (getattr(estimate, "model", None) or {}).get("profile") or {}
+    modeled = profile.get("modeled_metrics", ["tensor_flops"])
+    measured = trace.get("measured_metrics", ["tensor_flops"])
+    return tuple(m for m in modeled if m.rpartition(".")[2] in measured)
 
 
 def trace_families(trace: dict) -> dict[str, dict[str, dict[str, float]]]:

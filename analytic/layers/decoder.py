@@ -131,13 +131,19 @@ class MoeMlp:
     expert_intermediate: int
     n_shared: int
 
-    def evaluate(self, c: Cost, rows: int, profile: ImplProfile, db: int, path: str | None) -> None:
+    def evaluate(
+        self, c: Cost, rows: int, profile: ImplProfile, db: int, path: str | None, hit: int | None = None
+    ) -> None:
+        """``hit``: experts that got rows (their weights are read); None = balanced routing."""
         h, e, k, i = self.hidden, self.n_experts, self.top_k, self.expert_intermediate
         c.linear(sub(path, "gate"), rows, h, e, bias=False, db=ROUTER_BYTES)
         c.elementwise(sub(path, "gate_softmax"), "softmax", rows * e, EW["softmax"], ROUTER_BYTES)
         # Each token goes to exactly k distinct experts, so the routed rows total rows*k whatever the routing.
         pairs = rows * k
-        hit = min(e, pairs)  # experts whose weights are read (upper bound; routing is data-dependent)
+        balanced = min(e, pairs)
+        hit = balanced if hit is None else hit
+        if not min(k, balanced) <= hit <= balanced:
+            raise ProfileError(f"{hit} experts hit by {rows} rows x top-{k} of {e} experts is impossible")
         ep = sub(path, "experts")
         mode = profile.experts
         if mode == "per_expert_mlp":  # official moe_infer: expert(tokens) = DeepseekV2MLP per hit expert
@@ -170,7 +176,15 @@ class DecoderLayer:
     hidden: int
 
     def evaluate(
-        self, c: Cost, q: int, past: int, profile: ImplProfile, family: str, db: int, path: str | None
+        self,
+        c: Cost,
+        q: int,
+        past: int,
+        profile: ImplProfile,
+        family: str,
+        db: int,
+        path: str | None,
+        hit: int | None = None,
     ) -> None:
         h = self.hidden
         c.elementwise(sub(path, "input_layernorm"), "rmsnorm", q * h, EW["rmsnorm"], db, weight_elems=h)
@@ -178,7 +192,7 @@ class DecoderLayer:
         c.elementwise(sub(path, "residual1"), "add", q * h, EW["add"], db, reads=2)
         c.elementwise(sub(path, "post_attention_layernorm"), "rmsnorm", q * h, EW["rmsnorm"], db, weight_elems=h)
         if isinstance(self.mlp, MoeMlp):
-            self.mlp.evaluate(c, q, profile, db, sub(path, "mlp"))
+            self.mlp.evaluate(c, q, profile, db, sub(path, "mlp"), hit)
         else:
             self.mlp.evaluate(c, q, db, sub(path, "mlp"))
         c.elementwise(sub(path, "residual2"), "add", q * h, EW["add"], db, reads=2)
@@ -269,9 +283,18 @@ class Decoder:
         return self._layers  # type: ignore[attr-defined]
 
     def forward(
-        self, c: Cost, q: int, past: int, profile: ImplProfile, attn_impl: str, db: int, path: str | None = "decoder"
+        self,
+        c: Cost,
+        q: int,
+        past: int,
+        profile: ImplProfile,
+        attn_impl: str,
+        db: int,
+        path: str | None = "decoder",
+        experts_hit: tuple[int, ...] | None = None,
     ) -> None:
-        """One decoder forward over q new tokens with `past` cached keys (lm_head excluded)."""
+        """One decoder forward over q new tokens with `past` cached keys (lm_head excluded); ``experts_hit``: per
+        MoE layer, the experts that got rows (None: balanced routing)."""
         if self.use_mla and attn_impl != "eager":
             # DeepseekV2FlashAttention2 runs the non-absorbed form (kv_b_proj), a different set of matmuls.
             raise ProfileError(
@@ -285,9 +308,20 @@ class Decoder:
             # UnlimitedOcrTextRotaryEmbedding.forward, once per forward: position_ids[..., None] * inv_freq
             hd = self.qk_rope_head_dim if self.use_mla else self._head_dim  # type: ignore[attr-defined]
             c.elementwise(sub(path, "rotary_emb"), "sincos", q * hd, EW["sincos"] + EW["mul"], 4)
-        if c.want_records:
+        moe = [i for i, layer in enumerate(self.layers) if isinstance(layer.mlp, MoeMlp)]
+        if experts_hit is not None and len(experts_hit) != len(moe):
+            raise ProfileError(f"routing gives {len(experts_hit)} MoE layers, the decoder has {len(moe)}")
+        if experts_hit is not None and all(
+            h == min(self.layers[i].mlp.n_experts, q * self.num_experts_per_tok)  # type: ignore[union-attr]
+            for i, h in zip(moe, experts_hit, strict=True)
+        ):
+            experts_hit = None  # balanced routing: the grouped (fast) path gives the same figures
+        hits = dict(zip(moe, experts_hit or (), strict=False))
+        if c.want_records or experts_hit is not None:
             for i, layer in enumerate(self.layers):
-                layer.evaluate(c, q, past, profile, family, db, sub(path, f"layers.{i}"))
+                one = Cost(c.want_records)
+                layer.evaluate(one, q, past, profile, family, db, sub(path, f"layers.{i}"), hits.get(i))
+                c.add(one)
         else:
             for layer, n in group(self.layers):
                 one = Cost()

@@ -1,0 +1,291 @@
+"""Every measured metric of one executed aten op, by the definitions in `analytic.op_conventions`.
+
+`OpMeter.measure(func, args, kwargs, out)` returns the op's metric vector (`OP_METRICS` order, tensor
+FLOPs filled in by the audit) plus the run-allocated storages it read, so the decoder's KV-cache reads
+can be told apart once the forward says which tensors are its cache (`StorageBook.cache_serials`).
+`StorageBook` follows every storage the run allocates (weak finalizers on the storage object, which
+die exactly when the memory does) and keeps the live byte count that ``peak_bytes`` is the maximum of.
+`FusedAttention` makes `F.scaled_dot_product_attention` one op on every device (see the conventions).
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from analytic.op_conventions import (
+    ALIAS_BY_BEHAVIOUR,
+    ATTENTION_MASK,
+    ATTENTION_SOFTMAX,
+    BIAS_IN_KERNEL,
+    GATHERS,
+    MOVEMENT,
+    OVERWRITES,
+    elementwise_flops,
+)
+from vendor_shim.audit import ALLOWED_OPS
+
+# The per-op vector, in this order; kv_cache_bytes is filled in when the forward ends.
+OP_METRICS = ("tensor_flops", "elementwise_flops", "io_bytes", "weight_bytes", "activation_bytes", "kv_cache_bytes")
+TENSOR, ELEMENTWISE, IO, WEIGHT, ACTIVATION, KV = range(len(OP_METRICS))
+FUSED_ATTENTION = "fused.scaled_dot_product_attention"
+
+
+def footprint(t: torch.Tensor) -> int:
+    """Bytes a kernel addresses: element size x sizes over non-broadcast (stride != 0) dimensions."""
+    n = t.element_size()
+    for size, stride in zip(t.shape, t.stride(), strict=True):
+        if size == 0:
+            return 0
+        if stride:
+            n *= size
+    return n
+
+
+def _tensors(xs: Iterable[Any]) -> Iterable[tuple[int, torch.Tensor]]:
+    """(argument position, tensor) for tensors and tensors inside lists (cat, stack, index)."""
+    for i, x in enumerate(xs):
+        if isinstance(x, torch.Tensor):
+            yield i, x
+        elif isinstance(x, list | tuple):
+            for y in x:
+                if isinstance(y, torch.Tensor):
+                    yield i, y
+
+
+@dataclass(frozen=True)
+class _OpKind:
+    """What the schema says about one overload (cached: asked thousands of times per forward)."""
+
+    base: str
+    view: bool  # returns an alias of an input and writes nothing
+    written: tuple[int, ...]  # positions of arguments the op writes in place
+    overwrite: bool  # writes its destination without reading it
+    gather: bool
+    movement: bool  # a data-movement category of the audit: 0 FLOPs by definition
+
+    @classmethod
+    def of(cls, func: Any) -> _OpKind:
+        schema = func._schema
+        base = str(func._overloadpacket.__name__).split(".")[-1]
+        stem = base[:-1] if base.endswith("_") else base
+        written = tuple(i for i, a in enumerate(schema.arguments) if a.alias_info is not None and a.alias_info.is_write)
+        view = not schema.is_mutable and any(r.alias_info is not None for r in schema.returns)
+        movement = ALLOWED_OPS.get(stem) in MOVEMENT
+        return cls(stem, view or stem in ALIAS_BY_BEHAVIOUR, written, stem in OVERWRITES, stem in GATHERS, movement)
+
+
+@dataclass
+class StorageBook:
+    """Live storages the run allocated: serial, bytes; the live total; frames watching their peaks."""
+
+    live: dict[int, tuple[int, int]] = field(default_factory=dict)  # storage cdata -> (serial, nbytes)
+    live_bytes: int = 0
+    serial: int = 0
+    watchers: list[Any] = field(default_factory=list)  # objects with .peak_live (active stage frames)
+
+    def allocated(self, t: torch.Tensor) -> int | None:
+        """Register ``t``'s storage if it is new; its serial (None for storages made before the run)."""
+        s = t.untyped_storage()
+        key = s._cdata
+        hit = self.live.get(key)
+        if hit is not None:
+            return hit[0]
+        self.serial += 1
+        nbytes = s.nbytes()
+        self.live[key] = (self.serial, nbytes)
+        weakref.finalize(s, self._freed, key, self.serial)
+        self.live_bytes += nbytes
+        live = self.live_bytes
+        for w in self.watchers:
+            if live > w.peak_live:
+                w.peak_live = live
+        return self.serial
+
+    def _freed(self, key: int, serial: int) -> None:
+        hit = self.live.get(key)
+        if hit is not None and hit[0] == serial:
+            del self.live[key]
+            self.live_bytes -= hit[1]
+
+    def serial_of(self, t: torch.Tensor) -> int | None:
+        hit = self.live.get(t.untyped_storage()._cdata)
+        return None if hit is None else hit[0]
+
+
+@dataclass
+class Measured:
+    """One op's metrics, and what the KV-cache attribution needs."""
+
+    vector: list[int]
+    read_serials: list[tuple[int, int]]  # (storage serial, bytes read) of run-allocated inputs
+    write_serials: list[int]
+    experts_hit: int | None = None  # a top-k's distinct selected indices (a MoE router's routing)
+
+
+@dataclass
+class OpMeter:
+    """Measures ops (module docstring); ``weights``: storage cdatas of parameters and buffers."""
+
+    weights: frozenset[int]
+    book: StorageBook = field(default_factory=StorageBook)
+    suspended: int = 0  # > 0 inside a fused attention call: its internals are not metered
+    no_convention: set[str] = field(default_factory=set)
+    alias_mismatch: set[str] = field(default_factory=set)
+    _kinds: dict[Any, _OpKind] = field(default_factory=dict)
+
+    def measure(
+        self, func: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, flops: int
+    ) -> Measured:
+        """The op's vector with ``flops`` (the counter's formula) as its tensor FLOPs."""
+        kind = self._kinds.get(func)
+        if kind is None:
+            kind = self._kinds[func] = _OpKind.of(func)
+        vec = [0] * len(OP_METRICS)
+        vec[TENSOR] = flops
+        if kind.view or self.suspended:
+            return Measured(vec, [], [])
+        outs = [o for _, o in _tensors(out if isinstance(out, tuple | list) else (out,))]
+        reads: list[tuple[int, int]] = []
+        writes: list[int] = []
+        in_keys: set[int] = set()
+        first_in = None
+        read_bytes = weight_bytes = 0
+        out_bytes = sum(footprint(o) for o in outs)
+        for pos, t in _tensors((*args, *kwargs.values())):
+            if first_in is None:
+                first_in = t
+            key = t.untyped_storage()._cdata
+            in_keys.add(key)
+            if pos in kind.written:
+                continue  # counted as written below (and read unless the op overwrites it)
+            b = out_bytes if kind.gather and pos == 0 else footprint(t)
+            if func is torch.ops.aten._grouped_mm.default and pos == 1:
+                b = _grouped_weight_read(t, args, kwargs)
+            read_bytes += b
+            if key in self.weights:
+                weight_bytes += b
+            else:
+                serial = self.book.live.get(key)
+                if serial is not None:
+                    reads.append((serial[0], b))
+        write_bytes = 0
+        for pos in kind.written:
+            t = args[pos] if pos < len(args) else None
+            if isinstance(t, torch.Tensor):
+                wb = _written_bytes(kind, t, args)
+                write_bytes += wb
+                if not kind.overwrite:
+                    read_bytes += wb
+                serial = self.book.serial_of(t)
+                if serial is not None:
+                    writes.append(serial)
+        if not kind.written:
+            for o in outs:
+                if o.untyped_storage()._cdata in in_keys:  # the kernel returned a view its schema did not announce
+                    self.alias_mismatch.add(name)
+                    continue
+                write_bytes += footprint(o)
+                serial = self.book.allocated(o)
+                if serial is not None:
+                    writes.append(serial)
+        floating = (first_in is not None and first_in.is_floating_point()) or any(o.is_floating_point() for o in outs)
+        if floating and flops:
+            vec[ELEMENTWISE] = _fused_bias_add(kind.base, args, outs)
+        elif floating and not kind.movement:
+            in_elems = first_in.numel() if first_in is not None else 0
+            ew = elementwise_flops(kind.base, sum(o.numel() for o in outs), in_elems)
+            if ew is None:
+                self.no_convention.add(name)
+            else:
+                vec[ELEMENTWISE] = ew
+        vec[IO] = read_bytes + write_bytes
+        vec[WEIGHT] = weight_bytes
+        vec[ACTIVATION] = write_bytes
+        hit = None
+        if kind.base == "topk" and len(outs) == 2 and outs[1].device.type != "meta":
+            hit = int(outs[1].unique().numel())
+        return Measured(vec, reads, writes, hit)
+
+    def fused_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, causal: bool, out: torch.Tensor
+    ) -> Measured:
+        """The fused op's metrics (conventions): reads q, k, v, mask; writes out; softmax (+ mask) per score."""
+        vec = [0] * len(OP_METRICS)
+        ins = [q, k, v] + ([mask] if isinstance(mask, torch.Tensor) else [])
+        read_bytes = sum(footprint(t) for t in ins)
+        reads = []
+        for t in ins:
+            hit = self.book.live.get(t.untyped_storage()._cdata)
+            if hit is not None:
+                reads.append((hit[0], footprint(t)))
+        scores = math.prod(q.shape[:-1]) * k.shape[-2]
+        per = ATTENTION_SOFTMAX + (ATTENTION_MASK if mask is not None or causal else 0)
+        serial = self.book.allocated(out)
+        vec[ELEMENTWISE] = per * scores
+        vec[IO] = read_bytes + footprint(out)
+        vec[WEIGHT] = sum(footprint(t) for t in ins if t.untyped_storage()._cdata in self.weights)
+        vec[ACTIVATION] = footprint(out)
+        return Measured(vec, reads, [] if serial is None else [serial])
+
+
+def _fused_bias_add(base: str, args: tuple[Any, ...], outs: list[torch.Tensor]) -> int:
+    """A tensor op that adds a bias in its kernel (addmm, baddbmm, convolution with bias): 1 per output element."""
+    if base in BIAS_IN_KERNEL and _bias_given(base, args):
+        return sum(o.numel() for o in outs)
+    return 0
+
+
+def _bias_given(base: str, args: tuple[Any, ...]) -> bool:
+    pos = BIAS_IN_KERNEL[base]
+    return len(args) > pos and isinstance(args[pos], torch.Tensor)
+
+
+def _written_bytes(kind: _OpKind, dest: torch.Tensor, args: tuple[Any, ...]) -> int:
+    """index_put_ writes as many elements as its values; every other in-place op its whole destination."""
+    if kind.base in ("index_put", "_index_put_impl") and len(args) > 2 and isinstance(args[2], torch.Tensor):
+        return min(footprint(dest), args[2].numel() * dest.element_size())
+    return footprint(dest)
+
+
+def _grouped_weight_read(b: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """`_grouped_mm(a, b, offs)` with a stacked 3D weight reads only the groups that got rows."""
+    offs = kwargs.get("offs", args[2] if len(args) > 2 else None)
+    if b.dim() != 3 or not isinstance(offs, torch.Tensor) or offs.device.type == "meta" or not offs.numel():
+        return footprint(b)
+    ends = offs.tolist()
+    hit = sum(1 for i, e in enumerate(ends) if e > (ends[i - 1] if i else 0))
+    return footprint(b) // b.shape[0] * hit
+
+
+class FusedAttention(TorchFunctionMode):
+    """Charges `F.scaled_dot_product_attention` as one op (conventions) and hides its kernel's internals."""
+
+    def __init__(self, meter: OpMeter, charge: Callable[[str, Measured], None]) -> None:
+        super().__init__()
+        self.meter = meter
+        self.charge = charge
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not torch.nn.functional.scaled_dot_product_attention:
+            return func(*args, **kwargs)
+        q, k, v = (args + (None,) * 3)[:3]
+        q = kwargs.get("query", q)
+        k = kwargs.get("key", k)
+        v = kwargs.get("value", v)
+        mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
+        causal = bool(kwargs.get("is_causal", args[5] if len(args) > 5 else False))
+        self.meter.suspended += 1
+        try:
+            out = func(*args, **kwargs)
+        finally:
+            self.meter.suspended -= 1
+        self.charge(FUSED_ATTENTION, self.meter.fused_attention(q, k, v, mask, causal, out))
+        return out
