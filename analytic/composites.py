@@ -78,6 +78,11 @@ class Prefill:
         decoder.forward(
             dec, w.prefill_len, 0, profile, w.attn_impl, db, "decoder" if records else None, w.prefill_experts_hit
         )
+        if profile.image_presence_sums:  # torch.sum(images[0][1]) and torch.sum(patches): 1 per pixel value
+            # without crops, `patches` is infer()'s zero placeholder of 1 x 3 x base_size x base_size
+            crops = w.n_crops * w.crop_size**2 if w.n_crops else w.base_size**2
+            pixels = 3 * (w.global_view_size**2 + crops)
+            dec.elementwise("decoder.image_presence" if records else None, "sum", pixels, 1, db)
         rows = w.prefill_len if w.lm_head_scope == "all" else 1
         decoder.lm_head(head, rows, db, "lm_head" if records else None)
         return dec, head

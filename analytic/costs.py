@@ -11,10 +11,12 @@ Tensor FLOPs reproduce `torch.utils.flop_counter` term by term (2 per multiply-a
 Everything else is reported, not gated, under simple per-element conventions
 (chosen here, documented once, never fitted):
 
-- elementwise_flops: LayerNorm 5/elem, RMSNorm 4/elem, GELU 8, QuickGELU 4, SiLU 4,
+- elementwise_flops: LayerNorm 5/elem, RMSNorm 4/elem + 2/row, GELU 8, QuickGELU 5, SiLU 4,
   gate product / residual add / bias add / mask add / scale 1, softmax 5/score,
-  RoPE 3 per rotated q/k element plus 2 per cos/sin element computed,
-  bicubic resize 32 per output element, linear resize 4.
+  RoPE 3.5 per rotated q/k element (the neg of rotate_half on half of them) plus cos, sin and
+  their scaling per table element, bicubic resize 32 per output element, linear resize 4.
+  Each is the sum of the per-aten-op conventions of `analytic.op_conventions` over the ops
+  the module runs (that table is what the vendor side measures with).
 - io_bytes: every op's inputs read + outputs written + weights read.
 - weight_bytes: parameters an op reads (once per call).
 - activation_bytes: output elements an op writes.
@@ -30,16 +32,18 @@ from analytic.schema import METRICS
 
 METRIC_FIELDS = METRICS  # one list of metric names: analytic.schema
 
+# Module-level conventions, each the sum of the per-aten-op conventions (`analytic.op_conventions`) over the ops
+# the module executes, so the analytic figure and the measured one count the same way.
 EW = {
-    "layernorm": 5,
-    "rmsnorm": 4,
+    "layernorm": 5,  # native_layer_norm
+    "rmsnorm": 4,  # pow, mean, x * rsqrt, weight * x (per element; eps add and rsqrt add 2 per row)
     "gelu": 8,
-    "quick_gelu": 4,
+    "quick_gelu": 5,  # x * sigmoid(1.702 * x): mul 1 + sigmoid 3 + mul 1
     "silu": 4,
     "mul": 1,
     "add": 1,
     "softmax": 5,
-    "rope": 3,
+    "rope": 3,  # q * cos + rotate_half(q) * sin: 2 mul + 1 add per element (the neg of rotate_half: 1 per half)
     "sincos": 2,
     "bicubic": 32,
     "linear_resize": 4,
@@ -163,6 +167,17 @@ class Cost:
                     "elementwise_flops": flops,
                 }
             )
+
+    def weight_read(self, path: str | None, op: str, elems: int, db: int) -> None:
+        """A parameter or buffer read by an op that is not a layer's own matmul (a gather from a table, a cast
+        before an interpolation, a broadcast add of a position table): bytes only."""
+        self.weight_bytes += elems * db
+        self.io_bytes += elems * db
+        if self.records is not None:
+            self.records.append(
+                {"path": path, "op": op, "aten": "weight_read", "family": "other", "shapes": {"elements": elems},
+                 "tensor_flops": 0, "causal_tensor_flops": 0, "elementwise_flops": 0}
+            )  # fmt: skip
 
     def kv_read(self, elems: int, db: int) -> None:
         self.kv_cache_bytes += elems * db

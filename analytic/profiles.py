@@ -20,6 +20,8 @@ ROPE_MODES = ("per_layer_matmul", "once_elementwise")
 CLIP_QKV_MODES = ("fused", "separate")
 EXPERT_MODES = ("per_expert_mlp", "eager", "grouped_mm", "batched_mm")
 VISION_ATTN_MODES = ("sdpa", "eager")
+REL_POS_TABLE_MODES = ("interpolate_always", "gather_when_sized")
+CAUSAL_MASK_MODES = ("where_twice", "prepare_4d")
 
 
 class ProfileError(ValueError):
@@ -42,6 +44,16 @@ class ImplProfile:
       eager = two matmuls (bmm family), sdpa = one attention kernel (sdpa family; flash-attn
       counted with the same formula).
     supports_mla: whether the decoder class implements multi-head latent attention.
+    rel_pos_table: how SAM's get_rel_pos reads a relative-position table: `interpolate_always` (a linear
+      resize of the whole table, even to its own size) or `gather_when_sized` (rows gathered straight
+      from the table when it already has 2 x side - 1 rows, resized otherwise).
+    embed_in_decoder: whether the token embedding gather runs inside the decoder stage root.
+    causal_mask: how each decoder forward builds its (q x keys) attention mask: `where_twice`
+      (transformers 5 masking_utils: two torch.where over q x keys) or `prepare_4d` (4.46
+      `_prepare_4d_causal_attention_mask`: a masked_fill_ over q x q when q > 1, then rsub and
+      masked_fill over q x keys, and a second masked_fill when q > 1).
+    image_presence_sums: whether the prefill sums the pixel tensors to test for an image
+      (official `torch.sum(images[0][1]).item() != 0` and `torch.sum(patches)`).
     modeled_metrics: the metrics this profile follows op by op as the implementation executes them
       (gated against the vendor), as ``METRIC`` (every stage) or ``STAGE.METRIC``; the others are
       estimates under the model's own conventions, reported next to the measured figure until the
@@ -56,6 +68,10 @@ class ImplProfile:
     decoder_attn_impls: tuple[str, ...]
     supports_mla: bool
     lm_head_default: str
+    rel_pos_table: str = "interpolate_always"
+    embed_in_decoder: bool = True
+    causal_mask: str = "where_twice"
+    image_presence_sums: bool = False
     modeled_metrics: tuple[str, ...] = ("tensor_flops",)
     references: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
@@ -66,6 +82,8 @@ class ImplProfile:
             ("experts", self.experts, EXPERT_MODES),
             ("vision_attention", self.vision_attention, VISION_ATTN_MODES),
             ("lm_head_default", self.lm_head_default, LM_HEAD_SCOPES),
+            ("rel_pos_table", self.rel_pos_table, REL_POS_TABLE_MODES),
+            ("causal_mask", self.causal_mask, CAUSAL_MASK_MODES),
         )
         for label, value, allowed in checks:
             if value not in allowed:
@@ -96,6 +114,10 @@ class ImplProfile:
             "decoder_attn_impls": list(self.decoder_attn_impls),
             "supports_mla": self.supports_mla,
             "lm_head_default": self.lm_head_default,
+            "rel_pos_table": self.rel_pos_table,
+            "embed_in_decoder": self.embed_in_decoder,
+            "causal_mask": self.causal_mask,
+            "image_presence_sums": self.image_presence_sums,
             "modeled_metrics": list(self.modeled_metrics),
             "references": dict(self.references),
         }

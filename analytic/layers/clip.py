@@ -61,6 +61,11 @@ class ClipEncoder:
         """Adds one CLIP call on `batch` SAM maps of grid x grid; returns the token count incl. CLS."""
         d = self.hidden_size
         seq = grid * grid + 1
+        # Both implementations read the whole trained position table (1 + 16x16 rows) once per call: an embedding
+        # gather of every position id, or (hf, resized grid) a cast of the 256 grid rows plus the CLS row's cat;
+        # the class embedding is read by the cat that prepends it.
+        c.weight_read(sub(path, "position_embedding"), "embedding", (self.pretrain_grid**2 + 1) * d, db)
+        c.weight_read(sub(path, "class_embedding"), "cat", d, db)
         if grid != self.pretrain_grid:  # get_abs_pos: bicubic resize of the 16x16 table (not counted)
             c.elementwise(sub(path, "pos_embed_interp"), "bicubic", grid * grid * d, EW["bicubic"], db)
         c.elementwise(sub(path, "embeddings"), "add", batch * seq * d, EW["add"], db, reads=2)

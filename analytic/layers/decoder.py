@@ -20,7 +20,14 @@ from analytic.costs import EW, Cost, causal_pairs, sub
 from analytic.layers.common import ConfigError, group
 from analytic.profiles import ImplProfile, ProfileError
 
-ROUTER_BYTES = 4  # MoEGate / TopkRouter run F.linear in float32
+
+def rms_norm(c: Cost, path: str | None, rows: int, width: int, db: int) -> None:
+    """RMSNorm: pow, mean, x * rsqrt, weight * x per element; eps add and rsqrt per row."""
+    c.elementwise(path, "rmsnorm", rows * width, EW["rmsnorm"], db, weight_elems=width)
+    c.elementwise_flops += 2 * rows
+
+
+ROUTER_BYTES = 4  # MoEGate / TopkRouter run F.linear in float32 (on a float32 copy of the weight)
 
 
 @dataclass(frozen=True)
@@ -45,12 +52,17 @@ class MhaAttention:
             # transformers 4.46 LlamaRotaryEmbedding.forward, called by every LlamaAttention.forward:
             # freqs = inv_freq_expanded (B, D/2, 1) @ position_ids_expanded (B, 1, S)  -> bmm
             c.bmm(sub(path, "rotary_emb"), "matmul_inv_freq_position_ids", 1, hd // 2, 1, q, db=4)
-            c.elementwise(sub(path, "rotary_sincos"), "sincos", q * hd, EW["sincos"], 4)
-        c.elementwise(sub(path, "apply_rotary"), "rope", q * (nh + nkv) * hd, EW["rope"], db)
+            # cos(), sin() of cat(freqs, freqs), each scaled by attention_scaling
+            c.elementwise(sub(path, "rotary_sincos"), "sincos", q * hd, EW["sincos"] + 2 * EW["mul"], 4)
+        rotated = q * (nh + nkv) * hd
+        c.elementwise(sub(path, "apply_rotary"), "rope", rotated, EW["rope"], db)
+        c.elementwise(sub(path, "rotate_half_neg"), "neg", rotated // 2, EW["mul"], db)
         pairs = causal_pairs(q, past)
         c.kv_read(2 * nkv * keys * hd, db)
         if family == "sdpa":
             c.sdpa(sub(path, "sdpa"), 1, nh, q, keys, hd, hd, db=db, causal_pairs=pairs)
+            if q > 1:  # the causal mask (or is_causal) applies in the kernel; one query needs none
+                c.elementwise_flops += nh * q * keys
         else:  # eager: matmul(q, k^T) and matmul(probs, v), full key range, mask added not skipped
             c.bmm(sub(path, "qk"), "matmul_qk", nh, q, hd, keys, db=db, causal_flops=2 * nh * pairs * hd)
             c.elementwise(sub(path, "softmax"), "softmax", nh * q * keys, EW["softmax"] + 2 * EW["add"], db)
@@ -86,10 +98,10 @@ class MlaAttention:
             c.linear(sub(path, "q_proj"), q, h, nh * dq, bias=False, db=db)
         else:
             c.linear(sub(path, "q_a_proj"), q, h, self.q_lora_rank, bias=self.bias, db=db)
-            c.elementwise(sub(path, "q_a_layernorm"), "rmsnorm", q * self.q_lora_rank, EW["rmsnorm"], db)
+            rms_norm(c, sub(path, "q_a_layernorm"), q, self.q_lora_rank, db)
             c.linear(sub(path, "q_b_proj"), q, self.q_lora_rank, nh * dq, bias=False, db=db)
         c.linear(sub(path, "kv_a_proj_with_mqa"), q, h, r + dr, bias=self.bias, db=db)
-        c.elementwise(sub(path, "kv_a_layernorm"), "rmsnorm", q * r, EW["rmsnorm"], db)
+        rms_norm(c, sub(path, "kv_a_layernorm"), q, r, db)
         c.elementwise(sub(path, "apply_rotary"), "rope", q * (nh + 1) * dr, EW["rope"], db)
         c.kv_read(keys * (r + dr), db)
         pairs = causal_pairs(q, past)
@@ -136,8 +148,11 @@ class MoeMlp:
     ) -> None:
         """``hit``: experts that got rows (their weights are read); None = balanced routing."""
         h, e, k, i = self.hidden, self.n_experts, self.top_k, self.expert_intermediate
-        c.linear(sub(path, "gate"), rows, h, e, bias=False, db=ROUTER_BYTES)
+        # weight read once at the model's dtype: by the float32 cast (or, in float32, by the mm itself)
+        c.linear(sub(path, "gate"), rows, h, e, bias=False, db=ROUTER_BYTES, wdb=db)
         c.elementwise(sub(path, "gate_softmax"), "softmax", rows * e, EW["softmax"], ROUTER_BYTES)
+        c.elementwise(sub(path, "gate_topk"), "topk", rows * e, 1, ROUTER_BYTES)  # 1 per score compared
+        c.elementwise(sub(path, "gate_scaling"), "mul", rows * k, EW["mul"], ROUTER_BYTES)  # x routed_scaling
         # Each token goes to exactly k distinct experts, so the routed rows total rows*k whatever the routing.
         pairs = rows * k
         balanced = min(e, pairs)
@@ -187,10 +202,10 @@ class DecoderLayer:
         hit: int | None = None,
     ) -> None:
         h = self.hidden
-        c.elementwise(sub(path, "input_layernorm"), "rmsnorm", q * h, EW["rmsnorm"], db, weight_elems=h)
+        rms_norm(c, sub(path, "input_layernorm"), q, h, db)
         self.attn.evaluate(c, q, past, profile, family, db, sub(path, "self_attn"))
         c.elementwise(sub(path, "residual1"), "add", q * h, EW["add"], db, reads=2)
-        c.elementwise(sub(path, "post_attention_layernorm"), "rmsnorm", q * h, EW["rmsnorm"], db, weight_elems=h)
+        rms_norm(c, sub(path, "post_attention_layernorm"), q, h, db)
         if isinstance(self.mlp, MoeMlp):
             self.mlp.evaluate(c, q, profile, db, sub(path, "mlp"), hit)
         else:
@@ -302,12 +317,22 @@ class Decoder:
             )
         family = "bmm" if self.use_mla else profile.decoder_attention_family(attn_impl)
         h = self.hidden_size
-        c.activation_bytes += q * h * db  # embed_tokens gather (no FLOPs)
-        c.io_bytes += 2 * q * h * db
+        keys = past + q
+        if profile.causal_mask == "where_twice":
+            c.elementwise(sub(path, "causal_mask"), "where", 2 * q * keys, EW["mul"], 4)
+        else:  # _prepare_4d_causal_attention_mask: (q x q masked_fill_ + a second masked_fill) if q > 1
+            extra = q * q + q * keys if q > 1 else 0
+            c.elementwise(sub(path, "causal_mask"), "masked_fill", 2 * q * keys + extra, EW["mul"], db)
+        if profile.embed_in_decoder:  # embed_tokens gather (no FLOPs): reads the q rows it writes
+            c.activation_bytes += q * h * db
+            c.io_bytes += q * h * db
+            c.weight_read(sub(path, "embed_tokens"), "embedding", q * h, db)
         if profile.rope == "once_elementwise":
             # UnlimitedOcrTextRotaryEmbedding.forward, once per forward: position_ids[..., None] * inv_freq
             hd = self.qk_rope_head_dim if self.use_mla else self._head_dim  # type: ignore[attr-defined]
-            c.elementwise(sub(path, "rotary_emb"), "sincos", q * hd, EW["sincos"] + EW["mul"], 4)
+            # inv_freq x position on hd/2 columns, then cos(), sin() of cat(freqs, freqs), each scaled
+            c.elementwise(sub(path, "rotary_freqs"), "mul", q * hd // 2, EW["mul"], 4)
+            c.elementwise(sub(path, "rotary_emb"), "sincos", q * hd, EW["sincos"] + 2 * EW["mul"], 4)
         moe = [i for i, layer in enumerate(self.layers) if isinstance(layer.mlp, MoeMlp)]
         if experts_hit is not None and len(experts_hit) != len(moe):
             raise ProfileError(f"routing gives {len(experts_hit)} MoE layers, the decoder has {len(moe)}")
@@ -327,7 +352,7 @@ class Decoder:
                 one = Cost()
                 layer.evaluate(one, q, past, profile, family, db, None)
                 c.add(one, n)
-        c.elementwise(sub(path, "norm"), "rmsnorm", q * h, EW["rmsnorm"], db, weight_elems=h)
+        rms_norm(c, sub(path, "norm"), q, h, db)
 
     def lm_head(self, c: Cost, rows: int, db: int, path: str | None = "lm_head") -> None:
         """lm_head Linear(hidden, vocab) without bias over `rows` positions."""

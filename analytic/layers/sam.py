@@ -25,6 +25,7 @@ class SamBlock:
     window: int
     qkv_bias: bool = True
     use_rel_pos: bool = True
+    trained_grid: int = 64  # rel-pos tables of a global block have 2 x trained_grid - 1 rows (windows: 2 x window - 1)
 
     def evaluate(self, c: Cost, batch: int, grid: int, profile: ImplProfile, db: int, path: str | None) -> None:
         tokens = batch * grid * grid
@@ -43,6 +44,12 @@ class SamBlock:
         ap = sub(path, "attn")
         c.linear(sub(ap, "qkv"), rows, d, 3 * d, bias=self.qkv_bias, db=db)
         if self.use_rel_pos:
+            # get_rel_pos, once per table (h, w): the table (L rows of head_dim) is read by the linear resize
+            # (hf: always; official: when L != 2 x side - 1), else gathered row by row (side x side rows).
+            rows_l = 2 * (self.window or self.trained_grid) - 1
+            sized = rows_l == 2 * side - 1
+            read = side * side if sized and profile.rel_pos_table == "gather_when_sized" else rows_l
+            c.weight_read(sub(ap, "rel_pos_tables"), "get_rel_pos", 2 * read * hd, db)
             # einsum("bhwc,hkc->bhwk") and einsum("bhwc,wkc->bhwk"): bmm over the h (resp. w) axis.
             c.bmm(sub(ap, "rel_pos_h"), "einsum_bhwc_hkc", side, n_views * nh * side, hd, side, db=db)
             c.bmm(sub(ap, "rel_pos_w"), "einsum_bhwc_wkc", side, n_views * nh * side, hd, side, db=db)
@@ -103,6 +110,7 @@ class SamEncoder:
                 0 if i in self.global_attn_indexes else self.window_size,
                 self.qkv_bias,
                 self.use_rel_pos,
+                self.img_size // self.patch_size,
             )
             for i in range(self.depth)
         )
@@ -137,6 +145,9 @@ class SamEncoder:
         )
         if self.use_abs_pos:
             trained = self.img_size // self.patch_size
+            # The trained table is read once: by the add when the grid matches, else by the resize (or the
+            # float32 cast before it) -- trained^2 x embed_dim elements at the model's dtype either way.
+            c.weight_read(sub(path, "pos_embed"), "pos_embed", trained * trained * d, db)
             if g != trained:  # get_abs_pos_sam: bicubic resize of the 64x64 table (not counted)
                 c.elementwise(sub(path, "pos_embed_interp"), "bicubic", g * g * d, EW["bicubic"], db)
             c.elementwise(sub(path, "pos_embed_add"), "add", batch * g * g * d, EW["add"], db, reads=2)

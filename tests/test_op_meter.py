@@ -1,0 +1,113 @@
+"""Measured metrics of single ops and small modules, every expected byte derived by hand (float32: 4 bytes)."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from vendor_shim.audit import AuditLog, AuditMode
+from vendor_shim.formulas import custom_mapping
+from vendor_shim.op_meter import ACTIVATION, ELEMENTWISE, IO, TENSOR, WEIGHT, FusedAttention, OpMeter, footprint
+
+
+def _meter(fn, module: torch.nn.Module | None = None, meter: OpMeter | None = None):
+    """Per-op vectors of fn() under the counter, the audit and the meter (weights = the module's tensors)."""
+    weights = frozenset(t.untyped_storage()._cdata for t in (*module.parameters(), *module.buffers())) if module else ()
+    meter = meter or OpMeter(weights=frozenset(weights))
+    counter = FlopCounterMode(display=False, custom_mapping=custom_mapping())
+    ops: dict[str, list[int]] = {}
+
+    def charge(name, measured):
+        cell = ops.setdefault(name, [0] * len(measured.vector))
+        for i, v in enumerate(measured.vector):
+            cell[i] += v
+
+    audit = AuditMode(counter.flop_registry, charge, AuditLog(), meter)
+    with torch.no_grad(), FusedAttention(meter, charge), audit, counter:
+        out = fn()
+    return ops, meter, out
+
+
+def test_one_linear_reads_input_weight_bias_and_writes_its_output():
+    lin = torch.nn.Linear(4, 3)
+    x = torch.randn(2, 4)
+    ops, _, _ = _meter(lambda: lin(x), lin)
+    addmm = ops["aten.addmm.default"]
+    # reads: x 2*4*4 = 32, weight^T 3*4*4 = 48 (a view of the parameter: `t` moves nothing), bias 3*4 = 12;
+    # writes the output 2*3*4 = 24
+    assert addmm[IO] == 32 + 48 + 12 + 24 == 116
+    assert addmm[WEIGHT] == 48 + 12 and addmm[ACTIVATION] == 24
+    assert addmm[TENSOR] == 2 * 2 * 4 * 3  # 2 FLOPs per multiply-add
+    assert addmm[ELEMENTWISE] == 2 * 3  # the fused bias add, one per output element
+    assert ops["aten.t.default"] == [0] * len(addmm)  # a view: no traffic, no work
+
+
+def test_gather_reads_the_rows_it_writes_not_the_table():
+    emb = torch.nn.Embedding(1000, 8)
+    ids = torch.tensor([[3, 3, 7]])
+    ops, _, _ = _meter(lambda: emb(ids), emb)
+    e = ops["aten.embedding.default"]
+    # 3 rows x 8 x 4 = 96 bytes gathered from the table (the table is 1000 x 8 x 4 = 32,000), ids 3 x 8 = 24
+    # (int64), output 96
+    assert e[WEIGHT] == 96 and e[IO] == 96 + 24 + 96 and e[ACTIVATION] == 96
+
+
+def test_in_place_add_reads_and_writes_its_destination_copy_into_a_slice_only_writes():
+    a, b = torch.zeros(10), torch.ones(10)
+    cache = torch.zeros(4, 10)
+
+    def fn():
+        a.add_(b)  # reads a 40 + b 40, writes a 40
+        cache[1].copy_(b)  # overwrites one row: reads b 40, writes 40 (the slice), never reads the row first
+
+    ops, _, _ = _meter(fn)
+    assert ops["aten.add_.Tensor"][IO] == 120 and ops["aten.add_.Tensor"][ACTIVATION] == 40
+    assert ops["aten.add_.Tensor"][ELEMENTWISE] == 10
+    assert ops["aten.copy_.default"][IO] == 80 and ops["aten.copy_.default"][ELEMENTWISE] == 0
+    assert ops["aten.select.int"][IO] == 0  # the row is a view
+
+
+def test_broadcast_operand_is_read_once():
+    x, bias = torch.randn(5, 6), torch.randn(6)
+    ops, _, _ = _meter(lambda: x + bias.expand(5, 6))
+    # x 5*6*4 = 120, the expanded bias has stride 0 on its first dim: 6*4 = 24, output 120
+    assert footprint(bias.expand(5, 6)) == 24
+    assert ops["aten.add.Tensor"][IO] == 120 + 24 + 120
+
+
+def test_fused_attention_is_one_op_on_every_device():
+    q = torch.randn(1, 2, 5, 4)
+    k, v = torch.randn(1, 2, 7, 4), torch.randn(1, 2, 7, 4)
+    per_device = {}
+    for device in ("cpu", "meta"):
+        qd, kd, vd = (t.to(device) for t in (q, k, v))
+        ops, _, _ = _meter(lambda qd=qd, kd=kd, vd=vd: torch.nn.functional.scaled_dot_product_attention(qd, kd, vd))
+        fused = ops["fused.scaled_dot_product_attention"]
+        # reads q 1*2*5*4*4 = 160, k 224, v 224; writes out 160; softmax 5 per score (2*5*7 scores), no mask
+        assert fused[IO] == 160 + 224 + 224 + 160 and fused[ELEMENTWISE] == 5 * 2 * 5 * 7
+        # the kernel's internals (CPU flash op, or bmm/softmax on meta) carry tensor FLOPs only
+        inner = [cell for name, cell in ops.items() if name != "fused.scaled_dot_product_attention"]
+        assert all(cell[IO] == 0 and cell[ELEMENTWISE] == 0 for cell in inner)
+        per_device[device] = (sum(cell[TENSOR] for cell in ops.values()), fused)
+    assert per_device["cpu"] == per_device["meta"]  # 4 * B * H * Sq * Sk * D = 4*1*2*5*7*4 = 1,120 both ways
+    assert per_device["cpu"][0] == 1120
+
+
+def test_peak_is_the_high_water_mark_of_live_bytes_above_the_entry_level():
+    class Frame:  # what a stage frame offers the storage book
+        peak_live = 0
+
+    frame = Frame()
+    meter = OpMeter(weights=frozenset())
+    meter.book.watchers.append(frame)
+
+    def fn():
+        a = torch.ones(1000)  # 4,000 bytes live
+        b = a * 2  # 8,000
+        del a  # 4,000: the storage died, its finalizer ran
+        c = b + 1  # 8,000 again
+        return c.sum()  # + the 4-byte scalar while b and c live: 8,004
+
+    _meter(fn, meter=meter)
+    assert frame.peak_live == 8004
+    assert meter.book.live_bytes == 0  # everything the run allocated is gone again
