@@ -21,6 +21,8 @@ Everything else is reported, not gated, under simple per-element conventions
 - weight_bytes: parameters an op reads (once per call).
 - activation_bytes: output elements an op writes.
 - kv_cache_bytes: K/V cache bytes the decoder attention reads in one forward.
+- peak_bytes: the largest output one tensor op allocates (exact for a one-op stage such as the
+  linear projector; a lower bound for the others until a liveness model exists).
 All bytes are elements x workload dtype bytes (the MoE router runs in fp32: 4).
 """
 
@@ -131,6 +133,9 @@ class Cost:
         self.io_bytes += (read_elems + write_elems) * db + weight_elems * wdb
         self.weight_bytes += weight_elems * wdb
         self.activation_bytes += write_elems * db
+        # peak_bytes, for now: the largest single output a tensor op allocates -- exact for a one-op stage (the
+        # projector), a lower bound elsewhere until the liveness model exists (issue 11)
+        self.peak_bytes = max(self.peak_bytes, write_elems * db)
         if self.records is not None:
             self.records.append(
                 {
@@ -176,6 +181,16 @@ class Cost:
         if self.records is not None:
             self.records.append(
                 {"path": path, "op": op, "aten": "weight_read", "family": "other", "shapes": {"elements": elems},
+                 "tensor_flops": 0, "causal_tensor_flops": 0, "elementwise_flops": 0}
+            )  # fmt: skip
+
+    def copy(self, path: str | None, op: str, elems: int, db: int) -> None:
+        """Data movement that writes `elems` new elements from as many read (cat, contiguous, clone): bytes only."""
+        self.io_bytes += 2 * elems * db
+        self.activation_bytes += elems * db
+        if self.records is not None:
+            self.records.append(
+                {"path": path, "op": op, "aten": op, "family": "other", "shapes": {"elements": elems},
                  "tensor_flops": 0, "causal_tensor_flops": 0, "elementwise_flops": 0}
             )  # fmt: skip
 

@@ -22,6 +22,7 @@ EXPERT_MODES = ("per_expert_mlp", "eager", "grouped_mm", "batched_mm")
 VISION_ATTN_MODES = ("sdpa", "eager")
 REL_POS_TABLE_MODES = ("interpolate_always", "gather_when_sized")
 CAUSAL_MASK_MODES = ("where_twice", "prepare_4d")
+CACHE_UPDATE_MODES = ("cat_always", "append_then_cat")
 
 
 class ProfileError(ValueError):
@@ -52,6 +53,10 @@ class ImplProfile:
       (transformers 5 masking_utils: two torch.where over q x keys) or `prepare_4d` (4.46
       `_prepare_4d_causal_attention_mask`: a masked_fill_ over q x q when q > 1, then rsub and
       masked_fill over q x keys, and a second masked_fill when q > 1).
+    cache_update: how the KV cache grows: `cat_always` (transformers 5 `DynamicLayer.update`: every
+      forward writes the whole cache anew with torch.cat, the prefill's from an empty tensor) or
+      `append_then_cat` (4.46 `DynamicCache.update`: the prefill's K/V are kept as they are, every
+      later forward cats).
     image_presence_sums: whether the prefill sums the pixel tensors to test for an image
       (official `torch.sum(images[0][1]).item() != 0` and `torch.sum(patches)`).
     modeled_metrics: the metrics this profile follows op by op as the implementation executes them
@@ -71,6 +76,7 @@ class ImplProfile:
     rel_pos_table: str = "interpolate_always"
     embed_in_decoder: bool = True
     causal_mask: str = "where_twice"
+    cache_update: str = "cat_always"
     image_presence_sums: bool = False
     modeled_metrics: tuple[str, ...] = ("tensor_flops",)
     references: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
@@ -84,6 +90,7 @@ class ImplProfile:
             ("lm_head_default", self.lm_head_default, LM_HEAD_SCOPES),
             ("rel_pos_table", self.rel_pos_table, REL_POS_TABLE_MODES),
             ("causal_mask", self.causal_mask, CAUSAL_MASK_MODES),
+            ("cache_update", self.cache_update, CACHE_UPDATE_MODES),
         )
         for label, value, allowed in checks:
             if value not in allowed:
@@ -117,6 +124,7 @@ class ImplProfile:
             "rel_pos_table": self.rel_pos_table,
             "embed_in_decoder": self.embed_in_decoder,
             "causal_mask": self.causal_mask,
+            "cache_update": self.cache_update,
             "image_presence_sums": self.image_presence_sums,
             "modeled_metrics": list(self.modeled_metrics),
             "references": dict(self.references),

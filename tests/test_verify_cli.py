@@ -36,7 +36,12 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "datasets" / "fixtures" / "tiny_remote_snapshot"
 REPORT_FILES = set(reports.REPORT_FILES.values())
 N_METRICS = 7  # analytic.schema.METRICS
-GATED = {"tensor_flops", "elementwise_flops", "weight_bytes", "kv_cache_bytes"}  # the profiles' modeled_metrics
+GATED = {"tensor_flops", "elementwise_flops", "weight_bytes", "kv_cache_bytes"}  # both profiles, every stage
+PROJECTOR_GATED = {"io_bytes", "activation_bytes", "peak_bytes"}  # ... and these on the projector (one Linear)
+
+
+def is_gated(row) -> bool:
+    return row["metric"] in GATED or (row["stage"] == "projector" and row["metric"] in PROJECTOR_GATED)
 
 
 def run_cli(main, *argv: Any) -> int:
@@ -117,9 +122,9 @@ def test_vision_pass_exit_0_writes_three_reports(cache_dir, tmp_path, capsys):
     # with the vendor's figure next to the analytic one (no '-' for a measured metric).
     rows = csv_rows(out)
     assert len(rows) == 3 * 6 * N_METRICS
-    gated = [r for r in rows if r["metric"] in GATED]
-    assert len(gated) == 18 * len(GATED) and {r["passed"] for r in gated} == {"True"}
-    assert {r["passed"] for r in rows if r["metric"] not in GATED} == {""}
+    gated = [r for r in rows if is_gated(r)]
+    assert len(gated) == 18 * len(GATED) + 3 * 2 * len(PROJECTOR_GATED) and {r["passed"] for r in gated} == {"True"}
+    assert {r["passed"] for r in rows if not is_gated(r)} == {""}
     assert all(r["vendor"] != "" for r in rows)
     assert squash(str(run_dir)) in squash(capsys.readouterr().out)  # the summary names the reports
 
@@ -421,7 +426,8 @@ def test_remote_code_end_to_end_tiny_snapshot_exit_0(tmp_path):
     for page in doc["pages"]:
         gated = [r for r in page["rows"] if r["passed"] is not None]
         # every leaf: tensor FLOPs and KV-cache bytes exact, elementwise FLOPs and weight bytes within tolerance
-        assert {r["metric"] for r in gated} == GATED and len(gated) == 10 * len(GATED)
+        assert {r["metric"] for r in gated} == GATED | PROJECTOR_GATED
+        assert len(gated) == 10 * len(GATED) + 2 * len(PROJECTOR_GATED)
         assert all(r["rel_delta"] == 0 for r in gated if r["metric"] in ("tensor_flops", "kv_cache_bytes"))
         assert all(r["passed"] for r in gated)
         assert len(page["trace"]["stages"]["decode"]["steps"]) == 3

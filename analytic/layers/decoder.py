@@ -58,6 +58,8 @@ class MhaAttention:
         c.elementwise(sub(path, "apply_rotary"), "rope", rotated, EW["rope"], db)
         c.elementwise(sub(path, "rotate_half_neg"), "neg", rotated // 2, EW["mul"], db)
         pairs = causal_pairs(q, past)
+        if past or profile.cache_update == "cat_always":  # torch.cat([cache, new]) for K and for V
+            c.copy(sub(path, "cache_update"), "cat", 2 * nkv * keys * hd, db)
         c.kv_read(2 * nkv * keys * hd, db)
         if family == "sdpa":
             c.sdpa(sub(path, "sdpa"), 1, nh, q, keys, hd, hd, db=db, causal_pairs=pairs)
