@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from analytic.schema import PEAK_METRICS
 from reports.format import format_metric, format_rel
 from reports.frame import comparison_frame
 from reports.model import RunResult
@@ -34,7 +35,8 @@ def _metric_table(run: RunResult, metric: str, gated) -> Table:
     shown = gated[(gated.vendor_total.fillna(0) != 0) | (gated.analytic_total != 0)]
     gated = shown if len(shown) else gated
     n = len(run.pages)
-    title = f"{metric} · {run.command} · totals over {n} page{'' if n == 1 else 's'}"
+    over = "largest" if metric in PEAK_METRICS else "totals"  # a high-water mark does not add up over pages
+    title = f"{metric} · {over} over {n} page{'' if n == 1 else 's'}"
     tolerances = gated.tolerance.dropna().unique()
     one_tolerance = len(tolerances) == 1  # then the title says it and the table keeps to 80 columns
     if one_tolerance:

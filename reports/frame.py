@@ -16,7 +16,7 @@ from dataclasses import fields
 
 import pandas as pd
 
-from analytic.schema import METRICS, leaf_paths
+from analytic.schema import METRICS, PEAK_METRICS, leaf_paths
 from reports.model import ComparisonRow, RunResult
 
 ROW_COLUMNS = tuple(f.name for f in fields(ComparisonRow))
@@ -76,7 +76,8 @@ def _status(row: ComparisonRow, n_crops: int) -> str:
 
 
 def leaf_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Per stage x part x metric over the pages: totals, tolerance, pass/fail/not-run counts, worst delta and page.
+    """Per stage x part x metric over the pages: totals (peaks: the largest), tolerance, pass/fail/not-run counts,
+    worst delta and page.
 
     ``worst_page`` is ``ALL_EQUAL`` when every page has the same relative delta (e.g. all exact)."""
     cols = ["stage", "part", "metric", "gated", "pages", "vendor_total", "analytic_total", "tolerance"]
@@ -98,8 +99,8 @@ def leaf_summary(df: pd.DataFrame) -> pd.DataFrame:
                 "metric": metric,
                 "gated": bool(g.tolerance.notna().any()),
                 "pages": len(ran),
-                "vendor_total": ran.vendor.sum() if ran.vendor.notna().any() else None,
-                "analytic_total": float(ran.analytic.sum()),
+                "vendor_total": _over_pages(metric, ran.vendor) if ran.vendor.notna().any() else None,
+                "analytic_total": float(_over_pages(metric, ran.analytic)),
                 "tolerance": float(tolerances[0]) if len(tolerances) == 1 else None,
                 "max_rel": float(rel.max()) if len(rel) else None,
                 "worst_page": worst,
@@ -109,6 +110,11 @@ def leaf_summary(df: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(out, columns=cols)
+
+
+def _over_pages(metric: str, values: pd.Series) -> float:
+    """Pages' figures combined: the sum of work, the largest of high-water marks (`analytic.schema.combine`)."""
+    return values.max() if metric in PEAK_METRICS else values.sum()
 
 
 def failing(df: pd.DataFrame) -> pd.DataFrame:
