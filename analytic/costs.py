@@ -151,14 +151,29 @@ class Cost:
             )
 
     def elementwise(
-        self, path: str | None, op: str, elems: int, per_elem: int, db: int = 2, weight_elems: int = 0, reads: int = 1
+        self,
+        path: str | None,
+        op: str,
+        elems: int,
+        per_elem: int,
+        db: int = 2,
+        weight_elems: int = 0,
+        reads: int = 1,
+        *,
+        traffic: tuple[int, int] | None = None,
     ) -> None:
-        """Elementwise work: not counted by the FLOP counter, reported under our convention."""
+        """Elementwise work: not counted by the FLOP counter, reported under our convention.  Bytes: ``reads``
+        inputs of ``elems`` and one output at ``db``, or ``traffic`` = (bytes read, bytes written) of the ops the
+        implementation really runs for it (casts and intermediate tensors included)."""
         flops = elems * per_elem
         self.elementwise_flops += flops
-        self.io_bytes += (elems * reads + elems) * db + weight_elems * db
+        if traffic is None:
+            self.io_bytes += (elems * reads + elems) * db + weight_elems * db
+            self.activation_bytes += elems * db
+        else:
+            self.io_bytes += traffic[0] + traffic[1] + weight_elems * db
+            self.activation_bytes += traffic[1]
         self.weight_bytes += weight_elems * db
-        self.activation_bytes += elems * db
         if self.records is not None:
             self.records.append(
                 {
@@ -184,13 +199,24 @@ class Cost:
                  "tensor_flops": 0, "causal_tensor_flops": 0, "elementwise_flops": 0}
             )  # fmt: skip
 
-    def copy(self, path: str | None, op: str, elems: int, db: int) -> None:
-        """Data movement that writes `elems` new elements from as many read (cat, contiguous, clone): bytes only."""
-        self.io_bytes += 2 * elems * db
+    def copy(self, path: str | None, op: str, elems: int, db: int, read_db: int | None = None) -> None:
+        """Data movement that writes `elems` new elements from as many read (cat, contiguous, clone; a cast when
+        ``read_db`` differs): bytes only."""
+        self.io_bytes += elems * (db + (db if read_db is None else read_db))
         self.activation_bytes += elems * db
         if self.records is not None:
             self.records.append(
                 {"path": path, "op": op, "aten": op, "family": "other", "shapes": {"elements": elems},
+                 "tensor_flops": 0, "causal_tensor_flops": 0, "elementwise_flops": 0}
+            )  # fmt: skip
+
+    def traffic(self, path: str | None, op: str, read_bytes: int, write_bytes: int) -> None:
+        """Bookkeeping ops with no FLOPs under the conventions (sort, index arithmetic, histograms): bytes only."""
+        self.io_bytes += read_bytes + write_bytes
+        self.activation_bytes += write_bytes
+        if self.records is not None:
+            self.records.append(
+                {"path": path, "op": op, "aten": op, "family": "other", "shapes": {"bytes": read_bytes + write_bytes},
                  "tensor_flops": 0, "causal_tensor_flops": 0, "elementwise_flops": 0}
             )  # fmt: skip
 

@@ -15,7 +15,8 @@ ops charged to it (``peak_bytes``: the maximum, see `METRIC_AGGREGATION` in `ana
   annotation, op not mutable), plus `ALIAS_BY_BEHAVIOUR` for ops whose schema says "new tensor" while
   the kernel returns a view.  A tensor's bytes are its *footprint*: element size x the product of its
   sizes over dimensions with a non-zero stride (an `expand`ed operand is read once).  Gathers
-  (`GATHERS`) read the rows they gather: as many bytes from the table as they write.  An in-place op
+  (`GATHERS`) read the rows they gather: as many bytes from the table as they write.  `LAYOUT_ONLY`
+  ops (``empty_like``, ``new_zeros``, ...) read no data of the tensor they are given.  An in-place op
   writes its mutated argument; `OVERWRITES` do not read it first (copy into a slice, fill, index_put).
 - **weight_bytes**: the part of the reads that falls on a parameter or buffer (storage identity).
 - **activation_bytes**: the bytes written.
@@ -152,6 +153,22 @@ ATTENTION_MASK = 1  # per score, when a mask or is_causal applies
 ALIAS_BY_BEHAVIOUR = frozenset({"_unsafe_view", "_reshape_alias", "lift_fresh"})
 # Gathers: read from the table exactly the rows they write.
 GATHERS = frozenset({"embedding", "index_select", "index", "gather", "take", "take_along_dim", "_unsafe_index"})
+# Ops that take a tensor only for its shape, dtype and device: they read none of its data.
+LAYOUT_ONLY = frozenset(
+    {
+        "empty_like",
+        "zeros_like",
+        "ones_like",
+        "full_like",
+        "randn_like",
+        "rand_like",
+        "new_empty",
+        "new_zeros",
+        "new_ones",
+        "new_full",
+        "new_empty_strided",
+    }
+)
 # In-place ops that overwrite their destination without reading it.
 OVERWRITES = frozenset({"copy", "fill", "zero", "index_put", "_index_put_impl", "index_copy", "masked_scatter"})
 

@@ -37,11 +37,20 @@ TINY = REPO / "datasets" / "fixtures" / "tiny_remote_snapshot"
 REPORT_FILES = set(reports.REPORT_FILES.values())
 N_METRICS = 7  # analytic.schema.METRICS
 GATED = {"tensor_flops", "elementwise_flops", "weight_bytes", "kv_cache_bytes"}  # both profiles, every stage
-PROJECTOR_GATED = {"io_bytes", "activation_bytes", "peak_bytes"}  # ... and these on the projector (one Linear)
 
 
-def is_gated(row) -> bool:
-    return row["metric"] in GATED or (row["stage"] == "projector" and row["metric"] in PROJECTOR_GATED)
+def modeled(impl: str) -> set[str]:
+    """The profile's modeled_metrics (METRIC or STAGE.METRIC): what the verifier gates."""
+    from omegaconf import OmegaConf
+
+    from analytic.profiles import PROFILE_DIR
+
+    return set(OmegaConf.load(PROFILE_DIR / f"{impl}.yaml").modeled_metrics)
+
+
+def is_gated(row, impl: str = "hf") -> bool:
+    m = modeled(impl)
+    return row["metric"] in m or f"{row['stage']}.{row['metric']}" in m
 
 
 def run_cli(main, *argv: Any) -> int:
@@ -123,7 +132,7 @@ def test_vision_pass_exit_0_writes_three_reports(cache_dir, tmp_path, capsys):
     rows = csv_rows(out)
     assert len(rows) == 3 * 6 * N_METRICS
     gated = [r for r in rows if is_gated(r)]
-    assert len(gated) == 18 * len(GATED) + 3 * 2 * len(PROJECTOR_GATED) and {r["passed"] for r in gated} == {"True"}
+    assert modeled("hf") >= GATED and len(gated) >= 18 * len(GATED) and {r["passed"] for r in gated} == {"True"}
     assert {r["passed"] for r in rows if not is_gated(r)} == {""}
     assert all(r["vendor"] != "" for r in rows)
     assert squash(str(run_dir)) in squash(capsys.readouterr().out)  # the summary names the reports
@@ -426,8 +435,8 @@ def test_remote_code_end_to_end_tiny_snapshot_exit_0(tmp_path):
     for page in doc["pages"]:
         gated = [r for r in page["rows"] if r["passed"] is not None]
         # every leaf: tensor FLOPs and KV-cache bytes exact, elementwise FLOPs and weight bytes within tolerance
-        assert {r["metric"] for r in gated} == GATED | PROJECTOR_GATED
-        assert len(gated) == 10 * len(GATED) + 2 * len(PROJECTOR_GATED)
+        assert {r["metric"] for r in gated} >= GATED and all(is_gated(r, "official") for r in gated)
+        assert len(gated) == sum(is_gated(r, "official") for r in page["rows"])
         assert all(r["rel_delta"] == 0 for r in gated if r["metric"] in ("tensor_flops", "kv_cache_bytes"))
         assert all(r["passed"] for r in gated)
         assert len(page["trace"]["stages"]["decode"]["steps"]) == 3

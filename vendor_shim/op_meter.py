@@ -25,6 +25,7 @@ from analytic.op_conventions import (
     ATTENTION_SOFTMAX,
     BIAS_IN_KERNEL,
     GATHERS,
+    LAYOUT_ONLY,
     MOVEMENT,
     OVERWRITES,
     elementwise_flops,
@@ -69,6 +70,7 @@ class _OpKind:
     overwrite: bool  # writes its destination without reading it
     gather: bool
     movement: bool  # a data-movement category of the audit: 0 FLOPs by definition
+    layout_only: bool  # reads only the metadata of its tensor argument
 
     @classmethod
     def of(cls, func: Any) -> _OpKind:
@@ -78,7 +80,8 @@ class _OpKind:
         written = tuple(i for i, a in enumerate(schema.arguments) if a.alias_info is not None and a.alias_info.is_write)
         view = not schema.is_mutable and any(r.alias_info is not None for r in schema.returns)
         movement = ALLOWED_OPS.get(stem) in MOVEMENT
-        return cls(stem, view or stem in ALIAS_BY_BEHAVIOUR, written, stem in OVERWRITES, stem in GATHERS, movement)
+        view = view or stem in ALIAS_BY_BEHAVIOUR
+        return cls(stem, view, written, stem in OVERWRITES, stem in GATHERS, movement, stem in LAYOUT_ONLY)
 
 
 @dataclass
@@ -163,8 +166,8 @@ class OpMeter:
                 first_in = t
             key = t.untyped_storage()._cdata
             in_keys.add(key)
-            if pos in kind.written:
-                continue  # counted as written below (and read unless the op overwrites it)
+            if pos in kind.written or kind.layout_only:
+                continue  # counted as written below (and read unless the op overwrites it); or never read
             b = out_bytes if kind.gather and pos == 0 else footprint(t)
             if func is torch.ops.aten._grouped_mm.default and pos == 1:
                 b = _grouped_weight_read(t, args, kwargs)

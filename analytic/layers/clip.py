@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from analytic.costs import EW, Cost, sub
-from analytic.layers.common import ConfigError, vision_attention
+from analytic.layers.common import ConfigError, layer_norm, vision_attention
 from analytic.profiles import ImplProfile
 
 
@@ -22,7 +22,7 @@ class ClipBlock:
         d, nh = self.dim, self.num_heads
         hd = d // nh
         rows = batch * seq
-        c.elementwise(sub(path, "layer_norm1"), "layernorm", rows * d, EW["layernorm"], db, weight_elems=2 * d)
+        layer_norm(c, sub(path, "layer_norm1"), rows, d, db)
         ap = sub(path, "self_attn")
         if profile.clip_qkv == "fused":  # official NoTPAttention.qkv_proj: Linear(1024, 3072)
             c.linear(sub(ap, "qkv_proj"), rows, d, 3 * d, bias=True, db=db)
@@ -32,10 +32,11 @@ class ClipBlock:
         vision_attention(c, ap, batch, nh, seq, hd, profile.vision_attention, db)
         c.linear(sub(ap, "out_proj"), rows, d, d, bias=True, db=db)
         c.elementwise(sub(path, "residual1"), "add", rows * d, EW["add"], db, reads=2)
-        c.elementwise(sub(path, "layer_norm2"), "layernorm", rows * d, EW["layernorm"], db, weight_elems=2 * d)
+        layer_norm(c, sub(path, "layer_norm2"), rows, d, db)
         mp = sub(path, "mlp")
         c.linear(sub(mp, "fc1"), rows, d, self.ffn, bias=True, db=db)
-        c.elementwise(sub(mp, "act"), "quick_gelu", rows * self.ffn, EW["quick_gelu"], db)
+        n = rows * self.ffn  # x * 1.702, sigmoid, x * sigmoid: 4 reads and 3 writes of rows x ffn
+        c.elementwise(sub(mp, "act"), "quick_gelu", n, EW["quick_gelu"], db, traffic=(4 * n * db, 3 * n * db))
         c.linear(sub(mp, "fc2"), rows, self.ffn, d, bias=True, db=db)
         c.elementwise(sub(path, "residual2"), "add", rows * d, EW["add"], db, reads=2)
 
@@ -64,12 +65,25 @@ class ClipEncoder:
         # Both implementations read the whole trained position table (1 + 16x16 rows) once per call: an embedding
         # gather of every position id, or (hf, resized grid) a cast of the 256 grid rows plus the CLS row's cat;
         # the class embedding is read by the cat that prepends it.
-        c.weight_read(sub(path, "position_embedding"), "embedding", (self.pretrain_grid**2 + 1) * d, db)
+        trained = self.pretrain_grid**2
+        c.weight_read(sub(path, "position_embedding"), "embedding", (trained + 1) * d, db)
         c.weight_read(sub(path, "class_embedding"), "cat", d, db)
-        if grid != self.pretrain_grid:  # get_abs_pos: bicubic resize of the 16x16 table (not counted)
-            c.elementwise(sub(path, "pos_embed_interp"), "bicubic", grid * grid * d, EW["bicubic"], db)
-        c.elementwise(sub(path, "embeddings"), "add", batch * seq * d, EW["add"], db, reads=2)
-        c.elementwise(sub(path, "pre_layrnorm"), "layernorm", batch * seq * d, EW["layernorm"], db, weight_elems=2 * d)
+        # cat([class, SAM features]): reads the batch's patch rows, writes every row
+        c.traffic(sub(path, "cat_class"), "cat", batch * (seq - 1) * d * db, batch * seq * d * db)
+        if grid != self.pretrain_grid:  # get_abs_pos: float32 copy, bicubic resize, cast back, cat the CLS row
+            g2 = grid * grid * d
+            c.traffic(sub(path, "pos_embed_cast"), "_to_copy", 0, trained * d * 4)  # its read: the weight read above
+            c.elementwise(
+                sub(path, "pos_embed_interp"), "bicubic", g2, EW["bicubic"], db, traffic=(trained * d * 4, g2 * 4)
+            )
+            c.copy(sub(path, "pos_embed_cast_back"), "_to_copy", g2, db, read_db=4)
+            c.traffic(sub(path, "pos_embed_cat"), "cat", g2 * db, seq * d * db)
+        else:  # the gathered table is the position embedding itself
+            c.traffic(sub(path, "pos_embed_gather"), "embedding", 0, seq * d * db)
+        # + positions (broadcast over the batch: read once)
+        emb = (batch * seq * d * db + seq * d * db, batch * seq * d * db)
+        c.elementwise(sub(path, "embeddings"), "add", batch * seq * d, EW["add"], db, traffic=emb)
+        layer_norm(c, sub(path, "pre_layrnorm"), batch * seq, d, db)
         blk: ClipBlock = self._block  # type: ignore[attr-defined]
         if c.want_records:
             for i in range(self.num_layers):

@@ -14,6 +14,15 @@ class ConfigError(ValueError):
     """The analytic config is inconsistent; the message names the field and the fix."""
 
 
+def layer_norm(c: Cost, path: str | None, rows: int, width: int, db: int) -> None:
+    """nn.LayerNorm as one native_layer_norm: reads x and (weight, bias), writes y and a mean and an rstd per row
+    (in the input's dtype on CPU)."""
+    n = rows * width
+    c.elementwise(
+        path, "layernorm", n, EW["layernorm"], db, weight_elems=2 * width, traffic=(n * db, (n + 2 * rows) * db)
+    )
+
+
 def group(items: tuple[T, ...]) -> list[tuple[T, int]]:
     """Distinct (hashable, frozen) items with their counts: identical layers are costed once and scaled."""
     counts: dict[T, int] = {}

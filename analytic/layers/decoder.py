@@ -20,11 +20,26 @@ from analytic.costs import EW, Cost, causal_pairs, sub
 from analytic.layers.common import ConfigError, group
 from analytic.profiles import ImplProfile, ProfileError
 
+F32 = 4  # bytes of the float32 the norms, softmaxes and the router compute in
+
 
 def rms_norm(c: Cost, path: str | None, rows: int, width: int, db: int) -> None:
-    """RMSNorm: pow, mean, x * rsqrt, weight * x per element; eps add and rsqrt per row."""
-    c.elementwise(path, "rmsnorm", rows * width, EW["rmsnorm"], db, weight_elems=width)
+    """RMSNorm (both implementations): x.to(float32), pow, mean, + eps, rsqrt, x * rsqrt, .to(dtype), weight * x.
+    FLOPs 4 per element + 2 per row; the casts exist only when the model's dtype is not float32."""
+    n, cast = rows * width, db != F32
+    reads = n * db * cast + 3 * n * F32 + 3 * rows * F32 + n * F32 * cast + n * db
+    writes = n * F32 * cast + 2 * n * F32 + 3 * rows * F32 + n * db * cast + n * db
+    c.elementwise(path, "rmsnorm", n, EW["rmsnorm"], db, weight_elems=width, traffic=(reads, writes))
     c.elementwise_flops += 2 * rows
+
+
+def eager_softmax_traffic(scores: int, mask: int, db: int) -> tuple[int, int]:
+    """Bytes of scale (mul/div), + mask, softmax(dtype=float32) and .to(dtype) over `scores` scores; the mask
+    (q x keys) is broadcast over the heads."""
+    cast = db != F32  # then softmax's input is a float32 copy and its output is cast back
+    reads = 2 * scores * db + mask * db + scores * F32 + (scores * db + scores * F32) * cast
+    writes = 2 * scores * db + scores * F32 + (scores * F32 + scores * db) * cast
+    return reads, writes
 
 
 ROUTER_BYTES = 4  # MoEGate / TopkRouter run F.linear in float32 (on a float32 copy of the weight)
@@ -55,8 +70,10 @@ class MhaAttention:
             # cos(), sin() of cat(freqs, freqs), each scaled by attention_scaling
             c.elementwise(sub(path, "rotary_sincos"), "sincos", q * hd, EW["sincos"] + 2 * EW["mul"], 4)
         rotated = q * (nh + nkv) * hd
-        c.elementwise(sub(path, "apply_rotary"), "rope", rotated, EW["rope"], db)
-        c.elementwise(sub(path, "rotate_half_neg"), "neg", rotated // 2, EW["mul"], db)
+        # per tensor of n: x * cos, neg of half, cat, rotated * sin, add (cos/sin: q x hd, broadcast over heads)
+        rope_traffic = ((11 * rotated // 2 + 4 * q * hd) * db, 9 * rotated // 2 * db)
+        c.elementwise(sub(path, "apply_rotary"), "rope", rotated, EW["rope"], db, traffic=rope_traffic)
+        c.elementwise(sub(path, "rotate_half_neg"), "neg", rotated // 2, EW["mul"], db, traffic=(0, 0))
         pairs = causal_pairs(q, past)
         if past or profile.cache_update == "cat_always":  # torch.cat([cache, new]) for K and for V
             c.copy(sub(path, "cache_update"), "cat", 2 * nkv * keys * hd, db)
@@ -67,8 +84,17 @@ class MhaAttention:
                 c.elementwise_flops += nh * q * keys
         else:  # eager: matmul(q, k^T) and matmul(probs, v), full key range, mask added not skipped
             c.bmm(sub(path, "qk"), "matmul_qk", nh, q, hd, keys, db=db, causal_flops=2 * nh * pairs * hd)
-            c.elementwise(sub(path, "softmax"), "softmax", nh * q * keys, EW["softmax"] + 2 * EW["add"], db)
+            c.elementwise(
+                sub(path, "softmax"),
+                "softmax",
+                nh * q * keys,
+                EW["softmax"] + 2 * EW["add"],
+                db,
+                traffic=eager_softmax_traffic(nh * q * keys, q * keys, db),
+            )
             c.bmm(sub(path, "av"), "matmul_av", nh, q, keys, hd, db=db, causal_flops=2 * nh * pairs * hd)
+        if q > 1:  # attn_output.transpose(1, 2).contiguous(): a copy unless one query
+            c.copy(sub(path, "attn_output_contiguous"), "clone", q * nh * hd, db)
         c.linear(sub(path, "o_proj"), q, nh * hd, h, bias=self.bias, db=db)
 
 
@@ -131,7 +157,15 @@ class SwiGluMlp:
         h, i = self.hidden, self.intermediate
         c.linear(sub(path, "gate_proj"), rows, h, i, bias=False, db=db)
         c.linear(sub(path, "up_proj"), rows, h, i, bias=False, db=db)
-        c.elementwise(sub(path, "act_mul"), "silu", rows * i, EW["silu"] + EW["mul"], db)
+        # silu(gate) then * up: 3 reads and 2 writes of rows x i
+        c.elementwise(
+            sub(path, "act_mul"),
+            "silu",
+            rows * i,
+            EW["silu"] + EW["mul"],
+            db,
+            traffic=(3 * rows * i * db, 2 * rows * i * db),
+        )
         c.linear(sub(path, "down_proj"), rows, i, h, bias=False, db=db)
 
 
@@ -151,9 +185,15 @@ class MoeMlp:
         """``hit``: experts that got rows (their weights are read); None = balanced routing."""
         h, e, k, i = self.hidden, self.n_experts, self.top_k, self.expert_intermediate
         # weight read once at the model's dtype: by the float32 cast (or, in float32, by the mm itself)
+        if db != F32:  # hidden.float() and weight.float(): the mm reads the float32 copies
+            c.copy(sub(path, "gate_cast"), "_to_copy", rows * h, F32, read_db=db)
+            c.traffic(sub(path, "gate_weight_cast"), "_to_copy", e * h * F32, e * h * F32)
         c.linear(sub(path, "gate"), rows, h, e, bias=False, db=ROUTER_BYTES, wdb=db)
         c.elementwise(sub(path, "gate_softmax"), "softmax", rows * e, EW["softmax"], ROUTER_BYTES)
-        c.elementwise(sub(path, "gate_topk"), "topk", rows * e, 1, ROUTER_BYTES)  # 1 per score compared
+        # 1 per score compared; writes k values (float32) and k int64 indices per row
+        c.elementwise(
+            sub(path, "gate_topk"), "topk", rows * e, 1, ROUTER_BYTES, traffic=(rows * e * F32, rows * k * 12)
+        )
         c.elementwise(sub(path, "gate_scaling"), "mul", rows * k, EW["mul"], ROUTER_BYTES)  # x routed_scaling
         # Each token goes to exactly k distinct experts, so the routed rows total rows*k whatever the routing.
         pairs = rows * k
@@ -179,11 +219,40 @@ class MoeMlp:
             extra = (hit - 1) * 3 * h * i * db
             c.weight_bytes += extra
             c.io_bytes += extra
-        c.elementwise(sub(ep, "act_mul"), "silu", pairs * i, EW["silu"] + EW["mul"], db)
-        c.elementwise(sub(ep, "weighted_sum"), "mul_add", pairs * h, EW["mul"] + EW["add"], db)
+        c.elementwise(
+            sub(ep, "act_mul"),
+            "silu",
+            pairs * i,
+            EW["silu"] + EW["mul"],
+            db,
+            traffic=(3 * pairs * i * db, 2 * pairs * i * db),
+        )
+        if mode == "grouped_mm":
+            _grouped_mm_bookkeeping(c, ep, rows, pairs, h, e, db)
+        else:
+            c.elementwise(sub(ep, "weighted_sum"), "mul_add", pairs * h, EW["mul"] + EW["add"], db)
         if self.n_shared:
             SwiGluMlp(h, i * self.n_shared).evaluate(c, rows, db, sub(path, "shared_experts"))
             c.elementwise(sub(path, "shared_add"), "add", rows * h, EW["add"], db, reads=2)
+
+
+def _grouped_mm_bookkeeping(c: Cost, path: str | None, rows: int, pairs: int, h: int, e: int, db: int) -> None:
+    """transformers' grouped_mm_experts_forward around its two _grouped_mm: sort the pairs by expert, gather the
+    rows and weights, histc (float on CPU) and cumsum for the offsets, weight the outputs (promoted to float32),
+    undo the permutation and sum each token's k rows, cast back.  Index tensors are int64 (8 bytes)."""
+    i64 = 8
+    c.traffic(sub(path, "sort"), "sort", pairs * i64, 2 * pairs * i64)
+    c.traffic(sub(path, "floor_divide"), "floor_divide", pairs * i64, pairs * i64)
+    c.traffic(sub(path, "gather_rows"), "index", pairs * h * db + pairs * i64, pairs * h * db)
+    c.traffic(sub(path, "gather_weights"), "index", pairs * F32 + pairs * i64, pairs * F32)
+    c.traffic(sub(path, "histc"), "histc", pairs * i64 + pairs * F32, pairs * F32 + e * F32)  # .float(), histc
+    c.traffic(sub(path, "offsets"), "cumsum", e * F32 + 2 * e * F32 + 2 * F32, e * F32)  # + both mm read offs
+    c.traffic(sub(path, "inverse_perm"), "index_put", 2 * pairs * i64, 3 * pairs * i64)  # empty_like, arange
+    # out * weights (float32 result), out[inverse_perm], .view(rows, k, h).sum(1), .to(dtype)
+    cast = db != F32
+    reads = pairs * h * db + pairs * F32 + pairs * h * F32 + pairs * i64 + pairs * h * F32 + rows * h * F32 * cast
+    writes = 2 * pairs * h * F32 + rows * h * F32 + rows * h * db * cast
+    c.elementwise(sub(path, "weighted_sum"), "mul_add", pairs * h, EW["mul"] + EW["add"], db, traffic=(reads, writes))
 
 
 @dataclass(frozen=True)
@@ -320,8 +389,9 @@ class Decoder:
         family = "bmm" if self.use_mla else profile.decoder_attention_family(attn_impl)
         h = self.hidden_size
         keys = past + q
-        if profile.causal_mask == "where_twice":
-            c.elementwise(sub(path, "causal_mask"), "where", 2 * q * keys, EW["mul"], 4)
+        if profile.causal_mask == "where_twice":  # reads a bool mask, writes the dtype's mask, twice
+            mask_traffic = (2 * q * keys, 2 * q * keys * db)
+            c.elementwise(sub(path, "causal_mask"), "where", 2 * q * keys, EW["mul"], 4, traffic=mask_traffic)
         else:  # _prepare_4d_causal_attention_mask: (q x q masked_fill_ + a second masked_fill) if q > 1
             extra = q * q + q * keys if q > 1 else 0
             c.elementwise(sub(path, "causal_mask"), "masked_fill", 2 * q * keys + extra, EW["mul"], db)
@@ -333,8 +403,16 @@ class Decoder:
             # UnlimitedOcrTextRotaryEmbedding.forward, once per forward: position_ids[..., None] * inv_freq
             hd = self.qk_rope_head_dim if self.use_mla else self._head_dim  # type: ignore[attr-defined]
             # inv_freq x position on hd/2 columns, then cos(), sin() of cat(freqs, freqs), each scaled
-            c.elementwise(sub(path, "rotary_freqs"), "mul", q * hd // 2, EW["mul"], 4)
-            c.elementwise(sub(path, "rotary_emb"), "sincos", q * hd, EW["sincos"] + 2 * EW["mul"], 4)
+            # position_ids.float() then x inv_freq (a buffer: weight bytes)
+            c.elementwise(
+                sub(path, "rotary_freqs"), "mul", q * hd // 2, EW["mul"], 4, traffic=(q * 12, q * 4 + q * hd * 2)
+            )
+            c.weight_read(sub(path, "inv_freq"), "mul", hd // 2, F32)
+            # cat(freqs, freqs), cos, * scaling, sin, * scaling, then both cast to the dtype
+            cast = db != F32
+            emb = q * hd
+            traffic = (5 * emb * F32 + 2 * emb * F32 * cast, 5 * emb * F32 + 2 * emb * db * cast)
+            c.elementwise(sub(path, "rotary_emb"), "sincos", emb, EW["sincos"] + 2 * EW["mul"], 4, traffic=traffic)
         moe = [i for i, layer in enumerate(self.layers) if isinstance(layer.mlp, MoeMlp)]
         if experts_hit is not None and len(experts_hit) != len(moe):
             raise ProfileError(f"routing gives {len(experts_hit)} MoE layers, the decoder has {len(moe)}")
