@@ -30,6 +30,9 @@ class ClipBlock:
             for name in ("q_proj", "k_proj", "v_proj"):
                 c.linear(sub(ap, name), rows, d, d, bias=True, db=db)
         vision_attention(c, ap, batch, nh, seq, hd, profile.vision_attention, db)
+        # attn_output.transpose(1, 2).contiguous(): a copy of a (B, H, S, D) output -- what SDPA returns on meta (math);
+        # CPU flash already returns it (B, S, H, D)-strided, so there the copy moves nothing (README)
+        c.copy(sub(ap, "attn_output_contiguous"), "clone", rows * d, db)
         c.linear(sub(ap, "out_proj"), rows, d, d, bias=True, db=db)
         c.elementwise(sub(path, "residual1"), "add", rows * d, EW["add"], db, reads=2)
         layer_norm(c, sub(path, "layer_norm2"), rows, d, db)

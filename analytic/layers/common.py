@@ -15,12 +15,11 @@ class ConfigError(ValueError):
 
 
 def layer_norm(c: Cost, path: str | None, rows: int, width: int, db: int) -> None:
-    """nn.LayerNorm as one native_layer_norm: reads x and (weight, bias), writes y and a mean and an rstd per row
-    (in the input's dtype on CPU)."""
+    """nn.LayerNorm as one native_layer_norm: reads x and (weight, bias), writes y and a float32 mean and rstd per
+    row."""
     n = rows * width
-    c.elementwise(
-        path, "layernorm", n, EW["layernorm"], db, weight_elems=2 * width, traffic=(n * db, (n + 2 * rows) * db)
-    )
+    traffic = (n * db, n * db + 2 * rows * 4)
+    c.elementwise(path, "layernorm", n, EW["layernorm"], db, weight_elems=2 * width, traffic=traffic)
 
 
 def group(items: tuple[T, ...]) -> list[tuple[T, int]]:

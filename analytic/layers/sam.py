@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from analytic.costs import EW, Cost, sub
-from analytic.layers.common import ConfigError, group, vision_attention
+from analytic.layers.common import ConfigError, group, layer_norm, vision_attention
 from analytic.profiles import ImplProfile
 
 
@@ -31,7 +31,7 @@ class SamBlock:
         tokens = batch * grid * grid
         d, nh = self.dim, self.num_heads
         hd = d // nh
-        c.elementwise(sub(path, "norm1"), "layernorm", tokens * d, EW["layernorm"], db, weight_elems=2 * d)
+        layer_norm(c, sub(path, "norm1"), tokens, d, db)
         if self.window > 0:
             # window_partition pads the grid up to a multiple of the window (64->70, 40->42, ...).
             padded = -(-grid // self.window) * self.window
@@ -42,29 +42,62 @@ class SamBlock:
         seq = side * side
         rows = n_views * seq
         ap = sub(path, "attn")
+        if self.window > 0:  # F.pad, then the windows' permute made contiguous
+            c.traffic(sub(path, "window_pad"), "constant_pad_nd", tokens * d * db, rows * d * db)
+            c.copy(sub(path, "window_partition"), "clone", rows * d, db)
         c.linear(sub(ap, "qkv"), rows, d, 3 * d, bias=self.qkv_bias, db=db)
+        c.copy(sub(ap, "qkv_permute"), "clone", rows * 3 * d, db)  # reshape(...).permute(2, 0, 3, 1, 4) -> q, k, v
         if self.use_rel_pos:
             # get_rel_pos, once per table (h, w): the table (L rows of head_dim) is read by the linear resize
             # (hf: always; official: when L != 2 x side - 1), else gathered row by row (side x side rows).
             rows_l = 2 * (self.window or self.trained_grid) - 1
             sized = rows_l == 2 * side - 1
-            read = side * side if sized and profile.rel_pos_table == "gather_when_sized" else rows_l
+            gathered = side * side
+            from_table = sized and profile.rel_pos_table == "gather_when_sized"
+            read = gathered if from_table else rows_l
             c.weight_read(sub(ap, "rel_pos_tables"), "get_rel_pos", 2 * read * hd, db)
-            # einsum("bhwc,hkc->bhwk") and einsum("bhwc,wkc->bhwk"): bmm over the h (resp. w) axis.
+            for axis in ("h", "w"):
+                _rel_pos_gather(c, sub(ap, f"rel_pos_{axis}_table"), side, hd, 2 * side - 1, from_table, db)
+            # reshaped_query = query.reshape(B, h, w, dim): a copy of q (twice for a global block, the second
+            # einsum's operand permuted again), then einsum("bhwc,hkc->bhwk") and einsum("bhwc,wkc->bhwk").
+            c.copy(sub(ap, "rel_pos_query"), "clone", rows * d * (1 if self.window > 0 else 2), db)
             c.bmm(sub(ap, "rel_pos_h"), "einsum_bhwc_hkc", side, n_views * nh * side, hd, side, db=db)
             c.bmm(sub(ap, "rel_pos_w"), "einsum_bhwc_wkc", side, n_views * nh * side, hd, side, db=db)
-            # rel_h + rel_w broadcast add builds the (seq x seq) bias; added to the scores.
-            c.elementwise(sub(ap, "rel_pos_bias"), "add", n_views * nh * seq * seq, 2 * EW["add"], db)
+            # rel_h[..., None] + rel_w[..., None, :] builds the (seq x seq) bias (read broadcast: 2 einsum outputs),
+            # made contiguous for SDPA, which adds it to the scores (the second add) and reads it.
+            bias = n_views * nh * seq * seq
+            einsum_out = n_views * nh * seq * side
+            c.elementwise(
+                sub(ap, "rel_pos_bias"), "add", bias, 2 * EW["add"], db, traffic=(2 * einsum_out * db, bias * db)
+            )
+            c.copy(sub(ap, "rel_pos_bias_contiguous"), "clone", bias, db)
+            c.traffic(sub(ap, "sdpa_mask_read"), "scaled_dot_product_attention", bias * db, 0)
         vision_attention(c, ap, n_views, nh, seq, hd, profile.vision_attention, db)
+        c.copy(sub(ap, "attn_output_permute"), "clone", rows * d, db)
         c.linear(sub(ap, "proj"), rows, d, d, bias=True, db=db)
+        if self.window > 0:  # window_unpartition's permute made contiguous, then [:, :H, :W] made contiguous
+            c.copy(sub(path, "window_unpartition"), "clone", rows * d, db)
+            c.copy(sub(path, "window_crop"), "clone", tokens * d, db)
         c.elementwise(sub(path, "residual1"), "add", tokens * d, EW["add"], db, reads=2)
-        c.elementwise(sub(path, "norm2"), "layernorm", tokens * d, EW["layernorm"], db, weight_elems=2 * d)
+        layer_norm(c, sub(path, "norm2"), tokens, d, db)
         mp = sub(path, "mlp")
         # The MLP runs on the unpadded grid (window_unpartition crops the padding first).
         c.linear(sub(mp, "lin1"), tokens, d, self.mlp_dim, bias=True, db=db)
         c.elementwise(sub(mp, "act"), "gelu", tokens * self.mlp_dim, EW["gelu"], db)
         c.linear(sub(mp, "lin2"), tokens, self.mlp_dim, d, bias=True, db=db)
         c.elementwise(sub(path, "residual2"), "add", tokens * d, EW["add"], db, reads=2)
+
+
+def _rel_pos_gather(c: Cost, path: str | None, side: int, hd: int, max_rel: int, from_table: bool, db: int) -> None:
+    """get_rel_pos after the table read: the resized table written (unless gathered straight from the weight), the
+    relative coordinates (arange x2, scale x2, sub, add, .long()) and the gather of side x side rows of hd."""
+    if not from_table:
+        c.traffic(sub(path, "resized"), "upsample_linear1d", 0, max_rel * hd * db)
+    # arange x2 (int64), x scale x2 (float32 out), q - k, + offset (side x side float32), .long() (int64)
+    ends = 2 * side * 8 + 2 * side * 4
+    c.traffic(sub(path, "coords"), "arange", ends + 2 * side * side * 4, ends + 2 * side * side * 4 + side * side * 8)
+    rows = side * side
+    c.traffic(sub(path, "gather"), "index", rows * hd * db * (not from_table) + rows * 8, rows * hd * db)
 
 
 @dataclass(frozen=True)
@@ -148,9 +181,15 @@ class SamEncoder:
             # The trained table is read once: by the add when the grid matches, else by the resize (or the
             # float32 cast before it) -- trained^2 x embed_dim elements at the model's dtype either way.
             c.weight_read(sub(path, "pos_embed"), "pos_embed", trained * trained * d, db)
-            if g != trained:  # get_abs_pos_sam: bicubic resize of the 64x64 table (not counted)
-                c.elementwise(sub(path, "pos_embed_interp"), "bicubic", g * g * d, EW["bicubic"], db)
-            c.elementwise(sub(path, "pos_embed_add"), "add", batch * g * g * d, EW["add"], db, reads=2)
+            table, grid_elems = trained * trained * d, g * g * d
+            if g != trained:  # float32 copy of the 64x64 table (its read: above), bicubic resize, cast back
+                c.traffic(sub(path, "pos_embed_cast"), "_to_copy", 0, table * 4)
+                resize = (table * 4, grid_elems * 4)
+                c.elementwise(sub(path, "pos_embed_interp"), "bicubic", grid_elems, EW["bicubic"], db, traffic=resize)
+                c.copy(sub(path, "pos_embed_cast_back"), "_to_copy", grid_elems, db, read_db=4)
+            # x + pos: the positions are broadcast over the batch (read once; the trained table's read is above)
+            add = (batch * grid_elems * db + (grid_elems * db if g != trained else 0), batch * grid_elems * db)
+            c.elementwise(sub(path, "pos_embed_add"), "add", batch * grid_elems, EW["add"], db, traffic=add)
         blocks: tuple[SamBlock, ...] = self._blocks  # type: ignore[attr-defined]
         if c.want_records:
             for i, blk in enumerate(blocks):
@@ -163,9 +202,9 @@ class SamEncoder:
         np_ = sub(path, "neck")
         oc = self.out_chans
         c.conv2d(sub(np_, "0"), batch, d, g, g, oc, 1, 1, 0, bias=False, db=db)
-        c.elementwise(sub(np_, "1"), "layernorm", batch * oc * g * g, EW["layernorm"], db, weight_elems=2 * oc)
+        layer_norm(c, sub(np_, "1"), batch * g * g, oc, db)
         c.conv2d(sub(np_, "2"), batch, oc, g, g, oc, 3, 1, 1, bias=False, db=db)
-        c.elementwise(sub(np_, "3"), "layernorm", batch * oc * g * g, EW["layernorm"], db, weight_elems=2 * oc)
+        layer_norm(c, sub(np_, "3"), batch * g * g, oc, db)
         c2, c3 = self.downsample_channels
         g2, _ = c.conv2d(sub(path, "net_2"), batch, oc, g, g, c2, 3, 2, 1, bias=False, db=db)
         g3, _ = c.conv2d(sub(path, "net_3"), batch, c2, g2, g2, c3, 3, 2, 1, bias=False, db=db)
