@@ -71,7 +71,7 @@ def test_cli_cuda_without_gpu_exits_2(capsys):
     assert "no GPU" in capsys.readouterr().err
 
 
-def test_cli_writes_trace_file(tmp_path):
+def test_cli_writes_trace_file(tmp_path, capsys):
     out = tmp_path / "t.json"
     rc = main(
         [
@@ -85,12 +85,23 @@ def test_cli_writes_trace_file(tmp_path):
             "meta",
             "--vision-only",
             "--no-fvcore",
+            "--dtype",
+            "float32",
             "--out",
             str(out),
         ]
     )
     assert rc == 0
-    assert json.loads(out.read_text())["schema_version"] == 2
+    trace = json.loads(out.read_text())
+    assert trace["schema_version"] == 2
+    # tiny: one 512 view; the projector is Linear(2048, 1280) over nq^2 = 8 x 8 = 64 rows, float32:
+    # reads 64*2048*4 = 524,288 + weights (2048*1280 + 1280)*4 = 10,490,880; writes 64*1280*4 = 327,680
+    proj = trace["stages"]["projector"]["global"]
+    assert proj["activation_bytes"] == proj["peak_bytes"] == 64 * 1280 * 4
+    assert proj["weight_bytes"] == (2048 * 1280 + 1280) * 4
+    assert proj["io_bytes"] == 64 * 2048 * 4 + (2048 * 1280 + 1280) * 4 + 64 * 1280 * 4
+    printed = capsys.readouterr().out
+    assert "vendor work" in printed and "vendor bytes" in printed and "activation" in printed
 
 
 @pytest.mark.parametrize(

@@ -87,24 +87,51 @@ def workload_from_args(args: argparse.Namespace) -> VisionWorkload:
 
 
 def _print_table(trace: Any) -> None:
+    """Two 80-column tables (work, bytes) over the stage leaves, totals, then residency and the verdict."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"vendor FLOPs ({trace.backend}, {trace.device}, {trace.dtype})")
-    for col in ("stage", "part", "tensor_flops", "GFLOP", "calls"):
-        t.add_column(col, justify="right" if col != "stage" and col != "part" else "left")
+    from analytic.schema import combine
+    from reports.format import format_bytes, format_metric
+
     rows = [(s, b) for s in VISION_STAGES for b in VISION_BRANCHES]
     if not trace.vision_only:
         rows += [(s, p) for s in ("prefill", "decode") for p in LM_PARTS]
-    for s, part in rows:
-        leaf = trace.stages[s][part]
-        t.add_row(s, part, f"{leaf['tensor_flops']:,}", f"{leaf['tensor_flops'] / 1e9:,.2f}", str(leaf["calls"]))
-    t.add_row("total", "", f"{trace.totals['counter_total']:,}", f"{trace.totals['counter_total'] / 1e9:,.2f}", "")
     con = Console()
-    con.print(t)
+    where = f"{trace.backend}, {trace.device}, {trace.dtype}"
+    groups = (
+        (f"vendor work ({where})", ("tensor_flops", "elementwise_flops"), True),
+        ("vendor bytes (peak: high-water mark above the stage's entry)", BYTE_COLUMNS, False),
+    )
+    for title, metrics, calls in groups:
+        t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
+        t.add_column("stage", no_wrap=True, min_width=16)
+        for m in metrics:
+            t.add_column(m.removesuffix("_bytes").removesuffix("_cache"), justify="right", no_wrap=True, min_width=10)
+        if calls:
+            t.add_column("calls", justify="right")
+        for s, part in rows:
+            leaf = trace.stages[s][part]
+            cells = [format_metric(m, leaf[m], 2) for m in metrics]
+            t.add_row(f"{s}/{part}", *cells, *([str(leaf["calls"])] if calls else []))
+        totals = [format_metric(m, combine(m, [trace.stages[s][p][m] for s, p in rows]), 2) for m in metrics]
+        t.add_row("total", *totals, *([""] if calls else []), style="bold")
+        con.print(t)
+    mem = trace.memory
+    kv = mem.get("kv_cache_resident_bytes") or []
+    resident = f"weights resident {format_bytes(mem.get('weight_resident_bytes'), 2)}"
+    if kv:
+        resident += (
+            f"; KV cache after the prefill {format_bytes(kv[0], 2)}, after the last step {format_bytes(kv[-1], 2)}"
+        )
+    con.print(resident)
     verdict = "complete" if trace.complete else "INCOMPLETE: " + ", ".join(trace.coverage["uncounted_ops"])
-    rss = trace.memory["peak_rss_bytes"] / 2**30
+    rss = mem["peak_rss_bytes"] / 2**30
     con.print(f"count {verdict}; wall {trace.timing['wall_s']:.1f}s; peak RSS {rss:.2f} GiB")
+
+
+BYTE_COLUMNS = ("io_bytes", "weight_bytes", "activation_bytes", "kv_cache_bytes", "peak_bytes")
 
 
 def main(argv: list[str] | None = None) -> int:
