@@ -80,7 +80,7 @@ def _print_table(doc: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from analytic.schema import METRICS, family_stages, leaf_paths
+    from analytic.schema import METRICS, combine, family_stages, leaf_paths
 
     w = doc["workload"]
     title = (
@@ -89,19 +89,26 @@ def _print_table(doc: dict[str, Any]) -> None:
         f"image tokens {w['n_image_tokens']}  prefill_len {w['prefill_len']}  decode {w['decode_tokens']}  "
         f"impl {w['impl']}  lm_head {w['lm_head_scope']}"
     )
-    table = Table(title=title, caption="FLOPs in GFLOP (2 per multiply-add), bytes in MB; --json for exact integers")
-    table.add_column("stage")
-    table.add_column("part")
-    for m in METRICS:
-        table.add_column(m.replace("_flops", " GF").replace("_bytes", " MB"), justify="right")
-    total = dict.fromkeys(METRICS, 0)
-    for stage, part in leaf_paths(family_stages(w["model"])):
-        leaf = doc["stages"][stage][part]
-        table.add_row(stage, part, *(_fmt(m, leaf[m]) for m in METRICS))
-        for m in METRICS:
-            total[m] += leaf[m]
-    table.add_row("total", "", *(_fmt(m, total[m]) for m in METRICS), style="bold")
-    Console().print(table)
+    paths = leaf_paths(family_stages(w["model"]))
+    leaves = [doc["stages"][stage][part] for stage, part in paths]
+    console = Console()
+    console.print(title)
+    groups = (
+        ("work, GFLOP (2 per multiply-add)", [m for m in METRICS if m.endswith("_flops")]),
+        ("bytes, MB (peak: the largest single op output for now)", [m for m in METRICS if m.endswith("_bytes")]),
+    )
+    for caption, metrics in groups:  # two tables: each fits 80 columns without cutting a number
+        table = Table(title=caption, title_justify="left")
+        table.add_column("stage", no_wrap=True)
+        table.add_column("part", no_wrap=True)
+        for m in metrics:
+            table.add_column(m.removesuffix("_flops").removesuffix("_bytes"), justify="right", no_wrap=True)
+        for (stage, part), leaf in zip(paths, leaves, strict=True):
+            table.add_row(stage, part, *(_fmt(m, leaf[m]) for m in metrics))
+        total = {m: combine(m, [leaf[m] for leaf in leaves]) for m in metrics}  # work adds up, a peak does not
+        table.add_row("total", "", *(_fmt(m, total[m]) for m in metrics), style="bold")
+        console.print(table)
+    console.print("--json for exact integers")
 
 
 def _fmt(metric: str, value: int) -> str:
