@@ -110,38 +110,8 @@ ELEMENTWISE: dict[str, tuple[int, str]] = {
     "upsample_linear1d": (2, "out"),
     **dict.fromkeys(("avg_pool2d", "adaptive_avg_pool2d", "adaptive_avg_pool1d"), (1, "in")),
 }
-# Audit categories (vendor_shim.audit) whose ops move or index data and do no arithmetic: 0 FLOPs.
-MOVEMENT = ("copy_view", "index")
-# ...and ops of the elementwise/interpolation categories that move or generate data only.
-MOVEMENT_OPS = frozenset(
-    {
-        "fill",
-        "zero",
-        "_to_copy",
-        "lift_fresh",
-        "alias",
-        "detach",
-        "dropout",
-        "native_dropout",
-        "bernoulli",
-        "uniform",
-        "normal",
-        "random",
-        "exponential",
-        "randn",
-        "rand",
-        "randint",
-        "randperm",
-        "randn_like",
-        "rand_like",
-        "upsample_nearest1d",
-        "upsample_nearest2d",
-        "_upsample_nearest_exact2d",
-        "max_pool2d_with_indices",
-        "sort",
-        "argsort",
-    }
-)
+# Audit categories (vendor_shim.audit) whose ops move, index or produce data and do no arithmetic: 0 FLOPs.
+MOVEMENT = ("data", "copy_view", "index")
 
 # Tensor ops whose kernel also adds a bias: op -> position of the bias argument; 1 FLOP per output element.
 BIAS_IN_KERNEL = {"addmm": 0, "baddbmm": 0, "convolution": 2, "_convolution": 2}
@@ -174,9 +144,10 @@ OVERWRITES = frozenset({"copy", "fill", "zero", "index_put", "_index_put_impl", 
 
 
 def elementwise_flops(base: str, out_elems: int, in_elems: int) -> int | None:
-    """FLOPs of one op under the conventions above; None when the op has no convention."""
+    """FLOPs of one arithmetic op under the conventions above; None when the op has no convention (ops of the
+    `MOVEMENT` categories never get here)."""
     rule = ELEMENTWISE.get(base)
     if rule is None:
-        return 0 if base in MOVEMENT_OPS else None
+        return None
     per, basis = rule
     return per * (out_elems if basis == "out" else in_elems)

@@ -42,6 +42,11 @@ def eager_softmax_traffic(scores: int, mask: int, db: int) -> tuple[int, int]:
     return reads, writes
 
 
+def swiglu_act(c: Cost, path: str | None, elems: int, db: int) -> None:
+    """act(gate) * up over `elems`: SiLU then the product, 3 reads and 2 writes of `elems`."""
+    c.elementwise(path, "silu", elems, EW["silu"] + EW["mul"], db, traffic=(3 * elems * db, 2 * elems * db))
+
+
 ROUTER_BYTES = 4  # MoEGate / TopkRouter run F.linear in float32 (on a float32 copy of the weight)
 
 
@@ -157,15 +162,7 @@ class SwiGluMlp:
         h, i = self.hidden, self.intermediate
         c.linear(sub(path, "gate_proj"), rows, h, i, bias=False, db=db)
         c.linear(sub(path, "up_proj"), rows, h, i, bias=False, db=db)
-        # silu(gate) then * up: 3 reads and 2 writes of rows x i
-        c.elementwise(
-            sub(path, "act_mul"),
-            "silu",
-            rows * i,
-            EW["silu"] + EW["mul"],
-            db,
-            traffic=(3 * rows * i * db, 2 * rows * i * db),
-        )
+        swiglu_act(c, sub(path, "act_mul"), rows * i, db)
         c.linear(sub(path, "down_proj"), rows, i, h, bias=False, db=db)
 
 
@@ -219,14 +216,7 @@ class MoeMlp:
             extra = (hit - 1) * 3 * h * i * db
             c.weight_bytes += extra
             c.io_bytes += extra
-        c.elementwise(
-            sub(ep, "act_mul"),
-            "silu",
-            pairs * i,
-            EW["silu"] + EW["mul"],
-            db,
-            traffic=(3 * pairs * i * db, 2 * pairs * i * db),
-        )
+        swiglu_act(c, sub(ep, "act_mul"), pairs * i, db)
         if mode == "grouped_mm":
             _grouped_mm_bookkeeping(c, ep, rows, pairs, h, e, db)
         else:
