@@ -71,6 +71,7 @@ class _OpKind:
     gather: bool
     movement: bool  # a data-movement category of the audit: 0 FLOPs by definition
     layout_only: bool  # reads only the metadata of its tensor argument
+    grouped_mm: bool  # aten._grouped_mm: its stacked weight is read for the groups that got rows only
 
     @classmethod
     def of(cls, func: Any) -> _OpKind:
@@ -81,7 +82,8 @@ class _OpKind:
         view = not schema.is_mutable and any(r.alias_info is not None for r in schema.returns)
         movement = ALLOWED_OPS.get(stem) in MOVEMENT
         view = view or stem in ALIAS_BY_BEHAVIOUR
-        return cls(stem, view, written, stem in OVERWRITES, stem in GATHERS, movement, stem in LAYOUT_ONLY)
+        grouped = func is torch.ops.aten._grouped_mm.default
+        return cls(stem, view, written, stem in OVERWRITES, stem in GATHERS, movement, stem in LAYOUT_ONLY, grouped)
 
 
 @dataclass
@@ -160,7 +162,8 @@ class OpMeter:
         in_keys: set[int] = set()
         first_in = None
         read_bytes = weight_bytes = 0
-        out_bytes = sum(footprint(o) for o in outs)
+        out_fp = [footprint(o) for o in outs]
+        out_bytes = sum(out_fp)
         for pos, t in _tensors((*args, *kwargs.values())):
             if first_in is None:
                 first_in = t
@@ -169,7 +172,7 @@ class OpMeter:
             if pos in kind.written or kind.layout_only:
                 continue  # counted as written below (and read unless the op overwrites it); or never read
             b = out_bytes if kind.gather and pos == 0 else footprint(t)
-            if func is torch.ops.aten._grouped_mm.default and pos == 1:
+            if kind.grouped_mm and pos == 1:
                 b = _grouped_weight_read(t, args, kwargs)
             read_bytes += b
             if key in self.weights:
@@ -190,11 +193,11 @@ class OpMeter:
                 if serial is not None:
                     writes.append(serial)
         if not kind.written:
-            for o in outs:
+            for o, fp in zip(outs, out_fp, strict=True):
                 if o.untyped_storage()._cdata in in_keys:  # the kernel returned a view its schema did not announce
                     self.alias_mismatch.add(name)
                     continue
-                write_bytes += footprint(o)
+                write_bytes += fp
                 serial = self.book.allocated(o)
                 if serial is not None:
                     writes.append(serial)
