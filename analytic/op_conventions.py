@@ -29,7 +29,7 @@ ops charged to it (``peak_bytes``: the maximum, see `METRIC_AGGREGATION` in `ana
   metered, so every device reports the same figures.
 - **peak_bytes**: the high-water mark of live tensor bytes while a stage root runs, above the level at
   its entry (tensors allocated by the run, freed when their storage dies; parameters and inputs made
-  before the run are not part of it).
+  before the run are not part of it); while a nested stage runs, only the nested stage's peak rises.
 """
 
 from __future__ import annotations

@@ -111,3 +111,25 @@ def test_peak_is_the_high_water_mark_of_live_bytes_above_the_entry_level():
     _meter(fn, meter=meter)
     assert frame.peak_live == 8004
     assert meter.book.live_bytes == 0  # everything the run allocated is gone again
+
+
+def test_a_nested_stage_raises_its_own_peak_not_its_parents():
+    class Frame:
+        peak_live = 0
+
+    outer, inner = Frame(), Frame()
+    meter = OpMeter(weights=frozenset())
+
+    def fn():
+        a = torch.ones(100)  # 400 bytes in the outer stage
+        meter.book.watchers.append(inner)  # the nested stage starts (the official vision stack in the decoder)
+        b = torch.ones(1000)  # 4,000 more while the nested stage runs
+        kept = b[:10].clone()  # 40 it leaves behind
+        del b
+        meter.book.watchers.pop()
+        return a + kept.sum()  # back in the outer stage: 400 + 40 + the 4-byte sum + 400
+
+    meter.book.watchers.append(outer)
+    _meter(fn, meter=meter)
+    assert inner.peak_live == 4440  # 400 (the outer's a) + 4,000 + 40
+    assert outer.peak_live == 400 + 40 + 4 + 400

@@ -93,7 +93,7 @@ class StorageBook:
     live: dict[int, tuple[int, int]] = field(default_factory=dict)  # storage cdata -> (serial, nbytes)
     live_bytes: int = 0
     serial: int = 0
-    watchers: list[Any] = field(default_factory=list)  # objects with .peak_live (active stage frames)
+    watchers: list[Any] = field(default_factory=list)  # objects with .peak_live (active stage frames, innermost last)
 
     def allocated(self, t: torch.Tensor) -> int | None:
         """Register ``t``'s storage if it is new; its serial (None for storages made before the run)."""
@@ -107,10 +107,10 @@ class StorageBook:
         self.live[key] = (self.serial, nbytes)
         weakref.finalize(s, self._freed, key, self.serial)
         self.live_bytes += nbytes
-        live = self.live_bytes
-        for w in self.watchers:
-            if live > w.peak_live:
-                w.peak_live = live
+        if self.watchers:  # the innermost active stage: one nested in another (the official vision stack runs
+            w = self.watchers[-1]  # inside the decoder's forward) raises its own peak, not its parent's
+            if self.live_bytes > w.peak_live:
+                w.peak_live = self.live_bytes
         return self.serial
 
     def _freed(self, key: int, serial: int) -> None:

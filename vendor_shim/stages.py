@@ -121,7 +121,7 @@ class StageTracker:
         self.n_crops = n_crops
         self.names = module_names or {}
         self.frames: list[CallRecord] = []
-        book.watchers = self.frames  # allocations raise the peak of every active frame
+        book.watchers = self.frames  # allocations raise the peak of the innermost active frame
         self.records: list[CallRecord] = []
         self.kv_pending: list[tuple[tuple[str, str, int], str, Measured]] = []  # LM-stage reads of this forward
         self.kv_resident: list[int] = []  # cache bytes after each forward
