@@ -95,7 +95,7 @@ def _print_table(doc: dict[str, Any]) -> None:
     console.print(title)
     groups = (
         ("work, GFLOP (2 per multiply-add)", [m for m in METRICS if m.endswith("_flops")]),
-        ("bytes, MB (peak: the largest single op output for now)", [m for m in METRICS if m.endswith("_bytes")]),
+        ("bytes, MB (peak: live bytes above the stage's entry)", [m for m in METRICS if m.endswith("_bytes")]),
     )
     for caption, metrics in groups:  # two tables: each fits 80 columns without cutting a number
         table = Table(title=caption, title_justify="left")

@@ -21,8 +21,12 @@ Everything else is reported, not gated, under simple per-element conventions
 - weight_bytes: parameters an op reads (once per call).
 - activation_bytes: output elements an op writes.
 - kv_cache_bytes: K/V cache bytes the decoder attention reads in one forward.
-- peak_bytes: the largest output one tensor op allocates (exact for a one-op stage such as the
-  linear projector; a lower bound for the others until a liveness model exists).
+- peak_bytes: the high-water mark of live tensor bytes above the level at the stage's entry, from a
+  liveness model: each layer says which tensors it allocates and keeps (`Cost.hold`), drops
+  (`Cost.release`) or allocates and drops within (`Cost.spike`), in the order the implementation
+  runs; composition (`Cost.add`) keeps the running level, so a stack of layers peaks where the
+  retained tensors plus one layer's transients are largest. Every tensor op's output is at least a
+  transient of its own (a floor for any layer that states nothing more).
 All bytes are elements x workload dtype bytes (the MoE router runs in fp32: 4).
 """
 
@@ -62,6 +66,7 @@ class Cost:
         "families",
         "io_bytes",
         "kv_cache_bytes",
+        "live",
         "peak_bytes",
         "records",
         "tensor_flops",
@@ -76,7 +81,8 @@ class Cost:
         self.weight_bytes = 0
         self.activation_bytes = 0
         self.kv_cache_bytes = 0
-        self.peak_bytes = 0
+        self.peak_bytes = 0  # high-water mark of live bytes above the entry level
+        self.live = 0  # live bytes above the entry level now (what the cost's tensors leave allocated)
         self.families: dict[str, int] = {}
         self.records: list[dict[str, Any]] | None = [] if records else None
 
@@ -94,7 +100,10 @@ class Cost:
         self.weight_bytes += other.weight_bytes * times
         self.activation_bytes += other.activation_bytes * times
         self.kv_cache_bytes += other.kv_cache_bytes * times
-        self.peak_bytes = max(self.peak_bytes, other.peak_bytes)  # layers run one after another
+        # `other` runs `times` times on top of what is live now; each run leaves `other.live` more (or less)
+        grown = (times - 1) * max(other.live, 0)
+        self.peak_bytes = max(self.peak_bytes, self.live + grown + other.peak_bytes)
+        self.live += other.live * times
         fam = self.families
         for k, v in other.families.items():
             fam[k] = fam.get(k, 0) + v * times
@@ -107,6 +116,22 @@ class Cost:
         d = {f: getattr(self, f) for f in METRIC_FIELDS}
         d["causal_tensor_flops"] = self.causal_tensor_flops
         return d
+
+    # --- liveness (peak_bytes) -----------------------------------------------------------------
+    def hold(self, nbytes: int) -> None:
+        """A tensor of ``nbytes`` is allocated and stays live (until a `release`)."""
+        self.live += nbytes
+        if self.live > self.peak_bytes:
+            self.peak_bytes = self.live
+
+    def release(self, nbytes: int) -> None:
+        """A tensor held earlier (here or by an enclosing layer) is freed."""
+        self.live -= nbytes
+
+    def spike(self, nbytes: int) -> None:
+        """Tensors of ``nbytes`` in all are live together on top of the current level, then freed."""
+        if self.live + nbytes > self.peak_bytes:
+            self.peak_bytes = self.live + nbytes
 
     # --- primitives ---------------------------------------------------------------------------
     def tensor(
@@ -133,9 +158,7 @@ class Cost:
         self.io_bytes += (read_elems + write_elems) * db + weight_elems * wdb
         self.weight_bytes += weight_elems * wdb
         self.activation_bytes += write_elems * db
-        # peak_bytes, for now: the largest single output a tensor op allocates -- exact for a one-op stage (the
-        # projector), a lower bound elsewhere until the liveness model exists (issue 11)
-        self.peak_bytes = max(self.peak_bytes, write_elems * db)
+        self.spike(write_elems * db)  # its output is live at least while it is written (the liveness floor)
         if self.records is not None:
             self.records.append(
                 {
@@ -371,3 +394,19 @@ def sub(path: str | None, name: str) -> str | None:
 def causal_pairs(q_len: int, past: int) -> int:
     """Query-key pairs a causal mask keeps: query i (0-based) sees past + i + 1 keys."""
     return q_len * past + q_len * (q_len + 1) // 2
+
+
+def add_stack(c: Cost, layers: list[tuple[Cost, int]], first_input: int) -> None:
+    """A stack of layers in order (identical neighbours grouped with their count), each of whose costs ends by
+    holding its output and releasing its input (the caller's loop variable moves on).  The first layer's input
+    (``first_input`` bytes) is not the stack's to free -- its owner keeps it, or it predates the stage -- so it is
+    held back after the first layer."""
+    first = True
+    for one, n in layers:
+        if first:
+            c.add(one)
+            c.hold(first_input)
+            n -= 1
+            first = False
+        if n:
+            c.add(one, n)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from analytic.costs import EW, Cost, sub
+from analytic.costs import EW, Cost, add_stack, sub
 from analytic.layers.common import ConfigError, layer_norm, vision_attention
 from analytic.profiles import ImplProfile
 
@@ -19,9 +19,12 @@ class ClipBlock:
     ffn: int
 
     def evaluate(self, c: Cost, batch: int, seq: int, profile: ImplProfile, db: int, path: str | None) -> None:
+        """One pre-norm block.  Liveness: its input is live at entry and replaced by its output."""
         d, nh = self.dim, self.num_heads
         hd = d // nh
         rows = batch * seq
+        n = rows * d * db  # one (B, S, d) activation
+        f = rows * self.ffn * db
         layer_norm(c, sub(path, "layer_norm1"), rows, d, db)
         ap = sub(path, "self_attn")
         if profile.clip_qkv == "fused":  # official NoTPAttention.qkv_proj: Linear(1024, 3072)
@@ -29,19 +32,27 @@ class ClipBlock:
         else:  # transformers UnlimitedOcrAttention: q_proj, k_proj, v_proj
             for name in ("q_proj", "k_proj", "v_proj"):
                 c.linear(sub(ap, name), rows, d, d, bias=True, db=db)
+        c.hold(3 * n)
         vision_attention(c, ap, batch, nh, seq, hd, profile.vision_attention, db)
         # attn_output.transpose(1, 2).contiguous(): a copy of a (B, H, S, D) output -- what SDPA returns on meta (math);
         # CPU flash already returns it (B, S, H, D)-strided, so there the copy moves nothing (README)
         c.copy(sub(ap, "attn_output_contiguous"), "clone", rows * d, db)
+        c.spike(2 * n)  # the attention output and its contiguous copy
         c.linear(sub(ap, "out_proj"), rows, d, d, bias=True, db=db)
+        c.release(3 * n + n)  # q, k, v die with the attention, the normed input when it returns
         c.elementwise(sub(path, "residual1"), "add", rows * d, EW["add"], db, reads=2)
+        c.hold(n)  # residual1 (the out_proj output dies with the sum)
         layer_norm(c, sub(path, "layer_norm2"), rows, d, db)
         mp = sub(path, "mlp")
         c.linear(sub(mp, "fc1"), rows, d, self.ffn, bias=True, db=db)
-        n = rows * self.ffn  # x * 1.702, sigmoid, x * sigmoid: 4 reads and 3 writes of rows x ffn
-        c.elementwise(sub(mp, "act"), "quick_gelu", n, EW["quick_gelu"], db, traffic=(4 * n * db, 3 * n * db))
+        c.hold(f)
+        # x * 1.702, sigmoid, x * sigmoid: 4 reads and 3 writes of rows x ffn
+        c.elementwise(sub(mp, "act"), "quick_gelu", rows * self.ffn, EW["quick_gelu"], db, traffic=(4 * f, 3 * f))
+        c.spike(2 * f)  # fc1's output, 1.702 x and its sigmoid (then the product, once 1.702 x is gone)
         c.linear(sub(mp, "fc2"), rows, self.ffn, d, bias=True, db=db)
         c.elementwise(sub(path, "residual2"), "add", rows * d, EW["add"], db, reads=2)
+        c.hold(n)  # the block's output
+        c.release(f + n + n + n)  # fc1 (as the activation), layer_norm2, residual1; the caller drops the input
 
 
 @dataclass(frozen=True)
@@ -86,15 +97,21 @@ class ClipEncoder:
         # + positions (broadcast over the batch: read once)
         emb = (batch * seq * d * db + seq * d * db, batch * seq * d * db)
         c.elementwise(sub(path, "embeddings"), "add", batch * seq * d, EW["add"], db, traffic=emb)
-        layer_norm(c, sub(path, "pre_layrnorm"), batch * seq, d, db)
+        n = batch * seq * d * db
+        c.spike(2 * n)  # the class cat and the sum with the positions
+        layer_norm(c, sub(path, "pre_layrnorm"), batch * seq, d, db)  # held by the encoder through every layer
         blk: ClipBlock = self._block  # type: ignore[attr-defined]
         if c.want_records:
+            layers = []
             for i in range(self.num_layers):
-                blk.evaluate(c, batch, seq, profile, db, sub(path, f"layers.{i}"))
+                one = Cost(True)
+                blk.evaluate(one, batch, seq, profile, db, sub(path, f"layers.{i}"))
+                layers.append((one, 1))
+            add_stack(c, layers, n)
         elif self.num_layers:
             one = Cost()
             blk.evaluate(one, batch, seq, profile, db, None)
-            c.add(one, self.num_layers)
+            add_stack(c, [(one, self.num_layers)], n)
         return seq
 
     def projector_rows(self, seq: int) -> int:

@@ -16,10 +16,12 @@ class ConfigError(ValueError):
 
 def layer_norm(c: Cost, path: str | None, rows: int, width: int, db: int) -> None:
     """nn.LayerNorm as one native_layer_norm: reads x and (weight, bias), writes y and a float32 mean and rstd per
-    row."""
+    row.  Liveness: y is held."""
     n = rows * width
     traffic = (n * db, n * db + 2 * rows * 4)
     c.elementwise(path, "layernorm", n, EW["layernorm"], db, weight_elems=2 * width, traffic=traffic)
+    c.hold(n * db)  # y stays live (the caller releases it); mean and rstd die as soon as the op returns
+    c.spike(2 * rows * 4)
 
 
 def group(items: tuple[T, ...]) -> list[tuple[T, int]]:

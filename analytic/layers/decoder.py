@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from analytic.costs import EW, Cost, causal_pairs, sub
+from analytic.costs import EW, Cost, add_stack, causal_pairs, sub
 from analytic.layers.common import ConfigError, group
 from analytic.profiles import ImplProfile, ProfileError
 
@@ -25,12 +25,17 @@ F32 = 4  # bytes of the float32 the norms, softmaxes and the router compute in
 
 def rms_norm(c: Cost, path: str | None, rows: int, width: int, db: int) -> None:
     """RMSNorm (both implementations): x.to(float32), pow, mean, + eps, rsqrt, x * rsqrt, .to(dtype), weight * x.
-    FLOPs 4 per element + 2 per row; the casts exist only when the model's dtype is not float32."""
+    FLOPs 4 per element + 2 per row; the casts exist only when the model's dtype is not float32.  Liveness: the
+    output is held."""
     n, cast = rows * width, db != F32
     reads = n * db * cast + 3 * n * F32 + 3 * rows * F32 + n * F32 * cast + n * db
     writes = n * F32 * cast + 2 * n * F32 + 3 * rows * F32 + n * db * cast + n * db
     c.elementwise(path, "rmsnorm", n, EW["rmsnorm"], db, weight_elems=width, traffic=(reads, writes))
     c.elementwise_flops += 2 * rows
+    # liveness: two float32 rows-by-width tensors at once (the float32 input and its square, then the scaled one
+    # and, in the dtype, its cast and the weighted output); the output is held (the caller releases it)
+    c.spike(2 * n * F32)
+    c.hold(n * db)
 
 
 def eager_softmax_traffic(scores: int, mask: int, db: int) -> tuple[int, int]:
@@ -60,14 +65,16 @@ class MhaAttention:
     head_dim: int
     bias: bool = False
 
-    def evaluate(
-        self, c: Cost, q: int, past: int, profile: ImplProfile, family: str, db: int, path: str | None
-    ) -> None:
+    def evaluate(self, c: Cost, q: int, past: int, profile: ImplProfile, family: str, db: int, path: str | None) -> int:
+        """Adds one forward; returns the bytes it leaves live for the layer besides its held output (eager
+        attention's probabilities).  Liveness: the cache grows by this forward's keys and values."""
         h, nh, nkv, hd = self.hidden, self.heads, self.kv_heads, self.head_dim
         keys = past + q
+        qb, kb = q * nh * hd * db, q * nkv * hd * db  # the new queries; the new keys (and values)
         c.linear(sub(path, "q_proj"), q, h, nh * hd, bias=self.bias, db=db)
         c.linear(sub(path, "k_proj"), q, h, nkv * hd, bias=self.bias, db=db)
         c.linear(sub(path, "v_proj"), q, h, nkv * hd, bias=self.bias, db=db)
+        c.hold(qb + 2 * kb)
         if profile.rope == "per_layer_matmul":
             # transformers 4.46 LlamaRotaryEmbedding.forward, called by every LlamaAttention.forward:
             # freqs = inv_freq_expanded (B, D/2, 1) @ position_ids_expanded (B, 1, S)  -> bmm
@@ -79,10 +86,27 @@ class MhaAttention:
         rope_traffic = ((11 * rotated // 2 + 4 * q * hd) * db, 9 * rotated // 2 * db)
         c.elementwise(sub(path, "apply_rotary"), "rope", rotated, EW["rope"], db, traffic=rope_traffic)
         c.elementwise(sub(path, "rotate_half_neg"), "neg", rotated // 2, EW["mul"], db, traffic=(0, 0))
+        # apply_rotary_pos_emb: q * cos, rotate_half(q) (its neg half and cat) and * sin live together; the rotated
+        # q is kept while k goes through the same; both projections die when it returns
+        c.spike(3 * qb)
+        c.hold(qb)
+        c.spike(3 * kb)
+        c.hold(kb)
+        c.release(qb + kb)
         pairs = causal_pairs(q, past)
+        cache = nkv * keys * hd * db  # one of the layer's K and V caches after this forward
         if past or profile.cache_update == "cat_always":  # torch.cat([cache, new]) for K and for V
             c.copy(sub(path, "cache_update"), "cat", 2 * nkv * keys * hd, db)
+            # each cat allocates the grown cache while the old one is alive, then the old one dies
+            past_cache = nkv * past * hd * db
+            c.hold(cache)
+            c.release(past_cache)
+            c.hold(cache)
+            c.release(past_cache + 2 * kb)  # and the new k, v (the cache now holds them)
+        # else (4.46's first update): the new k and v become the cache itself, still held
         c.kv_read(2 * nkv * keys * hd, db)
+        scores = nh * q * keys
+        kept = 0  # bytes the attention returns besides its output (eager: the probabilities)
         if family == "sdpa":
             c.sdpa(sub(path, "sdpa"), 1, nh, q, keys, hd, hd, db=db, causal_pairs=pairs)
             if q > 1:  # the causal mask (or is_causal) applies in the kernel; one query needs none
@@ -97,10 +121,21 @@ class MhaAttention:
                 db,
                 traffic=eager_softmax_traffic(nh * q * keys, q * keys, db),
             )
+            # liveness: softmax(x + mask, dtype=float32) holds the sum, its float32 copy (unless float32 already)
+            # and the float32 probabilities; then the probabilities cast back, which the layer keeps until it
+            # returns (`hidden_states, _ = self.self_attn(...)`)
+            cast = db != F32
+            c.spike(scores * (db + F32 * cast + F32))
+            kept = scores * db
+            c.hold(kept)
             c.bmm(sub(path, "av"), "matmul_av", nh, q, keys, hd, db=db, causal_flops=2 * nh * pairs * hd)
         if q > 1:  # attn_output.transpose(1, 2).contiguous(): a copy unless one query
             c.copy(sub(path, "attn_output_contiguous"), "clone", q * nh * hd, db)
+            c.spike(2 * qb)  # the output and its contiguous copy
         c.linear(sub(path, "o_proj"), q, nh * hd, h, bias=self.bias, db=db)
+        c.hold(q * h * db)  # the attention's output
+        c.release(qb)  # the rotated queries die when it returns
+        return kept
 
 
 @dataclass(frozen=True)
@@ -116,9 +151,7 @@ class MlaAttention:
     v_head_dim: int
     bias: bool = False
 
-    def evaluate(
-        self, c: Cost, q: int, past: int, profile: ImplProfile, family: str, db: int, path: str | None
-    ) -> None:
+    def evaluate(self, c: Cost, q: int, past: int, profile: ImplProfile, family: str, db: int, path: str | None) -> int:
         if not profile.supports_mla:
             raise ProfileError(
                 f"profile {profile.name} has no MLA attention: use impl=official or decoder.use_mla=false"
@@ -149,6 +182,9 @@ class MlaAttention:
         # attn_output @ out_absorb^T: (B,H,S,r) @ (H,r,dv)
         c.bmm(sub(path, "out_absorb"), "matmul_out_absorb", nh, q, r, dv, db=db)
         c.linear(sub(path, "o_proj"), q, nh * dv, h, bias=self.bias, db=db)
+        c.hold(keys * (r + dr) * db - past * (r + dr) * db)  # the latent cache grows by this forward's rows
+        c.hold(q * h * db)  # the attention's output
+        return 0
 
 
 @dataclass(frozen=True)
@@ -159,11 +195,14 @@ class SwiGluMlp:
     intermediate: int
 
     def evaluate(self, c: Cost, rows: int, db: int, path: str | None) -> None:
+        """Liveness: the output is held."""
         h, i = self.hidden, self.intermediate
         c.linear(sub(path, "gate_proj"), rows, h, i, bias=False, db=db)
         c.linear(sub(path, "up_proj"), rows, h, i, bias=False, db=db)
         swiglu_act(c, sub(path, "act_mul"), rows * i, db)
+        c.spike(3 * rows * i * db)  # act(gate), up and their product (gate dies with act)
         c.linear(sub(path, "down_proj"), rows, i, h, bias=False, db=db)
+        c.hold(rows * h * db)  # the output
 
 
 @dataclass(frozen=True)
@@ -192,6 +231,14 @@ class MoeMlp:
             sub(path, "gate_topk"), "topk", rows * e, 1, ROUTER_BYTES, traffic=(rows * e * F32, rows * k * 12)
         )
         c.elementwise(sub(path, "gate_scaling"), "mul", rows * k, EW["mul"], ROUTER_BYTES)  # x routed_scaling
+        # liveness: the float32 copies of x and of the weight live while the logits are computed; the logits are
+        # kept until the MoE returns (`_, topk_weights, topk_indices = self.gate(...)`), so are the top-k indices
+        # and the scaled weights; the scores and the unscaled weights die in the router
+        cast = db != F32
+        c.spike((rows * h + e * h) * F32 * cast + rows * e * F32)
+        routing = rows * e * F32 + rows * k * (8 + F32)
+        c.hold(routing)
+        c.spike(rows * e * F32 + rows * k * F32)
         # Each token goes to exactly k distinct experts, so the routed rows total rows*k whatever the routing.
         pairs = rows * k
         balanced = min(e, pairs)
@@ -218,18 +265,26 @@ class MoeMlp:
             c.io_bytes += extra
         swiglu_act(c, sub(ep, "act_mul"), pairs * i, db)
         if mode == "grouped_mm":
-            _grouped_mm_bookkeeping(c, ep, rows, pairs, h, e, db)
+            _grouped_mm_bookkeeping(c, ep, rows, pairs, h, i, e, db)
         else:
             c.elementwise(sub(ep, "weighted_sum"), "mul_add", pairs * h, EW["mul"] + EW["add"], db)
+            # liveness (not modelled op by op): one expert's rows, its SwiGLU intermediates and its output
+            c.spike(rows * h * db + 4 * rows * i * db)
+        out = rows * h * db
+        c.hold(out)  # the routed experts' output
         if self.n_shared:
             SwiGluMlp(h, i * self.n_shared).evaluate(c, rows, db, sub(path, "shared_experts"))
             c.elementwise(sub(path, "shared_add"), "add", rows * h, EW["add"], db, reads=2)
+            c.hold(out)
+            c.release(2 * out)  # the sum replaces the two outputs
+        c.release(routing)  # the logits and top-k die when the MoE returns
 
 
-def _grouped_mm_bookkeeping(c: Cost, path: str | None, rows: int, pairs: int, h: int, e: int, db: int) -> None:
+def _grouped_mm_bookkeeping(c: Cost, path: str | None, rows: int, pairs: int, h: int, i: int, e: int, db: int) -> None:
     """transformers' grouped_mm_experts_forward around its two _grouped_mm: sort the pairs by expert, gather the
     rows and weights, histc (float on CPU) and cumsum for the offsets, weight the outputs (promoted to float32),
-    undo the permutation and sum each token's k rows, cast back.  Index tensors are int64 (8 bytes)."""
+    undo the permutation and sum each token's k rows, cast back.  Index tensors are int64 (8 bytes).  Liveness:
+    its transients (the caller holds the output)."""
     i64 = 8
     c.traffic(sub(path, "sort"), "sort", pairs * i64, 2 * pairs * i64)
     c.traffic(sub(path, "floor_divide"), "floor_divide", pairs * i64, pairs * i64)
@@ -243,6 +298,19 @@ def _grouped_mm_bookkeeping(c: Cost, path: str | None, rows: int, pairs: int, h:
     reads = pairs * h * db + pairs * F32 + pairs * h * F32 + pairs * i64 + pairs * h * F32 + rows * h * F32 * cast
     writes = 2 * pairs * h * F32 + rows * h * F32 + rows * h * db * cast
     c.elementwise(sub(path, "weighted_sum"), "mul_add", pairs * h, EW["mul"] + EW["add"], db, traffic=(reads, writes))
+    # liveness, in the function's order: everything it binds to a local lives until it returns -- the sorted ids
+    # and permutation, the gathered rows and weights, the float histc input, the counts and offsets, the up
+    # projection (until the gated product replaces it), the down projection, the float32 weighted rows, the
+    # inverse permutation and the rows put back in token order (the high-water mark), then the float32 sum
+    kept = 2 * pairs * i64 + pairs * h * db + 2 * pairs * F32 + 2 * e * F32
+    c.hold(kept)
+    up = pairs * 2 * i * db
+    c.spike(up + 2 * pairs * i * db)  # the up projection, act(gate) and the product
+    tail = pairs * i * db + pairs * h * db + pairs * h * F32 + pairs * i64  # product, down, weighted, inverse perm
+    c.spike(tail - pairs * i * db + pairs * h * F32)  # (the product dies with the down projection) + gathered rows
+    # the gathered rows replace the weighted ones (`weighted_out = weighted_out[inv_perm]`), then the sum and its cast
+    c.spike(tail - pairs * i * db + rows * h * F32 + rows * h * db * cast)
+    c.release(kept)
 
 
 @dataclass(frozen=True)
@@ -262,16 +330,26 @@ class DecoderLayer:
         path: str | None,
         hit: int | None = None,
     ) -> None:
+        """One layer.  Liveness: the input is live at entry and replaced by the output; what stays is the cache
+        growth."""
         h = self.hidden
+        n = q * h * db
         rms_norm(c, sub(path, "input_layernorm"), q, h, db)
-        self.attn.evaluate(c, q, past, profile, family, db, sub(path, "self_attn"))
+        kept = self.attn.evaluate(c, q, past, profile, family, db, sub(path, "self_attn"))
+        c.release(n)  # the normed input dies when the attention returns
         c.elementwise(sub(path, "residual1"), "add", q * h, EW["add"], db, reads=2)
+        c.hold(n)
+        c.release(n)  # the attention's output, replaced by the sum
         rms_norm(c, sub(path, "post_attention_layernorm"), q, h, db)
         if isinstance(self.mlp, MoeMlp):
             self.mlp.evaluate(c, q, profile, db, sub(path, "mlp"), hit)
         else:
             self.mlp.evaluate(c, q, db, sub(path, "mlp"))
         c.elementwise(sub(path, "residual2"), "add", q * h, EW["add"], db, reads=2)
+        c.hold(n)  # the layer's output
+        # the MLP's output, its normed input, the first residual and the attention's kept probabilities die when the
+        # layer returns; the caller drops the layer's input
+        c.release(3 * n + kept + n)
 
 
 @dataclass(frozen=True)
@@ -379,16 +457,24 @@ class Decoder:
         family = "bmm" if self.use_mla else profile.decoder_attention_family(attn_impl)
         h = self.hidden_size
         keys = past + q
+        n = q * h * db
         if profile.causal_mask == "where_twice":  # reads a bool mask, writes the dtype's mask, twice
             mask_traffic = (2 * q * keys, 2 * q * keys * db)
             c.elementwise(sub(path, "causal_mask"), "where", 2 * q * keys, EW["mul"], 4, traffic=mask_traffic)
+            # liveness: bool masks (one byte per pair) while they are built; both float masks live through the
+            # forward (the mask mapping keeps one per attention type)
+            c.spike(3 * q * keys)
+            c.hold(2 * q * keys * db)
         else:  # _prepare_4d_causal_attention_mask: (q x q masked_fill_ + a second masked_fill) if q > 1
             extra = q * q + q * keys if q > 1 else 0
             c.elementwise(sub(path, "causal_mask"), "masked_fill", 2 * q * keys + extra, EW["mul"], db)
+            c.spike(q * q * db)
+            c.hold(q * keys * db)
         if profile.embed_in_decoder:  # embed_tokens gather (no FLOPs): reads the q rows it writes
             c.activation_bytes += q * h * db
             c.io_bytes += q * h * db
             c.weight_read(sub(path, "embed_tokens"), "embedding", q * h, db)
+            c.hold(n)  # the embeddings, kept by the forward through every layer
         if profile.rope == "once_elementwise":
             # UnlimitedOcrTextRotaryEmbedding.forward, once per forward: position_ids[..., None] * inv_freq
             hd = self.qk_rope_head_dim if self.use_mla else self._head_dim  # type: ignore[attr-defined]
@@ -403,6 +489,10 @@ class Decoder:
             emb = q * hd
             traffic = (5 * emb * F32 + 2 * emb * F32 * cast, 5 * emb * F32 + 2 * emb * db * cast)
             c.elementwise(sub(path, "rotary_emb"), "sincos", emb, EW["sincos"] + 2 * EW["mul"], 4, traffic=traffic)
+            # liveness: float32 cat, cos and its scaled copy at once; cos and sin (in the dtype) live through the
+            # forward
+            c.spike(3 * emb * F32)
+            c.hold(2 * emb * db)
         moe = [i for i, layer in enumerate(self.layers) if isinstance(layer.mlp, MoeMlp)]
         if experts_hit is not None and len(experts_hit) != len(moe):
             raise ProfileError(f"routing gives {len(experts_hit)} MoE layers, the decoder has {len(moe)}")
@@ -412,17 +502,21 @@ class Decoder:
         ):
             experts_hit = None  # balanced routing: the grouped (fast) path gives the same figures
         hits = dict(zip(moe, experts_hit or (), strict=False))
+        stack: list[tuple[Cost, int]] = []
         if c.want_records or experts_hit is not None:
             for i, layer in enumerate(self.layers):
                 one = Cost(c.want_records)
                 layer.evaluate(one, q, past, profile, family, db, sub(path, f"layers.{i}"), hits.get(i))
-                c.add(one)
+                stack.append((one, 1))
         else:
-            for layer, n in group(self.layers):
+            for layer, count in group(self.layers):
                 one = Cost()
                 layer.evaluate(one, q, past, profile, family, db, None)
-                c.add(one, n)
+                stack.append((one, count))
+        # the first layer's input (the embeddings) is the caller's, or the forward's own (embed_in_decoder)
+        add_stack(c, stack, n)
         rms_norm(c, sub(path, "norm"), q, h, db)
+        c.release(n)  # the last layer's output, replaced by the normed one
 
     def lm_head(self, c: Cost, rows: int, db: int, path: str | None = "lm_head") -> None:
         """lm_head Linear(hidden, vocab) without bias over `rows` positions."""

@@ -28,9 +28,12 @@ class SamBlock:
     trained_grid: int = 64  # rel-pos tables of a global block have 2 x trained_grid - 1 rows (windows: 2 x window - 1)
 
     def evaluate(self, c: Cost, batch: int, grid: int, profile: ImplProfile, db: int, path: str | None) -> None:
+        """One block on ``batch`` grids of grid x grid.  Liveness: the block's input is live at entry (its caller
+        holds it) and is replaced by its output, so a block leaves the level where it found it."""
         tokens = batch * grid * grid
         d, nh = self.dim, self.num_heads
         hd = d // nh
+        n = tokens * d * db  # one (B, g, g, d) activation
         layer_norm(c, sub(path, "norm1"), tokens, d, db)
         if self.window > 0:
             # window_partition pads the grid up to a multiple of the window (64->70, 40->42, ...).
@@ -41,12 +44,23 @@ class SamBlock:
             n_views, side = batch, grid
         seq = side * side
         rows = n_views * seq
+        r = rows * d * db  # one activation over the attention's views (the padded windows, or the grid)
         ap = sub(path, "attn")
         if self.window > 0:  # F.pad, then the windows' permute made contiguous
             c.traffic(sub(path, "window_pad"), "constant_pad_nd", tokens * d * db, rows * d * db)
             c.copy(sub(path, "window_partition"), "clone", rows * d, db)
+            c.spike(2 * r)  # the padded grid and its contiguous windows, next to the normed grid
+            c.hold(r)
+            c.release(n)  # the normed grid dies when the windows replace it
         c.linear(sub(ap, "qkv"), rows, d, 3 * d, bias=self.qkv_bias, db=db)
-        c.copy(sub(ap, "qkv_permute"), "clone", rows * 3 * d, db)  # reshape(...).permute(2, 0, 3, 1, 4) -> q, k, v
+        c.hold(3 * r)
+        qkv_copied = 3 * r if n_views > 1 else 0
+        if qkv_copied:
+            # qkv.reshape(3, B * nHead, H * W, -1) of the (3, B, nHead, H * W, C) permutation merges B with nHead,
+            # which strides allow only for one view: with more, reshape copies q, k and v
+            c.copy(sub(ap, "qkv_permute"), "clone", rows * 3 * d, db)
+            c.hold(qkv_copied)
+        bias_bytes = 0
         if self.use_rel_pos:
             # get_rel_pos, once per table (h, w): the table (L rows of head_dim) is read by the linear resize
             # (hf: always; official: when L != 2 x side - 1), else gathered row by row (side x side rows).
@@ -60,32 +74,55 @@ class SamBlock:
                 _rel_pos_gather(c, sub(ap, f"rel_pos_{axis}_table"), side, hd, 2 * side - 1, from_table, db)
             # reshaped_query = query.reshape(B, h, w, dim): a copy of q (twice for a global block, the second
             # einsum's operand permuted again), then einsum("bhwc,hkc->bhwk") and einsum("bhwc,wkc->bhwk").
-            c.copy(sub(ap, "rel_pos_query"), "clone", rows * d * (1 if self.window > 0 else 2), db)
+            query_copies = rows * d * (1 if self.window > 0 else 2)
+            c.copy(sub(ap, "rel_pos_query"), "clone", query_copies, db)
             c.bmm(sub(ap, "rel_pos_h"), "einsum_bhwc_hkc", side, n_views * nh * side, hd, side, db=db)
             c.bmm(sub(ap, "rel_pos_w"), "einsum_bhwc_wkc", side, n_views * nh * side, hd, side, db=db)
             # rel_h[..., None] + rel_w[..., None, :] builds the (seq x seq) bias (read broadcast: 2 einsum outputs),
             # made contiguous for SDPA, which adds it to the scores (the second add) and reads it.
             bias = n_views * nh * seq * seq
             einsum_out = n_views * nh * seq * side
+            c.spike(2 * einsum_out * db + r // 3)  # rel_h, rel_w and a query copy (q is a third of qkv)
             c.elementwise(
                 sub(ap, "rel_pos_bias"), "add", bias, 2 * EW["add"], db, traffic=(2 * einsum_out * db, bias * db)
             )
             c.copy(sub(ap, "rel_pos_bias_contiguous"), "clone", bias, db)
+            # the sum's layout is not the (B, nHead, HW, HW) one, so reshape copies it: both live at once, then the
+            # copy alone stays until the attention returns -- the block's (and SAM's) high-water mark
+            bias_bytes = bias * db
+            c.hold(bias_bytes)
+            c.spike(bias_bytes)
             c.traffic(sub(ap, "sdpa_mask_read"), "scaled_dot_product_attention", bias * db, 0)
         vision_attention(c, ap, n_views, nh, seq, hd, profile.vision_attention, db)
         c.copy(sub(ap, "attn_output_permute"), "clone", rows * d, db)
+        c.spike(2 * r)  # the attention output and its permuted copy
         c.linear(sub(ap, "proj"), rows, d, d, bias=True, db=db)
+        c.hold(r)
+        c.release(3 * r + qkv_copied + bias_bytes)  # the attention's locals die when it returns
         if self.window > 0:  # window_unpartition's permute made contiguous, then [:, :H, :W] made contiguous
             c.copy(sub(path, "window_unpartition"), "clone", rows * d, db)
             c.copy(sub(path, "window_crop"), "clone", tokens * d, db)
+            c.release(r)  # the windows (the attention's input)
+            c.spike(r + n)  # the unpartitioned copy and the cropped one, next to the projection
+            c.hold(n)
+            c.release(r)  # the projection, replaced by the cropped grid
+        else:
+            c.release(n)  # the normed grid (the attention's input)
         c.elementwise(sub(path, "residual1"), "add", tokens * d, EW["add"], db, reads=2)
+        c.hold(n)
+        c.release(n)  # the attention's output
         layer_norm(c, sub(path, "norm2"), tokens, d, db)
         mp = sub(path, "mlp")
         # The MLP runs on the unpadded grid (window_unpartition crops the padding first).
+        m = tokens * self.mlp_dim * db
         c.linear(sub(mp, "lin1"), tokens, d, self.mlp_dim, bias=True, db=db)
+        c.hold(m)
         c.elementwise(sub(mp, "act"), "gelu", tokens * self.mlp_dim, EW["gelu"], db)
+        c.spike(m)  # GELU's output next to lin1's
         c.linear(sub(mp, "lin2"), tokens, self.mlp_dim, d, bias=True, db=db)
         c.elementwise(sub(path, "residual2"), "add", tokens * d, EW["add"], db, reads=2)
+        c.hold(n)  # the block's output
+        c.release(m + 2 * n + n)  # lin1 (as GELU's), norm2 and residual1 die; the caller drops the block's input
 
 
 def _rel_pos_gather(c: Cost, path: str | None, side: int, hd: int, max_rel: int, from_table: bool, db: int) -> None:
@@ -176,6 +213,9 @@ class SamEncoder:
             bias=True,
             db=db,
         )
+        n = batch * g * g * d * db
+        c.hold(n)  # the patch embeddings
+        pos_resized = 0
         if self.use_abs_pos:
             trained = self.img_size // self.patch_size
             # The trained table is read once: by the add when the grid matches, else by the resize (or the
@@ -187,9 +227,14 @@ class SamEncoder:
                 resize = (table * 4, grid_elems * 4)
                 c.elementwise(sub(path, "pos_embed_interp"), "bicubic", grid_elems, EW["bicubic"], db, traffic=resize)
                 c.copy(sub(path, "pos_embed_cast_back"), "_to_copy", grid_elems, db, read_db=4)
+                c.spike(table * 4 + grid_elems * 4)  # the float32 table and its resized copy
+                pos_resized = grid_elems * db
+                c.hold(pos_resized)
             # x + pos: the positions are broadcast over the batch (read once; the trained table's read is above)
             add = (batch * grid_elems * db + (grid_elems * db if g != trained else 0), batch * grid_elems * db)
             c.elementwise(sub(path, "pos_embed_add"), "add", batch * grid_elems, EW["add"], db, traffic=add)
+            c.hold(n)
+            c.release(n + pos_resized)  # the patch embeddings and the resized table die with the sum
         blocks: tuple[SamBlock, ...] = self._blocks  # type: ignore[attr-defined]
         if c.want_records:
             for i, blk in enumerate(blocks):
@@ -201,11 +246,21 @@ class SamEncoder:
                 c.add(one, n)
         np_ = sub(path, "neck")
         oc = self.out_chans
+        o1 = batch * g * g * oc * db
+        # neck and downsampling: each output replaces the one before it (the blocks' output lives through the neck)
         c.conv2d(sub(np_, "0"), batch, d, g, g, oc, 1, 1, 0, bias=False, db=db)
+        c.hold(o1)
         layer_norm(c, sub(np_, "1"), batch * g * g, oc, db)
+        c.release(o1)
         c.conv2d(sub(np_, "2"), batch, oc, g, g, oc, 3, 1, 1, bias=False, db=db)
+        c.hold(o1)
         layer_norm(c, sub(np_, "3"), batch * g * g, oc, db)
+        c.release(o1 + o1 + n)  # the convolution, the first norm and the blocks' output
         c2, c3 = self.downsample_channels
         g2, _ = c.conv2d(sub(path, "net_2"), batch, oc, g, g, c2, 3, 2, 1, bias=False, db=db)
+        c.hold(batch * g2 * g2 * c2 * db)
+        c.release(o1)
         g3, _ = c.conv2d(sub(path, "net_3"), batch, c2, g2, g2, c3, 3, 2, 1, bias=False, db=db)
+        c.hold(batch * g3 * g3 * c3 * db)
+        c.release(batch * g2 * g2 * c2 * db)
         return g3
