@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from analytic.costs import Cost
+from analytic.costs import Cost, sub
 from analytic.layers.clip import ClipEncoder
 from analytic.layers.common import ConfigError
 from analytic.layers.decoder import Decoder
@@ -19,7 +19,7 @@ from analytic.layers.projector import MlpProjector
 from analytic.layers.qwen2_encoder import Qwen2QueryEncoder
 from analytic.layers.sam import SamEncoder
 from analytic.profiles import ImplProfile
-from analytic.workload import VisionWorkload
+from analytic.workload import VisionWorkload, family_rules
 
 
 @dataclass(frozen=True)
@@ -72,20 +72,59 @@ class VisionBranch:
 class Prefill:
     """One decoder forward over prefill_len positions, then lm_head over all of them or the last."""
 
-    def evaluate(self, decoder: Decoder, w: VisionWorkload, profile: ImplProfile, records: bool) -> tuple[Cost, Cost]:
+    def evaluate(
+        self, decoder: Decoder, w: VisionWorkload, profile: ImplProfile, records: bool, feature_dim: int = 0
+    ) -> tuple[Cost, Cost]:
+        """``feature_dim``: the projector's input width (the fused CLIP + SAM features), for the official layout."""
         db = w.dtype_bytes
         dec, head = Cost(records), Cost(records)
         decoder.forward(
             dec, w.prefill_len, 0, profile, w.attn_impl, db, "decoder" if records else None, w.prefill_experts_hit
         )
         if profile.image_presence_sums:  # torch.sum(images[0][1]) and torch.sum(patches): 1 per pixel value
-            # without crops, `patches` is infer()'s zero placeholder of 1 x 3 x base_size x base_size
+            # without crops, `patches` is infer()'s zero placeholder of 1 x 3 x base_size x base_size; each sum
+            # writes one value that .item() reads
             crops = w.n_crops * w.crop_size**2 if w.n_crops else w.base_size**2
             pixels = 3 * (w.global_view_size**2 + crops)
-            dec.elementwise("decoder.image_presence" if records else None, "sum", pixels, 1, db)
+            sums = (pixels * db + 2 * db, 2 * db)
+            dec.elementwise("decoder.image_presence" if records else None, "sum", pixels, 1, db, traffic=sums)
+        if profile.image_merge_in_decoder and family_rules(w.model).newlines:
+            image_layout(dec, w, decoder.hidden_size, feature_dim, db, "decoder.image_layout" if records else None)
         rows = w.prefill_len if w.lm_head_scope == "all" else 1
         decoder.lm_head(head, rows, db, "lm_head" if records else None)
         return dec, head
+
+
+def image_layout(c: Cost, w: VisionWorkload, h: int, feature_dim: int, db: int, path: str | None) -> None:
+    """Official modeling_deepseekocr.py `DeepseekOCRModel.forward` between the vision calls and the decoder layers
+    (charged to the decoder stage root), for one image:
+
+    - torch.cat((clip[:, 1:], sam.flatten(2).permute(0, 2, 1)), dim=-1) per branch: the projector's input rows;
+    - the global view: view(h, w, n) and cat with image_newline expanded over the rows (the newline read once);
+    - the crops: view(rows, cols, h2, w2, n).permute(0, 2, 1, 3, 4).reshape(...) (a copy unless one column), the
+      newline cat;
+    - torch.cat([crops, global, view_seperator]) (or [global, view_seperator]), then torch.cat of the one-image
+      list (a copy), then inputs_embeds[idx].masked_scatter_(images_seq_mask[idx][..., None], features): reads
+      the bool mask and the image rows, writes the embeddings (an overwrite: not read).
+    The int64 scalar reads of the crop grid (`.item()`, a few bytes) are left out."""
+    gq, tokens = w.global_queries, w.n_image_tokens
+    global_rows, crop_rows = gq * gq, w.n_crops * w.crop_queries**2
+    s = w.prefill_len
+    c.copy(sub(path, "fuse_global"), "cat", global_rows * feature_dim, db)
+    with_newlines = gq * (gq + 1)
+    c.weight_read(sub(path, "image_newline"), "cat", h, db)
+    c.traffic(sub(path, "global_newlines"), "cat", global_rows * h * db, with_newlines * h * db)
+    if w.has_crops:
+        c.copy(sub(path, "fuse_crops"), "cat", crop_rows * feature_dim, db)
+        if w.w_crop > 1:
+            c.copy(sub(path, "crop_grid"), "clone", crop_rows * h, db)
+        c.weight_read(sub(path, "image_newline"), "cat", h, db)
+        c.traffic(sub(path, "crop_newlines"), "cat", crop_rows * h * db, w.crops_image_tokens * h * db)
+        with_newlines += w.crops_image_tokens
+    c.weight_read(sub(path, "view_seperator"), "cat", h, db)
+    c.traffic(sub(path, "views_cat"), "cat", with_newlines * h * db, tokens * h * db)
+    c.copy(sub(path, "batch_cat"), "cat", tokens * h, db)
+    c.traffic(sub(path, "masked_scatter"), "masked_scatter_", s + tokens * h * db, s * h * db)
 
 
 @dataclass(frozen=True)

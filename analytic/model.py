@@ -255,9 +255,11 @@ class CostModel:
         comp: Prefill = self.composites["prefill"]
 
         def run() -> tuple[Cost, Cost]:
-            return comp.evaluate(self.decoder, w, prof, records)
+            return comp.evaluate(self.decoder, w, prof, records, self.projector.total_input_dim)
 
+        views = (w.model, w.global_view_size, w.crop_size, w.w_crop, w.h_crop, w.base_size)  # image-dependent terms
         key = ("prefill", w.prefill_len, w.lm_head_scope, prof.name, w.attn_impl, w.dtype_bytes, w.prefill_experts_hit)
+        key += views
         return run() if records else self._memoised(key, run)
 
     def _decode_step(self, w: VisionWorkload, t: int, prof: ImplProfile, records: bool) -> tuple[Cost, Cost]:

@@ -23,6 +23,12 @@ VISION_ATTN_MODES = ("sdpa", "eager")
 REL_POS_TABLE_MODES = ("interpolate_always", "gather_when_sized")
 CAUSAL_MASK_MODES = ("where_twice", "prepare_4d")
 CACHE_UPDATE_MODES = ("cat_always", "append_then_cat")
+SDPA_OUTPUT_MODES = ("contiguous", "like_query")
+SAM_QKV_MODES = ("permute_copy", "merged_reshape")
+SAM_REL_BIAS_MODES = ("contiguous", "reshaped_terms")
+RESIZE_CAST_MODES = ("always", "when_not_float32")
+CLIP_POSITION_MODES = ("resize_table", "gather_then_resize")
+NECK_NORM_MODES = ("layer_norm", "mean_var")
 
 
 class ProfileError(ValueError):
@@ -59,6 +65,30 @@ class ImplProfile:
       later forward cats).
     image_presence_sums: whether the prefill sums the pixel tensors to test for an image
       (official `torch.sum(images[0][1]).item() != 0` and `torch.sum(patches)`).
+    image_merge_in_decoder: whether the decoder stage root lays the projected views out itself
+      (official `DeepseekOCRModel.forward`: the CLIP/SAM feature cat of each view, the newline cats,
+      the crop grid's permute copy, cat([crops, global, separator]), the per-batch cat and
+      `inputs_embeds[idx].masked_scatter_`).
+    vision_sdpa_output: the layout of the vision SDPA output, which decides whether the code's
+      permute + reshape after it copies: `contiguous` ((B, H, S, D): the math kernel of the meta
+      device, so the copy always happens) or `like_query` (the CPU kernel returns the query's layout:
+      no copy when q is a strided view of the qkv projection).
+    sam_qkv: how SAM's attention splits q, k, v: `permute_copy` (the permuted qkv made contiguous:
+      one copy, q strided for the rel-pos einsums of a global block) or `merged_reshape` (official
+      `qkv.reshape(3, B * nHead, H * W, -1)` of the permuted qkv: a copy only when B > 1 windows or
+      views, q contiguous after it).
+    sam_rel_pos_bias: how the decomposed rel-pos terms become SDPA's mask: `contiguous`
+      (rel_h[..., None] + rel_w[..., None, :] made contiguous) or `reshaped_terms` (official
+      `add_decomposed_rel_pos` reshapes both einsum outputs (two copies), their sum is the mask).
+    vision_resize_casts: the float32 round trip around SAM/CLIP position resizes: `always` or
+      `when_not_float32` (official `.to(torch.float32)` / `.to(dtype)`: no copy in float32).
+    clip_positions: `resize_table` (the trained table read by the resize / cast) or
+      `gather_then_resize` (official `get_abs_pos(self.position_embedding(self.position_ids))`: an
+      embedding gather of every position, the grid rows made contiguous before the resize, cat of
+      the CLS row).
+    sam_neck_norm: the neck's LayerNorm2d: `layer_norm` (one native_layer_norm) or `mean_var`
+      (official `LayerNorm2d.forward`: mean, sub, pow, mean, sub, add, sqrt, div, mul, add).
+    sam_net3_clone: whether net_3 reads a clone of net_2's output (official `self.net_3(x2.clone())`).
     modeled_metrics: the metrics this profile follows op by op as the implementation executes them
       (gated against the vendor), as ``METRIC`` (every stage) or ``STAGE.METRIC``; the others are
       estimates under the model's own conventions, reported next to the measured figure until the
@@ -78,6 +108,14 @@ class ImplProfile:
     causal_mask: str = "where_twice"
     cache_update: str = "cat_always"
     image_presence_sums: bool = False
+    image_merge_in_decoder: bool = False
+    vision_sdpa_output: str = "contiguous"
+    sam_qkv: str = "permute_copy"
+    sam_rel_pos_bias: str = "contiguous"
+    vision_resize_casts: str = "always"
+    clip_positions: str = "resize_table"
+    sam_neck_norm: str = "layer_norm"
+    sam_net3_clone: bool = False
     modeled_metrics: tuple[str, ...] = ("tensor_flops",)
     references: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
@@ -91,6 +129,12 @@ class ImplProfile:
             ("rel_pos_table", self.rel_pos_table, REL_POS_TABLE_MODES),
             ("causal_mask", self.causal_mask, CAUSAL_MASK_MODES),
             ("cache_update", self.cache_update, CACHE_UPDATE_MODES),
+            ("vision_sdpa_output", self.vision_sdpa_output, SDPA_OUTPUT_MODES),
+            ("sam_qkv", self.sam_qkv, SAM_QKV_MODES),
+            ("sam_rel_pos_bias", self.sam_rel_pos_bias, SAM_REL_BIAS_MODES),
+            ("vision_resize_casts", self.vision_resize_casts, RESIZE_CAST_MODES),
+            ("clip_positions", self.clip_positions, CLIP_POSITION_MODES),
+            ("sam_neck_norm", self.sam_neck_norm, NECK_NORM_MODES),
         )
         for label, value, allowed in checks:
             if value not in allowed:
@@ -126,6 +170,14 @@ class ImplProfile:
             "causal_mask": self.causal_mask,
             "cache_update": self.cache_update,
             "image_presence_sums": self.image_presence_sums,
+            "image_merge_in_decoder": self.image_merge_in_decoder,
+            "vision_sdpa_output": self.vision_sdpa_output,
+            "sam_qkv": self.sam_qkv,
+            "sam_rel_pos_bias": self.sam_rel_pos_bias,
+            "vision_resize_casts": self.vision_resize_casts,
+            "clip_positions": self.clip_positions,
+            "sam_neck_norm": self.sam_neck_norm,
+            "sam_net3_clone": self.sam_net3_clone,
             "modeled_metrics": list(self.modeled_metrics),
             "references": dict(self.references),
         }

@@ -36,14 +36,14 @@ def test_sam_global_block_peaks_at_the_relative_position_bias_copy():
     # dim 8, 2 heads, MLP 32, one 4 x 4 grid in bfloat16 (2 bytes): n = 16 tokens * 8 * 2 = 256 bytes per activation
     blk = SamBlock(dim=8, num_heads=2, mlp_dim=32, window=0, trained_grid=4)
     c = Cost()
-    blk.evaluate(c, 1, 4, profile(rel_pos_table="interpolate_always"), 2, None)
+    blk.evaluate(c, 1, 4, profile(rel_pos_table="interpolate_always", sam_qkv="merged_reshape"), 2, None)
     # live above the block's input at the bias copy: norm1 256 + qkv 3 * 256 + the bias sum and its contiguous copy,
     # 1 view * 2 heads * 16 * 16 scores * 2 bytes = 1,024 each (one view: q, k, v are views, no reshape copy)
     assert c.peak_bytes == 256 + 768 + 2 * 1024
     assert c.live == 0  # the output replaces the input
     # two images: qkv.reshape(3, B * nHead, ...) now copies q, k, v (another 3n), every term doubles
     c2 = Cost()
-    blk.evaluate(c2, 2, 4, profile(rel_pos_table="interpolate_always"), 2, None)
+    blk.evaluate(c2, 2, 4, profile(rel_pos_table="interpolate_always", sam_qkv="merged_reshape"), 2, None)
     assert c2.peak_bytes == 512 + 1536 + 1536 + 2 * 2048
 
 

@@ -194,6 +194,46 @@ def test_tiny_hand_derived_stage_flops(tiny_trace):
     assert s["decode"]["decoder"]["tensor_flops"] == step(910) + step(911)
 
 
+def test_tiny_hand_derived_image_layout_bytes(tiny_trace):
+    """The official layout of the projected views, measured in the prefill's decoder stage (hand-derived)."""
+    _, d = tiny_trace
+    db = {"float32": 4, "bfloat16": 2}[d["dtype"]]
+    ops = d["op_breakdown"]["prefill"]["decoder"]
+    s, image = 909, 903  # prefill positions, image rows (273 + 630)
+    # inputs_embeds[0].masked_scatter_(mask[..., None], features): reads the 909 bools and the 903 x 32 feature
+    # rows, overwrites the 909 x 32 embeddings
+    scatter = ops["aten.masked_scatter_.default"]
+    assert scatter["io_bytes"] == s + image * HIDDEN * db + s * HIDDEN * db
+    assert scatter["activation_bytes"] == s * HIDDEN * db
+    # cats: the crops' and the global view's CLIP/SAM features (600 and 256 rows of 64 + 64), the newline columns
+    # (630 and 272 rows out), cat([crops, global, separator]) and the one-image list's cat (903 rows each); then
+    # the decoder's own, per layer (2): cat(freqs, freqs) in float32 (909 x 16), rotate_half's cat for q and k
+    # (909 x 32 each), and in the MoE layer moe_infer's cat of the expert outputs (909 x top-2 rows of 32)
+    layout = ((600 + 256) * 128 + 630 * HIDDEN + 272 * HIDDEN + 2 * image * HIDDEN) * db
+    decoder = 2 * (s * HEAD_DIM * 4 + 2 * s * HIDDEN * db) + s * 2 * HIDDEN * db
+    assert ops["aten.cat.default"]["activation_bytes"] == layout + decoder
+    assert ops["aten.cat.default"]["weight_bytes"] == 3 * HIDDEN * db  # image_newline twice, view_seperator once
+
+
+def test_tiny_official_profile_bytes_agree_with_the_run(tiny_trace):
+    """The analytic `official` profile against the measured run: io and activation bytes of every leaf."""
+    from test_verify_cli import TINY_OVERRIDES
+
+    from analytic.model import build_cost_model
+    from verify.runner import with_vendor_routing
+
+    w, d = tiny_trace
+    w = with_vendor_routing(VisionWorkload.from_dict(d["workload"]), d)
+    est = build_cost_model(TINY_OVERRIDES).estimate(w)
+    for stage, parts in d["stages"].items():
+        for part, leaf in parts.items():
+            if part == "steps" or not leaf["calls"]:
+                continue
+            for metric in ("io_bytes", "activation_bytes"):
+                a, m = est.stages[stage][part][metric], leaf[metric]
+                assert abs(a - m) <= 0.005 * m, (stage, part, metric, a, m)
+
+
 def test_tiny_vision_meta_equals_model_forward(tiny_trace):
     """run_vision (direct calls, meta device) == the vision the model's forward ran on CPU."""
     w, d = tiny_trace

@@ -444,6 +444,12 @@ def test_remote_code_end_to_end_tiny_snapshot_exit_0(tmp_path):
         assert len(gated) == sum(is_gated(r, "official") for r in page["rows"])
         assert all(r["rel_delta"] == 0 for r in gated if r["metric"] in ("tensor_flops", "kv_cache_bytes"))
         assert all(r["passed"] for r in gated)
+        # the official profile models every copy and cast of the official code: io and activation bytes gated on
+        # every stage the page runs, within half a percent of the measured run
+        for metric in ("io_bytes", "activation_bytes"):
+            rows = [r for r in gated if r["metric"] == metric]
+            assert {r["stage"] for r in rows} == set(STAGES)
+            assert all(abs(r["rel_delta"]) < 0.005 for r in rows), [(r["stage"], r["rel_delta"]) for r in rows]
         assert len(page["trace"]["stages"]["decode"]["steps"]) == 3
         assert page["workload"]["lm_head_scope"] == "all"  # the official forward projects every position
     env = doc["environment"]

@@ -35,9 +35,12 @@ class ClipBlock:
         c.hold(3 * n)
         vision_attention(c, ap, batch, nh, seq, hd, profile.vision_attention, db)
         # attn_output.transpose(1, 2).contiguous(): a copy of a (B, H, S, D) output -- what SDPA returns on meta (math);
-        # CPU flash already returns it (B, S, H, D)-strided, so there the copy moves nothing (README)
-        c.copy(sub(ap, "attn_output_contiguous"), "clone", rows * d, db)
-        c.spike(2 * n)  # the attention output and its contiguous copy
+        # CPU flash already returns it (B, S, H, D)-strided, so there the copy moves nothing (README).  Official
+        # NoTPAttention: q, k, v are permuted views of the fused qkv, so under `like_query` the output's
+        # permute(0, 2, 1, 3).reshape(...) is a view
+        if profile.vision_sdpa_output == "contiguous" or profile.vision_attention == "eager":
+            c.copy(sub(ap, "attn_output_contiguous"), "clone", rows * d, db)
+            c.spike(2 * n)  # the attention output and its contiguous copy
         c.linear(sub(ap, "out_proj"), rows, d, d, bias=True, db=db)
         c.release(3 * n + n)  # q, k, v die with the attention, the normed input when it returns
         c.elementwise(sub(path, "residual1"), "add", rows * d, EW["add"], db, reads=2)
@@ -84,13 +87,18 @@ class ClipEncoder:
         c.weight_read(sub(path, "class_embedding"), "cat", d, db)
         # cat([class, SAM features]): reads the batch's patch rows, writes every row
         c.traffic(sub(path, "cat_class"), "cat", batch * (seq - 1) * d * db, batch * seq * d * db)
-        if grid != self.pretrain_grid:  # get_abs_pos: float32 copy, bicubic resize, cast back, cat the CLS row
+        if profile.clip_positions == "gather_then_resize":
+            self._official_positions(c, batch, grid, seq, profile, db, path)
+        elif grid != self.pretrain_grid:  # get_abs_pos: float32 copy, bicubic resize, cast back, cat the CLS row
             g2 = grid * grid * d
-            c.traffic(sub(path, "pos_embed_cast"), "_to_copy", 0, trained * d * 4)  # its read: the weight read above
-            c.elementwise(
-                sub(path, "pos_embed_interp"), "bicubic", g2, EW["bicubic"], db, traffic=(trained * d * 4, g2 * 4)
-            )
-            c.copy(sub(path, "pos_embed_cast_back"), "_to_copy", g2, db, read_db=4)
+            if profile.vision_resize_casts == "always" or db != 4:
+                c.traffic(sub(path, "pos_embed_cast"), "_to_copy", 0, trained * d * 4)  # its read: the weight read
+                c.elementwise(
+                    sub(path, "pos_embed_interp"), "bicubic", g2, EW["bicubic"], db, traffic=(trained * d * 4, g2 * 4)
+                )
+                c.copy(sub(path, "pos_embed_cast_back"), "_to_copy", g2, db, read_db=4)
+            else:  # float32: .to(torch.float32) and .to(dtype) are no copies; the resize reads the table (above)
+                c.elementwise(sub(path, "pos_embed_interp"), "bicubic", g2, EW["bicubic"], db, traffic=(0, g2 * 4))
             c.traffic(sub(path, "pos_embed_cat"), "cat", g2 * db, seq * d * db)
         else:  # the gathered table is the position embedding itself
             c.traffic(sub(path, "pos_embed_gather"), "embedding", 0, seq * d * db)
@@ -113,6 +121,30 @@ class ClipEncoder:
             blk.evaluate(one, batch, seq, profile, db, None)
             add_stack(c, [(one, self.num_layers)], n)
         return seq
+
+    def _official_positions(
+        self, c: Cost, batch: int, grid: int, seq: int, profile: ImplProfile, db: int, path: str | None
+    ) -> None:
+        """Official CLIPVisionEmbeddings.forward: embeddings + get_abs_pos(self.position_embedding(self.position_ids)).
+
+        The embedding gathers all 1 + T^2 rows (the table read: the caller's weight read; the int64 position_ids
+        buffer: a weight read too) and writes them.  When the grid differs from the trained one, get_abs_pos makes
+        the T^2 grid rows contiguous (the permuted view), casts to float32 and back when the dtype is not float32,
+        resizes (bicubic) and cats the CLS row in front (the CLS row is read from the gathered table)."""
+        d, trained = self.hidden_size, self.pretrain_grid**2
+        c.weight_read(sub(path, "position_ids"), "embedding", (trained + 1) * 8, 1)
+        c.traffic(sub(path, "pos_embed_gather"), "embedding", 0, (trained + 1) * d * db)
+        if grid != self.pretrain_grid:
+            g2 = grid * grid * d
+            c.copy(sub(path, "pos_embed_contiguous"), "clone", trained * d, db)
+            cast = profile.vision_resize_casts == "always" or db != 4
+            if cast:
+                c.copy(sub(path, "pos_embed_cast"), "_to_copy", trained * d, 4, read_db=db)
+            resize = (trained * d * 4, g2 * 4)
+            c.elementwise(sub(path, "pos_embed_interp"), "bicubic", g2, EW["bicubic"], db, traffic=resize)
+            if cast:
+                c.copy(sub(path, "pos_embed_cast_back"), "_to_copy", g2, db, read_db=4)
+            c.traffic(sub(path, "pos_embed_cat"), "cat", (g2 + d) * db, seq * d * db)
 
     def projector_rows(self, seq: int) -> int:
         """Rows per view the projector reads: the CLS row is dropped before fusion."""

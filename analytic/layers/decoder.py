@@ -52,6 +52,39 @@ def swiglu_act(c: Cost, path: str | None, elems: int, db: int) -> None:
     c.elementwise(path, "silu", elems, EW["silu"] + EW["mul"], db, traffic=(3 * elems * db, 2 * elems * db))
 
 
+def prepare_4d_mask_traffic(q: int, keys: int, db: int) -> tuple[int, int]:
+    """Bytes (read, written) of transformers 4.46 `_prepare_4d_causal_attention_mask` given the 2-D int64
+    attention mask of `keys` positions (AttentionMaskConverter.to_4d), op by op:
+
+    - q > 1, `_make_causal_mask`: torch.full((q, q), min) in float32, arange(q) and + 1 (int64), the `<` of both
+      (q x q bool), masked_fill_ in place (reads the mask and the bool), .to(dtype) when not float32, and when
+      keys > q a cat with zeros (q x past) in front;
+    - `_expand_mask`: mask[:, None, None, :].expand(1, 1, q, keys).to(dtype) (reads the keys int64 once), 1.0 - x,
+      .to(torch.bool), masked_fill (q x keys each);
+    - q > 1: expanded.bool() and causal_4d_mask.masked_fill(that, min)."""
+    i64, f32, qk = 8, 4, q * keys
+    reads = writes = 0
+    if q > 1:
+        qq = q * q
+        writes += qq * f32 + 2 * q * i64 + qq  # full, arange, + 1, <
+        reads += q * i64 + 2 * q * i64  # + 1 reads the arange, < reads both
+        reads += qq * f32 + qq  # masked_fill_ (in place)
+        writes += qq * f32
+        if db != f32:  # mask.to(dtype)
+            reads += qq * f32
+            writes += qq * db
+        past = keys - q
+        if past > 0:  # cat([zeros(q, past), mask], -1)
+            writes += q * past * db + qk * db
+            reads += q * past * db + qq * db
+    reads += keys * i64 + 3 * qk * db + qk  # .to(dtype), 1.0 - x, .to(bool), masked_fill (+ the bool)
+    writes += 3 * qk * db + qk
+    if q > 1:  # .bool() of the expanded mask, masked_fill of the causal mask
+        reads += 2 * qk * db + qk
+        writes += qk + qk * db
+    return reads, writes
+
+
 ROUTER_BYTES = 4  # MoEGate / TopkRouter run F.linear in float32 (on a float32 copy of the weight)
 
 
@@ -79,8 +112,16 @@ class MhaAttention:
             # transformers 4.46 LlamaRotaryEmbedding.forward, called by every LlamaAttention.forward:
             # freqs = inv_freq_expanded (B, D/2, 1) @ position_ids_expanded (B, 1, S)  -> bmm
             c.bmm(sub(path, "rotary_emb"), "matmul_inv_freq_position_ids", 1, hd // 2, 1, q, db=4)
-            # cos(), sin() of cat(freqs, freqs), each scaled by attention_scaling
-            c.elementwise(sub(path, "rotary_sincos"), "sincos", q * hd, EW["sincos"] + 2 * EW["mul"], 4)
+            c.weight_bytes += hd // 2 * F32  # the bmm reads the inv_freq buffer (its io: above)
+            # position_ids.float() (int64 -> float32), then cat(freqs, freqs), cos(), sin(), each scaled by
+            # attention_scaling (float32), and cos/sin .to(dtype) when the dtype is not float32
+            cast = db != F32
+            emb = q * hd
+            reads = q * 8 + 5 * emb * F32 + 2 * emb * F32 * cast
+            writes = q * F32 + 5 * emb * F32 + 2 * emb * db * cast
+            c.elementwise(
+                sub(path, "rotary_sincos"), "sincos", emb, EW["sincos"] + 2 * EW["mul"], 4, traffic=(reads, writes)
+            )
         rotated = q * (nh + nkv) * hd
         # per tensor of n: x * cos, neg of half, cat, rotated * sin, add (cos/sin: q x hd, broadcast over heads)
         rope_traffic = ((11 * rotated // 2 + 4 * q * hd) * db, 9 * rotated // 2 * db)
@@ -266,6 +307,8 @@ class MoeMlp:
         swiglu_act(c, sub(ep, "act_mul"), pairs * i, db)
         if mode == "grouped_mm":
             _grouped_mm_bookkeeping(c, ep, rows, pairs, h, i, e, db)
+        elif mode == "per_expert_mlp":
+            _moe_infer_bookkeeping(c, ep, rows, pairs, h, e, db)
         else:
             c.elementwise(sub(ep, "weighted_sum"), "mul_add", pairs * h, EW["mul"] + EW["add"], db)
             # liveness (not modelled op by op): one expert's rows, its SwiGLU intermediates and its output
@@ -278,6 +321,27 @@ class MoeMlp:
             c.hold(out)
             c.release(2 * out)  # the sum replaces the two outputs
         c.release(routing)  # the logits and top-k die when the MoE returns
+
+
+def _moe_infer_bookkeeping(c: Cost, path: str | None, rows: int, pairs: int, h: int, e: int, db: int) -> None:
+    """Official `DeepseekV2MoE.moe_infer` around its expert loop, op by op (int64 indices: 8 bytes):
+    cnts = new_zeros(rows, E); cnts.scatter_(1, topk_ids, 1); cnts.sum(0); topk_ids.view(-1).argsort() (a sort:
+    values and indices); idxs // k; x[idxs // k] (gathers the pairs' rows); after the loop torch.cat(outputs);
+    new_x = torch.empty_like(outs); new_x[idxs] = outs (index_put_); new_x.view(rows, k, h).type(float32) (a copy
+    when the dtype is not float32); .mul_(topk_weight[..., None]) in place; .sum(dim=1); .type(dtype) back."""
+    i64, cast = 8, db != F32
+    ph = pairs * h
+    c.traffic(sub(path, "counts"), "scatter_", rows * e * i64 + pairs * i64, 2 * rows * e * i64)  # new_zeros, scatter_
+    c.traffic(sub(path, "tokens_per_expert"), "sum", rows * e * i64, e * i64)
+    c.traffic(sub(path, "argsort"), "sort", pairs * i64, 2 * pairs * i64)
+    c.traffic(sub(path, "floor_divide"), "floor_divide", pairs * i64, pairs * i64)
+    c.traffic(sub(path, "gather_rows"), "index", ph * db + pairs * i64, ph * db)
+    c.copy(sub(path, "cat_outputs"), "cat", ph, db)
+    c.traffic(sub(path, "unsort"), "index_put_", ph * db + pairs * i64, 2 * ph * db)  # empty_like, index_put_
+    # .type(float32), mul_ (reads the float32 rows and k weights per row, in place), sum over k, .type(dtype)
+    reads = ph * db * cast + ph * F32 + pairs * F32 + ph * F32 + rows * h * F32 * cast
+    writes = ph * F32 * cast + ph * F32 + rows * h * F32 + rows * h * db * cast
+    c.elementwise(sub(path, "weighted_sum"), "mul_add", ph, EW["mul"] + EW["add"], db, traffic=(reads, writes))
 
 
 def _grouped_mm_bookkeeping(c: Cost, path: str | None, rows: int, pairs: int, h: int, i: int, e: int, db: int) -> None:
@@ -467,12 +531,13 @@ class Decoder:
             c.hold(2 * q * keys * db)
         else:  # _prepare_4d_causal_attention_mask: (q x q masked_fill_ + a second masked_fill) if q > 1
             extra = q * q + q * keys if q > 1 else 0
-            c.elementwise(sub(path, "causal_mask"), "masked_fill", 2 * q * keys + extra, EW["mul"], db)
+            traffic = prepare_4d_mask_traffic(q, keys, db)
+            c.elementwise(sub(path, "causal_mask"), "masked_fill", 2 * q * keys + extra, EW["mul"], db, traffic=traffic)
             c.spike(q * q * db)
             c.hold(q * keys * db)
-        if profile.embed_in_decoder:  # embed_tokens gather (no FLOPs): reads the q rows it writes
+        if profile.embed_in_decoder:  # embed_tokens gather (no FLOPs): reads the q rows it writes and q int64 ids
             c.activation_bytes += q * h * db
-            c.io_bytes += q * h * db
+            c.io_bytes += q * h * db + q * 8
             c.weight_read(sub(path, "embed_tokens"), "embedding", q * h, db)
             c.hold(n)  # the embeddings, kept by the forward through every layer
         if profile.rope == "once_elementwise":

@@ -54,10 +54,12 @@ class SamBlock:
             c.release(n)  # the normed grid dies when the windows replace it
         c.linear(sub(ap, "qkv"), rows, d, 3 * d, bias=self.qkv_bias, db=db)
         c.hold(3 * r)
-        qkv_copied = 3 * r if n_views > 1 else 0
-        if qkv_copied:
-            # qkv.reshape(3, B * nHead, H * W, -1) of the (3, B, nHead, H * W, C) permutation merges B with nHead,
-            # which strides allow only for one view: with more, reshape copies q, k and v
+        official = profile.sam_qkv == "merged_reshape"
+        # hf: reshape(...).permute(2, 0, 3, 1, 4) made contiguous -> q, k, v.  official Attention.forward:
+        # qkv.reshape(3, B * nHead, H * W, -1) of the permuted qkv merges B and the heads, a view only when B is 1
+        q_copied = n_views > 1 or not official
+        qkv_copied = 3 * r if q_copied else 0
+        if q_copied:
             c.copy(sub(ap, "qkv_permute"), "clone", rows * 3 * d, db)
             c.hold(qkv_copied)
         bias_bytes = 0
@@ -70,32 +72,48 @@ class SamBlock:
             from_table = sized and profile.rel_pos_table == "gather_when_sized"
             read = gathered if from_table else rows_l
             c.weight_read(sub(ap, "rel_pos_tables"), "get_rel_pos", 2 * read * hd, db)
+            casts = profile.vision_resize_casts == "always" or db != 4
             for axis in ("h", "w"):
-                _rel_pos_gather(c, sub(ap, f"rel_pos_{axis}_table"), side, hd, 2 * side - 1, from_table, db)
+                _rel_pos_gather(
+                    c, sub(ap, f"rel_pos_{axis}_table"), side, hd, 2 * side - 1, from_table, db, rows_l, casts, profile
+                )
             # reshaped_query = query.reshape(B, h, w, dim): a copy of q (twice for a global block, the second
             # einsum's operand permuted again), then einsum("bhwc,hkc->bhwk") and einsum("bhwc,wkc->bhwk").
-            query_copies = rows * d * (1 if self.window > 0 else 2)
-            c.copy(sub(ap, "rel_pos_query"), "clone", query_copies, db)
+            # official add_decomposed_rel_pos: the first einsum copies its permuted operand, the second only when
+            # q is still a strided view of the qkv output (B = 1)
+            n_query = (1 + (not q_copied)) if official else (1 if self.window > 0 else 2)
+            c.copy(sub(ap, "rel_pos_query"), "clone", rows * d * n_query, db)
             c.bmm(sub(ap, "rel_pos_h"), "einsum_bhwc_hkc", side, n_views * nh * side, hd, side, db=db)
             c.bmm(sub(ap, "rel_pos_w"), "einsum_bhwc_wkc", side, n_views * nh * side, hd, side, db=db)
             # rel_h[..., None] + rel_w[..., None, :] builds the (seq x seq) bias (read broadcast: 2 einsum outputs),
             # made contiguous for SDPA, which adds it to the scores (the second add) and reads it.
             bias = n_views * nh * seq * seq
             einsum_out = n_views * nh * seq * side
-            c.spike(2 * einsum_out * db + r // 3)  # rel_h, rel_w and a query copy (q is a third of qkv)
+            if profile.sam_rel_pos_bias == "reshaped_terms":
+                # official: rel_h.reshape(B, q_h * q_w, k_h, 1) and rel_w.reshape(B, q_h * q_w, 1, k_w) of the
+                # permuted einsum outputs: one copy each; (rel_h + rel_w).view(...) is the mask itself
+                c.copy(sub(ap, "rel_pos_terms"), "clone", 2 * einsum_out, db)
+                c.spike(4 * einsum_out * db)  # the einsum outputs and their reshaped copies
+            else:
+                c.spike(2 * einsum_out * db + r // 3)  # rel_h, rel_w and a query copy (q is a third of qkv)
             c.elementwise(
                 sub(ap, "rel_pos_bias"), "add", bias, 2 * EW["add"], db, traffic=(2 * einsum_out * db, bias * db)
             )
-            c.copy(sub(ap, "rel_pos_bias_contiguous"), "clone", bias, db)
-            # the sum's layout is not the (B, nHead, HW, HW) one, so reshape copies it: both live at once, then the
-            # copy alone stays until the attention returns -- the block's (and SAM's) high-water mark
             bias_bytes = bias * db
-            c.hold(bias_bytes)
-            c.spike(bias_bytes)
+            c.hold(bias_bytes)  # the mask lives until the attention returns
+            if profile.sam_rel_pos_bias == "contiguous":
+                # the sum's layout is not the (B, nHead, HW, HW) one, so reshape copies it: both live at once, then
+                # the copy alone stays -- the block's (and SAM's) high-water mark
+                c.copy(sub(ap, "rel_pos_bias_contiguous"), "clone", bias, db)
+                c.spike(bias_bytes)
             c.traffic(sub(ap, "sdpa_mask_read"), "scaled_dot_product_attention", bias * db, 0)
         vision_attention(c, ap, n_views, nh, seq, hd, profile.vision_attention, db)
-        c.copy(sub(ap, "attn_output_permute"), "clone", rows * d, db)
-        c.spike(2 * r)  # the attention output and its permuted copy
+        # x.view(B, nHead, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1): a copy unless SDPA returned
+        # the output in the query's layout and q was a strided view (vision_sdpa_output)
+        if profile.vision_sdpa_output == "contiguous" or q_copied or profile.vision_attention == "eager":
+            c.copy(sub(ap, "attn_output_permute"), "clone", rows * d, db)
+            c.spike(r)  # the permuted copy next to the attention output
+        c.spike(r)  # the attention output
         c.linear(sub(ap, "proj"), rows, d, d, bias=True, db=db)
         c.hold(r)
         c.release(3 * r + qkv_copied + bias_bytes)  # the attention's locals die when it returns
@@ -125,11 +143,41 @@ class SamBlock:
         c.release(m + 2 * n + n)  # lin1 (as GELU's), norm2 and residual1 die; the caller drops the block's input
 
 
-def _rel_pos_gather(c: Cost, path: str | None, side: int, hd: int, max_rel: int, from_table: bool, db: int) -> None:
+def layer_norm_2d(c: Cost, path: str | None, rows: int, width: int, db: int) -> None:
+    """Official deepencoder.py `LayerNorm2d.forward` over `rows` pixels of `width` channels, op by op:
+    u = x.mean(1); s = (x - u).pow(2).mean(1); x = (x - u) / torch.sqrt(s + eps); weight[:, None, None] * x + bias.
+    Per element n = rows x width: mean, sub, pow, mean, sub, div, mul, add (8 FLOPs); per row: add, sqrt (2).
+    Bytes: reads 8n + 5 rows + 2 width (the two mean/variance rows read by sub, sub, div, add, sqrt), writes
+    6n + 4 rows."""
+    n = rows * width
+    reads = (8 * n + 5 * rows) * db
+    writes = (6 * n + 4 * rows) * db
+    c.elementwise(path, "layernorm2d", n, 8, db, weight_elems=2 * width, traffic=(reads, writes))
+    c.elementwise_flops += 2 * rows
+
+
+def _rel_pos_gather(
+    c: Cost,
+    path: str | None,
+    side: int,
+    hd: int,
+    max_rel: int,
+    from_table: bool,
+    db: int,
+    rows_l: int = 0,
+    casts: bool = True,
+    profile: ImplProfile | None = None,
+) -> None:
     """get_rel_pos after the table read: the resized table written (unless gathered straight from the weight), the
     relative coordinates (arange x2, scale x2, sub, add, .long()) and the gather of side x side rows of hd."""
     if not from_table:
-        c.traffic(sub(path, "resized"), "upsample_linear1d", 0, max_rel * hd * db)
+        if profile is not None and profile.vision_resize_casts == "when_not_float32" and casts:
+            # official get_rel_pos: rel_pos.to(float32) (its read: the table read), linear resize, .to(dtype)
+            c.traffic(sub(path, "cast"), "_to_copy", 0, rows_l * hd * 4)
+            c.traffic(sub(path, "resized"), "upsample_linear1d", rows_l * hd * 4, max_rel * hd * 4)
+            c.copy(sub(path, "cast_back"), "_to_copy", max_rel * hd, db, read_db=4)
+        else:
+            c.traffic(sub(path, "resized"), "upsample_linear1d", 0, max_rel * hd * db)
     # arange x2 (int64), x scale x2 (float32 out), q - k, + offset (side x side float32), .long() (int64)
     ends = 2 * side * 8 + 2 * side * 4
     c.traffic(sub(path, "coords"), "arange", ends + 2 * side * side * 4, ends + 2 * side * side * 4 + side * side * 8)
@@ -223,11 +271,17 @@ class SamEncoder:
             c.weight_read(sub(path, "pos_embed"), "pos_embed", trained * trained * d, db)
             table, grid_elems = trained * trained * d, g * g * d
             if g != trained:  # float32 copy of the 64x64 table (its read: above), bicubic resize, cast back
-                c.traffic(sub(path, "pos_embed_cast"), "_to_copy", 0, table * 4)
-                resize = (table * 4, grid_elems * 4)
-                c.elementwise(sub(path, "pos_embed_interp"), "bicubic", grid_elems, EW["bicubic"], db, traffic=resize)
-                c.copy(sub(path, "pos_embed_cast_back"), "_to_copy", grid_elems, db, read_db=4)
-                c.spike(table * 4 + grid_elems * 4)  # the float32 table and its resized copy
+                if profile.vision_resize_casts == "always" or db != 4:
+                    c.traffic(sub(path, "pos_embed_cast"), "_to_copy", 0, table * 4)
+                    resize = (table * 4, grid_elems * 4)
+                    interp = sub(path, "pos_embed_interp")
+                    c.elementwise(interp, "bicubic", grid_elems, EW["bicubic"], db, traffic=resize)
+                    c.copy(sub(path, "pos_embed_cast_back"), "_to_copy", grid_elems, db, read_db=4)
+                    c.spike(table * 4 + grid_elems * 4)  # the float32 table and its resized copy
+                else:  # official get_abs_pos_sam in float32: .to(torch.float32) is no copy, the resize reads the table
+                    resize = (0, grid_elems * 4)
+                    interp = sub(path, "pos_embed_interp")
+                    c.elementwise(interp, "bicubic", grid_elems, EW["bicubic"], db, traffic=resize)
                 pos_resized = grid_elems * db
                 c.hold(pos_resized)
             # x + pos: the positions are broadcast over the batch (read once; the trained table's read is above)
@@ -248,18 +302,22 @@ class SamEncoder:
         oc = self.out_chans
         o1 = batch * g * g * oc * db
         # neck and downsampling: each output replaces the one before it (the blocks' output lives through the neck)
+        neck_norm = layer_norm if profile.sam_neck_norm == "layer_norm" else layer_norm_2d
         c.conv2d(sub(np_, "0"), batch, d, g, g, oc, 1, 1, 0, bias=False, db=db)
         c.hold(o1)
-        layer_norm(c, sub(np_, "1"), batch * g * g, oc, db)
+        neck_norm(c, sub(np_, "1"), batch * g * g, oc, db)
         c.release(o1)
         c.conv2d(sub(np_, "2"), batch, oc, g, g, oc, 3, 1, 1, bias=False, db=db)
         c.hold(o1)
-        layer_norm(c, sub(np_, "3"), batch * g * g, oc, db)
+        neck_norm(c, sub(np_, "3"), batch * g * g, oc, db)
         c.release(o1 + o1 + n)  # the convolution, the first norm and the blocks' output
         c2, c3 = self.downsample_channels
         g2, _ = c.conv2d(sub(path, "net_2"), batch, oc, g, g, c2, 3, 2, 1, bias=False, db=db)
         c.hold(batch * g2 * g2 * c2 * db)
         c.release(o1)
+        if profile.sam_net3_clone:  # official ImageEncoderViT.forward: self.net_3(x2.clone())
+            c.copy(sub(path, "net_2_clone"), "clone", batch * c2 * g2 * g2, db)
+            c.spike(batch * c2 * g2 * g2 * db)
         g3, _ = c.conv2d(sub(path, "net_3"), batch, c2, g2, g2, c3, 3, 2, 1, bias=False, db=db)
         c.hold(batch * g3 * g3 * c3 * db)
         c.release(batch * g2 * g2 * c2 * db)
