@@ -14,6 +14,7 @@ from analytic.layers.qwen2_encoder import Qwen2EncoderLayer, Qwen2QueryEncoder
 from analytic.model import build_cost_model
 from analytic.profiles import ImplProfile
 from analytic.schema import family_stages, leaf_paths
+from tests.test_analytic_layers import profile as layer_profile
 
 OCR2 = "deepseek-ocr-2"
 CONFIGS = Path(__file__).resolve().parents[1] / "analytic" / "configs"
@@ -25,17 +26,7 @@ def model():
 
 
 def profile(**kw) -> ImplProfile:
-    base = dict(
-        name="t",
-        rope="once_elementwise",
-        clip_qkv="fused",
-        experts="grouped_mm",
-        vision_attention="sdpa",
-        decoder_attn_impls=("eager", "sdpa"),
-        supports_mla=True,
-        lm_head_default="all",
-    )
-    return ImplProfile(**{**base, **kw})
+    return layer_profile(**{"lm_head_default": "all", **kw})
 
 
 # ---- hand derivations (docs/deepseek-ocr2-facts.md, "Hand derivation: encoder stage") ----------------

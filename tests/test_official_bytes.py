@@ -11,21 +11,13 @@ from analytic.layers.clip import ClipEncoder
 from analytic.layers.decoder import _moe_infer_bookkeeping, prepare_4d_mask_traffic
 from analytic.layers.sam import SamBlock, layer_norm_2d
 from analytic.profiles import ImplProfile
+from tests.test_analytic_layers import profile as layer_profile
 
 
 def profile(**kw) -> ImplProfile:
-    base = dict(
-        name="t",
-        rope="per_layer_matmul",
-        clip_qkv="fused",
-        experts="per_expert_mlp",
-        vision_attention="sdpa",
-        decoder_attn_impls=("eager",),
-        supports_mla=True,
-        lm_head_default="all",
-    )
-    base.update(kw)
-    return ImplProfile(**base)
+    """The layer tests' profile with the official code's decoder choices."""
+    official = dict(rope="per_layer_matmul", experts="per_expert_mlp", decoder_attn_impls=("eager",))
+    return layer_profile(**{**official, "lm_head_default": "all", **kw})
 
 
 OFFICIAL_SAM = dict(sam_qkv="merged_reshape", sam_rel_pos_bias="reshaped_terms", vision_sdpa_output="like_query")
