@@ -108,6 +108,14 @@ def _print_table(doc: dict[str, Any]) -> None:
         total = {m: combine(m, [leaf[m] for leaf in leaves]) for m in metrics}  # work adds up, a peak does not
         table.add_row("total", "", *(_fmt(m, total[m]) for m in metrics), style="bold")
         console.print(table)
+    mem = doc.get("memory")
+    if mem:  # what stays resident besides the stages' transients
+        kv = mem["kv_cache_resident_bytes"]
+        n = sum(mem["parameters"].values())
+        console.print(
+            f"resident: weights {mem['weight_resident_bytes'] / 1e6:,.1f} MB ({n / 1e9:.3f} B parameters), "
+            f"KV cache {kv[0] / 1e6:,.1f} MB after the prefill, {kv[-1] / 1e6:,.1f} MB after the last step"
+        )
     console.print("--json for exact integers")
 
 

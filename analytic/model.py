@@ -56,6 +56,7 @@ class Estimate:
     families: dict[str, dict[str, dict[str, int]]]
     model: dict[str, Any]
     records: list[dict[str, Any]] | None = None
+    memory: dict[str, Any] | None = None  # resident weights and KV cache (`CostModel.resident`)
 
     @property
     def total_tensor_flops(self) -> int:
@@ -68,6 +69,8 @@ class Estimate:
             "families": self.families,
             "model": self.model,
         }
+        if self.memory is not None:
+            d["memory"] = self.memory
         if self.records is not None:
             d["records"] = self.records
         return d
@@ -193,7 +196,31 @@ class CostModel:
         stages["decode"] = {p: _sum_leaves([s[p] for s in steps], True) for p in LM_PARTS}
         stages["decode"]["steps"] = steps
         families["decode"] = {"decoder": fam_dec, "lm_head": fam_head}
-        return Estimate(workload, stages, families, self.summary(prof), recs)
+        return Estimate(workload, stages, families, self.summary(prof), recs, self.resident(workload, prof))
+
+    def resident(self, workload: VisionWorkload, prof: ImplProfile) -> dict[str, Any] | None:
+        """What the model keeps in memory besides a stage's transients: its weights (parameters at the workload's
+        dtype, plus buffers) and the KV cache after the prefill and after each decode step.  None for a family
+        whose encoder does not state its parameters yet."""
+        if "clip" not in self.vision:
+            return None
+        params = {
+            "sam": self.sam.params(),
+            "clip": self.clip.params(),
+            "projector": self.projector.params(),
+            "view_embeddings": 2 * self.projector.output_dim,  # image_newline and the view separator
+            "decoder": self.decoder.params(),
+        }
+        # buffers: CLIP's position ids (int64, one per trained position and the CLS row) and the rotary tables
+        buffers = (self.clip.pretrain_grid**2 + 1) * 8 + self.decoder.rotary_buffer_bytes(prof)
+        per_token = self.decoder.cache_bytes_per_token(workload.dtype_bytes)
+        return {
+            "parameters": params,
+            "weight_resident_bytes": sum(params.values()) * workload.dtype_bytes + buffers,
+            "kv_cache_resident_bytes": [
+                per_token * (workload.prefill_len + t) for t in range(workload.decode_tokens + 1)
+            ],
+        }
 
     def summary(self, prof: ImplProfile | None = None) -> dict[str, Any]:
         d = self._summary(prof)

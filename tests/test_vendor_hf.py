@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 
+from analytic.model import build_cost_model
 from analytic.workload import VisionWorkload
 from vendor_shim import ModelCache, measure
 from vendor_shim.backends.hf import HfBackend
@@ -197,6 +198,15 @@ def test_hf_reduced_depth_2_layers_split_vision_on_meta_equals_full_cpu_run(redu
     assert [st["decoder"]["tensor_flops"] for st in split.stages["decode"]["steps"]] == [
         st["decoder"]["tensor_flops"] for st in full.stages["decode"]["steps"]
     ]
+    # resident memory: the meta vision build is a counting aid, not weights the model holds twice
+    assert split.memory["weight_resident_bytes"] == full.memory["weight_resident_bytes"]
+    # KV cache after the prefill and each step, by hand: 2 layers x (K + V) x 10 heads x 128 x 2 bytes = 10,240
+    # bytes per position; prefill_len 1 + 73 + 5 = 79
+    assert split.memory["kv_cache_resident_bytes"] == [10240 * (79 + t) for t in range(3)]
+    # and the analytic model's figures, from the layer shapes alone (parameters x 2 bytes + buffers)
+    est = build_cost_model(["decoder.num_layers=2"]).estimate(w).memory
+    assert est["weight_resident_bytes"] == full.memory["weight_resident_bytes"]
+    assert est["kv_cache_resident_bytes"] == full.memory["kv_cache_resident_bytes"]
 
 
 def test_hf_input_builder_mismatch_is_loud(monkeypatch):

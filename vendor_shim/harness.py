@@ -208,7 +208,7 @@ def _execute(
         "peak_rss_bytes": peak_rss_bytes(),
         "peak_rss_scope": "this run" if rss_reset else "process lifetime",
         "cuda_max_allocated_bytes": int(torch.cuda.max_memory_allocated()) if cuda else None,
-        "weight_resident_bytes": _resident_weight_bytes(loaded, plan.vision_loaded),
+        "weight_resident_bytes": _resident_weight_bytes(loaded),
         "kv_cache_resident_bytes": list(tracker.kv_resident),  # after each forward: prefill, decode 1..K
     }
     log.no_convention = sorted(meter.no_convention)
@@ -227,13 +227,14 @@ def _weight_storages(loaded: LoadedModel, vision_loaded: LoadedModel | None) -> 
     )
 
 
-def _resident_weight_bytes(loaded: LoadedModel, vision_loaded: LoadedModel | None) -> int:
-    """Bytes of the distinct parameter and buffer storages (what the weights occupy)."""
+def _resident_weight_bytes(loaded: LoadedModel) -> int:
+    """Bytes of the model's distinct parameter and buffer storages (what its weights occupy).  A separate vision
+    build (counting the vision stack on meta) is a counting aid, not memory the model needs: the model itself
+    holds its vision tower too."""
     seen: dict[int, int] = {}
-    for m in _models(loaded, vision_loaded):
-        for t in (*m.parameters(), *m.buffers()):
-            st = t.untyped_storage()
-            seen[st._cdata] = st.nbytes()
+    for t in (*loaded.model.parameters(), *loaded.model.buffers()):
+        st = t.untyped_storage()
+        seen[st._cdata] = st.nbytes()
     return sum(seen.values())
 
 

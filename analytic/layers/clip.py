@@ -146,6 +146,14 @@ class ClipEncoder:
                 c.copy(sub(path, "pos_embed_cast_back"), "_to_copy", g2, db, read_db=4)
             c.traffic(sub(path, "pos_embed_cat"), "cat", (g2 + d) * db, seq * d * db)
 
+    def params(self) -> int:
+        """Parameter count: class embedding, the trained position table (CLS row included), the pre-LayerNorm and
+        the layers (two LayerNorms, q/k/v and out projections, fc1 and fc2, all with biases).  Its patch conv never
+        exists here: SAM's map is the patch embedding."""
+        d, f = self.hidden_size, self.ffn_hidden_size
+        layer = 4 * d + 4 * (d * d + d) + d * f + f + f * d + d
+        return d + (self.pretrain_grid**2 + 1) * d + 2 * d + self.num_layers * layer
+
     def projector_rows(self, seq: int) -> int:
         """Rows per view the projector reads: the CLS row is dropped before fusion."""
         return seq - 1

@@ -377,6 +377,22 @@ def _grouped_mm_bookkeeping(c: Cost, path: str | None, rows: int, pairs: int, h:
     c.release(kept)
 
 
+def _params(part: MhaAttention | MlaAttention | SwiGluMlp | MoeMlp) -> int:
+    """Parameter count of one attention or MLP (weights, and the biases the config asks for)."""
+    if isinstance(part, MhaAttention):
+        h, nh, nkv, hd = part.hidden, part.heads, part.kv_heads, part.head_dim
+        return 2 * h * nh * hd + 2 * h * nkv * hd + part.bias * (nh * hd + 2 * nkv * hd + h)
+    if isinstance(part, MlaAttention):
+        h, nh, r, dr = part.hidden, part.heads, part.kv_lora_rank, part.qk_rope_head_dim
+        dq, dn, dv = part.qk_nope_head_dim + dr, part.qk_nope_head_dim, part.v_head_dim
+        q = h * nh * dq if part.q_lora_rank is None else h * part.q_lora_rank + part.q_lora_rank * (1 + nh * dq)
+        return q + h * (r + dr) + r + r * nh * (dn + dv) + nh * dv * h
+    if isinstance(part, SwiGluMlp):
+        return 3 * part.hidden * part.intermediate
+    h, i = part.hidden, part.expert_intermediate
+    return part.n_experts * (3 * h * i + h) + 3 * h * i * part.n_shared
+
+
 @dataclass(frozen=True)
 class DecoderLayer:
     attn: MhaAttention | MlaAttention
@@ -582,6 +598,27 @@ class Decoder:
         add_stack(c, stack, n)
         rms_norm(c, sub(path, "norm"), q, h, db)
         c.release(n)  # the last layer's output, replaced by the normed one
+
+    def params(self) -> int:
+        """Parameter count: token embedding, every layer (two RMSNorms, attention, MLP), the final norm and the
+        untied lm_head."""
+        h = self.hidden_size
+        return 2 * self.vocab_size * h + h + sum(2 * h + _params(lay.attn) + _params(lay.mlp) for lay in self.layers)
+
+    def cache_bytes_per_token(self, db: int) -> int:
+        """KV-cache bytes one position adds over all layers: K and V of every kv head (MLA: the compressed row and
+        the rotary key)."""
+        if self.use_mla:
+            return self.num_layers * (self.kv_lora_rank + self.qk_rope_head_dim) * db
+        return self.num_layers * 2 * self._kv_heads * self._head_dim * db  # type: ignore[attr-defined]
+
+    def rotary_buffer_bytes(self, profile: ImplProfile) -> int:
+        """The rotary tables' inv_freq buffers (float32, head_dim / 2): once with its original_inv_freq copy
+        (transformers 5, one rotary module per model), or in every layer (4.46 LlamaAttention builds its own;
+        original_inv_freq is the same tensor)."""
+        hd = self.qk_rope_head_dim if self.use_mla else self._head_dim  # type: ignore[attr-defined]
+        per_table = hd // 2 * F32
+        return self.num_layers * per_table if profile.rope == "per_layer_matmul" else 2 * per_table
 
     def lm_head(self, c: Cost, rows: int, db: int, path: str | None = "lm_head") -> None:
         """lm_head Linear(hidden, vocab) without bias over `rows` positions."""

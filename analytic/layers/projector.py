@@ -60,6 +60,13 @@ class MlpProjector:
     def output_dim(self) -> int:
         return self.total_input_dim if self.projector_type == "identity" else self.n_embed
 
+    def params(self) -> int:
+        """Parameter count: a call reads every projector weight exactly once, so it is the weight bytes of one call
+        on a 2 x 2 map at one byte per element."""
+        c = Cost()
+        self.evaluate(c, 1, 4, 1, None)
+        return c.weight_bytes
+
     def evaluate(self, c: Cost, batch: int, tokens: int, db: int, path: str | None = "projector") -> int:
         """Adds one projector call; returns the output rows per view."""
         t = self.projector_type

@@ -156,6 +156,13 @@ def layer_norm_2d(c: Cost, path: str | None, rows: int, width: int, db: int) -> 
     c.elementwise_flops += 2 * rows
 
 
+def _block_params(blk: SamBlock) -> int:
+    """Parameters of one block: two LayerNorms, qkv and proj (with biases), the MLP, the two rel-pos tables."""
+    d, m, hd = blk.dim, blk.mlp_dim, blk.dim // blk.num_heads
+    rel = 2 * (2 * (blk.window or blk.trained_grid) - 1) * hd if blk.use_rel_pos else 0
+    return 4 * d + 3 * d * d + 3 * d * blk.qkv_bias + d * d + d + d * m + m + m * d + d + rel
+
+
 def _rel_pos_gather(
     c: Cost,
     path: str | None,
@@ -237,6 +244,15 @@ class SamEncoder:
     @property
     def out_channels(self) -> int:
         return self.downsample_channels[-1]
+
+    def params(self) -> int:
+        """Parameter count: patch conv (with bias), the trained position table, the blocks, the neck (two
+        bias-free convolutions and two norms) and the two bias-free downsampling convolutions."""
+        d, oc, (c2, c3) = self.embed_dim, self.out_chans, self.downsample_channels
+        trained = self.img_size // self.patch_size
+        n = self.in_chans * d * self.patch_size**2 + d + trained * trained * d * self.use_abs_pos
+        n += sum(_block_params(blk) for blk in self._blocks)  # type: ignore[attr-defined]
+        return n + d * oc + 2 * oc + oc * oc * 9 + 2 * oc + oc * c2 * 9 + c2 * c3 * 9
 
     def output_grid(self, size: int) -> int:
         """Spatial side of net_3's output for an input of `size` pixels (S/64 for DeepSeek-OCR)."""
