@@ -17,7 +17,7 @@ from analytic.schema import family_stages
 from analytic.workload import VisionWorkload
 from vendor_shim import ModelCache, measure
 from vendor_shim.backends import REGISTRY, BackendSpec, get_backend
-from vendor_shim.backends.hf import HfBackend
+from vendor_shim.backends.hf import HfBackend, families
 from vendor_shim.errors import VendorInputError, VendorRunError
 
 pytest.importorskip("transformers.models.deepseek_ocr2")
@@ -178,7 +178,7 @@ def test_model_key_and_roots_follow_the_family():
 
 
 def test_registry_describes_which_families_each_backend_runs():
-    assert REGISTRY.spec("hf").families == ("deepseek-ocr", OCR2)
+    assert REGISTRY.spec("hf").families == ("deepseek-ocr", OCR2) == tuple(families())  # registry == backend
     assert get_backend("hf", model=OCR2).family.family == OCR2
     refusal = REGISTRY.spec("remote-code").family_refusal(OCR2)
     assert refusal and "use --backend hf" in refusal and "\n" not in refusal

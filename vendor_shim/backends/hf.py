@@ -1,6 +1,6 @@
 """Backend ``hf``: DeepSeek-OCR as transformers itself implements it (its `UnlimitedOcr` classes), and
 DeepSeek-OCR 2 (its `deepseek_ocr2` classes: `vendor_shim.backends.hf_ocr2`).  The family is a parameter of
-the backend (``create_backend(model=...)``, from ``--model``); each family is one `HfFamily` in `FAMILIES`.
+the backend (``create_backend(model=...)``, from ``--model``); each family is one `HfFamily` (`families()`).
 This docstring's notes are DeepSeek-OCR's; DeepSeek-OCR 2's are in `hf_ocr2`.
 
 Configured to DeepSeek-OCR's published dimensions (shared/deepseek-ocr-facts.md) with
@@ -41,6 +41,7 @@ import torch
 
 from analytic.schema import ATTN_IMPLS, DEFAULT_FAMILY, LM_HEAD_SCOPES
 from analytic.workload import VisionWorkload
+from vendor_shim.backends import hf_ocr2
 from vendor_shim.backends.base import GenerationResult, LoadedModel, PreparedInputs, ReceivedInputs, StageRoots
 from vendor_shim.backends.base import VendorBackend as _VendorBackend
 from vendor_shim.backends.hf_family import HfFamily
@@ -172,8 +173,6 @@ OCR1 = HfFamily(
 
 def families() -> dict[str, HfFamily]:
     """Family name -> `HfFamily` (the families this backend runs; `BackendSpec.families` lists the same)."""
-    from vendor_shim.backends import hf_ocr2
-
     return {OCR1.family: OCR1, hf_ocr2.FAMILY.family: hf_ocr2.FAMILY}
 
 
@@ -319,8 +318,8 @@ class HfBackend(_VendorBackend):
             grid = [[workload.w_crop, workload.h_crop]]  # (columns, rows)
             if self.family.patches_grid:
                 payload["patches_grid"] = grid
-            else:  # not a model input: kept for the read-back only
-                payload["_grid"] = grid
+            else:  # DeepSeek-OCR 2's model takes no grid (the crop count and the 144 i j token span carry it):
+                payload["_grid"] = grid  # kept for the read-back only, never passed to the model
         ids = [BOS_ID] + [self.family.image_token_id] * workload.n_image_tokens
         ids += [PROMPT_TOKEN_BASE + i for i in range(workload.prompt_tokens)]
         payload["input_ids"] = torch.tensor([ids], dtype=torch.long, device="cpu" if dev.type == "meta" else dev)
