@@ -58,7 +58,14 @@ class VisionBranch:
             return out
         grid = sam.evaluate(out[sam_stage], batch, size, profile, db, sam_stage if records else None)
         seq = encoder.evaluate(out[enc_stage], batch, grid, profile, db, enc_stage if records else None)
-        projector.evaluate(out[proj_stage], batch, encoder.projector_rows(seq), db, proj_stage if records else None)
+        projector.evaluate(
+            out[proj_stage],
+            batch,
+            encoder.projector_rows(seq),
+            db,
+            proj_stage if records else None,
+            strided_input=encoder.projector_input_strided(batch),
+        )
         return out
 
     def run(self, model: Any, size: int, batch: int, profile: ImplProfile, db: int, records: bool) -> dict[str, Cost]:

@@ -18,9 +18,6 @@ DEFAULT_MODE = "gundam"
 DEFAULT_PROMPT_TOKENS = 12
 DEFAULT_DECODE_TOKENS = 16
 DEFAULT_ATTN_IMPL = ATTN_IMPLS[0]
-# Families the vendor backends can run (dsocr-measure, run_verify_end2end*); DeepSeek-OCR 2 joins when its
-# hf / remote-code backends exist (issue 13). The analytic model runs every family in FAMILIES.
-BACKEND_FAMILIES = (DEFAULT_FAMILY,)
 _BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
 
@@ -113,14 +110,3 @@ def workload_kwargs(args: argparse.Namespace, *, dtype: str) -> dict[str, Any]:
         "dtype": dtype,
         "model": getattr(args, "model", DEFAULT_FAMILY),
     }
-
-
-def model_without_backend(args: argparse.Namespace) -> str | None:
-    """The one-line refusal for a --model no vendor backend runs yet (None when it has one)."""
-    model = getattr(args, "model", DEFAULT_FAMILY)
-    if model in BACKEND_FAMILIES:
-        return None
-    return (
-        f"--model {model}: no backend for OCR-2 yet, only the analytic model "
-        f"(dsocr-analytic --model {model}); use --model {DEFAULT_FAMILY} here"
-    )

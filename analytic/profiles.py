@@ -92,7 +92,10 @@ class ImplProfile:
     modeled_metrics: the metrics this profile follows op by op as the implementation executes them
       (gated against the vendor), as ``METRIC`` (every stage) or ``STAGE.METRIC``; the others are
       estimates under the model's own conventions, reported next to the measured figure until the
-      profile models the code's copies and casts.
+      profile models the code's copies and casts.  A bare ``METRIC`` covers every stage except those in
+      ``flops_only_stages`` (`gated_leaves` resolves the list for the stages of one run).
+    flops_only_stages: stages whose only modeled metric is ``tensor_flops`` (DeepSeek-OCR 2's
+      ``qwen2_encoder``: its bytes and elementwise work are measured and reported, never gated).
     """
 
     name: str
@@ -117,6 +120,7 @@ class ImplProfile:
     sam_neck_norm: str = "layer_norm"
     sam_net3_clone: bool = False
     modeled_metrics: tuple[str, ...] = ("tensor_flops",)
+    flops_only_stages: tuple[str, ...] = ()
     references: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -141,6 +145,10 @@ class ImplProfile:
                 raise ProfileError(f"profile {self.name}: {label}={value!r} unknown; use one of {', '.join(allowed)}")
         object.__setattr__(self, "decoder_attn_impls", tuple(self.decoder_attn_impls))
         object.__setattr__(self, "modeled_metrics", tuple(self.modeled_metrics))
+        object.__setattr__(self, "flops_only_stages", tuple(self.flops_only_stages))
+        clash = [m for m in self.modeled_metrics if m.partition(".")[0] in self.flops_only_stages and "." in m]
+        if clash:
+            raise ProfileError(f"profile {self.name}: {', '.join(clash)} gate a stage listed in flops_only_stages")
         unknown = [m for m in self.modeled_metrics if m.rpartition(".")[2] not in METRICS or m.count(".") > 1]
         if unknown or "tensor_flops" not in self.modeled_metrics:
             raise ProfileError(
@@ -179,8 +187,27 @@ class ImplProfile:
             "sam_neck_norm": self.sam_neck_norm,
             "sam_net3_clone": self.sam_net3_clone,
             "modeled_metrics": list(self.modeled_metrics),
+            "flops_only_stages": list(self.flops_only_stages),
             "references": dict(self.references),
         }
+
+
+def gated_leaves(
+    modeled: list[str] | tuple[str, ...],
+    flops_only_stages: list[str] | tuple[str, ...],
+    stages: tuple[str, ...],
+    measured: list[str] | tuple[str, ...],
+) -> tuple[str, ...]:
+    """The ``STAGE.METRIC`` entries a run gates: the profile's ``modeled_metrics`` resolved over ``stages`` (a bare
+    ``METRIC`` reaches every stage but the ``flops_only_stages``, which gate ``tensor_flops`` only), limited to
+    the metrics the vendor ``measured``."""
+    out: list[str] = []
+    for stage in stages:
+        for metric in METRICS:
+            modeled_here = stage not in flops_only_stages and (metric in modeled or f"{stage}.{metric}" in modeled)
+            if metric in measured and (metric == "tensor_flops" or modeled_here):
+                out.append(f"{stage}.{metric}")
+    return tuple(out)
 
 
 @cache

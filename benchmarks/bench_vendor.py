@@ -23,6 +23,7 @@ import time
 
 def one_e2e(dtype: str, execution: str, vision_device: str | None, decode_tokens: int, fvcore: bool) -> dict:
     t = time.perf_counter()
+    from analytic.schema import family_vision_stages
     from analytic.workload import VisionWorkload
     from vendor_shim import measure
     from vendor_shim.env import resolve_dtype
@@ -32,7 +33,7 @@ def one_e2e(dtype: str, execution: str, vision_device: str | None, decode_tokens
         1654, 2339, "gundam", prompt_tokens=12, decode_tokens=decode_tokens, impl="hf", dtype=choice.dtype
     )
     tr = measure(w, device="cpu", fvcore=fvcore, vision_device=vision_device, execution=execution)
-    vis = sum(tr.stages[s][b]["tensor_flops"] for s in ("sam", "clip", "projector") for b in ("global", "crops"))
+    vis = sum(tr.stages[s][b]["tensor_flops"] for s in family_vision_stages(w.model) for b in ("global", "crops"))
     return {
         "wall_s": time.perf_counter() - t,
         "build_s": tr.timing["build_s"],

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from analytic.schema import METRICS, STAGES, stage_parts
+from analytic.schema import ALL_VISION_STAGES, LM_STAGES, METRICS, stage_parts
 from drift.load import Sample, Side
 
 PAIR_KEYS = (
@@ -265,9 +265,10 @@ def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
 def _leaves(sa: dict[str, Any], sb: dict[str, Any]) -> list[tuple[str, str]]:
     """(stage, part) keys holding a dict on either side, schema order first; `steps` lists are skipped."""
     out = []
-    for stage in _ordered_union(sa, sb, first=STAGES):
+    schema_stages = ALL_VISION_STAGES + LM_STAGES  # every family's stages (a run holds one family's)
+    for stage in _ordered_union(sa, sb, first=schema_stages):
         pa, pb = sa.get(stage) or {}, sb.get(stage) or {}
-        known = stage_parts(stage) if stage in STAGES else ()
+        known = stage_parts(stage) if stage in schema_stages else ()
         for part in _ordered_union(pa, pb, first=known):
             if isinstance(pa.get(part), dict) or isinstance(pb.get(part), dict):
                 out.append((stage, part))

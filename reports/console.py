@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from analytic.schema import PEAK_METRICS
+from analytic.schema import DEFAULT_FAMILY, PEAK_METRICS
 from reports.format import format_metric, format_rel
 from reports.frame import comparison_frame
 from reports.model import RunResult
@@ -69,6 +69,8 @@ def print_summary(run: RunResult, console: Console | None = None, paths: dict[st
     reported = reported_line(df)
     if reported:
         console.print(f"[dim]{escape(reported)}[/]", highlight=False)
+    model, backend = run.config.get("model", DEFAULT_FAMILY), run.config.get("backend", "?")
+    console.print(f"[dim]model {escape(printable(str(model)))} · backend {escape(printable(str(backend)))}[/]")
     if is_synthetic(run):
         console.print("[dim]pages: embedded synthetic geometries, not the real OmniDocBench[/]")
     for page in (p for p in run.pages if p.error):

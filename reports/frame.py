@@ -16,7 +16,7 @@ from dataclasses import fields
 
 import pandas as pd
 
-from analytic.schema import METRICS, PEAK_METRICS, leaf_paths
+from analytic.schema import METRICS, PEAK_METRICS, STAGES, leaf_paths
 from reports.model import ComparisonRow, RunResult
 
 ROW_COLUMNS = tuple(f.name for f in fields(ComparisonRow))
@@ -36,7 +36,11 @@ PAGE_COLUMNS = (
 )
 COLUMNS = (*ROW_COLUMNS, "status", *PAGE_COLUMNS)
 ALL_EQUAL = "all equal"
-_ORDER = {key: i for i, key in enumerate((s, p, m) for s, p in leaf_paths() for m in METRICS)}
+
+
+def _report_order(stages: tuple[str, ...]) -> dict[tuple[str, str, str], int]:
+    """(stage, part, metric) -> position: the run's stages (its family's, from the config) in pipeline order."""
+    return {key: i for i, key in enumerate((s, p, m) for s, p in leaf_paths(stages) for m in METRICS)}
 
 
 def comparison_frame(run: RunResult) -> pd.DataFrame:
@@ -63,7 +67,8 @@ def comparison_frame(run: RunResult) -> pd.DataFrame:
         return df
     df["gap_family"] = df.gap_family.fillna("")  # text columns stay text: '' rather than NaN when absent
     df["note"] = df.note.fillna("")
-    df["_order"] = [_ORDER.get((s, p, m), len(_ORDER)) for s, p, m in zip(df.stage, df.part, df.metric, strict=True)]
+    order = _report_order(tuple(run.config.get("stages") or STAGES))
+    df["_order"] = [order.get((s, p, m), len(order)) for s, p, m in zip(df.stage, df.part, df.metric, strict=True)]
     return df.sort_values(["_order", "page_id"], kind="stable").drop(columns="_order").reset_index(drop=True)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from analytic.schema import DEFAULT_FAMILY
 from reports.format import format_metric, format_rel
 from reports.frame import comparison_frame, failing, leaf_summary, page_worst
 from reports.model import RunResult
@@ -33,7 +34,14 @@ SYNTHETIC_NOTE = (
 
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies
 VENDOR_COLOR, ANALYTIC_COLOR, FAIL_COLOR, MUTED = "#0072B2", "#E69F00", "#C0392B", "#6b6b6b"
-STAGE_COLORS = {"sam": "#0072B2", "clip": "#E69F00", "projector": "#009E73", "prefill": "#CC79A7", "decode": "#D55E00"}
+STAGE_COLORS = {
+    "sam": "#0072B2",
+    "clip": "#E69F00",
+    "qwen2_encoder": "#E69F00",  # DeepSeek-OCR 2's encoder takes CLIP's place (and colour): one family per run
+    "projector": "#009E73",
+    "prefill": "#CC79A7",
+    "decode": "#D55E00",
+}
 _RC = {
     "svg.fonttype": "none",  # text stays text: small, selectable, searchable
     "text.parse_math": False,  # a '$' in a page id is a dollar sign, not TeX
@@ -170,7 +178,9 @@ def _verdict(run: RunResult, df: pd.DataFrame) -> list[str]:
     ]
     if is_synthetic(run):
         out.append(f'<p class="note"><b>Synthetic pages.</b> {_e(SYNTHETIC_NOTE)}</p>')
-    meta = f"Run {run.run_id} · {run.command} · {n} pages · {run.wall_s:.1f} s · {run.started_at} → {run.finished_at}"
+    model = run.config.get("model", DEFAULT_FAMILY)
+    meta = f"Run {run.run_id} · {run.command} · model {model} · {n} pages · {run.wall_s:.1f} s"
+    meta += f" · {run.started_at} → {run.finished_at}"
     out.append(f'<p class="meta">{_e(meta)}</p>')
     return out
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from analytic.schema import DEFAULT_FAMILY
 from reports.format import format_metric, format_rel
 from reports.frame import comparison_frame, failing, leaf_summary, page_worst
 from reports.model import PageResult, RunResult
@@ -28,7 +29,8 @@ def render_markdown(run: RunResult, df: pd.DataFrame | None = None) -> str:
     out = [f"# Verdict: {run.verdict}", "", verdict_line(run, df), ""]
     if is_synthetic(run):
         out += [SYNTHETIC_NOTE, ""]
-    out += [f"Run `{run.run_id}` · `{run.command}` · {len(run.pages)} pages · {run.wall_s:.1f} s", ""]
+    model = run.config.get("model", DEFAULT_FAMILY)
+    out += [f"Run `{run.run_id}` · `{run.command}` · model `{model}` · {len(run.pages)} pages · {run.wall_s:.1f} s", ""]
     out += _failures(df) + _errors(run)
     out += _gated_table(summary) + _branch_detail(summary) + _pages(run, page_worst(df))
     out += _json_block("Environment", run.environment) + _json_block("Config", run.config)

@@ -266,13 +266,11 @@ def test_cli_refuses_other_views_in_one_line(extra, needle, capsys):
 def test_model_option_is_shared():
     import argparse
 
-    from analytic.options import add_workload_options, model_without_backend, workload_kwargs
+    from analytic.options import add_workload_options, workload_kwargs
 
     p = argparse.ArgumentParser()
     add_workload_options(p)
     default = p.parse_args([])
     assert default.model == "deepseek-ocr" and workload_kwargs(default, dtype="float32")["model"] == "deepseek-ocr"
-    assert model_without_backend(default) is None
     two = p.parse_args(["--model", OCR2])
     assert workload_kwargs(two, dtype="float32")["model"] == OCR2
-    assert "no backend for OCR-2 yet" in model_without_backend(two)

@@ -22,7 +22,9 @@ class StubBackend(HfBackend):
         super().__init__(num_text_layers=2)
 
 
-def make_stub(*, vendor_dir: str | None = None, trust_remote_code: bool = False) -> StubBackend:
+def make_stub(
+    *, vendor_dir: str | None = None, trust_remote_code: bool = False, model: str = "deepseek-ocr"
+) -> StubBackend:
     return StubBackend()
 
 

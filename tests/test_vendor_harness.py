@@ -103,7 +103,7 @@ class ToyBackend(VendorBackend):
         dec, head = ToyDecoder(), nn.Linear(H, V, bias=False)
         top = ToyTop(dec, head)
         model = nn.ModuleDict({"sam": sam, "clip": clip, "projector": proj, "top": top}).to(device)
-        roots = StageRoots(sam=sam, clip=clip, projector=proj, decoder=dec, lm_head=head, top=top)
+        roots = StageRoots({"sam": sam, "clip": clip, "projector": proj}, decoder=dec, lm_head=head, top=top)
         return LoadedModel("toy", device, dtype, attn_impl, vision_only, model, roots)
 
     def prepare_inputs(self, loaded: LoadedModel, w: VisionWorkload) -> PreparedInputs:

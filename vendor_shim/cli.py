@@ -11,8 +11,8 @@ import sys
 import warnings
 from typing import Any
 
-from analytic.options import HelpFormatter, add_workload_options, model_without_backend, user_path, workload_kwargs
-from analytic.schema import LM_PARTS, VISION_BRANCHES, VISION_STAGES
+from analytic.options import HelpFormatter, add_workload_options, user_path, workload_kwargs
+from analytic.schema import DEFAULT_FAMILY, LM_PARTS, VISION_BRANCHES, family_vision_stages
 from analytic.workload import VisionWorkload, WorkloadError, check_positions
 from vendor_shim.backends import REGISTRY, impl_of
 from vendor_shim.backends.base import resolve_vision_device
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _refuse_options_that_do_not_apply(args: argparse.Namespace) -> None:
-    misuse = model_without_backend(args) or snapshot_options_misused(args)
+    misuse = REGISTRY.spec(args.backend).family_refusal(args.model) or snapshot_options_misused(args)
     if misuse:
         raise WorkloadError(misuse)
 
@@ -81,7 +81,7 @@ def workload_from_args(args: argparse.Namespace) -> VisionWorkload:
     if args.vision_only:
         kwargs["decode_tokens"] = 0
     workload = VisionWorkload.from_page(width, height, args.mode, impl=impl_of(args.backend), **kwargs)
-    limit = build_cost_model([]).decoder.max_position_embeddings  # the one statement of the limit
+    limit = build_cost_model([], family=workload.model).decoder.max_position_embeddings  # the one statement
     check_positions(limit, workload.n_image_tokens, workload.prompt_tokens, workload.decode_tokens)
     return workload
 
@@ -95,7 +95,7 @@ def _print_table(trace: Any) -> None:
     from analytic.schema import combine
     from reports.format import format_bytes, format_metric
 
-    rows = [(s, b) for s in VISION_STAGES for b in VISION_BRANCHES]
+    rows = [(s, b) for s in family_vision_stages(trace.workload.get("model", DEFAULT_FAMILY)) for b in VISION_BRANCHES]
     if not trace.vision_only:
         rows += [(s, p) for s in ("prefill", "decode") for p in LM_PARTS]
     con = Console()

@@ -96,7 +96,7 @@ def _fvcore_secondary(
     dtype = TORCH_DTYPES.get(loaded.dtype, torch.float32)
     vision_roots = meta_vision_roots
     if vision_roots is None and loaded.device == "meta":
-        vision_roots = {"sam": loaded.roots.sam, "clip": loaded.roots.clip, "projector": loaded.roots.projector}
+        vision_roots = dict(loaded.roots.vision)
     jobs: list[tuple[str, torch.nn.Module, list[int], str | None, str]] = []
     if vision_roots:
         jobs += _vision_parts(vision_roots, records, dtype)

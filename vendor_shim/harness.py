@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from analytic.schema import LM_PARTS, VISION_BRANCHES, VISION_STAGES, aten_family
+from analytic.schema import LM_PARTS, VISION_BRANCHES, aten_family, family_vision_stages
 from analytic.workload import VisionWorkload
 from vendor_shim.audit import AuditLog, AuditMode, ops_by_class
 from vendor_shim.backends.base import (
@@ -90,7 +90,7 @@ def run_counted(
     plan = _plan(backend, loaded, workload, vision_only, vision_loaded)
     done = _execute(backend, loaded, workload, plan, vision_only, execution)
     stages, op_breakdown, unattributed = _assemble(done.tracker, workload, vision_only)
-    stage_sum = _stage_sum(stages)
+    stage_sum = _stage_sum(stages, workload.model)
     _check_consistency(
         done.tracker, workload, vision_only, done.gen, done.counter_total, done.log.total_flops, stage_sum, unattributed
     )
@@ -145,6 +145,13 @@ def _plan(
     """Inputs read back and checked against the workload (a mismatch fails before anything runs)."""
     if not vision_only and loaded.vision_only:
         raise VendorRunError("model was built vision-only but a full run was requested: rebuild it")
+    want = family_vision_stages(workload.model)
+    for built in (loaded, vision_loaded):
+        if built is not None and tuple(built.roots.vision) != want:
+            raise VendorRunError(
+                f"the model has vision stages {', '.join(built.roots.vision)} but a {workload.model} workload needs "
+                f"{', '.join(want)}: build the backend for --model {workload.model}"
+            )
     inputs = backend.prepare_inputs(loaded, workload)
     inputs.received.check_against(workload)
     names = {id(m): n or type(m).__name__ for n, m in loaded.model.named_modules()}
@@ -154,7 +161,7 @@ def _plan(
     vision_inputs.received.check_against(workload)
     vr, r = vision_loaded.roots, loaded.roots
     names.update({id(m): f"[{vision_loaded.device}] {n}" for n, m in vision_loaded.model.named_modules()})
-    roots = StageRoots(vr.sam, vr.clip, vr.projector, r.decoder, r.lm_head, r.top)
+    roots = StageRoots(dict(vr.vision), r.decoder, r.lm_head, r.top)
     return _Plan(inputs, roots, names, vision_loaded, vision_inputs)
 
 
@@ -260,12 +267,11 @@ def _secondary(
 
     meta_roots = None
     if plan.vision_loaded is not None:
-        vr = plan.vision_loaded.roots
-        meta_roots = {"sam": vr.sam, "clip": vr.clip, "projector": vr.projector}
+        meta_roots = dict(plan.vision_loaded.roots.vision)
     elif loaded.device != "meta":
         try:
             meta = backend.build(device="meta", dtype=loaded.dtype, attn_impl=loaded.attn_impl, vision_only=True)
-            meta_roots = {"sam": meta.roots.sam, "clip": meta.roots.clip, "projector": meta.roots.projector}
+            meta_roots = dict(meta.roots.vision)
         except Exception:
             meta_roots = None
     return {"fvcore": fvcore_secondary(loaded, done.tracker.records, vision_only, meta_roots)}
@@ -324,7 +330,7 @@ def _assemble(
 ) -> tuple[dict[str, Any], dict[str, Any], int]:
     """Leaves from the per-op cells (sums) and the call records (``peak_bytes``: the maximum over calls)."""
     k = 0 if vision_only else workload.decode_tokens
-    stages = empty_stages(k)
+    stages = empty_stages(k, workload.model)
     breakdown: dict[str, Any] = {}
     unattributed = 0
     for (stage, part, step), ops in tracker.leaf_ops.items():
@@ -360,8 +366,8 @@ def _assemble(
     return stages, breakdown, unattributed
 
 
-def _stage_sum(stages: dict[str, Any]) -> int:
-    total = sum(stages[s][b]["tensor_flops"] for s in VISION_STAGES for b in VISION_BRANCHES)
+def _stage_sum(stages: dict[str, Any], family: str) -> int:
+    total = sum(stages[s][b]["tensor_flops"] for s in family_vision_stages(family) for b in VISION_BRANCHES)
     return total + sum(stages[s][p]["tensor_flops"] for s in ("prefill", "decode") for p in LM_PARTS)
 
 
@@ -391,7 +397,7 @@ def _check_consistency(
     seen: dict[tuple[str, str], int] = {}
     for r in tracker.records:
         seen[(r.root, r.part)] = seen.get((r.root, r.part), 0) + 1
-    for root in VISION_STAGES:
+    for root in family_vision_stages(workload.model):
         for branch in VISION_BRANCHES:
             want = 1 if branch == "global" or workload.has_crops else 0
             if seen.get((root, branch), 0) != want:

@@ -58,7 +58,7 @@ def measure(
         raise VendorInputError("workload must be an analytic.VisionWorkload: build it with VisionWorkload.from_page")
     check_device(device, vision_only)
     be = (
-        get_backend(backend, vendor_dir=vendor_dir, trust_remote_code=trust_remote_code)
+        get_backend(backend, vendor_dir=vendor_dir, trust_remote_code=trust_remote_code, model=workload.model)
         if isinstance(backend, str)
         else backend
     )

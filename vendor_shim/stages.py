@@ -1,7 +1,7 @@
 """Stage attribution: forward hooks on the backend's stage roots.
 
 A stack of frames, one per active root call; FLOPs charged by the audit go to the
-innermost frame (roots may nest).  Vision branches come from the SAM input shape;
+innermost frame (roots may nest).  Vision branches come from the shape of the pixels a vision root receives;
 prefill vs decode from the index of the ``top`` module's forward call (0 = prefill,
 1..K = decode steps).  Everything the hooks cannot explain raises
 `VendorRunError` at once: a wrong attribution must never turn into a silent number.
@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from analytic.schema import LM_STAGES, VISION_STAGES
+from analytic.schema import LM_STAGES
 from vendor_shim.backends.base import StageRoots
 from vendor_shim.errors import VendorRunError
 from vendor_shim.op_meter import KV, OP_METRICS, TENSOR, Measured, StorageBook
@@ -30,9 +30,9 @@ class CallRecord:
     """One forward call of a stage root."""
 
     index: int
-    root: str  # sam | clip | projector | decoder | lm_head
+    root: str  # a vision stage of the family (sam | clip | qwen2_encoder | projector) | decoder | lm_head
     module: str  # qualified name inside the model
-    stage: str  # trace stage: sam | clip | projector | prefill | decode
+    stage: str  # trace stage: a vision stage | prefill | decode
     part: str  # global | crops | decoder | lm_head
     step: int  # 0 for vision and prefill, t = 1..K for decode
     input_shapes: list[list[Any]]  # [[arg name, shape], ...] for tensor inputs
@@ -128,7 +128,8 @@ class StageTracker:
         self.experts_hit: dict[int, list[int]] = defaultdict(list)  # forward (0 = prefill) -> per MoE router call
         self.top_calls = 0
         self.top_depth = 0
-        self.last_sam: tuple[str, int] | None = None  # (branch, batch)
+        self.last_view: tuple[str, int] | None = None  # (branch, batch) of the last call that saw the pixels
+        self.first_vision = next(iter(roots.vision), None)
         # (stage, part, step) -> op name -> [*OP_METRICS, calls]
         self.leaf_ops: dict[tuple[str, str, int], dict[str, list[int]]] = defaultdict(
             lambda: defaultdict(lambda: [0] * (len(OP_METRICS) + 1))
@@ -171,10 +172,12 @@ class StageTracker:
         self.kv_pending.clear()
 
     def _vision_branch(self, root: str, x: torch.Tensor | None) -> str:
+        """The branch of one vision root call: decided by its input when that is the pixels (always so for the
+        family's first vision stage), else the branch of the call that decided last (same batch)."""
         if x is None:
             raise VendorRunError(f"{root} was called without a tensor input: cannot attribute its branch")
         batch = int(x.shape[0])
-        if root == "sam":
+        if root == self.first_vision or (x.dim() == 4 and int(x.shape[1]) == 3):
             side = tuple(int(s) for s in x.shape[-2:])
             if batch == 1 and side == (self.global_view_size,) * 2:
                 branch = "global"
@@ -182,21 +185,21 @@ class StageTracker:
                 branch = "crops"
             else:
                 raise VendorRunError(
-                    f"SAM input {tuple(x.shape)} is neither the global view (1 x {self.global_view_size}^2) "
+                    f"{root} input {tuple(x.shape)} is neither the global view (1 x {self.global_view_size}^2) "
                     f"nor the crop batch ({self.n_crops} x {self.crop_size}^2): the inputs disagree with the workload"
                 )
-            self.last_sam = (branch, batch)
+            self.last_view = (branch, batch)
             return branch
-        if self.last_sam is None:
-            raise VendorRunError(f"{root} ran before any SAM call: cannot attribute its branch")
-        branch, sam_batch = self.last_sam
-        if batch != sam_batch:
-            raise VendorRunError(f"{root} input batch {batch} != preceding SAM batch {sam_batch} ({branch})")
+        if self.last_view is None:
+            raise VendorRunError(f"{root} ran before any vision root received the pixels: cannot attribute its branch")
+        branch, view_batch = self.last_view
+        if batch != view_batch:
+            raise VendorRunError(f"{root} input batch {batch} != the view batch {view_batch} ({branch})")
         return branch
 
     def _pre(self, root: str, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         step = max(self.top_calls - 1, 0)
-        if root in VISION_STAGES:
+        if root in self.roots.vision:
             if self.top_depth and self.top_calls > 1:
                 raise VendorRunError(f"{root} ran during decode step {self.top_calls - 1}: the vision stack re-ran")
             stage, part, step = root, self._vision_branch(root, _first_tensor(args, kwargs)), 0

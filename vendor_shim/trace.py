@@ -9,7 +9,9 @@ Schema ``dsocr-flopcheck/vendor-trace`` version 2 (``schema_version: 2``; versio
 - ``received``: what the model actually received (``global_view_size, crop_size, w_crop, h_crop,
   n_crops, n_image_tokens, prompt_tokens, prefill_len``) plus ``decode_forwards`` (K run) and
   ``lm_head_scope`` (the scope really used; null when vision-only).
-- ``stages``: the analytic nesting: ``stages.{sam,clip,projector}.{global,crops}.<metrics>``,
+- ``stages``: the analytic nesting: ``stages.<vision stage>.{global,crops}.<metrics>`` for the vision stages
+  of the workload's family (``workload.model``: sam, clip, projector for DeepSeek-OCR; sam, qwen2_encoder,
+  projector for DeepSeek-OCR 2),
   ``stages.{prefill,decode}.{decoder,lm_head}.<metrics>``, ``stages.decode.steps`` = list of K
   ``{"decoder": {...}, "lm_head": {...}}``.  Metrics = ``analytic.schema.METRICS``; the vendor
   measures every metric per aten op (definitions: `analytic.op_conventions`); a metric the trace does
@@ -41,7 +43,16 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from analytic.schema import LM_PARTS, LM_STAGES, METRICS, VISION_BRANCHES, VISION_STAGES, combine
+from analytic.schema import (
+    DEFAULT_FAMILY,
+    FAMILIES,
+    LM_PARTS,
+    LM_STAGES,
+    METRICS,
+    VISION_BRANCHES,
+    combine,
+    family_vision_stages,
+)
 
 SCHEMA = "dsocr-flopcheck/vendor-trace"
 SCHEMA_VERSION = 2
@@ -59,8 +70,8 @@ def empty_leaf() -> dict[str, Any]:
     return leaf
 
 
-def empty_stages(decode_steps: int = 0) -> dict[str, Any]:
-    stages: dict[str, Any] = {s: {b: empty_leaf() for b in VISION_BRANCHES} for s in VISION_STAGES}
+def empty_stages(decode_steps: int = 0, family: str = DEFAULT_FAMILY) -> dict[str, Any]:
+    stages: dict[str, Any] = {s: {b: empty_leaf() for b in VISION_BRANCHES} for s in family_vision_stages(family)}
     for s in LM_STAGES:
         stages[s] = {p: empty_leaf() for p in LM_PARTS}
     stages["decode"]["steps"] = [{p: empty_leaf() for p in LM_PARTS} for _ in range(decode_steps)]
@@ -170,8 +181,10 @@ def validate_trace_dict(d: Any) -> None:
     measured = d["measured_metrics"]
     _require("tensor_flops" in measured and set(measured) <= set(METRICS), f"measured_metrics {measured} unknown")
     stages = d["stages"]
+    family = d["workload"].get("model", DEFAULT_FAMILY)
+    _require(family in FAMILIES, f"workload.model {family!r} is not one of {', '.join(FAMILIES)}")
     total = 0
-    for s in VISION_STAGES:
+    for s in family_vision_stages(family):
         _require(isinstance(stages.get(s), dict), f"stages.{s} missing")
         for b in VISION_BRANCHES:
             total += _check_leaf(stages[s].get(b), f"stages.{s}.{b}", measured)

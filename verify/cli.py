@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from analytic.options import HelpFormatter, UsageParser, add_workload_options, model_without_backend, user_path
+from analytic.options import HelpFormatter, UsageParser, add_workload_options, user_path
 from analytic.workload import WorkloadError, check_positions, max_image_tokens, resolve_mode
 from reports.model import PageResult, PageSpec
 from reports.safe import printable
@@ -87,6 +87,9 @@ def config_from_args(args: argparse.Namespace, command: str, vision_only: bool) 
     except ToleranceError as exc:
         raise UsageError(str(exc)) from None
     _refuse_options_that_do_not_apply(args, vision_only)
+    no_backend = REGISTRY.spec(args.backend).family_refusal(args.model)
+    if no_backend:
+        raise UsageError(no_backend)
     if REGISTRY.spec(args.backend).needs_vendor_dir:
         if args.vendor_dir is None:
             raise UsageError(f"--backend {args.backend} needs --vendor-dir PATH (a local DeepSeek-OCR snapshot)")
@@ -102,15 +105,13 @@ def config_from_args(args: argparse.Namespace, command: str, vision_only: bool) 
         if val is not None and val < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0")
     _check_bounds(args)
-    no_backend = model_without_backend(args)
-    if no_backend:
-        raise UsageError(no_backend)
-    resolve_mode(args.mode, args.base_size, args.image_size, args.crop_mode)  # WorkloadError: exit 2, up front
+    resolve_mode(args.mode, args.base_size, args.image_size, args.crop_mode, args.model)  # exit 2, up front
     from vendor_shim.env import resolve_dtype
 
     dtype = resolve_dtype(args.dtype, args.device)
     return VerifyConfig(
         command=command,
+        model=args.model,
         mode=args.mode,
         base_size=args.base_size,
         image_size=args.image_size,
@@ -170,9 +171,9 @@ def _check_bounds(args: argparse.Namespace) -> None:
 
 def check_positions_fit(cfg: VerifyConfig, cost_model: Any) -> None:
     """Refuse up front when the longest page of the mode would not fit the decoder's positions."""
-    _, preset = resolve_mode(cfg.mode, cfg.base_size, cfg.image_size, cfg.crop_mode)
+    _, preset = resolve_mode(cfg.mode, cfg.base_size, cfg.image_size, cfg.crop_mode, cfg.model)
     limit = cost_model.decoder.max_position_embeddings
-    check_positions(limit, max_image_tokens(preset), cfg.prompt_tokens, cfg.decode_tokens)
+    check_positions(limit, max_image_tokens(preset, cfg.model), cfg.prompt_tokens, cfg.decode_tokens)
 
 
 def load_pages(args: argparse.Namespace) -> list[PageSpec]:
@@ -200,7 +201,7 @@ def build_analytic(cfg: VerifyConfig) -> Any:
     from analytic.model import build_cost_model
 
     try:
-        cost_model = build_cost_model(cfg.analytic_overrides)
+        cost_model = build_cost_model(cfg.analytic_overrides, family=cfg.model)
     except Exception as exc:
         raise _override_error(exc, cfg.analytic_overrides) from None
     check_positions_fit(cfg, cost_model)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from analytic.schema import STAGES, VISION_STAGES
+from analytic.schema import DEFAULT_FAMILY, family_stages, family_vision_stages
 from analytic.workload import VisionWorkload, WorkloadError
 from reports.model import PageResult, PageSpec, RunResult, outcome
 from vendor_shim.backends import impl_of
@@ -27,6 +27,7 @@ class VerifyConfig:
     """Everything one run depends on (written verbatim into the reports)."""
 
     command: str
+    model: str = DEFAULT_FAMILY  # the model family verified (--model)
     mode: str | None = "gundam"
     base_size: int | None = None
     image_size: int | None = None
@@ -51,7 +52,7 @@ class VerifyConfig:
 
     @property
     def stages(self) -> tuple[str, ...]:
-        return VISION_STAGES if self.vision_only else STAGES
+        return family_vision_stages(self.model) if self.vision_only else family_stages(self.model)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "tolerances"}
@@ -78,6 +79,7 @@ def build_workload(page: PageSpec, cfg: VerifyConfig) -> VisionWorkload:
         lm_head_scope=cfg.lm_head,  # None: the backend's own behaviour (official: all, hf generate: last)
         impl=impl_of(cfg.backend),
         attn_impl=cfg.attn_impl,
+        model=cfg.model,
     )
 
 
@@ -144,7 +146,7 @@ class Verifier:
             self.cfg.stages,
             vendor_families=trace_families(trace),
             analytic_families=getattr(estimate, "families", None),
-            gated=gated_metrics(estimate, trace),
+            gated=gated_metrics(estimate, trace, self.cfg.stages),
             vendor_ops=trace.get("op_breakdown"),
         )
         return result
@@ -158,13 +160,18 @@ def with_vendor_routing(workload: VisionWorkload, trace: dict) -> VisionWorkload
     return dataclasses.replace(workload, prefill_experts_hit=tuple(int(h) for h in hits))
 
 
-def gated_metrics(estimate: Any, trace: dict) -> tuple[str, ...]:
-    """Metrics both sides stand behind: measured by the vendor and modeled op by op by the profile (``METRIC`` or
-    ``STAGE.METRIC`` entries)."""
+def gated_metrics(estimate: Any, trace: dict, stages: tuple[str, ...]) -> tuple[str, ...]:
+    """``STAGE.METRIC`` leaves both sides stand behind: measured by the vendor and modeled op by op by the profile
+    on that stage of the run's family (`analytic.profiles.gated_leaves`)."""
+    from analytic.profiles import gated_leaves
+
     profile = (getattr(estimate, "model", None) or {}).get("profile") or {}
-    modeled = profile.get("modeled_metrics", ["tensor_flops"])
-    measured = trace.get("measured_metrics", ["tensor_flops"])
-    return tuple(m for m in modeled if m.rpartition(".")[2] in measured)
+    return gated_leaves(
+        profile.get("modeled_metrics", ["tensor_flops"]),
+        profile.get("flops_only_stages", []),
+        stages,
+        trace.get("measured_metrics", ["tensor_flops"]),
+    )
 
 
 def trace_families(trace: dict) -> dict[str, dict[str, dict[str, float]]]:

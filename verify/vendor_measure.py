@@ -55,7 +55,9 @@ class VendorMeasurer:
 
         # VendorInputError (bad device, refused remote code) propagates: the CLI maps it to exit 2
         check_device(cfg.device, cfg.vision_only)
-        backend = get_backend(cfg.backend, vendor_dir=cfg.vendor_dir, trust_remote_code=cfg.trust_remote_code)
+        backend = get_backend(
+            cfg.backend, vendor_dir=cfg.vendor_dir, trust_remote_code=cfg.trust_remote_code, model=cfg.model
+        )
         code_hashes = {"vendor_shim": shim_code_hash(), **backend.signature().get("code_hashes", {})}
         versions = backend.cache_versions()
         cache = TraceCache(Path(cfg.cache_dir), validate=valid_cache_trace) if cfg.use_cache and cfg.cache_dir else None

@@ -157,3 +157,7 @@ class ClipEncoder:
     def projector_rows(self, seq: int) -> int:
         """Rows per view the projector reads: the CLS row is dropped before fusion."""
         return seq - 1
+
+    def projector_input_strided(self, batch: int) -> bool:
+        """The projector reads the concatenation of CLIP and SAM features: a new, contiguous tensor."""
+        return False

@@ -67,8 +67,13 @@ class MlpProjector:
         self.evaluate(c, 1, 4, 1, None)
         return c.weight_bytes
 
-    def evaluate(self, c: Cost, batch: int, tokens: int, db: int, path: str | None = "projector") -> int:
-        """Adds one projector call; returns the output rows per view."""
+    def evaluate(
+        self, c: Cost, batch: int, tokens: int, db: int, path: str | None = "projector", strided_input: bool = False
+    ) -> int:
+        """Adds one projector call; returns the output rows per view.  ``strided_input``: the (batch, tokens, C)
+        input cannot be flattened to rows without a copy (DeepSeek-OCR 2's query slice ``[:, n:, :]`` when batch >
+        1), so F.linear runs as matmul: a clone of the input, mm, then the bias add into a new tensor (mm's output
+        and the sum alive together) instead of one addmm."""
         t = self.projector_type
         cin = self.total_input_dim
         n = self.n_embed
@@ -82,6 +87,12 @@ class MlpProjector:
         rows = batch * tokens
         lp = sub(path, "layers")
         if t == "identity":
+            return tokens
+        if t == "linear" and strided_input:
+            c.copy(sub(lp, "input_clone"), "clone", rows * cin, db)
+            c.linear(lp, rows, cin, n, bias=False, db=db)
+            c.elementwise(sub(lp, "bias_add"), "add", rows * n, EW["add"], db, weight_elems=n)
+            c.peak_bytes = max(c.peak_bytes, 2 * rows * n * db)  # mm's output and the add's output
             return tokens
         if t == "linear":
             c.linear(lp, rows, cin, n, bias=True, db=db)

@@ -134,3 +134,8 @@ class Qwen2QueryEncoder:
     def projector_rows(self, kept: int) -> int:
         """Rows per view the projector reads: the query outputs `evaluate` kept."""
         return kept
+
+    def projector_input_strided(self, batch: int) -> bool:
+        """The projector reads ``last_hidden_state[:, n:, :]`` of a (batch, 2n, C) tensor: a view that flattens to
+        rows without a copy only for batch 1 (official and transformers alike)."""
+        return batch > 1

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from analytic.schema import ATTN_IMPLS, LM_HEAD_SCOPES
+from analytic.schema import ATTN_IMPLS, DEFAULT_FAMILY, LM_HEAD_SCOPES
 from vendor_shim.errors import VendorInputError
 
 
@@ -23,13 +23,22 @@ class BackendSpec:
 
     name: str
     factory: str | Callable[..., Any]  # "module:function" (imported on use) or a callable; called with
-    # vendor_dir=..., trust_remote_code=...
+    # vendor_dir=..., trust_remote_code=..., model=... (the family, one of `families`)
     impl: str  # the analytic implementation profile that mirrors it (analytic/configs/profiles/<impl>.yaml)
     summary: str
     splits_vision: bool = False  # its generation accepts pre-encoded vision features (vision counted on meta)
     needs_vendor_dir: bool = False  # runs code from a local snapshot (--vendor-dir, --trust-remote-code)
     attn_impls: tuple[str, ...] = ATTN_IMPLS  # decoder attentions its code can run
     lm_head_scopes: tuple[str, ...] = LM_HEAD_SCOPES  # prefill lm_head scopes its forward can do
+    families: tuple[str, ...] = (DEFAULT_FAMILY,)  # model families (--model) it can run
+    family_fix: str = ""  # what to do instead, for a family it cannot run (ends the refusal line)
+
+    def family_refusal(self, model: str) -> str | None:
+        """One line naming the fix when the backend cannot run model family ``model``, else None."""
+        if model in self.families:
+            return None
+        fix = self.family_fix or f"use --model {' or '.join(self.families)}"
+        return f"--model {model}: the {self.name} backend runs {'/'.join(self.families)} only; {fix}"
 
     def refusal(self, *, attn_impl: str, lm_head_scope: str | None) -> str | None:
         """One line naming the fix when the backend's code cannot run this decoder setting, else None."""
@@ -74,9 +83,16 @@ class BackendRegistry:
         except KeyError:
             raise VendorInputError(f"unknown backend {name!r}: use one of {', '.join(self._specs)}") from None
 
-    def create(self, name: str, *, vendor_dir: str | None = None, trust_remote_code: bool = False) -> Any:
-        """The backend object for ``name`` (`VendorInputError`, exit 2, for an unknown name or a refused snapshot)."""
-        factory = self.spec(name).factory
+    def create(
+        self, name: str, *, vendor_dir: str | None = None, trust_remote_code: bool = False, model: str = DEFAULT_FAMILY
+    ) -> Any:
+        """The backend object for ``name`` running model family ``model`` (`VendorInputError`, exit 2, for an unknown
+        name, a family the backend does not run, or a refused snapshot)."""
+        spec = self.spec(name)
+        refusal = spec.family_refusal(model)
+        if refusal:
+            raise VendorInputError(refusal)
+        factory = spec.factory
         if isinstance(factory, str):
             module_name, _, func = factory.partition(":")
             try:
@@ -85,7 +101,7 @@ class BackendRegistry:
                 raise VendorInputError(
                     f"backend {name!r} is not available ({exc}): use --backend {self.default}"
                 ) from exc
-        return factory(vendor_dir=vendor_dir, trust_remote_code=trust_remote_code)
+        return factory(vendor_dir=vendor_dir, trust_remote_code=trust_remote_code, model=model)
 
     @property
     def default(self) -> str:
@@ -97,8 +113,10 @@ REGISTRY = BackendRegistry(
         "hf",
         "vendor_shim.backends.hf:create_backend",
         impl="hf",
-        summary="transformers' own UnlimitedOcr classes at DeepSeek-OCR dims (embedded, offline)",
+        summary="transformers' own UnlimitedOcr (DeepSeek-OCR) and deepseek_ocr2 (DeepSeek-OCR 2) classes at the "
+        "published dims (embedded, offline)",
         splits_vision=True,
+        families=("deepseek-ocr", "deepseek-ocr-2"),
     ),
     BackendSpec(
         "remote-code",
@@ -108,14 +126,18 @@ REGISTRY = BackendRegistry(
         needs_vendor_dir=True,
         attn_impls=("eager",),  # the official decoder: eager (or flash-attn 2, not installed here)
         lm_head_scopes=("all",),  # the official forward projects every prefill position
+        family_fix="the official OCR-2 snapshot is not supported yet (issue 13): use --backend hf",
     ),
 )
 DEFAULT_BACKEND = REGISTRY.default
 
 
-def get_backend(name: str, *, vendor_dir: str | None = None, trust_remote_code: bool = False) -> Any:
-    """A `VendorBackend` (in-process) or `OutOfProcessBackend` for ``name`` (see `BackendRegistry.create`)."""
-    return REGISTRY.create(name, vendor_dir=vendor_dir, trust_remote_code=trust_remote_code)
+def get_backend(
+    name: str, *, vendor_dir: str | None = None, trust_remote_code: bool = False, model: str = DEFAULT_FAMILY
+) -> Any:
+    """A `VendorBackend` (in-process) or `OutOfProcessBackend` for ``name`` running family ``model``
+    (see `BackendRegistry.create`)."""
+    return REGISTRY.create(name, vendor_dir=vendor_dir, trust_remote_code=trust_remote_code, model=model)
 
 
 def impl_of(backend: str) -> str:

@@ -40,17 +40,19 @@ Harness entry (what an in-process caller, or a backend's subprocess, runs):
 It depends on torch only.
 
 Stage roots (`StageRoots`): one module per stage whose forward calls the harness hooks.
-``sam``, ``clip``, ``projector`` (vision, each called once per branch), ``decoder``
+``vision``: the family's vision stages (`analytic.schema.family_vision_stages`: ``sam``, ``clip``,
+``projector`` for DeepSeek-OCR; ``sam``, ``qwen2_encoder``, ``projector`` for DeepSeek-OCR 2), each called
+once per branch, ``decoder``
 (everything of the language model except lm_head), ``lm_head``, and ``top``: the
 module whose forward runs once per generation step (call 0 = prefill, calls 1..K =
 decode steps).  Roots may nest (the official decoder module runs the vision stack
 inside its forward); FLOPs go to the innermost active root.  Ops outside every root
 land in an explicit ``unattributed`` bucket; if they carry counted FLOPs the run fails.
 
-Branch attribution (global vs crops) is decided by the harness from the SAM input:
-batch 1 at the workload's global view size is ``global``, batch ``n_crops`` at the
-crop size is ``crops``; anything else is an error.  CLIP and projector calls take the
-branch of the SAM call that precedes them (and their batch must agree).
+Branch attribution (global vs crops) is decided by the harness from the input of a vision root that
+receives the pixels (the first vision stage always does): batch 1 at the workload's global view size is
+``global``, batch ``n_crops`` at the crop size is ``crops``; anything else is an error.  A root whose input
+is not an image takes the branch of the call that decided last (and their batch must agree).
 """
 
 from __future__ import annotations
@@ -102,16 +104,14 @@ def resolve_vision_device(requested: str, *, device: str, splits_vision: bool, v
 class StageRoots:
     """The modules whose forward calls delimit the stages (see module docstring)."""
 
-    sam: torch.nn.Module
-    clip: torch.nn.Module
-    projector: torch.nn.Module
+    vision: dict[str, torch.nn.Module]  # vision stage -> root, in the family's pipeline order (schema)
     decoder: torch.nn.Module | None = None  # None when built vision-only
     lm_head: torch.nn.Module | None = None
     top: torch.nn.Module | None = None  # one forward per generation step
 
     def named(self) -> dict[str, torch.nn.Module]:
         """Stage name -> module, for the stages that exist (``top`` is not a stage)."""
-        out = {"sam": self.sam, "clip": self.clip, "projector": self.projector}
+        out = dict(self.vision)
         if self.decoder is not None:
             out["decoder"] = self.decoder
         if self.lm_head is not None:

@@ -1,4 +1,7 @@
-"""Backend ``hf``: DeepSeek-OCR as transformers itself implements it (its `UnlimitedOcr` classes).
+"""Backend ``hf``: DeepSeek-OCR as transformers itself implements it (its `UnlimitedOcr` classes), and
+DeepSeek-OCR 2 (its `deepseek_ocr2` classes: `vendor_shim.backends.hf_ocr2`).  The family is a parameter of
+the backend (``create_backend(model=...)``, from ``--model``); each family is one `HfFamily` (`families()`).
+This docstring's notes are DeepSeek-OCR's; DeepSeek-OCR 2's are in `hf_ocr2`.
 
 Configured to DeepSeek-OCR's published dimensions (shared/deepseek-ocr-facts.md) with
 full causal attention on every decoder layer and random (cheaply filled) weights.
@@ -36,10 +39,12 @@ from typing import Any
 
 import torch
 
-from analytic.schema import ATTN_IMPLS, LM_HEAD_SCOPES
+from analytic.schema import ATTN_IMPLS, DEFAULT_FAMILY, LM_HEAD_SCOPES
 from analytic.workload import VisionWorkload
+from vendor_shim.backends import hf_ocr2
 from vendor_shim.backends.base import GenerationResult, LoadedModel, PreparedInputs, ReceivedInputs, StageRoots
 from vendor_shim.backends.base import VendorBackend as _VendorBackend
+from vendor_shim.backends.hf_family import HfFamily
 from vendor_shim.errors import VendorInputError, VendorRunError
 from vendor_shim.hollow import SMALL_PARAMETER_NUMEL
 
@@ -117,25 +122,58 @@ def text_config(num_layers: int = TEXT_LAYERS) -> dict[str, Any]:
     }
 
 
-def _import_model_classes() -> tuple[Any, Any]:
-    try:
-        from transformers.models.unlimited_ocr.configuration_unlimited_ocr import UnlimitedOcrConfig
-        from transformers.models.unlimited_ocr.modeling_unlimited_ocr import UnlimitedOcrForConditionalGeneration
-    except ImportError as exc:
-        raise VendorInputError(
-            f"backend 'hf' needs transformers with the UnlimitedOcr model (>= 5.x): {exc}; pip install -e '.[vendor]'"
-        ) from exc
+def _unlimited_ocr_classes() -> tuple[Any, Any]:
+    from transformers.models.unlimited_ocr.configuration_unlimited_ocr import UnlimitedOcrConfig
+    from transformers.models.unlimited_ocr.modeling_unlimited_ocr import UnlimitedOcrForConditionalGeneration
+
     return UnlimitedOcrConfig, UnlimitedOcrForConditionalGeneration
 
 
+def _import_model_classes(family: HfFamily) -> tuple[Any, Any]:
+    try:
+        return family.classes()
+    except ImportError as exc:
+        raise VendorInputError(
+            f"backend 'hf' needs transformers with the {family.module.rsplit('.', 2)[-2]} model (>= 5.x) for "
+            f"--model {family.family}: {exc}; pip install -e '.[vendor]'"
+        ) from exc
+
+
 def build_config(num_text_layers: int = TEXT_LAYERS) -> Any:
-    config_cls, _ = _import_model_classes()
+    """DeepSeek-OCR's config (`UnlimitedOcrConfig`) at the published dimensions."""
+    config_cls, _ = _unlimited_ocr_classes()
     return config_cls(
         vision_config={"sam_config": dict(SAM_CONFIG), "encoder_config": dict(CLIP_CONFIG)},
         text_config=text_config(num_text_layers),
         image_token_id=IMAGE_TOKEN_ID,
         tie_word_embeddings=False,
     )
+
+
+def _ocr1_vision_roots(inner: Any) -> dict[str, Any]:
+    return {
+        "sam": inner.vision_tower.sam_encoder,
+        "clip": inner.vision_tower.vision_encoder,
+        "projector": inner.multi_modal_projector,
+    }
+
+
+OCR1 = HfFamily(
+    family="deepseek-ocr",
+    module="transformers.models.unlimited_ocr.modeling_unlimited_ocr",
+    classes=_unlimited_ocr_classes,
+    build_config=build_config,
+    vision_roots=_ocr1_vision_roots,
+    text_layers=TEXT_LAYERS,
+    image_token_id=IMAGE_TOKEN_ID,
+    patches_grid=True,
+    known_differences=KNOWN_DIFFERENCES,
+)
+
+
+def families() -> dict[str, HfFamily]:
+    """Family name -> `HfFamily` (the families this backend runs; `BackendSpec.families` lists the same)."""
+    return {OCR1.family: OCR1, hf_ocr2.FAMILY.family: hf_ocr2.FAMILY}
 
 
 def cheap_fill_(model: torch.nn.Module, seed: int = 0, max_numel: int | None = None) -> None:
@@ -186,27 +224,34 @@ def _file_sha256(path: str) -> str:
         return hashlib.sha256(fh.read()).hexdigest()
 
 
-def create_backend(*, vendor_dir: str | None = None, trust_remote_code: bool = False) -> HfBackend:
+def create_backend(
+    *, vendor_dir: str | None = None, trust_remote_code: bool = False, model: str = DEFAULT_FAMILY
+) -> HfBackend:
     """Registry factory (`vendor_shim.backends.REGISTRY`): the package's own code needs no snapshot or trust."""
     if vendor_dir is not None:
         raise VendorInputError("backend 'hf' builds the model from transformers itself: drop --vendor-dir")
-    return HfBackend()
+    return HfBackend(family=model)
 
 
 class HfBackend(_VendorBackend):
-    """transformers' UnlimitedOcr classes at DeepSeek-OCR dims (see module docstring)."""
+    """transformers' own classes for one model family at its published dims (see module docstring)."""
 
     name = "hf"
 
-    def __init__(self, num_text_layers: int = TEXT_LAYERS) -> None:
-        if not 1 <= num_text_layers <= TEXT_LAYERS:
-            raise VendorInputError(f"num_text_layers={num_text_layers}: use 1..{TEXT_LAYERS}")
-        self.num_text_layers = num_text_layers
+    def __init__(self, num_text_layers: int | None = None, *, family: str = DEFAULT_FAMILY) -> None:
+        known = families()
+        if family not in known:
+            raise VendorInputError(f"backend 'hf' has no model family {family!r}: use --model {' or '.join(known)}")
+        self.family = known[family]
+        layers = self.family.text_layers if num_text_layers is None else num_text_layers
+        if not 1 <= layers <= self.family.text_layers:
+            raise VendorInputError(f"num_text_layers={layers}: use 1..{self.family.text_layers}")
+        self.num_text_layers = layers
 
     def model_key(
         self, *, device: str, dtype: str, attn_impl: str, vision_only: bool, execution: str = "real"
     ) -> tuple[Any, ...]:
-        return (self.name, self.num_text_layers, device, dtype, attn_impl, vision_only, execution)
+        return (self.name, self.family.family, self.num_text_layers, device, dtype, attn_impl, vision_only, execution)
 
     def build(
         self, *, device: str, dtype: str, attn_impl: str, vision_only: bool, execution: str = "real"
@@ -216,8 +261,8 @@ class HfBackend(_VendorBackend):
         if attn_impl not in ATTN_IMPLS:
             raise VendorInputError(f"attn_impl {attn_impl!r} unknown: use one of {', '.join(ATTN_IMPLS)}")
         t0 = time.perf_counter()
-        _, model_cls = _import_model_classes()
-        config = build_config(self.num_text_layers)
+        _, model_cls = _import_model_classes(self.family)
+        config = self.family.build_config(self.num_text_layers)
         attn = {"": "sdpa", "vision_config": "sdpa", "text_config": attn_impl}
         with torch.device("meta"):
             model = model_cls._from_config(config, attn_implementation=attn, dtype=TORCH_DTYPES[dtype])
@@ -232,19 +277,18 @@ class HfBackend(_VendorBackend):
         model.eval()
         inner = model.model
         roots = StageRoots(
-            sam=inner.vision_tower.sam_encoder,
-            clip=inner.vision_tower.vision_encoder,
-            projector=inner.multi_modal_projector,
+            vision=self.family.vision_roots(inner),
             decoder=None if vision_only else inner.language_model,
             lm_head=None if vision_only else model.lm_head,
             top=None if vision_only else model,
         )
         info = {
             "class": type(model).__name__,
+            "family": self.family.family,
             "text_layers": self.num_text_layers,
             "attn_implementation": {"vision": "sdpa", "text": attn_impl},
             "experts_implementation": getattr(config.text_config, "_experts_implementation", None),
-            "model_notes": list(KNOWN_DIFFERENCES),
+            "model_notes": list(self.family.known_differences),
             "weights": "meta (no values)"
             if device == "meta"
             else "random (cheap fill)"
@@ -271,24 +315,29 @@ class HfBackend(_VendorBackend):
             c = workload.crop_size
             payload["pixel_values_local"] = torch.zeros(workload.n_crops, 3, c, c, device=dev, dtype=dt)
             payload["num_local_patches"] = [workload.n_crops]
-            payload["patches_grid"] = [[workload.w_crop, workload.h_crop]]  # (columns, rows)
-        ids = [BOS_ID] + [IMAGE_TOKEN_ID] * workload.n_image_tokens
+            grid = [[workload.w_crop, workload.h_crop]]  # (columns, rows)
+            if self.family.patches_grid:
+                payload["patches_grid"] = grid
+            else:  # DeepSeek-OCR 2's model takes no grid (the crop count and the 144 i j token span carry it):
+                payload["_grid"] = grid  # kept for the read-back only, never passed to the model
+        ids = [BOS_ID] + [self.family.image_token_id] * workload.n_image_tokens
         ids += [PROMPT_TOKEN_BASE + i for i in range(workload.prompt_tokens)]
         payload["input_ids"] = torch.tensor([ids], dtype=torch.long, device="cpu" if dev.type == "meta" else dev)
-        return PreparedInputs(received=self._read_back(payload), payload=payload)
+        return PreparedInputs(received=self._read_back(payload, self.family.image_token_id), payload=payload)
 
     @staticmethod
-    def _read_back(payload: dict[str, Any]) -> ReceivedInputs:
+    def _read_back(payload: dict[str, Any], image_token_id: int = IMAGE_TOKEN_ID) -> ReceivedInputs:
         """Counts taken from the tensors themselves, so a builder bug cannot hide behind the workload."""
         pv = payload["pixel_values"]
         if pv.shape[-1] != pv.shape[-2]:
             raise VendorRunError(f"global view {tuple(pv.shape)} is not square: fix prepare_inputs")
         local = payload.get("pixel_values_local")
         ids = payload["input_ids"][0]
-        is_img = (ids == IMAGE_TOKEN_ID).tolist()
+        is_img = (ids == image_token_id).tolist()
         n_img = sum(is_img)
         last_img = max((i for i, v in enumerate(is_img) if v), default=0)
-        w_crop, h_crop = payload["patches_grid"][0] if local is not None else (1, 1)
+        grid = payload.get("patches_grid", payload.get("_grid"))
+        w_crop, h_crop = grid[0] if local is not None else (1, 1)
         return ReceivedInputs(
             global_view_size=int(pv.shape[-1]),
             crop_size=int(local.shape[-1]) if local is not None else 0,
@@ -301,13 +350,8 @@ class HfBackend(_VendorBackend):
         )
 
     def run_vision(self, loaded: LoadedModel, inputs: PreparedInputs) -> None:
-        p = inputs.payload
-        loaded.model.model.get_image_features(
-            pixel_values=p["pixel_values"],
-            pixel_values_local=p.get("pixel_values_local"),
-            num_local_patches=p.get("num_local_patches"),
-            patches_grid=p.get("patches_grid"),
-        )
+        p = {k: v for k, v in inputs.payload.items() if k != "input_ids" and not k.startswith("_")}
+        loaded.model.model.get_image_features(**p)
 
     def supports_preencoded_vision(self) -> bool:
         return True
@@ -321,7 +365,7 @@ class HfBackend(_VendorBackend):
 
         p = inputs.payload
         ids = p["input_ids"]
-        n_img = int((ids == IMAGE_TOKEN_ID).sum())
+        n_img = int((ids == self.family.image_token_id).sum())
         hidden = loaded.model.config.text_config.hidden_size
         feats = torch.zeros(n_img, hidden, device=ids.device, dtype=TORCH_DTYPES[loaded.dtype])
         encoded = {"image": BaseModelOutputWithPooling(pooler_output=[feats])}
@@ -336,7 +380,7 @@ class HfBackend(_VendorBackend):
             raise VendorRunError("model was built vision-only: rebuild with vision_only=False to run the decoder")
         if lm_head_scope not in LM_HEAD_SCOPES:
             raise VendorInputError(f"lm_head_scope {lm_head_scope!r} unknown: use one of {', '.join(LM_HEAD_SCOPES)}")
-        p = dict(inputs.payload)
+        p = {k: v for k, v in inputs.payload.items() if not k.startswith("_")}
         input_ids = p.pop("input_ids")
         new = decode_tokens + 1  # the first new token comes from the prefill logits
         out = loaded.model.generate(
@@ -362,18 +406,18 @@ class HfBackend(_VendorBackend):
         )
 
     def environment(self) -> dict[str, Any]:
-        import transformers
-        from transformers.models.unlimited_ocr import modeling_unlimited_ocr
+        import importlib
 
+        import transformers
+
+        modeling = importlib.import_module(self.family.module)
+        rel = "transformers/" + self.family.module.split(".", 1)[1].replace(".", "/") + ".py"
         return {
             "python": platform.python_version(),
             "python_impl": sys.implementation.name,
             "torch": torch.__version__,
             "transformers": transformers.__version__,
-            "code_hashes": {
-                "transformers/models/unlimited_ocr/modeling_unlimited_ocr.py": _file_sha256(
-                    modeling_unlimited_ocr.__file__
-                )
-            },
-            "model_notes": list(KNOWN_DIFFERENCES),
+            "family": self.family.family,
+            "code_hashes": {rel: _file_sha256(modeling.__file__)},
+            "model_notes": list(self.family.known_differences),
         }

@@ -39,7 +39,9 @@ TRUST_MESSAGE = (
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-def create_backend(*, vendor_dir: str | os.PathLike[str] | None, trust_remote_code: bool) -> RemoteCodeBackend:
+def create_backend(
+    *, vendor_dir: str | os.PathLike[str] | None, trust_remote_code: bool, model: str = "deepseek-ocr"
+) -> RemoteCodeBackend:
     """The backend for ``vendor_dir``; `VendorInputError` (exit 2) without trust or with a bad snapshot."""
     if not trust_remote_code:
         raise VendorInputError(TRUST_MESSAGE)

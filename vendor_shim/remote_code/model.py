@@ -194,7 +194,7 @@ class RemoteCodeModelBackend(VendorBackend):
             weights = "random (cheap fill)" if execution == "real" else "small parameters cheap-filled (shapes-only)"
             if self.snapshot.weight_files:
                 weights = self._load_weights(model)
-        roots = StageRoots(sam=inner.sam_model, clip=inner.vision_model, projector=inner.projector)
+        roots = StageRoots({"sam": inner.sam_model, "clip": inner.vision_model, "projector": inner.projector})
         if not vision_only:
             roots.decoder, roots.lm_head, roots.top = inner, model.lm_head, model
         info = {
@@ -239,16 +239,16 @@ class RemoteCodeModelBackend(VendorBackend):
     # -- running ---------------------------------------------------------------------------
     def run_vision(self, loaded: LoadedModel, inputs: PreparedInputs) -> None:
         """The vision block of DeepseekOCRModel.forward: crops first, then the global view."""
-        r = loaded.roots
+        sam, clip, projector = (loaded.roots.vision[s] for s in ("sam", "clip", "projector"))
         images_crop, images_ori = inputs.payload["images"][0]
         with torch.no_grad():
             if inputs.payload["has_crops"]:
-                local_1 = r.sam(images_crop)
-                local_2 = r.clip(images_crop, local_1)
-                r.projector(torch.cat((local_2[:, 1:], local_1.flatten(2).permute(0, 2, 1)), dim=-1))
-            global_1 = r.sam(images_ori)
-            global_2 = r.clip(images_ori, global_1)
-            r.projector(torch.cat((global_2[:, 1:], global_1.flatten(2).permute(0, 2, 1)), dim=-1))
+                local_1 = sam(images_crop)
+                local_2 = clip(images_crop, local_1)
+                projector(torch.cat((local_2[:, 1:], local_1.flatten(2).permute(0, 2, 1)), dim=-1))
+            global_1 = sam(images_ori)
+            global_2 = clip(images_ori, global_1)
+            projector(torch.cat((global_2[:, 1:], global_1.flatten(2).permute(0, 2, 1)), dim=-1))
 
     def run_generation(
         self, loaded: LoadedModel, inputs: PreparedInputs, decode_tokens: int, lm_head_scope: str
