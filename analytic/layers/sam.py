@@ -117,14 +117,17 @@ class SamBlock:
                 c.spike(bias_bytes)
             c.traffic(sub(ap, "sdpa_mask_read"), "scaled_dot_product_attention", bias * db, 0)
         vision_attention(c, ap, n_views, nh, seq, hd, profile.vision_attention, db)
-        if official:  # deepencoder.py Attention.forward: the attention output is x (or the permuted copy that
-            c.hold(r)  # replaces it) until x = self.proj(x) replaces it
+        # deepencoder.py Attention.forward (the profile with its reshaped rel-pos terms): the attention output is x
+        # (or the permuted copy that replaces it) until x = self.proj(x) replaces it
+        keeps_x = profile.sam_rel_pos_bias == "reshaped_terms"
+        if keeps_x:
+            c.hold(r)
         # x.view(B, nHead, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1): a copy unless SDPA returned
         # the output in the query's layout and q was a strided view (vision_sdpa_output)
         if profile.vision_sdpa_output == "contiguous" or q_copied or profile.vision_attention == "eager":
             c.copy(sub(ap, "attn_output_permute"), "clone", rows * d, db)
             c.spike(r)  # the permuted copy next to the attention output
-        if official:
+        if keeps_x:
             c.linear(sub(ap, "proj"), rows, d, d, bias=True, db=db)
             c.hold(r)
             c.release(r)
