@@ -80,14 +80,24 @@ class Prefill:
     """One decoder forward over prefill_len positions, then lm_head over all of them or the last."""
 
     def evaluate(
-        self, decoder: Decoder, w: VisionWorkload, profile: ImplProfile, records: bool, feature_dim: int = 0
+        self,
+        decoder: Decoder,
+        w: VisionWorkload,
+        profile: ImplProfile,
+        records: bool,
+        feature_dim: int = 0,
+        cls_dim: int = 0,
     ) -> tuple[Cost, Cost]:
-        """``feature_dim``: the projector's input width (the fused CLIP + SAM features), for the official layout."""
+        """``feature_dim``: the projector's input width (the fused CLIP + SAM features), for the official layout;
+        ``cls_dim``: the width of the CLIP output's class row (the CLIP output keeps it)."""
         db = w.dtype_bytes
         dec, head = Cost(records), Cost(records)
+        merged = profile.image_merge_in_decoder and family_rules(w.model).newlines
+        kept = image_locals(dec, w, decoder.hidden_size, feature_dim, cls_dim, db) if merged else 0
         decoder.forward(
             dec, w.prefill_len, 0, profile, w.attn_impl, db, "decoder" if records else None, w.prefill_experts_hit
         )
+        dec.release(kept)  # DeepseekOCRModel.forward's locals die when it returns
         if profile.image_presence_sums:  # torch.sum(images[0][1]) and torch.sum(patches): 1 per pixel value
             # without crops, `patches` is infer()'s zero placeholder of 1 x 3 x base_size x base_size; each sum
             # writes one value that .item() reads
@@ -95,11 +105,38 @@ class Prefill:
             pixels = 3 * (w.global_view_size**2 + crops)
             sums = (pixels * db + 2 * db, 2 * db)
             dec.elementwise("decoder.image_presence" if records else None, "sum", pixels, 1, db, traffic=sums)
-        if profile.image_merge_in_decoder and family_rules(w.model).newlines:
+        if merged:
             image_layout(dec, w, decoder.hidden_size, feature_dim, db, "decoder.image_layout" if records else None)
         rows = w.prefill_len if w.lm_head_scope == "all" else 1
         decoder.lm_head(head, rows, db, "lm_head" if records else None)
         return dec, head
+
+
+def image_locals(c: Cost, w: VisionWorkload, h: int, feature_dim: int, cls_dim: int, db: int) -> int:
+    """Liveness of official modeling_deepseekocr.py `DeepseekOCRModel.forward` before it calls the decoder layers
+    (`super().forward(...)`), for one image; returns the bytes its locals keep alive through the whole decoder
+    forward.  The vision stack runs nested in this stage: what it returns counts here.  Per branch (crops first,
+    then the global view): SAM's output (`*_features_1`) and CLIP's (`*_features_2`, its class row included) stay
+    bound; the fused cat lives next to the projector's output until the projector's output replaces it; the
+    projector's output (or, for more than one crop column, its grid permute copy) lives next to the newline cat,
+    which stays bound (`local_features` / `global_features`, viewed).  Then the views cat (`global_local_features`)
+    and the one-image list's cat (`images_in_this_batch`) stay bound too; masked_scatter_ writes in place."""
+    gq = w.global_queries
+    branches = [(w.n_crops, w.n_crops * w.crop_queries**2, w.crops_image_tokens)] if w.has_crops else []
+    branches.append((1, gq * gq, gq * (gq + 1)))
+    kept = 0
+    for views, rows, with_newlines in branches:
+        vision = (rows * feature_dim + views * cls_dim) * db  # SAM's and CLIP's outputs (CLIP keeps its class row)
+        c.hold(vision)
+        c.spike(rows * (feature_dim + h) * db)  # the fused cat and the projector's output
+        if views > 1 and w.w_crop > 1:
+            c.spike(2 * rows * h * db)  # the projector's output and its permuted copy
+        c.spike((rows + with_newlines) * h * db)  # the grid and its newline cat
+        c.hold(with_newlines * h * db)
+        kept += vision + with_newlines * h * db
+    tokens = w.n_image_tokens * h * db
+    c.hold(2 * tokens)  # the views cat and the batch cat
+    return kept + 2 * tokens
 
 
 def image_layout(c: Cost, w: VisionWorkload, h: int, feature_dim: int, db: int, path: str | None) -> None:

@@ -282,7 +282,9 @@ class CostModel:
         comp: Prefill = self.composites["prefill"]
 
         def run() -> tuple[Cost, Cost]:
-            return comp.evaluate(self.decoder, w, prof, records, self.projector.total_input_dim)
+            encoder = self.vision[self.vision_stages[1]]
+            cls_dim = getattr(encoder, "hidden_size", 0)  # CLIP's output keeps its class row (official layout)
+            return comp.evaluate(self.decoder, w, prof, records, self.projector.total_input_dim, cls_dim)
 
         views = (w.model, w.global_view_size, w.crop_size, w.w_crop, w.h_crop, w.base_size)  # image-dependent terms
         key = ("prefill", w.prefill_len, w.lm_head_scope, prof.name, w.attn_impl, w.dtype_bytes, w.prefill_experts_hit)

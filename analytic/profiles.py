@@ -29,6 +29,7 @@ SAM_REL_BIAS_MODES = ("contiguous", "reshaped_terms")
 RESIZE_CAST_MODES = ("always", "when_not_float32")
 CLIP_POSITION_MODES = ("resize_table", "gather_then_resize")
 NECK_NORM_MODES = ("layer_norm", "mean_var")
+EAGER_PROBS_MODES = ("kept_by_layer", "dropped_by_attention")
 
 
 class ProfileError(ValueError):
@@ -89,6 +90,10 @@ class ImplProfile:
     sam_neck_norm: the neck's LayerNorm2d: `layer_norm` (one native_layer_norm) or `mean_var`
       (official `LayerNorm2d.forward`: mean, sub, pow, mean, sub, add, sqrt, div, mul, add).
     sam_net3_clone: whether net_3 reads a clone of net_2's output (official `self.net_3(x2.clone())`).
+    eager_probs: how long the eager decoder attention's probabilities live (liveness only): `kept_by_layer`
+        (transformers 5: returned as `attn_weights`, which the decoder layer holds until it returns) or
+        `dropped_by_attention` (4.46 LlamaAttention.forward: `attn_weights = None` after o_proj when attentions
+        are not output).
     modeled_metrics: the metrics this profile follows op by op as the implementation executes them
       (gated against the vendor), as ``METRIC`` (every stage) or ``STAGE.METRIC``; the others are
       estimates under the model's own conventions, reported next to the measured figure until the
@@ -119,6 +124,7 @@ class ImplProfile:
     clip_positions: str = "resize_table"
     sam_neck_norm: str = "layer_norm"
     sam_net3_clone: bool = False
+    eager_probs: str = "kept_by_layer"
     modeled_metrics: tuple[str, ...] = ("tensor_flops",)
     flops_only_stages: tuple[str, ...] = ()
     references: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
@@ -139,6 +145,7 @@ class ImplProfile:
             ("vision_resize_casts", self.vision_resize_casts, RESIZE_CAST_MODES),
             ("clip_positions", self.clip_positions, CLIP_POSITION_MODES),
             ("sam_neck_norm", self.sam_neck_norm, NECK_NORM_MODES),
+            ("eager_probs", self.eager_probs, EAGER_PROBS_MODES),
         )
         for label, value, allowed in checks:
             if value not in allowed:
@@ -186,6 +193,7 @@ class ImplProfile:
             "clip_positions": self.clip_positions,
             "sam_neck_norm": self.sam_neck_norm,
             "sam_net3_clone": self.sam_net3_clone,
+            "eager_probs": self.eager_probs,
             "modeled_metrics": list(self.modeled_metrics),
             "flops_only_stages": list(self.flops_only_stages),
             "references": dict(self.references),

@@ -450,6 +450,10 @@ def test_remote_code_end_to_end_tiny_snapshot_exit_0(tmp_path):
             rows = [r for r in gated if r["metric"] == metric]
             assert {r["stage"] for r in rows} == set(STAGES)
             assert all(abs(r["rel_delta"]) < 0.005 for r in rows), [(r["stage"], r["rel_delta"]) for r in rows]
+        # and its liveness: peak_bytes gated on every stage (the look-alike's peaks agree to the byte)
+        rows = [r for r in gated if r["metric"] == "peak_bytes"]
+        assert {r["stage"] for r in rows} == set(STAGES)
+        assert all(abs(r["rel_delta"]) < 0.005 for r in rows), [(r["stage"], r["rel_delta"]) for r in rows]
         assert len(page["trace"]["stages"]["decode"]["steps"]) == 3
         assert page["workload"]["lm_head_scope"] == "all"  # the official forward projects every position
     env = doc["environment"]

@@ -44,7 +44,11 @@ class ClipBlock:
         c.linear(sub(ap, "out_proj"), rows, d, d, bias=True, db=db)
         c.release(3 * n + n)  # q, k, v die with the attention, the normed input when it returns
         c.elementwise(sub(path, "residual1"), "add", rows * d, EW["add"], db, reads=2)
-        c.hold(n)  # residual1 (the out_proj output dies with the sum)
+        c.hold(n)  # residual1 (hf: the out_proj output dies with the sum)
+        # official deepencoder.py NoTPTransformerBlock.forward: residual = self_attn(...); h = x + residual;
+        # out = h + mlp(layer_norm2(h)) -- the attention output stays the local `residual` until the block returns
+        kept = n if profile.clip_qkv == "fused" else 0
+        c.hold(kept)
         layer_norm(c, sub(path, "layer_norm2"), rows, d, db)
         mp = sub(path, "mlp")
         c.linear(sub(mp, "fc1"), rows, d, self.ffn, bias=True, db=db)
@@ -55,7 +59,8 @@ class ClipBlock:
         c.linear(sub(mp, "fc2"), rows, self.ffn, d, bias=True, db=db)
         c.elementwise(sub(path, "residual2"), "add", rows * d, EW["add"], db, reads=2)
         c.hold(n)  # the block's output
-        c.release(f + n + n + n)  # fc1 (as the activation), layer_norm2, residual1; the caller drops the input
+        c.release(f + n + n + n + kept)  # fc1 (as the activation), layer_norm2, residual1 (and official's
+        # `residual`); the caller drops the input
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,16 @@ class ClipEncoder:
         emb = (batch * seq * d * db + seq * d * db, batch * seq * d * db)
         c.elementwise(sub(path, "embeddings"), "add", batch * seq * d, EW["add"], db, traffic=emb)
         n = batch * seq * d * db
-        c.spike(2 * n)  # the class cat and the sum with the positions
+        official = profile.clip_positions == "gather_then_resize"
+        if official:
+            # CLIPVisionEmbeddings.forward: the class cat, the positions get_abs_pos returns (the gathered table
+            # itself when the grid is the trained one) and their sum live together; VitModel.forward then keeps
+            # the sum as its local `x` through the whole transformer
+            pos = (trained + 1) * d * db if grid == self.pretrain_grid else seq * d * db
+            c.spike(n + pos)
+            c.hold(n)
+        else:
+            c.spike(2 * n)  # the class cat and the sum with the positions
         layer_norm(c, sub(path, "pre_layrnorm"), batch * seq, d, db)  # held by the encoder through every layer
         blk: ClipBlock = self._block  # type: ignore[attr-defined]
         if c.want_records:
@@ -120,6 +134,8 @@ class ClipEncoder:
             one = Cost()
             blk.evaluate(one, batch, seq, profile, db, None)
             add_stack(c, [(one, self.num_layers)], n)
+        if official:
+            c.release(n)  # VitModel.forward's x dies when it returns
         return seq
 
     def _official_positions(
@@ -145,6 +161,16 @@ class ClipEncoder:
             if cast:
                 c.copy(sub(path, "pos_embed_cast_back"), "_to_copy", g2, db, read_db=4)
             c.traffic(sub(path, "pos_embed_cat"), "cat", (g2 + d) * db, seq * d * db)
+            # liveness, next to the class cat (batch x seq rows) and the gathered table (its argument): get_abs_pos's
+            # old_pos_embed (the contiguous grid rows, replaced by their float32 copy when casting, which then
+            # lives until it returns), the resize's float32 output and its cast back, and the cat of the CLS row
+            base = batch * seq * d * db + (trained + 1) * d * db
+            contig, interp, cat = trained * d * db, g2 * 4, seq * d * db
+            if cast:
+                f32, back = trained * d * 4, g2 * db
+                c.spike(base + max(contig + f32, f32 + interp + back, f32 + back + cat))
+            else:  # the casts are no copies: the resize's output is the new table
+                c.spike(base + contig + interp + cat)
 
     def params(self) -> int:
         """Parameter count: class embedding, the trained position table (CLS row included), the pre-LayerNorm and

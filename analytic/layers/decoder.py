@@ -122,6 +122,13 @@ class MhaAttention:
             c.elementwise(
                 sub(path, "rotary_sincos"), "sincos", emb, EW["sincos"] + 2 * EW["mul"], 4, traffic=(reads, writes)
             )
+            # liveness: the float32 cat, cos and its scaled copy at once; cos and sin (in the dtype) are
+            # LlamaAttention.forward's locals until it returns
+            c.spike(3 * emb * F32)
+            rotary = 2 * emb * db
+            c.hold(rotary)
+        else:
+            rotary = 0
         rotated = q * (nh + nkv) * hd
         # per tensor of n: x * cos, neg of half, cat, rotated * sin, add (cos/sin: q x hd, broadcast over heads)
         rope_traffic = ((11 * rotated // 2 + 4 * q * hd) * db, 9 * rotated // 2 * db)
@@ -175,7 +182,10 @@ class MhaAttention:
             c.spike(2 * qb)  # the output and its contiguous copy
         c.linear(sub(path, "o_proj"), q, nh * hd, h, bias=self.bias, db=db)
         c.hold(q * h * db)  # the attention's output
-        c.release(qb)  # the rotated queries die when it returns
+        c.release(qb + rotary)  # the rotated queries (and a per-layer rotary table) die when it returns
+        if profile.eager_probs == "dropped_by_attention":  # 4.46 LlamaAttention.forward: attn_weights = None
+            c.release(kept)
+            kept = 0
         return kept
 
 
@@ -276,10 +286,20 @@ class MoeMlp:
         # kept until the MoE returns (`_, topk_weights, topk_indices = self.gate(...)`), so are the top-k indices
         # and the scaled weights; the scores and the unscaled weights die in the router
         cast = db != F32
-        c.spike((rows * h + e * h) * F32 * cast + rows * e * F32)
-        routing = rows * e * F32 + rows * k * (8 + F32)
-        c.hold(routing)
-        c.spike(rows * e * F32 + rows * k * F32)
+        mode = profile.experts
+        if mode == "per_expert_mlp":
+            # official MoEGate.forward: logits (float32 copies of x and the weight while F.linear runs), the
+            # softmax scores, top-k values and indices, the scaled weights; it returns only topk_idx and the
+            # scaled topk_weight, which DeepseekV2MoE.forward keeps until it returns
+            topk = rows * k * (8 + F32)
+            c.spike(max((rows * h + e * h) * F32 * cast + rows * e * F32, 2 * rows * e * F32 + topk + rows * k * F32))
+            routing = rows * k * (8 + F32)
+            c.hold(routing)
+        else:
+            c.spike((rows * h + e * h) * F32 * cast + rows * e * F32)
+            routing = rows * e * F32 + rows * k * (8 + F32)
+            c.hold(routing)
+            c.spike(rows * e * F32 + rows * k * F32)
         # Each token goes to exactly k distinct experts, so the routed rows total rows*k whatever the routing.
         pairs = rows * k
         balanced = min(e, pairs)
@@ -287,7 +307,12 @@ class MoeMlp:
         if not min(k, balanced) <= hit <= balanced:
             raise ProfileError(f"{hit} experts hit by {rows} rows x top-{k} of {e} experts is impossible")
         ep = sub(path, "experts")
-        mode = profile.experts
+        infer_kept = 0
+        if mode == "per_expert_mlp":
+            # moe_infer's locals before its expert loop: cnts (rows x E int64), tokens_per_expert (E int64; its
+            # .numpy() shares the storage), idxs (the argsort: pairs int64), sorted_tokens (pairs rows of h)
+            infer_kept = rows * e * 8 + e * 8 + pairs * 8 + pairs * h * db
+            c.hold(infer_kept)
         if mode == "per_expert_mlp":  # official moe_infer: expert(tokens) = DeepseekV2MLP per hit expert
             c.linear(sub(ep, "gate_proj"), pairs, h, i, bias=False, db=db, op="linear_per_expert")
             c.linear(sub(ep, "up_proj"), pairs, h, i, bias=False, db=db, op="linear_per_expert")
@@ -309,6 +334,12 @@ class MoeMlp:
             _grouped_mm_bookkeeping(c, ep, rows, pairs, h, i, e, db)
         elif mode == "per_expert_mlp":
             _moe_infer_bookkeeping(c, ep, rows, pairs, h, e, db)
+            # liveness after the loop: the experts' outputs (the list: pairs rows), their cat, new_x (empty_like)
+            # live together with the chain new_x.view(...).type(float32) (a copy unless float32).mul_(...)
+            # .sum(dim=1).type(dtype): the float32 copy and the float32 sum, then the sum and its cast back
+            ph = pairs * h * db
+            c.spike(3 * ph + max(pairs * h * F32 * cast + rows * h * F32, rows * h * F32 + rows * h * db * cast))
+            c.release(infer_kept)  # moe_infer's locals die when it returns
         else:
             c.elementwise(sub(ep, "weighted_sum"), "mul_add", pairs * h, EW["mul"] + EW["add"], db)
             # liveness (not modelled op by op): one expert's rows, its SwiGLU intermediates and its output

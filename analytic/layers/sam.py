@@ -62,7 +62,7 @@ class SamBlock:
         if q_copied:
             c.copy(sub(ap, "qkv_permute"), "clone", rows * 3 * d, db)
             c.hold(qkv_copied)
-        bias_bytes = 0
+        bias_bytes = terms_held = 0
         if self.use_rel_pos:
             # get_rel_pos, once per table (h, w): the table (L rows of head_dim) is read by the linear resize
             # (hf: always; official: when L != 2 x side - 1), else gathered row by row (side x side rows).
@@ -93,7 +93,16 @@ class SamBlock:
                 # official: rel_h.reshape(B, q_h * q_w, k_h, 1) and rel_w.reshape(B, q_h * q_w, 1, k_w) of the
                 # permuted einsum outputs: one copy each; (rel_h + rel_w).view(...) is the mask itself
                 c.copy(sub(ap, "rel_pos_terms"), "clone", 2 * einsum_out, db)
-                c.spike(4 * einsum_out * db)  # the einsum outputs and their reshaped copies
+                # add_decomposed_rel_pos's locals: the gathered Rh and Rw (side x side rows of hd each) live until it
+                # returns; the first einsum's operand copy (q's bytes: r / 3 x 3 = rows x d) dies with it, the second
+                # einsum's (when q is a strided view) next to both outputs; then each reshape copies its output
+                # while the other output is alive (3 outputs' worth); the reshaped copies stay Attention.forward's
+                # rel_h and rel_w until it returns
+                e = einsum_out * db
+                gathers = 2 * side * side * hd * db
+                c.spike(gathers + max(r + e + (0 if q_copied else e), 3 * e))
+                c.hold(2 * e)
+                terms_held = 2 * e
             else:
                 c.spike(2 * einsum_out * db + r // 3)  # rel_h, rel_w and a query copy (q is a third of qkv)
             c.elementwise(
@@ -108,15 +117,25 @@ class SamBlock:
                 c.spike(bias_bytes)
             c.traffic(sub(ap, "sdpa_mask_read"), "scaled_dot_product_attention", bias * db, 0)
         vision_attention(c, ap, n_views, nh, seq, hd, profile.vision_attention, db)
+        # deepencoder.py Attention.forward (the profile with its reshaped rel-pos terms): the attention output is x
+        # (or the permuted copy that replaces it) until x = self.proj(x) replaces it
+        keeps_x = profile.sam_rel_pos_bias == "reshaped_terms"
+        if keeps_x:
+            c.hold(r)
         # x.view(B, nHead, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1): a copy unless SDPA returned
         # the output in the query's layout and q was a strided view (vision_sdpa_output)
         if profile.vision_sdpa_output == "contiguous" or q_copied or profile.vision_attention == "eager":
             c.copy(sub(ap, "attn_output_permute"), "clone", rows * d, db)
             c.spike(r)  # the permuted copy next to the attention output
-        c.spike(r)  # the attention output
-        c.linear(sub(ap, "proj"), rows, d, d, bias=True, db=db)
-        c.hold(r)
-        c.release(3 * r + qkv_copied + bias_bytes)  # the attention's locals die when it returns
+        if keeps_x:
+            c.linear(sub(ap, "proj"), rows, d, d, bias=True, db=db)
+            c.hold(r)
+            c.release(r)
+        else:
+            c.spike(r)  # the attention output
+            c.linear(sub(ap, "proj"), rows, d, d, bias=True, db=db)
+            c.hold(r)
+        c.release(3 * r + qkv_copied + bias_bytes + terms_held)  # the attention's locals die when it returns
         if self.window > 0:  # window_unpartition's permute made contiguous, then [:, :H, :W] made contiguous
             c.copy(sub(path, "window_unpartition"), "clone", rows * d, db)
             c.copy(sub(path, "window_crop"), "clone", tokens * d, db)
