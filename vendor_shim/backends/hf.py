@@ -44,7 +44,7 @@ from analytic.workload import VisionWorkload
 from vendor_shim.backends import hf_ocr2
 from vendor_shim.backends.base import GenerationResult, LoadedModel, PreparedInputs, ReceivedInputs, StageRoots
 from vendor_shim.backends.base import VendorBackend as _VendorBackend
-from vendor_shim.backends.hf_family import HfFamily
+from vendor_shim.backends.hf_family import HfFamily, published_config
 from vendor_shim.errors import VendorInputError, VendorRunError
 from vendor_shim.hollow import SMALL_PARAMETER_NUMEL
 
@@ -142,12 +142,7 @@ def _import_model_classes(family: HfFamily) -> tuple[Any, Any]:
 def build_config(num_text_layers: int = TEXT_LAYERS) -> Any:
     """DeepSeek-OCR's config (`UnlimitedOcrConfig`) at the published dimensions."""
     config_cls, _ = _unlimited_ocr_classes()
-    return config_cls(
-        vision_config={"sam_config": dict(SAM_CONFIG), "encoder_config": dict(CLIP_CONFIG)},
-        text_config=text_config(num_text_layers),
-        image_token_id=IMAGE_TOKEN_ID,
-        tie_word_embeddings=False,
-    )
+    return published_config(config_cls, SAM_CONFIG, CLIP_CONFIG, text_config(num_text_layers), IMAGE_TOKEN_ID)
 
 
 def _ocr1_vision_roots(inner: Any) -> dict[str, Any]:

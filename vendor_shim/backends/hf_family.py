@@ -19,3 +19,16 @@ class HfFamily:
     image_token_id: int
     patches_grid: bool  # get_image_features takes patches_grid=[[columns, rows]] (DeepSeek-OCR) or not
     known_differences: tuple[str, ...]
+
+
+def published_config(
+    config_cls: Any, sam: dict[str, Any], encoder: dict[str, Any], text: dict[str, Any], image_token_id: int
+) -> Any:
+    """A family's config at its published dimensions: SAM and the encoder under ``vision_config``, the text
+    config, the image token, lm_head untied from the embedding."""
+    return config_cls(
+        vision_config={"sam_config": dict(sam), "encoder_config": dict(encoder)},
+        text_config=text,
+        image_token_id=image_token_id,
+        tie_word_embeddings=False,
+    )

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vendor_shim.backends.hf_family import HfFamily
+from vendor_shim.backends.hf_family import HfFamily, published_config
 
 IMAGE_TOKEN_ID = 128815
 BOS_ID = 0
@@ -107,12 +107,7 @@ def _classes() -> tuple[Any, Any]:
 
 def build_config(num_text_layers: int = TEXT_LAYERS) -> Any:
     config_cls, _ = _classes()
-    return config_cls(
-        vision_config={"sam_config": dict(SAM_CONFIG), "encoder_config": dict(ENCODER_CONFIG)},
-        text_config=text_config(num_text_layers),
-        image_token_id=IMAGE_TOKEN_ID,
-        tie_word_embeddings=False,
-    )
+    return published_config(config_cls, SAM_CONFIG, ENCODER_CONFIG, text_config(num_text_layers), IMAGE_TOKEN_ID)
 
 
 def vision_roots(inner: Any) -> dict[str, Any]:
