@@ -1,25 +1,38 @@
-"""--model reaches the backend through the registry (`BackendSpec.families`): the hf backend runs both families;
-a backend that cannot run a family refuses it in one line naming the fix (exit 2) before any model is built."""
+"""--model reaches the backend through the registry (`BackendSpec.families`): hf and remote-code run both families;
+remote-code's snapshot says which family it is (config.json), and a --model that disagrees is refused in one line
+naming config.json and the fix (exit 2) before any model is built."""
+
+from pathlib import Path
 
 import pytest
 
+FIXTURES = Path(__file__).resolve().parents[1] / "datasets" / "fixtures"
+
 
 @pytest.mark.parametrize("entry", ["measure", "verify"])
-def test_remote_code_refuses_ocr2_in_one_line(entry, capsys, tmp_path):
-    argv = ["--model", "deepseek-ocr-2", "--backend", "remote-code", "--vendor-dir", str(tmp_path)]
+@pytest.mark.parametrize(
+    ("model", "snapshot", "fix"),
+    [
+        ("deepseek-ocr-2", "tiny_remote_snapshot", "--model deepseek-ocr"),
+        ("deepseek-ocr", "tiny_remote_snapshot_ocr2", "--model deepseek-ocr-2"),
+    ],
+    ids=["ocr2-on-ocr1-snapshot", "ocr1-on-ocr2-snapshot"],
+)
+def test_remote_code_refuses_a_family_mismatch_in_one_line(entry, model, snapshot, fix, capsys):
+    argv = ["--model", model, "--backend", "remote-code", "--vendor-dir", str(FIXTURES / snapshot)]
     argv += ["--trust-remote-code"]
     if entry == "measure":
         from vendor_shim.cli import main
 
-        rc = main([*argv, "--width", "100", "--height", "100"])
+        rc = main([*argv, "--width", "800", "--height", "1000"])
     else:
         from verify.cli import main_end2end
 
         rc = main_end2end(argv)
     assert rc == 2
     err = capsys.readouterr().err.strip()
-    assert "--model deepseek-ocr-2: the remote-code backend runs deepseek-ocr only" in err
-    assert "use --backend hf" in err and len(err.splitlines()) == 1
+    assert "config.json" in err and f"--model {model}" in err and f"pass {fix} " in err
+    assert len(err.splitlines()) == 1
 
 
 def test_hf_takes_ocr2(capsys):

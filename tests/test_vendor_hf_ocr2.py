@@ -180,10 +180,9 @@ def test_model_key_and_roots_follow_the_family():
 def test_registry_describes_which_families_each_backend_runs():
     assert REGISTRY.spec("hf").families == ("deepseek-ocr", OCR2) == tuple(families())  # registry == backend
     assert get_backend("hf", model=OCR2).family.family == OCR2
-    refusal = REGISTRY.spec("remote-code").family_refusal(OCR2)
-    assert refusal and "use --backend hf" in refusal and "\n" not in refusal
-    with pytest.raises(VendorInputError, match="remote-code backend runs deepseek-ocr only"):
-        get_backend("remote-code", vendor_dir="/nonexistent", trust_remote_code=True, model=OCR2)
+    # remote-code runs both: the snapshot's config.json says which, --model must agree (test_remote_code_ocr2.py)
+    assert REGISTRY.spec("remote-code").families == ("deepseek-ocr", OCR2)
+    assert REGISTRY.spec("remote-code").family_refusal(OCR2) is None
 
 
 def test_gates_resolve_per_stage_and_skip_flops_only_stages():

@@ -464,6 +464,46 @@ def test_remote_code_end_to_end_tiny_snapshot_exit_0(tmp_path):
     assert md.startswith("# Verdict: PASS\n") and env["code_hashes"]["deepencoder.py"] in md
 
 
+TINY2 = Path(__file__).resolve().parents[1] / "datasets" / "fixtures" / "tiny_remote_snapshot_ocr2"
+# The DeepSeek-OCR 2 look-alike's dims (deepencoderv2.py fixes the vision widths, config.json the decoder's)
+TINY2_OVERRIDES = [
+    *(ov for ov in TINY_OVERRIDES if ov.startswith(("vision.sam.", "decoder.", "projector.n_embed"))),
+    "vision.sam.downsample_channels=[32,32]",  # net_3 -> the encoder width (listed last: overrides the above)
+    "vision.qwen2_encoder.hidden_size=32",
+    "vision.qwen2_encoder.num_layers=2",
+    "vision.qwen2_encoder.num_heads=4",
+    "vision.qwen2_encoder.num_kv_heads=2",
+    "vision.qwen2_encoder.intermediate_size=64",
+    "projector.input_dim=32",
+]
+STAGES2 = ("sam", "qwen2_encoder", "projector", "prefill", "decode")
+
+
+def test_remote_code_end_to_end_tiny_ocr2_snapshot_exit_0(tmp_path):
+    """DeepSeek-OCR 2's official structure (the look-alike) against the official profile: tensor FLOPs exact on
+    every stage; every other modeled metric gated as the profile says (qwen2_encoder is tensor-FLOPs only)."""
+    out = tmp_path / "runs"
+    argv = ["--model", "deepseek-ocr-2", "--backend", "remote-code", "--vendor-dir", TINY2, "--trust-remote-code"]
+    argv += ["--limit", 2, "--decode-tokens", 2, "--dtype", "float32", "--quiet", "--cache-dir", tmp_path / "traces"]
+    for ov in TINY2_OVERRIDES:
+        argv += ["--override", ov]
+    assert run_cli(main_end2end, *argv, "--output-dir", out) == 0
+    doc = report(out)
+    assert doc["verdict"] == "PASS" and doc["config"]["stages"] == list(STAGES2)
+    for page in doc["pages"]:
+        gated = [r for r in page["rows"] if r["passed"] is not None]
+        assert all(r["passed"] for r in gated)
+        flops = [r for r in gated if r["metric"] == "tensor_flops"]
+        assert {r["stage"] for r in flops} == set(STAGES2) and all(r["rel_delta"] == 0 for r in flops)
+        assert {r["metric"] for r in gated if r["stage"] == "qwen2_encoder"} == {"tensor_flops"}
+        for stage in ("sam", "projector", "prefill", "decode"):  # every modeled metric gated there
+            assert {r["metric"] for r in gated if r["stage"] == stage} >= GATED | {"peak_bytes", "io_bytes"}
+        assert page["trace"]["environment"]["family"] == "deepseek-ocr-2"
+    env = doc["environment"]
+    for name in ("deepencoderv2.py", "modeling_deepseekocr2.py", "modeling_deepseekv2.py", "config.json"):
+        assert env["code_hashes"][name] == hashlib.sha256((TINY2 / name).read_bytes()).hexdigest()
+
+
 @pytest.mark.slow
 def test_hf_end_to_end_full_size_one_page(cache_dir, tmp_path):
     """The full DeepSeek-OCR dims (12-layer MoE decoder) on CPU, vision on meta: 15 s on 2 idle cores, ~40 s busy."""

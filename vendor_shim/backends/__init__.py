@@ -122,11 +122,12 @@ REGISTRY = BackendRegistry(
         "remote-code",
         "vendor_shim.backends.remote_code:create_backend",
         impl="official",
-        summary="the official DeepSeek-OCR code from a local snapshot (needs --vendor-dir and --trust-remote-code)",
+        summary="the official DeepSeek-OCR or DeepSeek-OCR 2 code from a local snapshot (needs --vendor-dir and "
+        "--trust-remote-code; --model must match the snapshot's family)",
         needs_vendor_dir=True,
         attn_impls=("eager",),  # the official decoder: eager (or flash-attn 2, not installed here)
         lm_head_scopes=("all",),  # the official forward projects every prefill position
-        family_fix="the official OCR-2 snapshot is not supported yet (issue 13): use --backend hf",
+        families=("deepseek-ocr", "deepseek-ocr-2"),  # the snapshot's config.json says which; --model must agree
     ),
 )
 DEFAULT_BACKEND = REGISTRY.default

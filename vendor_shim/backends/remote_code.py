@@ -1,8 +1,9 @@
-"""Backend `remote-code`: count a local DeepSeek-OCR snapshot (the official remote code).
+"""Backend `remote-code`: count a local DeepSeek-OCR or DeepSeek-OCR 2 snapshot (the official remote code).
 
 The snapshot's code needs transformers 4.46.x, torchvision and CUDA-only calls, none of
 which may touch the caller's interpreter.  So this backend is an `OutOfProcessBackend`:
-it validates the snapshot here (files, config.json, sha256 of every code file), makes
+it validates the snapshot here (its family from config.json, which must be the run's --model;
+files, sha256 of every code file), makes
 sure the pinned environment exists (`vendor_shim.remote_code.env`), and runs the very
 same counting harness in a worker subprocess (`vendor_shim.remote_code.worker`) that
 sees transformers 4.46.3 first on its path.  The worker returns a trace document.
@@ -42,10 +43,11 @@ _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 def create_backend(
     *, vendor_dir: str | os.PathLike[str] | None, trust_remote_code: bool, model: str = "deepseek-ocr"
 ) -> RemoteCodeBackend:
-    """The backend for ``vendor_dir``; `VendorInputError` (exit 2) without trust or with a bad snapshot."""
+    """The backend for ``vendor_dir`` running family ``model``; `VendorInputError` (exit 2) without trust, with a
+    bad snapshot, or with a snapshot of another family than ``model``."""
     if not trust_remote_code:
         raise VendorInputError(TRUST_MESSAGE)
-    return RemoteCodeBackend(load_snapshot(vendor_dir))
+    return RemoteCodeBackend(load_snapshot(vendor_dir, family=model))
 
 
 class RemoteCodeBackend(OutOfProcessBackend):
@@ -131,10 +133,14 @@ class RemoteCodeBackend(OutOfProcessBackend):
             raise VendorInputError(reason)
         for workload in workloads:
             _check_workload(workload, vision_only)
-        snapshot = load_snapshot(self.snapshot.root)  # re-hash: the files may have changed since creation
+        # re-hash: the files may have changed since creation; every workload must be of the snapshot's family
+        for workload in workloads:
+            load_snapshot(self.snapshot.root, family=workload.model)
+        snapshot = load_snapshot(self.snapshot.root, family=self.snapshot.family)
         env = ensure_env(self.pins)
         request = {
             "vendor_dir": str(snapshot.root),
+            "family": snapshot.family,
             "workloads": [w.to_dict() for w in workloads],
             "device": device,
             "vision_only": vision_only,

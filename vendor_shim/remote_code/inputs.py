@@ -1,22 +1,26 @@
-"""Model inputs built the way the official ``DeepseekOCRForCausalLM.infer()`` builds them.
+"""Model inputs built the way the official ``infer()`` of each family builds them.
 
 The image side uses the snapshot's own ``dynamic_preprocess`` and ``BasicImageTransform``
 (plus PIL's ``ImageOps.pad``, as ``infer()`` does); the prompt side its ``format_messages``
 with the ``plain`` template and, when the snapshot ships a tokenizer, its ``text_encode``.
 Token layout (``infer()``): BOS, text before the image, the global view's
 ``(nq_base + 1) * nq_base + 1`` image tokens, then the crops' ``(nq * w + 1) * (nq * h)``,
-then the text after the image.  Runs inside the worker (needs torch and PIL).
+then the text after the image.  DeepSeek-OCR 2's ``infer()`` differs only in literals
+(`INPUT_RULES`): crops of 768 (the crop test and the no-crop resize threshold are 768), and no
+newline tokens: ``nq_base * nq_base + 1`` for the global view and separator, plus
+``(nq * w) * (nq * h)`` for the crops.  Runs inside the worker (needs torch and PIL).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from vendor_shim.backends.base import PreparedInputs, ReceivedInputs
-from vendor_shim.errors import VendorRunError
+from vendor_shim.errors import VendorInputError, VendorRunError
 
 # What infer() hard-codes (modeling_deepseekocr.py).
 IMAGE_TOKEN = "<image>"
@@ -30,6 +34,30 @@ PROMPT_HEAD = "<image>\n"  # the official examples start the user turn with the 
 FILLER_WORDS = ("page", "text", "a", "x")
 PLACEHOLDER = "x"  # without a tokenizer, one placeholder character stands for one prompt token
 TEXT_TOKEN_ID = 100  # the id a placeholder becomes (FLOPs do not depend on ids)
+
+
+@dataclass(frozen=True)
+class InputRules:
+    """The literals of one family's infer()."""
+
+    crop_side: int  # pages with both sides <= crop_side get no crops; also the no-crop resize threshold
+    newlines: bool  # one newline token after every row of image tokens
+    image_sizes: tuple[int, ...]  # the crop / view sizes the model's vision was built for (others mis-scatter)
+
+
+INPUT_RULES = {
+    "deepseek-ocr": InputRules(crop_side=CROP_SIDE, newlines=True, image_sizes=()),
+    # modeling_deepseekocr2.py infer(): `<= 768` literals; the encoder has query tables for 768 and 1024 views only
+    "deepseek-ocr-2": InputRules(crop_side=768, newlines=False, image_sizes=(768, 1024)),
+}
+
+
+def image_token_count(rules: InputRules, nq_base: int, nq: int = 0, w: int = 0, h: int = 0) -> int:
+    """Image tokens infer() reserves: the global view (+ separator), then the crops' grid."""
+    if rules.newlines:
+        crops = (nq * w + 1) * (nq * h) if w else 0
+        return (nq_base + 1) * nq_base + 1 + crops
+    return nq_base * nq_base + 1 + ((nq * w) * (nq * h) if w else 0)
 
 
 def num_queries(size: int) -> int:
@@ -51,9 +79,10 @@ def synthetic_page(width: int, height: int) -> Any:
 class OfficialInputs:
     """Builds `PreparedInputs` with the snapshot's helpers (``helper(name)`` returns one)."""
 
-    def __init__(self, helper: Callable[[str], Any], tokenizer: Any = None):
+    def __init__(self, helper: Callable[[str], Any], tokenizer: Any = None, rules: InputRules | None = None):
         self.helper = helper
         self.tokenizer = tokenizer
+        self.rules = rules or INPUT_RULES["deepseek-ocr"]
 
     def build(self, workload: Any, *, dtype: torch.dtype, device: str) -> PreparedInputs:
         from PIL import ImageOps
@@ -61,6 +90,13 @@ class OfficialInputs:
         transform = self.helper("BasicImageTransform")(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), normalize=True)
         pad_color = tuple(int(x * 255) for x in transform.mean)
         base_size, image_size = workload.base_size, workload.image_size
+        rules = self.rules
+        sizes = (image_size, base_size) if workload.crop_mode else (image_size,)
+        if rules.image_sizes and any(s not in rules.image_sizes for s in sizes):
+            raise VendorInputError(
+                f"view sizes {sizes}: this model's vision runs {'/'.join(map(str, rules.image_sizes))} views only "
+                "(its query tables): use a mode of this --model"
+            )
         image = synthetic_page(workload.width, workload.height)
 
         conversation = [
@@ -74,21 +110,19 @@ class OfficialInputs:
 
         views, crops, crop_ratio = [], [], (1, 1)
         if workload.crop_mode:
-            if image.size[0] > CROP_SIDE or image.size[1] > CROP_SIDE:
+            if image.size[0] > rules.crop_side or image.size[1] > rules.crop_side:
                 tiles, crop_ratio = self.helper("dynamic_preprocess")(image)
                 if crop_ratio[0] > 1 or crop_ratio[1] > 1:
                     crops = [transform(t).to(dtype) for t in tiles]
             views.append(transform(ImageOps.pad(image, (base_size, base_size), color=pad_color)).to(dtype))
             nq, nq_base = num_queries(image_size), num_queries(base_size)
-            image_ids = ([IMAGE_TOKEN_ID] * nq_base + [IMAGE_TOKEN_ID]) * nq_base + [IMAGE_TOKEN_ID]
-            if crops:
-                w, h = crop_ratio
-                image_ids += ([IMAGE_TOKEN_ID] * (nq * w) + [IMAGE_TOKEN_ID]) * (nq * h)
+            w, h = crop_ratio if crops else (0, 0)
+            image_ids = [IMAGE_TOKEN_ID] * image_token_count(rules, nq_base, nq, w, h)
         else:
-            view = image.resize((image_size, image_size)) if image_size <= CROP_SIDE else image
+            view = image.resize((image_size, image_size)) if image_size <= rules.crop_side else image
             views.append(transform(ImageOps.pad(view, (image_size, image_size), color=pad_color)).to(dtype))
             nq = num_queries(image_size)
-            image_ids = ([IMAGE_TOKEN_ID] * nq + [IMAGE_TOKEN_ID]) * nq + [IMAGE_TOKEN_ID]
+            image_ids = [IMAGE_TOKEN_ID] * image_token_count(rules, nq)
 
         head, tail = self.encode(splits[0]), self.encode(splits[1])
         ids = [BOS_ID, *head, *image_ids, *tail]

@@ -1,10 +1,12 @@
-"""The in-worker `VendorBackend` for a DeepSeek-OCR snapshot (runs under the pinned env).
+"""The in-worker `VendorBackend` for a DeepSeek-OCR or DeepSeek-OCR 2 snapshot (runs under the pinned env).
 
 It drives the snapshot's own classes and helpers, the way the official ``infer()`` does:
 inputs come from the snapshot's ``dynamic_preprocess``, ``BasicImageTransform`` and
 ``format_messages`` (and its tokenizer, when the snapshot ships one); generation is the
 snapshot model's own ``generate()`` with its ``prepare_inputs_for_generation``; the
 official forward projects every prefill position through lm_head, so the scope is "all".
+The family (``Snapshot.family``) picks the model module, the vision stage roots, the vision
+call chain and the ``infer()`` input rules; the decoder, lm_head and generation are shared.
 Only `vendor_shim.remote_code.worker` imports this module, after `compat` is applied.
 """
 
@@ -28,11 +30,17 @@ from vendor_shim.backends.base import GenerationResult, LoadedModel, PreparedInp
 from vendor_shim.errors import VendorInputError, VendorRunError
 from vendor_shim.hollow import small_parameters
 from vendor_shim.remote_code import compat
-from vendor_shim.remote_code.inputs import OfficialInputs
-from vendor_shim.remote_code.snapshot import MODEL_MODULE, Snapshot, SnapshotError
+from vendor_shim.remote_code.inputs import INPUT_RULES, OfficialInputs
+from vendor_shim.remote_code.snapshot import Snapshot, SnapshotError
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# OCR-2's infer() uses no_repeat_ngram_size 20 in eval mode, 35 when streaming: the eval value, as for OCR-1
 GENERATION_PATH = "snapshot GenerationMixin.generate(greedy, no_repeat_ngram_size=20, min_new_tokens=max_new_tokens)"
+# Per family: the vision stage roots as (stage, attribute of the inner model), in pipeline order.
+VISION_ROOTS = {
+    "deepseek-ocr": (("sam", "sam_model"), ("clip", "vision_model"), ("projector", "projector")),
+    "deepseek-ocr-2": (("sam", "sam_model"), ("qwen2_encoder", "qwen2_model"), ("projector", "projector")),
+}
 
 
 def import_snapshot(snapshot: Snapshot) -> Any:
@@ -54,9 +62,9 @@ def import_snapshot(snapshot: Snapshot) -> Any:
         sys.meta_path.append(_SiblingFinder(pkg_name, siblings))  # last: never shadows an installed module
     sys.dont_write_bytecode = True
     try:
-        return importlib.import_module(f"{pkg_name}.{MODEL_MODULE}")
+        return importlib.import_module(f"{pkg_name}.{snapshot.model_module}")
     except Exception as exc:
-        raise SnapshotError(_import_error_line(snapshot.root, exc)) from exc
+        raise SnapshotError(_import_error_line(snapshot.root, exc, snapshot.model_module)) from exc
 
 
 class _SiblingFinder(importlib.abc.MetaPathFinder):
@@ -85,9 +93,9 @@ class _AliasLoader(importlib.abc.Loader):
         sys.modules[module.__name__] = importlib.import_module(self.target)
 
 
-def _import_error_line(root: Path, exc: BaseException) -> str:
+def _import_error_line(root: Path, exc: BaseException, model_module: str) -> str:
     """One line naming the snapshot file (and line) where importing failed."""
-    where = root / f"{MODEL_MODULE}.py"
+    where = root / f"{model_module}.py"
     lineno: int | None = None
     if isinstance(exc, SyntaxError) and exc.filename:
         where, lineno = Path(exc.filename), exc.lineno
@@ -136,7 +144,7 @@ class RemoteCodeModelBackend(VendorBackend):
                 if cls is None:
                     raise SnapshotError(
                         f"{self.snapshot.root / 'config.json'}: auto_map names {ref} but "
-                        f"{MODEL_MODULE}.py defines no such class: restore the snapshot"
+                        f"{self.snapshot.model_module}.py defines no such class: restore the snapshot"
                     )
                 classes.append(cls)
             self._module = _Module(mod, classes[0], classes[1])
@@ -179,7 +187,8 @@ class RemoteCodeModelBackend(VendorBackend):
             torch.set_default_dtype(saved_dtype)
         model.eval()
         inner = model.get_model() if hasattr(model, "get_model") else model.model
-        vision = [inner.sam_model, inner.vision_model, inner.projector]
+        vision_roots = {stage: getattr(inner, attr) for stage, attr in VISION_ROOTS[self.snapshot.family]}
+        vision = list(vision_roots.values())
         weights = "meta (no values)"
         if device != "meta":
             # Decoder pages are never touched in a vision-only run: no fill, no memory.
@@ -194,13 +203,14 @@ class RemoteCodeModelBackend(VendorBackend):
             weights = "random (cheap fill)" if execution == "real" else "small parameters cheap-filled (shapes-only)"
             if self.snapshot.weight_files:
                 weights = self._load_weights(model)
-        roots = StageRoots({"sam": inner.sam_model, "clip": inner.vision_model, "projector": inner.projector})
+        roots = StageRoots(vision_roots)
         if not vision_only:
             roots.decoder, roots.lm_head, roots.top = inner, model.lm_head, model
         info = {
             "model_class": self.snapshot.model_class,
             "weights": weights,
             "attn_implementation": "eager",
+            "family": self.snapshot.family,
             "num_parameters": sum(p.numel() for p in model.parameters()),
         }
         return LoadedModel(
@@ -233,12 +243,15 @@ class RemoteCodeModelBackend(VendorBackend):
     # -- inputs ----------------------------------------------------------------------------
     def prepare_inputs(self, loaded: LoadedModel, workload: Any) -> PreparedInputs:
         """The official infer() input pipeline on a synthetic page of the workload's size."""
-        builder = OfficialInputs(self.module().helper, self.tokenizer())
+        builder = OfficialInputs(self.module().helper, self.tokenizer(), rules=INPUT_RULES[self.snapshot.family])
         return builder.build(workload, dtype=TORCH_DTYPES[loaded.dtype], device=loaded.device)
 
     # -- running ---------------------------------------------------------------------------
     def run_vision(self, loaded: LoadedModel, inputs: PreparedInputs) -> None:
-        """The vision block of DeepseekOCRModel.forward: crops first, then the global view."""
+        """The vision block of the family's model forward: crops first, then the global view."""
+        if self.snapshot.family == "deepseek-ocr-2":
+            self._run_vision_ocr2(loaded, inputs)
+            return
         sam, clip, projector = (loaded.roots.vision[s] for s in ("sam", "clip", "projector"))
         images_crop, images_ori = inputs.payload["images"][0]
         with torch.no_grad():
@@ -249,6 +262,15 @@ class RemoteCodeModelBackend(VendorBackend):
             global_1 = sam(images_ori)
             global_2 = clip(images_ori, global_1)
             projector(torch.cat((global_2[:, 1:], global_1.flatten(2).permute(0, 2, 1)), dim=-1))
+
+    def _run_vision_ocr2(self, loaded: LoadedModel, inputs: PreparedInputs) -> None:
+        """DeepseekOCR2Model.forward's vision block: projector(qwen2_model(sam(x))), crops first, then global."""
+        sam, encoder, projector = (loaded.roots.vision[s] for s in ("sam", "qwen2_encoder", "projector"))
+        images_crop, images_ori = inputs.payload["images"][0]
+        with torch.no_grad():
+            if inputs.payload["has_crops"]:
+                projector(encoder(sam(images_crop)))
+            projector(encoder(sam(images_ori)))
 
     def run_generation(
         self, loaded: LoadedModel, inputs: PreparedInputs, decode_tokens: int, lm_head_scope: str
@@ -292,6 +314,7 @@ class RemoteCodeModelBackend(VendorBackend):
             "transformers": transformers.__version__,
             "backend": self.name,
             "vendor_dir": str(self.snapshot.root),
+            "family": self.snapshot.family,
             "code_hashes": dict(self.snapshot.code_hashes),
             "tokenizer": "snapshot" if self.snapshot.has_tokenizer else "none (workload prompt token count)",
             "weights": list(self.snapshot.weight_files) or "none (random init)",

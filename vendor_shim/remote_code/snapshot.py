@@ -1,5 +1,6 @@
-"""A local DeepSeek-OCR snapshot: which files it must have, what they hash to, and a
-check of its config.json that fails with one line naming the file (exit 2).
+"""A local DeepSeek-OCR or DeepSeek-OCR 2 snapshot: which family it is (config.json's
+``architectures``), which files that family must have, what they hash to, and a check of its
+config.json that fails with one line naming the file (exit 2).
 
 Pure Python (no torch): the parent process validates before it spends a subprocess.
 """
@@ -14,16 +15,55 @@ from typing import Any
 
 from vendor_shim.errors import VendorInputError
 
-CODE_FILES = (
-    "modeling_deepseekocr.py",
-    "deepencoder.py",
-    "modeling_deepseekv2.py",
-    "configuration_deepseek_v2.py",
-    "conversation.py",
-)
 CONFIG_FILE = "config.json"
-ARCHITECTURE = "DeepseekOCRForCausalLM"
-MODEL_MODULE = "modeling_deepseekocr"
+
+
+@dataclass(frozen=True)
+class Family:
+    """What one model family's official snapshot looks like."""
+
+    name: str  # the --model family (analytic.schema.FAMILIES)
+    title: str  # for messages
+    architecture: str  # config.json architectures[...] entry
+    model_module: str  # the module auto_map points into
+    code_files: tuple[str, ...]  # the files the official remote code consists of
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            "deepseek-ocr",
+            "DeepSeek-OCR",
+            "DeepseekOCRForCausalLM",
+            "modeling_deepseekocr",
+            (
+                "modeling_deepseekocr.py",
+                "deepencoder.py",
+                "modeling_deepseekv2.py",
+                "configuration_deepseek_v2.py",
+                "conversation.py",
+            ),
+        ),
+        Family(
+            "deepseek-ocr-2",
+            "DeepSeek-OCR 2",
+            "DeepseekOCR2ForCausalLM",
+            "modeling_deepseekocr2",
+            (
+                "modeling_deepseekocr2.py",
+                "deepencoderv2.py",
+                "modeling_deepseekv2.py",
+                "configuration_deepseek_v2.py",
+                "conversation.py",
+            ),
+        ),
+    )
+}
+# DeepSeek-OCR's (the default family's) values, kept for callers that predate DeepSeek-OCR 2
+CODE_FILES = FAMILIES["deepseek-ocr"].code_files
+ARCHITECTURE = FAMILIES["deepseek-ocr"].architecture
+MODEL_MODULE = FAMILIES["deepseek-ocr"].model_module
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
@@ -41,6 +81,12 @@ class Snapshot:
     code_hashes: dict[str, str]  # relative path -> sha256 of every code file run (+ config.json)
     has_tokenizer: bool
     weight_files: tuple[str, ...]
+    family: str = "deepseek-ocr"  # detected from config.json's architectures
+
+    @property
+    def model_module(self) -> str:
+        """The module name auto_map points into (``modeling_deepseekocr`` / ``modeling_deepseekocr2``)."""
+        return FAMILIES[self.family].model_module
 
     @property
     def model_class(self) -> str:
@@ -53,7 +99,12 @@ class Snapshot:
 
     def signature(self) -> dict[str, Any]:
         """What identifies this snapshot in a cache key and in reports."""
-        return {"vendor_dir": str(self.root), "code_hashes": dict(self.code_hashes), "weights": list(self.weight_files)}
+        return {
+            "vendor_dir": str(self.root),
+            "family": self.family,
+            "code_hashes": dict(self.code_hashes),
+            "weights": list(self.weight_files),
+        }
 
 
 def sha256_file(path: Path) -> str:
@@ -72,29 +123,44 @@ def check_vendor_dir(root: Path) -> None:
         raise SnapshotError(f"{root}: vendor dir does not exist: pass a local DeepSeek-OCR snapshot directory")
 
 
-def load_snapshot(vendor_dir: str | Path | None) -> Snapshot:
-    """Validate ``vendor_dir`` and hash its code; raises `SnapshotError` (exit 2) otherwise."""
+def load_snapshot(vendor_dir: str | Path | None, family: str | None = None) -> Snapshot:
+    """Validate ``vendor_dir`` and hash its code; raises `SnapshotError` (exit 2) otherwise.
+
+    The family comes from config.json's ``architectures``; when ``family`` (the run's --model) is given and
+    differs, the snapshot is refused with one line naming config.json and the fix.
+    """
     if vendor_dir is None or str(vendor_dir) == "":
         raise SnapshotError("backend remote-code needs --vendor-dir PATH: a local DeepSeek-OCR snapshot directory")
     root = Path(vendor_dir).expanduser().resolve()
     check_vendor_dir(root)
-    missing = [name for name in (*CODE_FILES, CONFIG_FILE) if not (root / name).is_file()]
+    if not (root / CONFIG_FILE).is_file():
+        raise SnapshotError(
+            f"{root / CONFIG_FILE}: missing from the snapshot: copy the official DeepSeek-OCR files into the vendor dir"
+        )
+    config, fam = _read_config(root / CONFIG_FILE)
+    if family is not None and family != fam.name:
+        raise SnapshotError(
+            f"{root / CONFIG_FILE}: the snapshot is {fam.title} (architectures names {fam.architecture}) but the run "
+            f"asks for --model {family}: pass --model {fam.name} or point --vendor-dir at a {family} snapshot"
+        )
+    missing = [name for name in fam.code_files if not (root / name).is_file()]
     if missing:
         raise SnapshotError(
             f"{root / missing[0]}: missing from the snapshot ({', '.join(missing)} absent): "
-            "copy the official DeepSeek-OCR files into the vendor dir"
+            f"copy the official {fam.title} files into the vendor dir"
         )
-    config = _read_config(root / CONFIG_FILE)
     # Every .py in the snapshot may be imported by the others: hash them all.
-    code = sorted({*CODE_FILES, *(p.name for p in root.glob("*.py"))})
+    code = sorted({*fam.code_files, *(p.name for p in root.glob("*.py"))})
     hashes = {name: sha256_file(root / name) for name in code}
     hashes[CONFIG_FILE] = sha256_file(root / CONFIG_FILE)
     weights = tuple(sorted(p.name for p in root.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file()))
     has_tok = any((root / name).is_file() for name in TOKENIZER_FILES)
-    return Snapshot(root=root, config=config, code_hashes=hashes, has_tokenizer=has_tok, weight_files=weights)
+    return Snapshot(
+        root=root, config=config, code_hashes=hashes, has_tokenizer=has_tok, weight_files=weights, family=fam.name
+    )
 
 
-def _read_config(path: Path) -> dict[str, Any]:
+def _read_config(path: Path) -> tuple[dict[str, Any], Family]:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -102,20 +168,23 @@ def _read_config(path: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise SnapshotError(f"{path}: expected a JSON object: restore the snapshot's config.json")
     archs = config.get("architectures") or []
-    if ARCHITECTURE not in archs:
+    found = [f for f in FAMILIES.values() if isinstance(archs, list) and f.architecture in archs]
+    if len(found) != 1:
+        names = " or ".join(f.architecture for f in FAMILIES.values())
         raise SnapshotError(
-            f"{path}: architectures={archs!r} does not name {ARCHITECTURE}: "
+            f"{path}: architectures={archs!r} does not name {names}: "
             "this is not a DeepSeek-OCR snapshot (point --vendor-dir at one)"
         )
+    fam = found[0]
     auto_map = config.get("auto_map") or {}
     for key in ("AutoConfig", "AutoModel"):
         ref = auto_map.get(key, "")
-        if not isinstance(ref, str) or ref.count(".") != 1 or not ref.startswith(MODEL_MODULE + "."):
+        if not isinstance(ref, str) or ref.count(".") != 1 or not ref.startswith(fam.model_module + "."):
             raise SnapshotError(
-                f"{path}: auto_map.{key}={ref!r} must be '{MODEL_MODULE}.<Class>': restore the official config.json"
+                f"{path}: auto_map.{key}={ref!r} must be '{fam.model_module}.<Class>': restore the official config.json"
             )
     lang = config.get("language_config")
     for key in ("hidden_size", "vocab_size", "num_hidden_layers"):
         if not isinstance(config.get(key), int) and not (isinstance(lang, dict) and isinstance(lang.get(key), int)):
             raise SnapshotError(f"{path}: field {key!r} missing or not an integer: restore the snapshot's config.json")
-    return config
+    return config, fam

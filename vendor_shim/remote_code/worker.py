@@ -50,7 +50,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     execution = str(request.get("execution", "real"))
     if device == "cuda" and not torch.cuda.is_available():
         raise VendorInputError("device 'cuda' requested but torch sees no GPU: use --device cpu")
-    snapshot = load_snapshot(request["vendor_dir"])
+    snapshot = load_snapshot(request["vendor_dir"], family=request.get("family"))
     backend = RemoteCodeModelBackend(snapshot, env_info={"torchvision": torchvision, **request.get("env_info", {})})
     reason = backend.supports_device(device, vision_only)
     if reason:
