@@ -24,7 +24,7 @@ from vendor_shim.backends import get_backend
 from vendor_shim.errors import VendorInputError, VendorRunError
 from vendor_shim.measure import measure
 from vendor_shim.remote_code.env import ensure_env
-from vendor_shim.remote_code.snapshot import CODE_FILES, SnapshotError, load_snapshot
+from vendor_shim.remote_code.snapshot import FAMILIES, SnapshotError, load_snapshot
 
 TINY = Path(__file__).resolve().parents[1] / "datasets" / "fixtures" / "tiny_remote_snapshot"
 
@@ -103,7 +103,7 @@ def test_bad_config_names_config_json(tmp_path, old, new):
 
 def test_code_hashes_cover_every_code_file():
     snap = load_snapshot(TINY)
-    for name in (*CODE_FILES, "config.json"):
+    for name in (*FAMILIES["deepseek-ocr"].code_files, "config.json"):
         assert snap.code_hashes[name] == hashlib.sha256((TINY / name).read_bytes()).hexdigest()
     assert snap.signature()["code_hashes"] == snap.code_hashes
 

@@ -31,14 +31,15 @@ class BackendSpec:
     attn_impls: tuple[str, ...] = ATTN_IMPLS  # decoder attentions its code can run
     lm_head_scopes: tuple[str, ...] = LM_HEAD_SCOPES  # prefill lm_head scopes its forward can do
     families: tuple[str, ...] = (DEFAULT_FAMILY,)  # model families (--model) it can run
-    family_fix: str = ""  # what to do instead, for a family it cannot run (ends the refusal line)
 
     def family_refusal(self, model: str) -> str | None:
         """One line naming the fix when the backend cannot run model family ``model``, else None."""
         if model in self.families:
             return None
-        fix = self.family_fix or f"use --model {' or '.join(self.families)}"
-        return f"--model {model}: the {self.name} backend runs {'/'.join(self.families)} only; {fix}"
+        return (
+            f"--model {model}: the {self.name} backend runs {'/'.join(self.families)} only; "
+            f"use --model {' or '.join(self.families)}"
+        )
 
     def refusal(self, *, attn_impl: str, lm_head_scope: str | None) -> str | None:
         """One line naming the fix when the backend's code cannot run this decoder setting, else None."""

@@ -60,10 +60,6 @@ FAMILIES: dict[str, Family] = {
         ),
     )
 }
-# DeepSeek-OCR's (the default family's) values, kept for callers that predate DeepSeek-OCR 2
-CODE_FILES = FAMILIES["deepseek-ocr"].code_files
-ARCHITECTURE = FAMILIES["deepseek-ocr"].architecture
-MODEL_MODULE = FAMILIES["deepseek-ocr"].model_module
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
