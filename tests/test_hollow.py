@@ -156,3 +156,21 @@ def test_dtype_does_not_change_counts_in_shapes_mode(models):
     ]
     assert _breakdown(traces[0]) == _breakdown(traces[1])
     assert traces[0].dtype == "float32" and traces[1].dtype == "bfloat16"
+
+
+def test_meta_memo_keeps_views_by_behaviour_on_their_storage():
+    """A 3-D matmul ends in ``_unsafe_view`` (schema: a new tensor; kernel: a view).  Answered from the meta layout
+    memo with a fresh tensor, it would leave its storage for dead while the view still holds it, and the live-bytes
+    book (peak_bytes) would lose the matmul's output.  Seen twice with the same geometry (the memo's second answer),
+    the view must still share the matmul output's storage; a truly functional op keeps using the memo."""
+    hollow_exec = _hollow()
+    a = torch.empty(2, 3, 5, device="meta")
+    w = torch.empty(5, 7, device="meta")
+    memo_hits = []
+    for _ in range(2):
+        mm = hollow_exec(torch.ops.aten.mm.default, (a.view(6, 5), w), {})
+        out = hollow_exec(torch.ops.aten._unsafe_view.default, (mm, [2, 3, 7]), {})
+        assert out.untyped_storage()._cdata == mm.untyped_storage()._cdata
+        assert tuple(out.shape) == (2, 3, 7)
+        memo_hits.append(hollow_exec.stats.meta_memo_hits)
+    assert memo_hits == [0, 1]  # the mm's second call came from the memo; the views never do

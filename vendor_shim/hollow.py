@@ -37,6 +37,8 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_map
 
+from analytic.op_conventions import ALIAS_BY_BEHAVIOUR
+
 aten = torch.ops.aten
 
 ROUTING_BALANCED = "balanced round-robin: row r, slot j -> expert (start + r*k + j) mod E, start running across calls"
@@ -162,11 +164,16 @@ class HollowExecution:
         return tree_map(_meta_like, layout)
 
     def _functional(self, func: Any) -> bool:
-        """Neither writes an argument nor returns a view of one (so a fresh tensor is a faithful answer)."""
+        """Neither writes an argument nor returns a view of one (so a fresh tensor is a faithful answer).  The ops
+        whose schema says "new tensor" while the kernel returns a view (`ALIAS_BY_BEHAVIOUR`: ``_unsafe_view`` after
+        every 3-D matmul) are not: a fresh answer would cut the view off its storage, and the live-bytes book would
+        see the storage die while the view still holds it (peak_bytes too low)."""
         ok = self._is_functional.get(func)
         if ok is None:
             schema = func._schema
-            ok = self._is_functional[func] = not schema.is_mutable and all(r.alias_info is None for r in schema.returns)
+            alias = str(func._overloadpacket.__name__).split(".")[-1] in ALIAS_BY_BEHAVIOUR
+            ok = not alias and not schema.is_mutable and all(r.alias_info is None for r in schema.returns)
+            self._is_functional[func] = ok
         return ok
 
     def _hollow(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], device: torch.device) -> Any:
