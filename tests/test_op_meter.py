@@ -133,3 +133,23 @@ def test_a_nested_stage_raises_its_own_peak_not_its_parents():
     _meter(fn, meter=meter)
     assert inner.peak_live == 4440  # 400 (the outer's a) + 4,000 + 40
     assert outer.peak_live == 400 + 40 + 4 + 400
+
+
+def test_index_put_writes_every_element_its_indices_address():
+    """``mask[rows[:, None], rows] = 0.0`` (DeepSeek-OCR 2's official encoder mask) writes len(rows)^2 elements from
+    one broadcast value; ``x[idx] = values`` writes the values' rows."""
+    mask = torch.full((6, 6), -1.0)
+    x = torch.zeros(5, 3)
+    rows = torch.tensor([0, 2, 4])
+
+    def fn():
+        mask[rows[:, None], rows] = 0.0  # 3 x 3 = 9 elements x 4 bytes = 36 written
+        x[torch.tensor([1, 3])] = torch.ones(2, 3)  # 2 rows x 3 x 4 = 24 written
+
+    ops, _, _ = _meter(fn)
+    put = ops["aten.index_put_.default"]
+    # writes 36 + 24 = 60; reads (never the destination: an overwrite): the first call's two index tensors (3 int64
+    # each: 24 + 24) and its value (a 0-d float32: 4), the second's index (2 int64: 16) and values (2 x 3 x 4 = 24)
+    assert put[ACTIVATION] == 36 + 24
+    assert put[IO] == 60 + (24 + 24 + 4) + (16 + 24)
+    assert torch.equal(mask[rows[:, None], rows], torch.zeros(3, 3))

@@ -254,10 +254,25 @@ def _bias_given(base: str, args: tuple[Any, ...]) -> bool:
 
 
 def _written_bytes(kind: _OpKind, dest: torch.Tensor, args: tuple[Any, ...]) -> int:
-    """index_put_ writes as many elements as its values; every other in-place op its whole destination."""
+    """index_put_ writes the elements its indices address (the values broadcast to them: ``mask[rows, cols] = 0.0``
+    writes len(rows) x len(cols) elements from one value); every other in-place op its whole destination."""
     if kind.base in ("index_put", "_index_put_impl") and len(args) > 2 and isinstance(args[2], torch.Tensor):
-        return min(footprint(dest), args[2].numel() * dest.element_size())
+        addressed = _indexed_elements(dest, args[1])
+        elems = args[2].numel() if addressed is None else max(addressed, args[2].numel())
+        return min(footprint(dest), elems * dest.element_size())
     return footprint(dest)
+
+
+def _indexed_elements(dest: torch.Tensor, indices: Any) -> int | None:
+    """Elements an advanced-indexing write addresses: the broadcast shape of its integer index tensors times the
+    destination's sizes after the indexed dimensions.  None where a bool mask (how many it selects is data) or a
+    slice takes part: then the values' size stands (they must match what is selected)."""
+    if not isinstance(indices, list | tuple) or not indices:
+        return None
+    if not all(isinstance(t, torch.Tensor) and not t.is_floating_point() and t.dtype != torch.bool for t in indices):
+        return None
+    shape = torch.broadcast_shapes(*(t.shape for t in indices))
+    return math.prod(shape) * math.prod(dest.shape[len(indices) :])
 
 
 def _grouped_weight_read(b: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
