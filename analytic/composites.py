@@ -49,15 +49,20 @@ class VisionBranch:
         profile: ImplProfile,
         db: int,
         records: bool,
+        previous_tokens: int = 0,
     ) -> dict[str, Cost]:
         """``stages`` = (sam, the family's encoder stage, projector); the encoder says which rows reach the
-        projector (CLIP drops its CLS row, the query encoder keeps only the query outputs)."""
+        projector (CLIP drops its CLS row, the query encoder keeps only the query outputs).  ``previous_tokens``:
+        the encoder tokens of the branch that ran before this one in the same image (state an encoder keeps across
+        calls dies here)."""
         sam_stage, enc_stage, proj_stage = stages
         out = {part: Cost(records) for part in stages}
         if batch == 0:
             return out
         grid = sam.evaluate(out[sam_stage], batch, size, profile, db, sam_stage if records else None)
-        seq = encoder.evaluate(out[enc_stage], batch, grid, profile, db, enc_stage if records else None)
+        seq = encoder.evaluate(
+            out[enc_stage], batch, grid, profile, db, enc_stage if records else None, previous_tokens=previous_tokens
+        )
         projector.evaluate(
             out[proj_stage],
             batch,
@@ -68,11 +73,20 @@ class VisionBranch:
         )
         return out
 
-    def run(self, model: Any, size: int, batch: int, profile: ImplProfile, db: int, records: bool) -> dict[str, Cost]:
+    def previous_tokens(self, w: VisionWorkload) -> int:
+        """Encoder tokens of the branch that ran before this one (the official code runs the crops first: the
+        global view follows them; 0 when nothing did)."""
+        return w.n_crops * w.crop_queries**2 if self.branch == "global" and w.has_crops else 0
+
+    def run(
+        self, model: Any, size: int, batch: int, profile: ImplProfile, db: int, records: bool, previous_tokens: int = 0
+    ) -> dict[str, Cost]:
         """This branch on a CostModel's layers, with the stages of the model's family."""
         stages = model.vision_stages
         encoder = model.vision[stages[1]]
-        return self.evaluate(stages, model.sam, encoder, model.projector, size, batch, profile, db, records)
+        return self.evaluate(
+            stages, model.sam, encoder, model.projector, size, batch, profile, db, records, previous_tokens
+        )
 
 
 @dataclass(frozen=True)

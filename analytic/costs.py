@@ -366,8 +366,11 @@ class Cost:
         *,
         db: int,
         causal_pairs: int | None = None,
+        masked: bool = False,
+        mask_bytes: int = 0,
     ) -> None:
-        """F.scaled_dot_product_attention: 2*B*H*Sq*Sk*Dq + 2*B*H*Sq*Sk*Dv, whatever the mask."""
+        """F.scaled_dot_product_attention: 2*B*H*Sq*Sk*Dq + 2*B*H*Sq*Sk*Dv, whatever the mask.  ``masked``: a mask
+        (a tensor of ``mask_bytes``, read by the kernel, or is_causal) applies, 1 per score more."""
         flops = 2 * b * h * sq * sk * dq + 2 * b * h * sq * sk * dv
         causal = None if causal_pairs is None else 2 * b * h * causal_pairs * (dq + dv)
         shapes = {"q": [b, h, sq, dq], "k": [b, h, sk, dq], "v": [b, h, sk, dv]} if self.records is not None else None
@@ -383,7 +386,8 @@ class Cost:
             write_elems=b * h * sq * dv,
             db=db,
         )
-        self.elementwise_flops += b * h * sq * sk * EW["softmax"]
+        self.io_bytes += mask_bytes
+        self.elementwise_flops += b * h * sq * sk * (EW["softmax"] + (EW["add"] if masked else 0))
 
 
 def sub(path: str | None, name: str) -> str | None:

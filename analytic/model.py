@@ -21,7 +21,7 @@ from analytic.layers.projector import MlpProjector
 from analytic.layers.sam import SamEncoder
 from analytic.profiles import ImplProfile, ProfileError
 from analytic.schema import DEFAULT_FAMILY, FAMILIES, LM_PARTS, VISION_BRANCHES, combine, family_vision_stages
-from analytic.workload import VisionWorkload
+from analytic.workload import VisionWorkload, family_rules
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 CONFIG_NAME = "model"
@@ -200,19 +200,19 @@ class CostModel:
 
     def resident(self, workload: VisionWorkload, prof: ImplProfile) -> dict[str, Any] | None:
         """What the model keeps in memory besides a stage's transients: its weights (parameters at the workload's
-        dtype, plus buffers) and the KV cache after the prefill and after each decode step.  None for a family
-        whose encoder does not state its parameters yet."""
-        if "clip" not in self.vision:
-            return None
+        dtype, plus buffers) and the KV cache after the prefill and after each decode step."""
+        enc_stage = self.vision_stages[1]
+        encoder = self.vision[enc_stage]
+        views = 1 + family_rules(self.family).newlines  # the view separator (and DeepSeek-OCR's image_newline)
         params = {
             "sam": self.sam.params(),
-            "clip": self.clip.params(),
+            enc_stage: encoder.params(),
             "projector": self.projector.params(),
-            "view_embeddings": 2 * self.projector.output_dim,  # image_newline and the view separator
+            "view_embeddings": views * self.projector.output_dim,
             "decoder": self.decoder.params(),
         }
-        # buffers: CLIP's position ids (int64, one per trained position and the CLS row) and the rotary tables
-        buffers = (self.clip.pretrain_grid**2 + 1) * 8 + self.decoder.rotary_buffer_bytes(prof)
+        # buffers: the encoder's (CLIP's int64 position ids; the Qwen2 encoder's rotary tables) and the decoder's
+        buffers = encoder.buffer_bytes(prof) + self.decoder.rotary_buffer_bytes(prof)
         per_token = self.decoder.cache_bytes_per_token(workload.dtype_bytes)
         return {
             "parameters": params,
@@ -272,11 +272,12 @@ class CostModel:
         self, comp: VisionBranch, w: VisionWorkload, prof: ImplProfile, db: int, records: bool
     ) -> dict[str, Cost]:
         size, batch = comp.views(w)
+        previous = comp.previous_tokens(w)
 
         def run() -> dict[str, Cost]:
-            return comp.run(self, size, batch, prof, db, records)
+            return comp.run(self, size, batch, prof, db, records, previous)
 
-        return run() if records else self._memoised(("vision", size, batch, prof.name, db), run)
+        return run() if records else self._memoised(("vision", size, batch, prof.name, db, previous), run)
 
     def _prefill(self, w: VisionWorkload, prof: ImplProfile, records: bool) -> tuple[Cost, Cost]:
         comp: Prefill = self.composites["prefill"]

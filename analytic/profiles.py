@@ -21,7 +21,7 @@ CLIP_QKV_MODES = ("fused", "separate")
 EXPERT_MODES = ("per_expert_mlp", "eager", "grouped_mm", "batched_mm")
 VISION_ATTN_MODES = ("sdpa", "eager")
 REL_POS_TABLE_MODES = ("interpolate_always", "gather_when_sized")
-CAUSAL_MASK_MODES = ("where_twice", "prepare_4d")
+CAUSAL_MASK_MODES = ("where_twice", "where_once", "prepare_4d")
 CACHE_UPDATE_MODES = ("cat_always", "append_then_cat")
 SDPA_OUTPUT_MODES = ("contiguous", "like_query")
 SAM_QKV_MODES = ("permute_copy", "merged_reshape")
@@ -30,6 +30,7 @@ RESIZE_CAST_MODES = ("always", "when_not_float32")
 CLIP_POSITION_MODES = ("resize_table", "gather_then_resize")
 NECK_NORM_MODES = ("layer_norm", "mean_var")
 EAGER_PROBS_MODES = ("kept_by_layer", "dropped_by_attention")
+ENCODER_MASK_MODES = ("bool_block_overlay", "float_index_put")
 
 
 class ProfileError(ValueError):
@@ -57,7 +58,9 @@ class ImplProfile:
       from the table when it already has 2 x side - 1 rows, resized otherwise).
     embed_in_decoder: whether the token embedding gather runs inside the decoder stage root.
     causal_mask: how each decoder forward builds its (q x keys) attention mask: `where_twice`
-      (transformers 5 masking_utils: two torch.where over q x keys) or `prepare_4d` (4.46
+      (transformers 5 masking_utils, DeepSeek-OCR's model: a full and a reference sliding-window mask, two
+      torch.where over q x keys), `where_once` (DeepSeek-OCR 2's model: one `create_causal_mask`, built op by
+      op) or `prepare_4d` (4.46
       `_prepare_4d_causal_attention_mask`: a masked_fill_ over q x q when q > 1, then rsub and
       masked_fill over q x keys, and a second masked_fill when q > 1).
     cache_update: how the KV cache grows: `cat_always` (transformers 5 `DynamicLayer.update`: every
@@ -94,13 +97,24 @@ class ImplProfile:
         (transformers 5: returned as `attn_weights`, which the decoder layer holds until it returns) or
         `dropped_by_attention` (4.46 LlamaAttention.forward: `attn_weights = None` after o_proj when attentions
         are not output).
+    encoder_mask: how DeepSeek-OCR 2's encoder builds its mixed mask (bidirectional over the image tokens, causal
+        over the queries): `bool_block_overlay` (transformers 5 `create_causal_mask(block_sequence_ids=...)`: a
+        (B, 1, L, L) bool mask from the causal comparison OR'ed with the same-block overlay) or `float_index_put`
+        (official deepencoderv2.py `_update_causal_mask` override: a float (B, 1, L, L) mask in the model's dtype,
+        filled with the dtype's minimum and opened row by row with `index_put_`; the token_type_ids it reads stay
+        bound to the model as an attribute until its next call).
+    encoder_nests_sam: whether the encoder stage's root runs SAM inside it (transformers' vision tower), so SAM's
+        output is allocated after the stage's entry and counts in its live bytes (official: siblings).
+    encoder_kv_cache: whether the encoder's Qwen2 model keeps a KV cache it never reads (4.46.3 `Qwen2Model`:
+        `use_cache` defaults to the config's True, so a DynamicCache holds every layer's keys and values until the
+        forward returns).
     modeled_metrics: the metrics this profile follows op by op as the implementation executes them
       (gated against the vendor), as ``METRIC`` (every stage) or ``STAGE.METRIC``; the others are
       estimates under the model's own conventions, reported next to the measured figure until the
       profile models the code's copies and casts.  A bare ``METRIC`` covers every stage except those in
       ``flops_only_stages`` (`gated_leaves` resolves the list for the stages of one run).
-    flops_only_stages: stages whose only modeled metric is ``tensor_flops`` (DeepSeek-OCR 2's
-      ``qwen2_encoder``: its bytes and elementwise work are measured and reported, never gated).
+    flops_only_stages: stages whose only modeled metric is ``tensor_flops``: a new stage whose bytes and
+      elementwise work are not modeled yet is measured and reported there, never gated (none today).
     """
 
     name: str
@@ -125,6 +139,9 @@ class ImplProfile:
     sam_neck_norm: str = "layer_norm"
     sam_net3_clone: bool = False
     eager_probs: str = "kept_by_layer"
+    encoder_mask: str = "bool_block_overlay"
+    encoder_nests_sam: bool = False
+    encoder_kv_cache: bool = False
     modeled_metrics: tuple[str, ...] = ("tensor_flops",)
     flops_only_stages: tuple[str, ...] = ()
     references: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
@@ -146,6 +163,7 @@ class ImplProfile:
             ("clip_positions", self.clip_positions, CLIP_POSITION_MODES),
             ("sam_neck_norm", self.sam_neck_norm, NECK_NORM_MODES),
             ("eager_probs", self.eager_probs, EAGER_PROBS_MODES),
+            ("encoder_mask", self.encoder_mask, ENCODER_MASK_MODES),
         )
         for label, value, allowed in checks:
             if value not in allowed:
@@ -194,6 +212,9 @@ class ImplProfile:
             "sam_neck_norm": self.sam_neck_norm,
             "sam_net3_clone": self.sam_net3_clone,
             "eager_probs": self.eager_probs,
+            "encoder_mask": self.encoder_mask,
+            "encoder_nests_sam": self.encoder_nests_sam,
+            "encoder_kv_cache": self.encoder_kv_cache,
             "modeled_metrics": list(self.modeled_metrics),
             "flops_only_stages": list(self.flops_only_stages),
             "references": dict(self.references),

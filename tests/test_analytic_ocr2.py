@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 from analytic import VisionWorkload
 from analytic.costs import Cost
 from analytic.layers.common import ConfigError
-from analytic.layers.qwen2_encoder import Qwen2EncoderLayer, Qwen2QueryEncoder
+from analytic.layers.decoder import AttentionCall
+from analytic.layers.qwen2_encoder import Qwen2QueryEncoder
 from analytic.model import build_cost_model
 from analytic.profiles import ImplProfile
 from analytic.schema import family_stages, leaf_paths
@@ -179,7 +180,9 @@ def test_stages_and_records(model):
 def test_encoder_layer_small_shapes():
     # hidden 8, 4 q heads / 2 kv heads of 2, FFN 5; batch 2, seq 6 -> rows 12
     c = Cost()
-    Qwen2EncoderLayer(8, 4, 2, 2, 5).evaluate(c, batch=2, seq=6, profile=profile(), db=2, path=None)
+    layer = Qwen2QueryEncoder(8, 1, 4, 2, 2, 5, (3,)).layer
+    call = AttentionCall(views=2, kv="none", mask_bytes=2 * 6 * 6, layer_rotary=False, output_copy=False)
+    layer.evaluate(c, 6, 0, profile(), "sdpa", 2, None, None, call)
     q, kv, o = 2 * 12 * 8 * 8, 2 * 12 * 8 * 4, 2 * 12 * 8 * 8  # kv: 2 heads * 2 = 4 outputs each
     attn = 2 * (2 * 2 * 4 * 6 * 6 * 2)  # SDPA: QK^T + AV, B=2, H=4, 6x6, D=2
     mlp = 2 * 12 * 8 * 5 * 3  # gate, up, down
@@ -274,3 +277,72 @@ def test_model_option_is_shared():
     assert default.model == "deepseek-ocr" and workload_kwargs(default, dtype="float32")["model"] == "deepseek-ocr"
     two = p.parse_args(["--model", OCR2])
     assert workload_kwargs(two, dtype="float32")["model"] == OCR2
+
+
+# ---- bytes and liveness of the encoder stage, by hand on a small configuration ----------------------------------
+
+
+def test_bool_block_overlay_mask_by_hand():
+    # transformers 5: B = 2 views of n = 2 SAM tokens, L = 4 positions; int64 ids 8 bytes, bools 1 byte
+    from analytic.layers.qwen2_encoder import bool_block_overlay_mask
+
+    c = Cost()
+    assert bool_block_overlay_mask(c, None, 2, 2) == 2 * 4 * 4  # the (B, 1, L, L) bool mask: 32 bytes
+    # writes: block ids full (B, L) 64; the 0-d value 8 and its copy into [:, :n] 2 * 2 * 8 = 32; aranges B * 8 +
+    # 8 + 2 * L * 8 and the two offset adds 2 * L * 8: 16 + 8 + 64 + 64 = 152; new_zeros 1, <= 16, | 16, two gathers
+    # 2 * 64, == 32, >= 8, & 32, | 32 = 265
+    writes = 64 + 40 + 152 + 265
+    # reads: the 0-d value 8; the adds read the aranges 64; | 1 + 16 and <= 2 * 32; gathers 2 * (64 rows + 16 + 32
+    # indices); == 2 * 64; >= 64; & 32 + 8; the final | 16 + 32
+    reads = 8 + 64 + (17 + 64) + 224 + 128 + 64 + 40 + 48
+    assert (c.io_bytes, c.activation_bytes) == (reads + writes, writes)
+    # liveness: the block ids (64) stay; at the overlay's & live the aranges (16 + 8 + 64), the causal part (16),
+    # the gathered ids (128), == (32), >= (8) and & (32): 304; then only the mask stays
+    assert (c.peak_bytes, c.live) == (64 + 304, 64 + 32)
+
+
+def test_float_index_put_mask_by_hand():
+    # official: B = 2 views, n = 2, L = 4, bfloat16 (2 bytes), per view:
+    #   full 16 * 2 = 32 written; == twice (reads 2 * 32 int64, writes 2 * 4 bools); nonzero twice (reads 8,
+    #   writes 2 * 2 positions * 8 = 32); the image block: index tensors 2 * 16 + the value 2 read, 2 * 2 * 2 = 8
+    #   written; per query i (2 of them): its row over the image columns (index 8 + 16, value 2; writes 2 * 2) and
+    #   over queries 0..i (index 8 + 8 (i + 1), value 2; writes 2 (i + 1))
+    from analytic.layers.qwen2_encoder import float_index_put_mask
+
+    c = Cost()
+    assert float_index_put_mask(c, None, 2, 2, 2) == 2 * 16 * 2  # the stacked (B, 1, L, L) mask: 64 bytes
+    reads = 64 + 8 + 34 + 2 * (8 + 16 + 2) + (8 + 8 + 2) + (8 + 16 + 2)
+    writes = 32 + 8 + 32 + 8 + 2 * 4 + (2 + 4)
+    stack = 2 * 64  # reads both masks, writes their stack
+    assert (c.io_bytes, c.activation_bytes) == (2 * (reads + writes) + stack, 2 * writes + 64)
+    # liveness: the list of masks and their stack (2 * 64) with the last view's two position tensors (2 * 16)
+    assert (c.peak_bytes, c.live) == (128 + 32, 64)
+
+
+def tiny_encoder(layers: int) -> Qwen2QueryEncoder:
+    # hidden 8, 4 q heads / 2 kv heads of 2, SwiGLU 16, the 2 x 2 SAM map's query table (n = 4, L = 8)
+    return Qwen2QueryEncoder(8, layers, 4, 2, None, 16, (4,))
+
+
+def test_encoder_stage_peaks_in_its_last_mlp_by_hand():
+    # transformers 5 (profile hf: SAM nested in the stage, bool mask, rotary once), float32, one view:
+    # an activation 8 tokens * 8 * 4 = 256 bytes, SwiGLU's act, up and product 3 * 8 * 16 * 4 = 1,536.
+    # Live through the layers: SAM's output 4 * 8 * 4 = 128, the input cat 256, position ids 64, block ids 64, the
+    # bool mask 64, cos and sin 2 * 8 * 2 * 4 = 128: 704.  Layer 0's MLP adds the first residual and the normed
+    # input (512) and the SwiGLU: 2,752; layer 1 also has the input cat held back next to its own input (+256)
+    hf = build_cost_model(family=OCR2).profiles["hf"]
+    for layers, peak in ((1, 704 + 512 + 1536), (2, 704 + 256 + 512 + 1536)):
+        c = Cost()
+        tiny_encoder(layers).evaluate(c, 1, 2, hf, 4, None)
+        assert c.peak_bytes == peak, layers
+    # official (4.46.3 Qwen2Model): SAM's output is the caller's; token_type_ids 64 and cache positions 64; the float
+    # mask 8 * 8 * 4 = 256; cos and sin 128: 768.  Its DynamicCache keeps every layer's K and V (2 * 8 * 2 * 2 * 4 =
+    # 256 a layer): layer 1's MLP peaks at 768 + 256 (its input) + 512 + 1,536 + 2 * 256 = 3,584
+    official = build_cost_model(family=OCR2).profiles["official"]
+    c = Cost()
+    tiny_encoder(2).evaluate(c, 1, 2, official, 4, None)
+    assert c.peak_bytes == 768 + 256 + 512 + 1536 + 512
+    # a global view after the crops: the crops' token_type_ids (kept as an attribute) die when it starts
+    after = Cost()
+    tiny_encoder(2).evaluate(after, 1, 2, official, 4, None, previous_tokens=3 * 4)
+    assert c.peak_bytes - after.peak_bytes == 2 * 3 * 4 * 8

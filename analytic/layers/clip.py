@@ -80,8 +80,18 @@ class ClipEncoder:
             )
         object.__setattr__(self, "_block", ClipBlock(self.hidden_size, self.num_heads, self.ffn_hidden_size))
 
-    def evaluate(self, c: Cost, batch: int, grid: int, profile: ImplProfile, db: int, path: str | None = "clip") -> int:
-        """Adds one CLIP call on `batch` SAM maps of grid x grid; returns the token count incl. CLS."""
+    def evaluate(
+        self,
+        c: Cost,
+        batch: int,
+        grid: int,
+        profile: ImplProfile,
+        db: int,
+        path: str | None = "clip",
+        previous_tokens: int = 0,
+    ) -> int:
+        """Adds one CLIP call on `batch` SAM maps of grid x grid; returns the token count incl. CLS.
+        ``previous_tokens``: unused (CLIP keeps nothing from one call to the next)."""
         d = self.hidden_size
         seq = grid * grid + 1
         # Both implementations read the whole trained position table (1 + 16x16 rows) once per call: an embedding
@@ -179,6 +189,10 @@ class ClipEncoder:
         d, f = self.hidden_size, self.ffn_hidden_size
         layer = 4 * d + 4 * (d * d + d) + d * f + f + f * d + d
         return d + (self.pretrain_grid**2 + 1) * d + 2 * d + self.num_layers * layer
+
+    def buffer_bytes(self, profile: ImplProfile) -> int:
+        """Buffers: the int64 position ids, one per trained position and the CLS row (both implementations)."""
+        return (self.pretrain_grid**2 + 1) * 8
 
     def projector_rows(self, seq: int) -> int:
         """Rows per view the projector reads: the CLS row is dropped before fusion."""

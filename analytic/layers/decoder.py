@@ -52,6 +52,17 @@ def swiglu_act(c: Cost, path: str | None, elems: int, db: int) -> None:
     c.elementwise(path, "silu", elems, EW["silu"] + EW["mul"], db, traffic=(3 * elems * db, 2 * elems * db))
 
 
+def causal_mask_traffic(q: int, keys: int, db: int) -> tuple[int, int]:
+    """Bytes (read, written) of one transformers 5 `create_causal_mask` for the eager attention, op by op:
+    `sdpa_mask`'s aranges over the batch (1), the heads (1), the q positions and the keys (int64), each position
+    range plus its offset (an add), ``kv_idx <= q_idx`` (q x keys bools), then `eager_mask`'s 0-d zero and
+    minimum of the dtype and ``torch.where(mask, 0, min)`` (q x keys in the dtype)."""
+    i64, qk, positions = 8, q * keys, q + keys
+    reads = 2 * positions * i64 + qk + 2 * db  # the adds read the aranges, <= reads both, where its three inputs
+    writes = 2 * i64 + 2 * positions * i64 + qk + 2 * db + qk * db
+    return reads, writes
+
+
 def prepare_4d_mask_traffic(q: int, keys: int, db: int) -> tuple[int, int]:
     """Bytes (read, written) of transformers 4.46 `_prepare_4d_causal_attention_mask` given the 2-D int64
     attention mask of `keys` positions (AttentionMaskConverter.to_4d), op by op:
@@ -86,51 +97,119 @@ def prepare_4d_mask_traffic(q: int, keys: int, db: int) -> tuple[int, int]:
 
 
 ROUTER_BYTES = 4  # MoEGate / TopkRouter run F.linear in float32 (on a float32 copy of the weight)
+KV_MODES = ("cache", "kept", "none")
+
+
+def rotary_tables_elementwise(c: Cost, path: str | None, positions: int, hd: int, db: int) -> int:
+    """transformers 5 rotary module, once per forward: position_ids[..., None].float() * inv_freq (an elementwise
+    product over hd / 2 columns; inv_freq is a buffer: weight bytes), cat(freqs, freqs), cos() and sin(), each
+    scaled, then both cast to the dtype when it is not float32.  Liveness: the float32 freqs, their cat and the
+    tables live together (the last scaled one next to its unscaled input); returns the bytes of cos and sin, which
+    the caller holds through the forward."""
+    c.elementwise(
+        sub(path, "rotary_freqs"), "mul", positions * hd // 2, EW["mul"], 4,
+        traffic=(positions * 12, positions * 4 + positions * hd * 2),
+    )  # fmt: skip
+    c.weight_read(sub(path, "inv_freq"), "mul", hd // 2, F32)
+    cast = db != F32
+    emb = positions * hd
+    traffic = (5 * emb * F32 + 2 * emb * F32 * cast, 5 * emb * F32 + 2 * emb * db * cast)
+    c.elementwise(sub(path, "rotary_emb"), "sincos", emb, EW["sincos"] + 2 * EW["mul"], 4, traffic=traffic)
+    c.spike(emb // 2 * F32 + 4 * emb * F32)
+    c.hold(2 * emb * db)
+    return 2 * emb * db
+
+
+def rotary_tables_matmul(c: Cost, path: str | None, positions: int, hd: int, db: int) -> int:
+    """transformers 4.46 rotary module (LlamaRotaryEmbedding / Qwen2RotaryEmbedding): freqs = inv_freq_expanded
+    (1, D/2, 1) @ position_ids_expanded (1, 1, S), a bmm (counted), whatever the batch; then
+    position_ids.float() (int64 -> float32), cat(freqs, freqs), cos(), sin(), each scaled by attention_scaling
+    (float32), and cos/sin .to(dtype) when the dtype is not float32.  Liveness as `rotary_tables_elementwise`;
+    returns the bytes of cos and sin, which the caller holds."""
+    c.bmm(sub(path, "rotary_emb"), "matmul_inv_freq_position_ids", 1, hd // 2, 1, positions, db=4)
+    c.weight_bytes += hd // 2 * F32  # the bmm reads the inv_freq buffer (its io: above)
+    cast = db != F32
+    emb = positions * hd
+    reads = positions * 8 + 5 * emb * F32 + 2 * emb * F32 * cast
+    writes = positions * F32 + 5 * emb * F32 + 2 * emb * db * cast
+    c.elementwise(sub(path, "rotary_sincos"), "sincos", emb, EW["sincos"] + 2 * EW["mul"], 4, traffic=(reads, writes))
+    c.spike(emb // 2 * F32 + 4 * emb * F32)
+    c.hold(2 * emb * db)
+    return 2 * emb * db
+
+
+@dataclass(frozen=True)
+class AttentionCall:
+    """How a forward calls `MhaAttention`, where a Qwen2-style encoder differs from the decoder.
+
+    views: independent sequences of ``q`` tokens in the batch (the encoder's views; the decoder: 1).
+    kv: ``cache`` (the decoder's KV cache: grown, read back, counted as kv_cache_bytes), ``kept`` (a cache object
+      keeps this forward's K/V until the forward returns and nothing reads it back: liveness only) or ``none``.
+    mask_bytes: SDPA gets a mask tensor of that many bytes (the kernel reads it; 1 per score); None: no mask
+      tensor (is_causal when q > 1).
+    layer_rotary: the attention computes its own rotary table (4.46 LlamaAttention); None: the profile's rope.
+    output_copy: whether transpose(1, 2).contiguous() after the attention copies; None: when q > 1.
+    """
+
+    views: int = 1
+    kv: str = "cache"
+    mask_bytes: int | None = None
+    layer_rotary: bool | None = None
+    output_copy: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.kv not in KV_MODES:
+            raise ProfileError(f"attention kv={self.kv!r} unknown; use one of {', '.join(KV_MODES)}")
+
+
+DECODER_CALL = AttentionCall()
 
 
 @dataclass(frozen=True)
 class MhaAttention:
-    """Llama-style MHA (GQA-capable) with RoPE on the full head dim."""
+    """Llama-style MHA (GQA-capable) with RoPE on the full head dim.  ``bias``: q/k/v (and, unless ``o_bias`` says
+    otherwise, o) projections with bias (DeepSeek-V2's attention_bias); Qwen2: q/k/v only."""
 
     hidden: int
     heads: int
     kv_heads: int
     head_dim: int
     bias: bool = False
+    o_bias: bool | None = None  # None: as ``bias``
 
-    def evaluate(self, c: Cost, q: int, past: int, profile: ImplProfile, family: str, db: int, path: str | None) -> int:
-        """Adds one forward; returns the bytes it leaves live for the layer besides its held output (eager
-        attention's probabilities).  Liveness: the cache grows by this forward's keys and values."""
+    @property
+    def out_bias(self) -> bool:
+        return self.bias if self.o_bias is None else self.o_bias
+
+    def evaluate(
+        self,
+        c: Cost,
+        q: int,
+        past: int,
+        profile: ImplProfile,
+        family: str,
+        db: int,
+        path: str | None,
+        call: AttentionCall = DECODER_CALL,
+    ) -> int:
+        """Adds one forward of ``call.views`` sequences of q tokens; returns the bytes it leaves live for the layer
+        besides its held output (eager attention's probabilities).  Liveness: the cache grows by this forward's keys
+        and values (``call.kv``)."""
         h, nh, nkv, hd = self.hidden, self.heads, self.kv_heads, self.head_dim
         keys = past + q
-        qb, kb = q * nh * hd * db, q * nkv * hd * db  # the new queries; the new keys (and values)
-        c.linear(sub(path, "q_proj"), q, h, nh * hd, bias=self.bias, db=db)
-        c.linear(sub(path, "k_proj"), q, h, nkv * hd, bias=self.bias, db=db)
-        c.linear(sub(path, "v_proj"), q, h, nkv * hd, bias=self.bias, db=db)
+        views = call.views
+        rows = views * q
+        qb, kb = rows * nh * hd * db, rows * nkv * hd * db  # the new queries; the new keys (and values)
+        c.linear(sub(path, "q_proj"), rows, h, nh * hd, bias=self.bias, db=db)
+        c.linear(sub(path, "k_proj"), rows, h, nkv * hd, bias=self.bias, db=db)
+        c.linear(sub(path, "v_proj"), rows, h, nkv * hd, bias=self.bias, db=db)
         c.hold(qb + 2 * kb)
-        if profile.rope == "per_layer_matmul":
-            # transformers 4.46 LlamaRotaryEmbedding.forward, called by every LlamaAttention.forward:
-            # freqs = inv_freq_expanded (B, D/2, 1) @ position_ids_expanded (B, 1, S)  -> bmm
-            c.bmm(sub(path, "rotary_emb"), "matmul_inv_freq_position_ids", 1, hd // 2, 1, q, db=4)
-            c.weight_bytes += hd // 2 * F32  # the bmm reads the inv_freq buffer (its io: above)
-            # position_ids.float() (int64 -> float32), then cat(freqs, freqs), cos(), sin(), each scaled by
-            # attention_scaling (float32), and cos/sin .to(dtype) when the dtype is not float32
-            cast = db != F32
-            emb = q * hd
-            reads = q * 8 + 5 * emb * F32 + 2 * emb * F32 * cast
-            writes = q * F32 + 5 * emb * F32 + 2 * emb * db * cast
-            c.elementwise(
-                sub(path, "rotary_sincos"), "sincos", emb, EW["sincos"] + 2 * EW["mul"], 4, traffic=(reads, writes)
-            )
-            # liveness: the float32 cat, cos and its scaled copy at once; cos and sin (in the dtype) are
-            # LlamaAttention.forward's locals until it returns
-            c.spike(3 * emb * F32)
-            rotary = 2 * emb * db
-            c.hold(rotary)
-        else:
-            rotary = 0
-        rotated = q * (nh + nkv) * hd
-        # per tensor of n: x * cos, neg of half, cat, rotated * sin, add (cos/sin: q x hd, broadcast over heads)
+        layer_rotary = profile.rope == "per_layer_matmul" if call.layer_rotary is None else call.layer_rotary
+        # LlamaAttention.forward's cos and sin are its locals until it returns
+        rotary = rotary_tables_matmul(c, path, q, hd, db) if layer_rotary else 0
+        rotated = rows * (nh + nkv) * hd
+        # per tensor of n: x * cos, neg of half, cat, rotated * sin, add (cos/sin: q x hd, broadcast over the views
+        # and heads)
         rope_traffic = ((11 * rotated // 2 + 4 * q * hd) * db, 9 * rotated // 2 * db)
         c.elementwise(sub(path, "apply_rotary"), "rope", rotated, EW["rope"], db, traffic=rope_traffic)
         c.elementwise(sub(path, "rotate_half_neg"), "neg", rotated // 2, EW["mul"], db, traffic=(0, 0))
@@ -142,32 +221,45 @@ class MhaAttention:
         c.hold(kb)
         c.release(qb + kb)
         pairs = causal_pairs(q, past)
-        cache = nkv * keys * hd * db  # one of the layer's K and V caches after this forward
-        if past or profile.cache_update == "cat_always":  # torch.cat([cache, new]) for K and for V
-            c.copy(sub(path, "cache_update"), "cat", 2 * nkv * keys * hd, db)
-            # each cat allocates the grown cache while the old one is alive, then the old one dies
-            past_cache = nkv * past * hd * db
-            c.hold(cache)
-            c.release(past_cache)
-            c.hold(cache)
-            c.release(past_cache + 2 * kb)  # and the new k, v (the cache now holds them)
-        # else (4.46's first update): the new k and v become the cache itself, still held
-        c.kv_read(2 * nkv * keys * hd, db)
-        scores = nh * q * keys
+        if call.kv == "cache":
+            cache = nkv * keys * hd * db  # one of the layer's K and V caches after this forward
+            if past or profile.cache_update == "cat_always":  # torch.cat([cache, new]) for K and for V
+                c.copy(sub(path, "cache_update"), "cat", 2 * nkv * keys * hd, db)
+                # each cat allocates the grown cache while the old one is alive, then the old one dies
+                past_cache = nkv * past * hd * db
+                c.hold(cache)
+                c.release(past_cache)
+                c.hold(cache)
+                c.release(past_cache + 2 * kb)  # and the new k, v (the cache now holds them)
+            # else (4.46's first update): the new k and v become the cache itself, still held
+            c.kv_read(2 * nkv * keys * hd, db)
+        # "kept": 4.46's first DynamicCache.update keeps k and v as they are; "none": they die with the attention
+        masked = call.mask_bytes is not None
+        repeated = 0
+        if nh != nkv and (family == "bmm" or masked):
+            # repeat_kv (expand + reshape: a copy) of the keys and values: eager always; SDPA when it gets a mask
+            # (without one transformers passes enable_gqa, and flash-attn takes grouped heads as they are)
+            for name in ("repeat_k", "repeat_v"):
+                c.traffic(sub(path, name), "clone", nkv * views * keys * hd * db, nh * views * keys * hd * db)
+            repeated = 2 * nh * views * keys * hd * db
+            c.hold(repeated)
+        scores = views * nh * q * keys
         kept = 0  # bytes the attention returns besides its output (eager: the probabilities)
         if family == "sdpa":
-            c.sdpa(sub(path, "sdpa"), 1, nh, q, keys, hd, hd, db=db, causal_pairs=pairs)
-            if q > 1:  # the causal mask (or is_causal) applies in the kernel; one query needs none
-                c.elementwise_flops += nh * q * keys
+            c.sdpa(
+                sub(path, "sdpa"), views, nh, q, keys, hd, hd, db=db, causal_pairs=None if masked else pairs,
+                masked=masked or q > 1, mask_bytes=call.mask_bytes or 0,
+            )  # fmt: skip
         else:  # eager: matmul(q, k^T) and matmul(probs, v), full key range, mask added not skipped
-            c.bmm(sub(path, "qk"), "matmul_qk", nh, q, hd, keys, db=db, causal_flops=2 * nh * pairs * hd)
+            b = views * nh
+            c.bmm(sub(path, "qk"), "matmul_qk", b, q, hd, keys, db=db, causal_flops=2 * b * pairs * hd)
             c.elementwise(
                 sub(path, "softmax"),
                 "softmax",
-                nh * q * keys,
+                scores,
                 EW["softmax"] + 2 * EW["add"],
                 db,
-                traffic=eager_softmax_traffic(nh * q * keys, q * keys, db),
+                traffic=eager_softmax_traffic(scores, views * q * keys, db),
             )
             # liveness: softmax(x + mask, dtype=float32) holds the sum, its float32 copy (unless float32 already)
             # and the float32 probabilities; then the probabilities cast back, which the layer keeps until it
@@ -176,13 +268,18 @@ class MhaAttention:
             c.spike(scores * (db + F32 * cast + F32))
             kept = scores * db
             c.hold(kept)
-            c.bmm(sub(path, "av"), "matmul_av", nh, q, keys, hd, db=db, causal_flops=2 * nh * pairs * hd)
-        if q > 1:  # attn_output.transpose(1, 2).contiguous(): a copy unless one query
-            c.copy(sub(path, "attn_output_contiguous"), "clone", q * nh * hd, db)
+            c.bmm(sub(path, "av"), "matmul_av", b, q, keys, hd, db=db, causal_flops=2 * b * pairs * hd)
+        copy = q > 1 if call.output_copy is None else call.output_copy
+        if copy:  # attn_output.transpose(1, 2).contiguous(): a copy unless one query
+            c.copy(sub(path, "attn_output_contiguous"), "clone", rows * nh * hd, db)
             c.spike(2 * qb)  # the output and its contiguous copy
-        c.linear(sub(path, "o_proj"), q, nh * hd, h, bias=self.bias, db=db)
-        c.hold(q * h * db)  # the attention's output
-        c.release(qb + rotary)  # the rotated queries (and a per-layer rotary table) die when it returns
+        c.release(repeated)  # the repeated keys and values die with the attention function
+        c.hold(qb)  # the attention's output (its contiguous copy), until the attention returns
+        c.linear(sub(path, "o_proj"), rows, nh * hd, h, bias=self.out_bias, db=db)
+        c.hold(rows * h * db)  # the attention's output
+        # the rotated queries, the attention output (and a per-layer rotary table) die when it returns; without a
+        # cache, so do the keys and values
+        c.release(qb + qb + rotary + (2 * kb if call.kv == "none" else 0))
         if profile.eager_probs == "dropped_by_attention":  # 4.46 LlamaAttention.forward: attn_weights = None
             c.release(kept)
             kept = 0
@@ -387,6 +484,7 @@ def _grouped_mm_bookkeeping(c: Cost, path: str | None, rows: int, pairs: int, h:
     c.traffic(sub(path, "gather_weights"), "index", pairs * F32 + pairs * i64, pairs * F32)
     c.traffic(sub(path, "histc"), "histc", pairs * i64 + pairs * F32, pairs * F32 + e * F32)  # .float(), histc
     c.traffic(sub(path, "offsets"), "cumsum", e * F32 + 2 * e * F32 + 2 * F32, e * F32)  # + both mm read offs
+    c.elementwise_flops += e  # the float cumsum: 1 per element
     c.traffic(sub(path, "inverse_perm"), "index_put", 2 * pairs * i64, 3 * pairs * i64)  # empty_like, arange
     # out * weights (float32 result), out[inverse_perm], .view(rows, k, h).sum(1), .to(dtype)
     cast = db != F32
@@ -412,7 +510,7 @@ def _params(part: MhaAttention | MlaAttention | SwiGluMlp | MoeMlp) -> int:
     """Parameter count of one attention or MLP (weights, and the biases the config asks for)."""
     if isinstance(part, MhaAttention):
         h, nh, nkv, hd = part.hidden, part.heads, part.kv_heads, part.head_dim
-        return 2 * h * nh * hd + 2 * h * nkv * hd + part.bias * (nh * hd + 2 * nkv * hd + h)
+        return 2 * h * nh * hd + 2 * h * nkv * hd + part.bias * (nh * hd + 2 * nkv * hd) + part.out_bias * h
     if isinstance(part, MlaAttention):
         h, nh, r, dr = part.hidden, part.heads, part.kv_lora_rank, part.qk_rope_head_dim
         dq, dn, dv = part.qk_nope_head_dim + dr, part.qk_nope_head_dim, part.v_head_dim
@@ -430,6 +528,10 @@ class DecoderLayer:
     mlp: SwiGluMlp | MoeMlp
     hidden: int
 
+    def params(self) -> int:
+        """Parameter count: its two RMSNorms, the attention and the MLP."""
+        return 2 * self.hidden + _params(self.attn) + _params(self.mlp)
+
     def evaluate(
         self,
         c: Cost,
@@ -440,23 +542,30 @@ class DecoderLayer:
         db: int,
         path: str | None,
         hit: int | None = None,
+        call: AttentionCall = DECODER_CALL,
     ) -> None:
-        """One layer.  Liveness: the input is live at entry and replaced by the output; what stays is the cache
-        growth."""
+        """One layer over ``call.views`` sequences of q tokens.  Liveness: the input is live at entry and replaced by
+        the output; what stays is the cache growth."""
         h = self.hidden
-        n = q * h * db
-        rms_norm(c, sub(path, "input_layernorm"), q, h, db)
-        kept = self.attn.evaluate(c, q, past, profile, family, db, sub(path, "self_attn"))
+        rows = call.views * q
+        n = rows * h * db
+        rms_norm(c, sub(path, "input_layernorm"), rows, h, db)
+        if isinstance(self.attn, MhaAttention):
+            kept = self.attn.evaluate(c, q, past, profile, family, db, sub(path, "self_attn"), call)
+        elif call != DECODER_CALL:
+            raise ProfileError("MLA is modelled as the decoder's attention only (one sequence, a KV cache)")
+        else:
+            kept = self.attn.evaluate(c, q, past, profile, family, db, sub(path, "self_attn"))
         c.release(n)  # the normed input dies when the attention returns
-        c.elementwise(sub(path, "residual1"), "add", q * h, EW["add"], db, reads=2)
+        c.elementwise(sub(path, "residual1"), "add", rows * h, EW["add"], db, reads=2)
         c.hold(n)
         c.release(n)  # the attention's output, replaced by the sum
-        rms_norm(c, sub(path, "post_attention_layernorm"), q, h, db)
+        rms_norm(c, sub(path, "post_attention_layernorm"), rows, h, db)
         if isinstance(self.mlp, MoeMlp):
-            self.mlp.evaluate(c, q, profile, db, sub(path, "mlp"), hit)
+            self.mlp.evaluate(c, rows, profile, db, sub(path, "mlp"), hit)
         else:
-            self.mlp.evaluate(c, q, db, sub(path, "mlp"))
-        c.elementwise(sub(path, "residual2"), "add", q * h, EW["add"], db, reads=2)
+            self.mlp.evaluate(c, rows, db, sub(path, "mlp"))
+        c.elementwise(sub(path, "residual2"), "add", rows * h, EW["add"], db, reads=2)
         c.hold(n)  # the layer's output
         # the MLP's output, its normed input, the first residual and the attention's kept probabilities die when the
         # layer returns; the caller drops the layer's input
@@ -576,6 +685,11 @@ class Decoder:
             # forward (the mask mapping keeps one per attention type)
             c.spike(3 * q * keys)
             c.hold(2 * q * keys * db)
+        elif profile.causal_mask == "where_once":
+            traffic = causal_mask_traffic(q, keys, db)
+            c.elementwise(sub(path, "causal_mask"), "where", q * keys, EW["mul"], 4, traffic=traffic)
+            c.spike(q * keys + q * keys * db)  # the bool mask next to its where
+            c.hold(q * keys * db)  # the dtype's mask, through the forward
         else:  # _prepare_4d_causal_attention_mask: (q x q masked_fill_ + a second masked_fill) if q > 1
             extra = q * q + q * keys if q > 1 else 0
             traffic = prepare_4d_mask_traffic(q, keys, db)
@@ -587,24 +701,9 @@ class Decoder:
             c.io_bytes += q * h * db + q * 8
             c.weight_read(sub(path, "embed_tokens"), "embedding", q * h, db)
             c.hold(n)  # the embeddings, kept by the forward through every layer
-        if profile.rope == "once_elementwise":
-            # UnlimitedOcrTextRotaryEmbedding.forward, once per forward: position_ids[..., None] * inv_freq
+        if profile.rope == "once_elementwise":  # UnlimitedOcrTextRotaryEmbedding.forward, once per forward
             hd = self.qk_rope_head_dim if self.use_mla else self._head_dim  # type: ignore[attr-defined]
-            # inv_freq x position on hd/2 columns, then cos(), sin() of cat(freqs, freqs), each scaled
-            # position_ids.float() then x inv_freq (a buffer: weight bytes)
-            c.elementwise(
-                sub(path, "rotary_freqs"), "mul", q * hd // 2, EW["mul"], 4, traffic=(q * 12, q * 4 + q * hd * 2)
-            )
-            c.weight_read(sub(path, "inv_freq"), "mul", hd // 2, F32)
-            # cat(freqs, freqs), cos, * scaling, sin, * scaling, then both cast to the dtype
-            cast = db != F32
-            emb = q * hd
-            traffic = (5 * emb * F32 + 2 * emb * F32 * cast, 5 * emb * F32 + 2 * emb * db * cast)
-            c.elementwise(sub(path, "rotary_emb"), "sincos", emb, EW["sincos"] + 2 * EW["mul"], 4, traffic=traffic)
-            # liveness: float32 cat, cos and its scaled copy at once; cos and sin (in the dtype) live through the
-            # forward
-            c.spike(3 * emb * F32)
-            c.hold(2 * emb * db)
+            rotary_tables_elementwise(c, path, q, hd, db)  # cos and sin live through the forward
         moe = [i for i, layer in enumerate(self.layers) if isinstance(layer.mlp, MoeMlp)]
         if experts_hit is not None and len(experts_hit) != len(moe):
             raise ProfileError(f"routing gives {len(experts_hit)} MoE layers, the decoder has {len(moe)}")
@@ -634,7 +733,7 @@ class Decoder:
         """Parameter count: token embedding, every layer (two RMSNorms, attention, MLP), the final norm and the
         untied lm_head."""
         h = self.hidden_size
-        return 2 * self.vocab_size * h + h + sum(2 * h + _params(lay.attn) + _params(lay.mlp) for lay in self.layers)
+        return 2 * self.vocab_size * h + h + sum(lay.params() for lay in self.layers)
 
     def cache_bytes_per_token(self, db: int) -> int:
         """KV-cache bytes one position adds over all layers: K and V of every kv head (MLA: the compressed row and

@@ -4,54 +4,87 @@ encoder over [SAM tokens; learnable queries] (docs/deepseek-ocr2-facts.md, "Deep
 Official: deepencoderv2.py `CustomQwen2Decoder` / `Qwen2Decoder2Encoder` (transformers 4.46.3
 `Qwen2Model` with `_attn_implementation="sdpa"`); transformers 5.x: `DeepseekOcr2VisionModel`
 (`vision_encoder` + `query_768_resolution` / `query_1024_resolution`). Per view of n = grid^2 SAM
-tokens: n learnable queries are appended, L = 2n tokens go through every layer with a float (or
-bool) mask -- bidirectional over the image tokens, causal over the queries -- and SDPA computes the
-full L x L product (masked entries are computed, not skipped); only the n query outputs are kept.
+tokens: n learnable queries are appended, L = 2n tokens go through every layer with a mask --
+bidirectional over the image tokens, causal over the queries -- and SDPA computes the full L x L
+product (masked entries are computed, not skipped); only the n query outputs are kept.
 
-Per layer: RMSNorm; q/k/v (with bias; GQA: k/v to kv_heads * head_dim, repeated to all heads
-before SDPA, a data move); RoPE applied elementwise; SDPA; o_proj (no bias); RMSNorm; SwiGLU
-(no bias). Final RMSNorm. Rotary frequencies: one `inv_freq @ position_ids` bmm of 2*(D/2)*L
-per encoder call (position_ids has batch 1) in transformers 4.46 (profile rope
-`per_layer_matmul`, i.e. the matmul rotary class); elementwise, so not counted, in 5.x.
+A layer is a Qwen2 decoder layer: the decoder's `DecoderLayer` with `MhaAttention` (q/k/v with bias, o
+without; GQA: the keys and values repeated to every head before SDPA, which gets the mask) and a dense
+`SwiGluMlp`, called over the batch of views without a cache of its own to grow (`AttentionCall`).
+Rotary tables once per encoder forward: an elementwise product in transformers 5, one
+``inv_freq @ position_ids`` bmm of 2*(D/2)*L (counted) in 4.46 (profile ``rope``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from analytic.costs import EW, Cost, sub
-from analytic.layers.common import ConfigError, vision_attention
-from analytic.layers.decoder import SwiGluMlp
+from analytic.costs import Cost, add_stack, sub
+from analytic.layers.common import ConfigError
+from analytic.layers.decoder import (
+    AttentionCall,
+    DecoderLayer,
+    MhaAttention,
+    SwiGluMlp,
+    rms_norm,
+    rotary_tables_elementwise,
+    rotary_tables_matmul,
+)
 from analytic.profiles import ImplProfile
 
+I64 = 8  # position ids, block ids and index tensors are int64
 
-@dataclass(frozen=True)
-class Qwen2EncoderLayer:
-    """One Qwen2 decoder layer run as an encoder layer over `seq` tokens per view."""
 
-    hidden: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    intermediate: int
+def bool_block_overlay_mask(c: Cost, path: str | None, views: int, n: int) -> int:
+    """transformers 5 `DeepseekOcr2VisionEncoder.forward` + `masking_utils.sdpa_mask` over L = 2n positions, op by
+    op (int64 indices; bool results one byte per pair):
 
-    def evaluate(self, c: Cost, batch: int, seq: int, profile: ImplProfile, db: int, path: str | None) -> None:
-        h, nh, nkv, hd = self.hidden, self.heads, self.kv_heads, self.head_dim
-        rows = batch * seq
-        c.elementwise(sub(path, "input_layernorm"), "rmsnorm", rows * h, EW["rmsnorm"], db, weight_elems=h)
-        ap = sub(path, "self_attn")
-        c.linear(sub(ap, "q_proj"), rows, h, nh * hd, bias=True, db=db)
-        c.linear(sub(ap, "k_proj"), rows, h, nkv * hd, bias=True, db=db)
-        c.linear(sub(ap, "v_proj"), rows, h, nkv * hd, bias=True, db=db)
-        c.elementwise(sub(ap, "apply_rotary"), "rope", rows * (nh + nkv) * hd, EW["rope"], db)
-        # the [B, 1, L, L] mask is added to every head's scores (float mask) before the softmax
-        c.elementwise(sub(ap, "mask_add"), "add", batch * nh * seq * seq, EW["add"], db)
-        vision_attention(c, ap, batch, nh, seq, hd, profile.vision_attention, db)
-        c.linear(sub(ap, "o_proj"), rows, nh * hd, h, bias=False, db=db)
-        c.elementwise(sub(path, "residual1"), "add", rows * h, EW["add"], db, reads=2)
-        c.elementwise(sub(path, "post_attention_layernorm"), "rmsnorm", rows * h, EW["rmsnorm"], db, weight_elems=h)
-        SwiGluMlp(h, self.intermediate).evaluate(c, rows, db, sub(path, "mlp"))
-        c.elementwise(sub(path, "residual2"), "add", rows * h, EW["add"], db, reads=2)
+    - ``block_sequence_ids = torch.full((B, L), -1)`` and ``[:, :n] = 0`` (on the meta device: a 0-d value tensor,
+      then copy_ into the slice);
+    - arange(B), arange(1) for the heads, arange(L) + 0 for the queries and for the keys;
+    - ``or_masks``: new_zeros(()) | causal ``kv_idx <= q_idx`` (L x L, no batch), then | the blockwise overlay:
+      two gathers of the block ids (B x L each), ``q_group == kv_group`` (B x L x L), ``q_group >= 0`` (B x L) and
+      their ``&`` (B x L x L).
+    Liveness: the block ids live through the forward; the transients at the overlay's ``&`` (the causal part, the
+    gathered ids, the comparison and the product) are the build's high-water mark.  Returns the bytes of the
+    (B, 1, L, L) bool mask, held through the forward (SDPA reads it in every layer)."""
+    b, seq = views, 2 * n
+    sq, bsq, bl = seq * seq, views * seq * seq, views * seq
+    c.traffic(sub(path, "block_ids"), "full", 0, bl * I64)
+    c.hold(bl * I64)
+    c.traffic(sub(path, "block_ids_fill"), "copy_", I64, I64 + b * n * I64)
+    c.traffic(sub(path, "mask_aranges"), "arange", 2 * seq * I64, b * I64 + I64 + 4 * seq * I64)  # + the offsets
+    reads = 1 + sq + 2 * seq * I64  # causal part: |, <=
+    reads += 2 * (bl * I64 + b * I64 + seq * I64) + 2 * bl * I64 + bl * I64  # gathers, ==, >=
+    reads += bsq + bl + sq + bsq  # &, final |
+    writes = 1 + 2 * sq + 2 * bl * I64 + bl + 3 * bsq
+    c.traffic(sub(path, "mask_build"), "bitwise_or", reads, writes)
+    indices = b * I64 + I64 + 2 * seq * I64
+    c.spike(indices + sq + 2 * bl * I64 + bsq + bl + bsq)
+    c.hold(bsq)
+    return bsq
+
+
+def float_index_put_mask(c: Cost, path: str | None, views: int, n: int, db: int) -> int:
+    """Official deepencoderv2.py `_create_custom_4d_mask` over L = 2n positions, per view b (a Python loop), op by
+    op: ``torch.full((L, L), min)`` in the model's dtype; ``(type_ids == 0).nonzero()`` and ``(type_ids == 1)
+    .nonzero()`` (a bool per position, then n int64 positions each); ``mask[image[:, None], image] = 0.0`` (an
+    index_put_ of n x n elements from one value); then for each of the n queries i two index_put_: its row over the
+    n image columns and over queries 0..i; finally ``torch.stack`` of the views (and a view adding the head dim).
+    Every index_put_ reads its index tensors (a 0-d query position: 8 bytes) and its 0-d value.  Liveness: the
+    per-view masks accumulate in a list and live next to their stack (with the last view's positions); returns the
+    bytes of the stacked (B, 1, L, L) mask, held through the forward."""
+    seq, sq = 2 * n, (2 * n) ** 2
+    tri = n * (n + 1) // 2  # queries 0..i, summed over i
+    reads = 2 * seq * I64 + 2 * seq  # the two comparisons, the two nonzero
+    reads += 2 * n * I64 + db  # the image block: both index tensors and the value
+    reads += n * (I64 + n * I64 + db) + n * (I64 + db) + tri * I64  # the query rows
+    writes = sq * db + 2 * seq + 2 * n * I64 + n * n * db + n * n * db + tri * db
+    c.traffic(sub(path, "mask_build"), "index_put_", views * reads, views * writes)
+    c.copy(sub(path, "mask_stack"), "stack", views * sq, db)
+    c.spike(2 * views * sq * db + 2 * n * I64)  # the list of masks and their stack, the last view's positions
+    c.hold(views * sq * db)
+    return views * sq * db
 
 
 @dataclass(frozen=True)
@@ -80,21 +113,34 @@ class Qwen2QueryEncoder:
                 f"vision.qwen2_encoder.num_heads={self.num_heads} is not a multiple of "
                 f"num_kv_heads={self.num_kv_heads} (GQA repeats each kv head)"
             )
-        hd = self.head_dim if self.head_dim is not None else self.hidden_size // self.num_heads
-        object.__setattr__(
-            self,
-            "_layer",
-            Qwen2EncoderLayer(self.hidden_size, self.num_heads, self.num_kv_heads, hd, self.intermediate_size),
-        )
+        h = self.hidden_size
+        hd = self.head_dim if self.head_dim is not None else h // self.num_heads
+        attn = MhaAttention(h, self.num_heads, self.num_kv_heads, hd, bias=True, o_bias=False)
+        layer = DecoderLayer(attn, SwiGluMlp(h, self.intermediate_size), h)
+        object.__setattr__(self, "_layer", layer)
+
+    @property
+    def layer(self) -> DecoderLayer:
+        """One encoder layer (all are alike)."""
+        return self._layer  # type: ignore[attr-defined]
 
     @property
     def head_size(self) -> int:
-        return self._layer.head_dim  # type: ignore[attr-defined]
+        return self.layer.attn.head_dim  # type: ignore[union-attr]
 
     def evaluate(
-        self, c: Cost, batch: int, grid: int, profile: ImplProfile, db: int, path: str | None = "qwen2_encoder"
+        self,
+        c: Cost,
+        batch: int,
+        grid: int,
+        profile: ImplProfile,
+        db: int,
+        path: str | None = "qwen2_encoder",
+        previous_tokens: int = 0,
     ) -> int:
-        """Adds one encoder call on `batch` SAM maps of grid x grid; returns the query outputs kept per view."""
+        """Adds one encoder call on `batch` SAM maps of grid x grid; returns the query outputs kept per view.
+        ``previous_tokens``: SAM tokens of the encoder call before this one in the same image (official: the
+        crops), whose token_type_ids the official model keeps as an attribute until this call replaces them."""
         n = grid * grid
         if n not in self.query_counts:
             raise ConfigError(
@@ -102,23 +148,66 @@ class Qwen2QueryEncoder:
                 f"{', '.join(map(str, self.query_counts))}): use a view size the family supports"
             )
         seq = 2 * n  # [image tokens; queries]
-        h = self.hidden_size
-        if profile.rope == "per_layer_matmul":
-            # transformers 4.46 Qwen2RotaryEmbedding, called once per Qwen2Model.forward:
-            # inv_freq (1, D/2, 1) @ position_ids (1, 1, L) -> one bmm, whatever the batch
-            c.bmm(sub(path, "rotary_emb"), "matmul_inv_freq_position_ids", 1, self.head_size // 2, 1, seq, db=4)
-            c.elementwise(sub(path, "rotary_sincos"), "sincos", seq * self.head_size, EW["sincos"], 4)
-        # cat([sam tokens, queries]) and the mask build are data moves, no FLOPs
-        layer: Qwen2EncoderLayer = self._layer  # type: ignore[attr-defined]
+        h, hd = self.hidden_size, self.head_size
+        x = batch * seq * h * db
+        if profile.encoder_nests_sam:  # SAM's output, allocated inside this stage's root, bound until it returns
+            c.hold(batch * n * h * db)
+        # cat([sam.flatten(2).transpose(1, 2), queries.expand(B, ...)]): the query table is read once
+        c.weight_read(sub(path, "query_table"), "cat", n * h, db)
+        c.traffic(sub(path, "cat_queries"), "cat", batch * n * h * db, x)
+        c.hold(x)  # the encoder's input, bound by the caller (and the forward) through every layer
+        if profile.encoder_mask == "float_index_put":
+            # token_type_ids = cat([zeros(B, n), ones(B, n)]) (int64), bound through the forward; the inner model
+            # keeps it as an attribute (`_current_token_type_ids`) until its next call
+            ids = batch * seq * I64
+            c.traffic(sub(path, "token_type_ids"), "cat", ids, 2 * ids)
+            c.spike(2 * ids)
+            c.hold(ids)
+            c.release(2 * previous_tokens * I64)  # the previous call's ids, replaced as the attribute
+        c.traffic(sub(path, "position_ids"), "arange", 0, seq * I64)  # 4.46: cache_position (position_ids views it)
+        c.hold(seq * I64)
+        if profile.encoder_mask == "bool_block_overlay":
+            mask = bool_block_overlay_mask(c, path, batch, n)
+        else:
+            mask = float_index_put_mask(c, path, batch, n, db)
+        if profile.rope == "per_layer_matmul":  # 4.46 Qwen2Model: one rotary module call per forward, a bmm
+            rotary_tables_matmul(c, path, seq, hd, db)
+        else:
+            rotary_tables_elementwise(c, path, seq, hd, db)
+        call = AttentionCall(
+            views=batch,
+            kv="kept" if profile.encoder_kv_cache else "none",
+            mask_bytes=mask,
+            layer_rotary=False,
+            output_copy=profile.vision_sdpa_output == "contiguous",
+        )
+        layer = self.layer
+        stack: list[tuple[Cost, int]] = []
         if c.want_records:
             for i in range(self.num_layers):
-                layer.evaluate(c, batch, seq, profile, db, sub(path, f"layers.{i}"))
+                one = Cost(True)
+                layer.evaluate(one, seq, 0, profile, "sdpa", db, sub(path, f"layers.{i}"), None, call)
+                stack.append((one, 1))
         elif self.num_layers:
             one = Cost()
-            layer.evaluate(one, batch, seq, profile, db, None)
-            c.add(one, self.num_layers)
-        c.elementwise(sub(path, "norm"), "rmsnorm", batch * seq * h, EW["rmsnorm"], db, weight_elems=h)
+            layer.evaluate(one, seq, 0, profile, "sdpa", db, None, None, call)
+            stack.append((one, self.num_layers))
+        add_stack(c, stack, x)
+        rms_norm(c, sub(path, "norm"), batch * seq, h, db)
         return n  # last_hidden_state[:, n:, :]: the query outputs only
+
+    def params(self) -> int:
+        """Parameter count: the two query tables, every layer (two RMSNorms, q/k/v with biases, o, the SwiGLU) and
+        the final RMSNorm (the token embedding is deleted: the encoder never sees token ids)."""
+        h = self.hidden_size
+        return sum(self.query_counts) * h + self.num_layers * self.layer.params() + h
+
+    def buffer_bytes(self, profile: ImplProfile) -> int:
+        """Buffers: the rotary inv_freq tables (float32, head_dim / 2): transformers 5 keeps one rotary module with
+        inv_freq and its original_inv_freq copy; 4.46.3's Qwen2Model has one and every Qwen2Attention builds its own
+        (original_inv_freq is the same tensor there)."""
+        table = self.head_size // 2 * 4
+        return (self.num_layers + 1) * table if profile.rope == "per_layer_matmul" else 2 * table
 
     def summary(self) -> dict[str, object]:
         return {
