@@ -19,7 +19,7 @@ from analytic.layers.projector import MlpProjector
 from analytic.layers.qwen2_encoder import Qwen2QueryEncoder
 from analytic.layers.sam import SamEncoder
 from analytic.profiles import ImplProfile
-from analytic.workload import VisionWorkload, family_rules
+from analytic.workload import VisionWorkload
 
 
 @dataclass(frozen=True)
@@ -99,15 +99,17 @@ class Prefill:
         w: VisionWorkload,
         profile: ImplProfile,
         records: bool,
-        feature_dim: int = 0,
-        cls_dim: int = 0,
+        vision_bound: tuple[int, int] = (0, 0),
+        fused_dim: int = 0,
     ) -> tuple[Cost, Cost]:
-        """``feature_dim``: the projector's input width (the fused CLIP + SAM features), for the official layout;
-        ``cls_dim``: the width of the CLIP output's class row (the CLIP output keeps it)."""
+        """For the official layout (the vision stack nested in the decoder stage): ``vision_bound``: the bytes the
+        (crops, global) vision calls leave bound to the forward's locals (SAM's and the encoder's outputs, and
+        what the encoder keeps); ``fused_dim``: the width of the SAM + CLIP feature cat the forward builds before
+        the projector (DeepSeek-OCR), 0 when the projector reads the encoder's output itself (DeepSeek-OCR 2)."""
         db = w.dtype_bytes
         dec, head = Cost(records), Cost(records)
-        merged = profile.image_merge_in_decoder and family_rules(w.model).newlines
-        kept = image_locals(dec, w, decoder.hidden_size, feature_dim, cls_dim, db) if merged else 0
+        merged = profile.image_merge_in_decoder
+        kept = image_locals(dec, w, decoder.hidden_size, vision_bound, fused_dim, db) if merged else 0
         decoder.forward(
             dec, w.prefill_len, 0, profile, w.attn_impl, db, "decoder" if records else None, w.prefill_experts_hit
         )
@@ -120,47 +122,56 @@ class Prefill:
             sums = (pixels * db + 2 * db, 2 * db)
             dec.elementwise("decoder.image_presence" if records else None, "sum", pixels, 1, db, traffic=sums)
         if merged:
-            image_layout(dec, w, decoder.hidden_size, feature_dim, db, "decoder.image_layout" if records else None)
+            image_layout(dec, w, decoder.hidden_size, fused_dim, db, "decoder.image_layout" if records else None)
         rows = w.prefill_len if w.lm_head_scope == "all" else 1
         decoder.lm_head(head, rows, db, "lm_head" if records else None)
         return dec, head
 
 
-def image_locals(c: Cost, w: VisionWorkload, h: int, feature_dim: int, cls_dim: int, db: int) -> int:
-    """Liveness of official modeling_deepseekocr.py `DeepseekOCRModel.forward` before it calls the decoder layers
-    (`super().forward(...)`), for one image; returns the bytes its locals keep alive through the whole decoder
-    forward.  The vision stack runs nested in this stage: what it returns counts here.  Per branch (crops first,
-    then the global view): SAM's output (`*_features_1`) and CLIP's (`*_features_2`, its class row included) stay
-    bound; the fused cat lives next to the projector's output until the projector's output replaces it; the
-    projector's output (or, for more than one crop column, its grid permute copy) lives next to the newline cat,
-    which stays bound (`local_features` / `global_features`, viewed).  Then the views cat (`global_local_features`)
-    and the one-image list's cat (`images_in_this_batch`) stay bound too; masked_scatter_ writes in place."""
+def image_locals(c: Cost, w: VisionWorkload, h: int, vision_bound: tuple[int, int], fused_dim: int, db: int) -> int:
+    """Liveness of the official `DeepseekOCRModel.forward` / `DeepseekOCR2Model.forward` before it calls the
+    decoder layers (`super().forward(...)`), for one image; returns the bytes its locals keep alive through the
+    whole decoder forward.  The vision stack runs nested in this stage: what it leaves bound counts here
+    (``vision_bound``, per branch: crops first, then the global view).
+
+    DeepSeek-OCR (``fused_dim`` > 0): the fused SAM + CLIP cat lives next to the projector's output until the
+    projector's output replaces it; the projector's output (or, for more than one crop column, its grid permute
+    copy) lives next to the newline cat, which stays bound (`local_features` / `global_features`, viewed).
+    DeepSeek-OCR 2: the projector's output stays bound (viewed to rows).  Then the views cat
+    (`global_local_features`) and the one-image list's cat (`images_in_this_batch`) stay bound too;
+    masked_scatter_ writes in place."""
     gq = w.global_queries
-    branches = [(w.n_crops, w.n_crops * w.crop_queries**2, w.crops_image_tokens)] if w.has_crops else []
-    branches.append((1, gq * gq, gq * (gq + 1)))
+    crops_bound, global_bound = vision_bound
+    branches = [(w.n_crops, w.n_crops * w.crop_queries**2, w.crops_image_tokens, crops_bound)] if w.has_crops else []
+    branches.append((1, gq * gq, gq * (gq + 1), global_bound))
     kept = 0
-    for views, rows, with_newlines in branches:
-        vision = (rows * feature_dim + views * cls_dim) * db  # SAM's and CLIP's outputs (CLIP keeps its class row)
-        c.hold(vision)
-        c.spike(rows * (feature_dim + h) * db)  # the fused cat and the projector's output
+    for views, rows, with_newlines, bound in branches:
+        c.hold(bound)
+        kept += bound
+        if not fused_dim:
+            c.hold(rows * h * db)  # the projector's output
+            kept += rows * h * db
+            continue
+        c.spike(rows * (fused_dim + h) * db)  # the fused cat and the projector's output
         if views > 1 and w.w_crop > 1:
             c.spike(2 * rows * h * db)  # the projector's output and its permuted copy
         c.spike((rows + with_newlines) * h * db)  # the grid and its newline cat
         c.hold(with_newlines * h * db)
-        kept += vision + with_newlines * h * db
+        kept += with_newlines * h * db
     tokens = w.n_image_tokens * h * db
     c.hold(2 * tokens)  # the views cat and the batch cat
     return kept + 2 * tokens
 
 
-def image_layout(c: Cost, w: VisionWorkload, h: int, feature_dim: int, db: int, path: str | None) -> None:
-    """Official modeling_deepseekocr.py `DeepseekOCRModel.forward` between the vision calls and the decoder layers
-    (charged to the decoder stage root), for one image:
+def image_layout(c: Cost, w: VisionWorkload, h: int, fused_dim: int, db: int, path: str | None) -> None:
+    """The official forward between the vision calls and the decoder layers (charged to the decoder stage root),
+    for one image:
 
-    - torch.cat((clip[:, 1:], sam.flatten(2).permute(0, 2, 1)), dim=-1) per branch: the projector's input rows;
-    - the global view: view(h, w, n) and cat with image_newline expanded over the rows (the newline read once);
-    - the crops: view(rows, cols, h2, w2, n).permute(0, 2, 1, 3, 4).reshape(...) (a copy unless one column), the
-      newline cat;
+    - DeepSeek-OCR (``fused_dim`` > 0): torch.cat((clip[:, 1:], sam.flatten(2).permute(0, 2, 1)), dim=-1) per
+      branch (the projector's input rows); the global view: view(h, w, n) and cat with image_newline expanded
+      over the rows (the newline read once); the crops: view(rows, cols, h2, w2, n).permute(0, 2, 1, 3, 4)
+      .reshape(...) (a copy unless one column), the newline cat;
+    - DeepSeek-OCR 2: the projector's outputs viewed to rows (no copy);
     - torch.cat([crops, global, view_seperator]) (or [global, view_seperator]), then torch.cat of the one-image
       list (a copy), then inputs_embeds[idx].masked_scatter_(images_seq_mask[idx][..., None], features): reads
       the bool mask and the image rows, writes the embeddings (an overwrite: not read).
@@ -168,19 +179,22 @@ def image_layout(c: Cost, w: VisionWorkload, h: int, feature_dim: int, db: int, 
     gq, tokens = w.global_queries, w.n_image_tokens
     global_rows, crop_rows = gq * gq, w.n_crops * w.crop_queries**2
     s = w.prefill_len
-    c.copy(sub(path, "fuse_global"), "cat", global_rows * feature_dim, db)
-    with_newlines = gq * (gq + 1)
-    c.weight_read(sub(path, "image_newline"), "cat", h, db)
-    c.traffic(sub(path, "global_newlines"), "cat", global_rows * h * db, with_newlines * h * db)
-    if w.has_crops:
-        c.copy(sub(path, "fuse_crops"), "cat", crop_rows * feature_dim, db)
-        if w.w_crop > 1:
-            c.copy(sub(path, "crop_grid"), "clone", crop_rows * h, db)
+    if fused_dim:
+        c.copy(sub(path, "fuse_global"), "cat", global_rows * fused_dim, db)
+        views_in = gq * (gq + 1)
         c.weight_read(sub(path, "image_newline"), "cat", h, db)
-        c.traffic(sub(path, "crop_newlines"), "cat", crop_rows * h * db, w.crops_image_tokens * h * db)
-        with_newlines += w.crops_image_tokens
+        c.traffic(sub(path, "global_newlines"), "cat", global_rows * h * db, views_in * h * db)
+        if w.has_crops:
+            c.copy(sub(path, "fuse_crops"), "cat", crop_rows * fused_dim, db)
+            if w.w_crop > 1:
+                c.copy(sub(path, "crop_grid"), "clone", crop_rows * h, db)
+            c.weight_read(sub(path, "image_newline"), "cat", h, db)
+            c.traffic(sub(path, "crop_newlines"), "cat", crop_rows * h * db, w.crops_image_tokens * h * db)
+            views_in += w.crops_image_tokens
+    else:
+        views_in = global_rows + (crop_rows if w.has_crops else 0)
     c.weight_read(sub(path, "view_seperator"), "cat", h, db)
-    c.traffic(sub(path, "views_cat"), "cat", with_newlines * h * db, tokens * h * db)
+    c.traffic(sub(path, "views_cat"), "cat", views_in * h * db, tokens * h * db)
     c.copy(sub(path, "batch_cat"), "cat", tokens * h, db)
     c.traffic(sub(path, "masked_scatter"), "masked_scatter_", s + tokens * h * db, s * h * db)
 

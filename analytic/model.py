@@ -284,13 +284,29 @@ class CostModel:
 
         def run() -> tuple[Cost, Cost]:
             encoder = self.vision[self.vision_stages[1]]
-            cls_dim = getattr(encoder, "hidden_size", 0)  # CLIP's output keeps its class row (official layout)
-            return comp.evaluate(self.decoder, w, prof, records, self.projector.total_input_dim, cls_dim)
+            fused = self.projector.total_input_dim if encoder.projector_reads_sam_features() else 0
+            return comp.evaluate(self.decoder, w, prof, records, self._vision_bound(w, prof), fused)
 
         views = (w.model, w.global_view_size, w.crop_size, w.w_crop, w.h_crop, w.base_size)  # image-dependent terms
         key = ("prefill", w.prefill_len, w.lm_head_scope, prof.name, w.attn_impl, w.dtype_bytes, w.prefill_experts_hit)
         key += views
         return run() if records else self._memoised(key, run)
+
+    def _vision_bound(self, w: VisionWorkload, prof: ImplProfile) -> tuple[int, int]:
+        """Bytes the (crops, global) vision calls leave bound to the caller's locals: SAM's output and what the
+        encoder leaves (the global view runs last)."""
+        encoder = self.vision[self.vision_stages[1]]
+        db = w.dtype_bytes
+        out = []
+        for comp in (self.composites["vision_crops"], self.composites["vision_global"]):
+            size, batch = comp.views(w)
+            if not batch:
+                out.append(0)
+                continue
+            grid = self.sam.output_grid(size)
+            last = comp.branch == "global"
+            out.append(self.sam.output_bytes(batch, size, db) + encoder.bound_output_bytes(batch, grid, prof, db, last))
+        return out[0], out[1]
 
     def _decode_step(self, w: VisionWorkload, t: int, prof: ImplProfile, records: bool) -> tuple[Cost, Cost]:
         comp: Decode = self.composites["decode"]

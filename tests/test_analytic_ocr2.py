@@ -346,3 +346,32 @@ def test_encoder_stage_peaks_in_its_last_mlp_by_hand():
     after = Cost()
     tiny_encoder(2).evaluate(after, 1, 2, official, 4, None, previous_tokens=3 * 4)
     assert c.peak_bytes - after.peak_bytes == 2 * 3 * 4 * 8
+
+
+def test_official_image_merge_of_an_a4_page_by_hand(model):
+    """DeepSeek-OCR2Model.forward on the A4 gundam page (6 crops of 768 + the 1024 view, 1121 image tokens, prefill
+    1134), float32: what the vision calls leave bound, the merge's cats and masked_scatter_."""
+    from analytic.composites import image_layout, image_locals
+
+    w = VisionWorkload.from_page(1654, 2339, "gundam", model=OCR2, impl="official", dtype="float32")
+    assert (w.n_crops, w.n_image_tokens, w.prefill_len) == (6, 1121, 1134)
+    official = model.profiles["official"]
+    enc = model.vision["qwen2_encoder"]
+    # crops: SAM 6 x 896 x 12 x 12 x 4 = 3,096,576; the encoder's whole output 6 x 288 x 896 x 4 = 6,193,152 (the
+    # query slice is a view of it).  Global: 917,504 and 512 x 896 x 4 = 1,835,008, plus its token_type_ids kept as
+    # an attribute, 512 x 8 = 4,096 (the crops' died in the global call)
+    crops = model.sam.output_bytes(6, 768, 4) + enc.bound_output_bytes(6, 12, official, 4, last=False)
+    page = model.sam.output_bytes(1, 1024, 4) + enc.bound_output_bytes(1, 16, official, 4, last=True)
+    assert (crops, page) == (3_096_576 + 6_193_152, 917_504 + 1_835_008 + 4_096)
+    c = Cost()
+    kept = image_locals(c, w, 1280, (crops, page), 0, 4)
+    # + the projector outputs 864 x 1280 x 4 = 4,423,680 and 256 x 1280 x 4 = 1,310,720, and the two cats of the
+    # 1121 rows (the views with the separator, the one-image list): 2 x 5,739,520
+    assert kept == c.live == c.peak_bytes == crops + page + 4_423_680 + 1_310_720 + 2 * 5_739_520 == 29_259_776
+    layout = Cost()
+    image_layout(layout, w, 1280, 0, 4, None)
+    # views cat: reads 1120 rows x 5,120 and the separator (a parameter: 5,120), writes 1121 rows; the list's cat
+    # copies them; masked_scatter_ reads 1134 bools and the rows, writes 1134 embedding rows (5,806,080)
+    writes = 5_739_520 + 5_739_520 + 5_806_080
+    reads = 1120 * 5120 + 5120 + 5_739_520 + 1134 + 5_739_520
+    assert (layout.io_bytes, layout.activation_bytes, layout.weight_bytes) == (reads + writes, writes, 5120)

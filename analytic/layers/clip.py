@@ -194,6 +194,14 @@ class ClipEncoder:
         """Buffers: the int64 position ids, one per trained position and the CLS row (both implementations)."""
         return (self.pretrain_grid**2 + 1) * 8
 
+    def bound_output_bytes(self, batch: int, grid: int, profile: ImplProfile, db: int, last: bool) -> int:
+        """Bytes a call leaves to its caller: the output, class row included (the caller drops it by slicing)."""
+        return batch * (grid * grid + 1) * self.hidden_size * db
+
+    def projector_reads_sam_features(self) -> bool:
+        """The projector reads the concatenation of CLIP's and SAM's features, which the caller builds."""
+        return True
+
     def projector_rows(self, seq: int) -> int:
         """Rows per view the projector reads: the CLS row is dropped before fusion."""
         return seq - 1

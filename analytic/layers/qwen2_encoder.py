@@ -209,6 +209,18 @@ class Qwen2QueryEncoder:
         table = self.head_size // 2 * 4
         return (self.num_layers + 1) * table if profile.rope == "per_layer_matmul" else 2 * table
 
+    def bound_output_bytes(self, batch: int, grid: int, profile: ImplProfile, db: int, last: bool) -> int:
+        """Bytes a call leaves to its caller: the whole (B, 2n, d) last hidden state (the query outputs are a view of
+        it) and, for the last call (official), its token_type_ids, which the model keeps as an attribute (an
+        earlier call's die in the next one)."""
+        n = grid * grid
+        ids = batch * 2 * n * I64 if last and profile.encoder_mask == "float_index_put" else 0
+        return batch * 2 * n * self.hidden_size * db + ids
+
+    def projector_reads_sam_features(self) -> bool:
+        """The projector reads the query outputs themselves: nothing is fused with SAM's features."""
+        return False
+
     def summary(self) -> dict[str, object]:
         return {
             "hidden_size": self.hidden_size,

@@ -280,6 +280,10 @@ class SamEncoder:
             g = (g + 2 - 3) // 2 + 1
         return g
 
+    def output_bytes(self, batch: int, size: int, db: int) -> int:
+        """Bytes of one call's output: net_3's channels on its grid, per image."""
+        return batch * self.downsample_channels[-1] * self.output_grid(size) ** 2 * db
+
     def evaluate(self, c: Cost, batch: int, size: int, profile: ImplProfile, db: int, path: str | None = "sam") -> int:
         """Adds the cost of one SAM call on `batch` images of `size` px; returns the output grid side."""
         d = self.embed_dim
