@@ -1,26 +1,29 @@
 """Analytic model speed: one page (cold, no memo) and 10,000 varied workloads.
 
-Targets (SPEC.md): one page < 5 ms; 10,000 workloads < 10 s. Run: python benchmarks/bench_analytic.py
+Targets (SPEC.md): one page < 5 ms; 10,000 workloads < 10 s.
+Run: python benchmarks/bench_analytic.py [--model deepseek-ocr|deepseek-ocr-2]
 """
 
 from __future__ import annotations
 
+import argparse
 import random
 import time
 
 from analytic.model import build_cost_model
-from analytic.workload import MODES, VisionWorkload
+from analytic.schema import DEFAULT_FAMILY, FAMILIES
+from analytic.workload import VisionWorkload, family_rules
 
 
-def main(n: int = 10_000, seed: int = 0) -> None:
+def main(n: int = 10_000, seed: int = 0, family: str = DEFAULT_FAMILY) -> None:
     t0 = time.perf_counter()
-    model = build_cost_model()
+    model = build_cost_model(family=family)
     build_s = time.perf_counter() - t0
 
-    page = VisionWorkload.from_page(1654, 2339, "gundam", prompt_tokens=12, decode_tokens=16)
+    page = VisionWorkload.from_page(1654, 2339, "gundam", prompt_tokens=12, decode_tokens=16, model=family)
     cold = []
     for _ in range(20):
-        fresh = build_cost_model()  # empty memo: every term computed
+        fresh = build_cost_model(family=family)  # empty memo: every term computed
         t = time.perf_counter()
         fresh.estimate(page)
         cold.append(time.perf_counter() - t)
@@ -29,7 +32,7 @@ def main(n: int = 10_000, seed: int = 0) -> None:
     first = time.perf_counter() - t
 
     rng = random.Random(seed)
-    modes = list(MODES)
+    modes = list(family_rules(family).modes)
     workloads = [
         VisionWorkload.from_page(
             rng.randint(300, 4000),
@@ -39,6 +42,7 @@ def main(n: int = 10_000, seed: int = 0) -> None:
             decode_tokens=rng.randint(0, 32),
             impl=rng.choice(("official", "hf")),
             attn_impl=rng.choice(("eager", "sdpa")),
+            model=family,
         )
         for _ in range(n)
     ]
@@ -55,7 +59,7 @@ def main(n: int = 10_000, seed: int = 0) -> None:
     nomemo_s = time.perf_counter() - t
 
     cold.sort()
-    print(f"build (compose + instantiate once): {build_s * 1e3:.1f} ms")
+    print(f"model {family}; build (compose + instantiate once): {build_s * 1e3:.1f} ms")
     print(
         f"one page, cold (gundam A4, 16 decode steps): median {cold[len(cold) // 2] * 1e3:.2f} ms, "
         f"max {cold[-1] * 1e3:.2f} ms (target < 5 ms)"
@@ -72,4 +76,6 @@ def main(n: int = 10_000, seed: int = 0) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=FAMILIES, default=DEFAULT_FAMILY, help="the model family (default: %(default)s)")
+    main(family=ap.parse_args().model)

@@ -10,18 +10,22 @@
    ONEDNN_MAX_CPU_ISA=AVX2`` (the host line then says "capped by").
 
     python benchmarks/bench_vendor.py [--decode-tokens 32] [--configs auto:shapes,auto:real,bfloat16:real:cpu]
+        [--model deepseek-ocr|deepseek-ocr-2]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import subprocess
 import sys
 import time
 
 
-def one_e2e(dtype: str, execution: str, vision_device: str | None, decode_tokens: int, fvcore: bool) -> dict:
+def one_e2e(
+    dtype: str, execution: str, vision_device: str | None, decode_tokens: int, fvcore: bool, family: str
+) -> dict:
     t = time.perf_counter()
     from analytic.schema import family_vision_stages
     from analytic.workload import VisionWorkload
@@ -30,7 +34,7 @@ def one_e2e(dtype: str, execution: str, vision_device: str | None, decode_tokens
 
     choice = resolve_dtype(dtype, "cpu")
     w = VisionWorkload.from_page(
-        1654, 2339, "gundam", prompt_tokens=12, decode_tokens=decode_tokens, impl="hf", dtype=choice.dtype
+        1654, 2339, "gundam", prompt_tokens=12, decode_tokens=decode_tokens, impl="hf", dtype=choice.dtype, model=family
     )
     tr = measure(w, device="cpu", fvcore=fvcore, vision_device=vision_device, execution=execution)
     vis = sum(tr.stages[s][b]["tensor_flops"] for s in family_vision_stages(w.model) for b in ("global", "crops"))
@@ -52,17 +56,19 @@ def main() -> None:
     ap.add_argument("--configs", default="auto:shapes,auto:real")
     ap.add_argument("--skip-e2e", action="store_true")
     ap.add_argument("--fvcore", action="store_true", help="include the secondary fvcore count")
+    ap.add_argument("--model", default="deepseek-ocr", help="the model family (deepseek-ocr, deepseek-ocr-2)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         dtype, execution, vision = [*args.one.split(":"), "meta"][:3]
         vdev = None if vision == "cpu" else "meta"
-        print(json.dumps(one_e2e(dtype, execution, vdev, args.decode_tokens, args.fvcore)))
+        print(json.dumps(one_e2e(dtype, execution, vdev, args.decode_tokens, args.fvcore, args.model)))
         return
 
     t = time.perf_counter()
-    import transformers.models.unlimited_ocr.modeling_unlimited_ocr  # noqa: F401
+    from vendor_shim.backends import get_backend
 
+    importlib.import_module(get_backend("hf", model=args.model).family.module)  # torch + transformers + the model
     import_s = time.perf_counter() - t
     from host import host_line
 
@@ -70,8 +76,8 @@ def main() -> None:
     from vendor_shim import ModelCache, measure
 
     print(host_line())
-    print(f"torch + transformers import: {import_s:.2f} s")
-    w = VisionWorkload.from_page(1654, 2339, "gundam", prompt_tokens=12, decode_tokens=0, impl="hf")
+    print(f"model {args.model}; torch + transformers import: {import_s:.2f} s")
+    w = VisionWorkload.from_page(1654, 2339, "gundam", prompt_tokens=12, decode_tokens=0, impl="hf", model=args.model)
     cache = ModelCache()
     for label in ("cold", "warm"):
         t = time.perf_counter()
@@ -85,6 +91,7 @@ def main() -> None:
         return
     for cfg in args.configs.split(","):
         cmd = [sys.executable, __file__, "--one", cfg, "--decode-tokens", str(args.decode_tokens)]
+        cmd += ["--model", args.model]
         cmd += ["--fvcore"] if args.fvcore else []
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
