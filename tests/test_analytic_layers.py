@@ -292,3 +292,22 @@ def test_stack_scaling_equals_per_layer_records():
     dec.forward(slow, 4, 2, profile(), "eager", 2, "decoder")
     assert fast.metrics() == slow.metrics()
     assert sum(r["tensor_flops"] for r in slow.records) == slow.tensor_flops
+
+
+def test_transformers_causal_masks_bytes_by_hand():
+    """transformers 5 eager masks for q = 2 new positions over 3 keys (past 1), bfloat16 (2 bytes), int64 8."""
+    from analytic.layers.decoder import causal_mask_traffic, reference_sliding_mask_traffic
+
+    # create_causal_mask: aranges batch 8 + heads 8 + q 16 + keys 24; the two offset adds read 16 + 24 and write as
+    # much; kv <= q reads 16 + 24 and writes 2 x 3 = 6 bools; where reads the 6 bools and the 0-d zero and minimum
+    # (2 + 2) and writes 6 x 2 = 12; the zero and minimum are written too (4)
+    reads = 40 + 40 + 6 + 4
+    writes = (16 + 40) + 40 + 6 + 12 + 4
+    assert causal_mask_traffic(2, 3, 2) == (reads, writes)
+    # the reference sliding-window mask (its function under vmap): the same aranges and adds; new_zeros and two
+    # new_ones, 2 bytes each (q bools); q - window (16 -> 16) and kv - offset (24 -> 24); > reads 16 + 24 and writes
+    # 6; < reads 24 and writes 3; two <= read 40 each and write 6 each; four & read (2 + 6) + (6 + 6) + (2 + 6) +
+    # (6 + 3) and write 6 each; two | read (2 + 6) + (6 + 6) and write 6 each; where reads 6 + 4, writes 12 + 4
+    reads = 40 + 40 + 40 + 24 + 80 + (8 + 12 + 8 + 9) + (8 + 12) + 10
+    writes = (16 + 40) + 40 + 6 + 40 + 6 + 3 + 12 + 24 + 12 + 16
+    assert reference_sliding_mask_traffic(2, 3, 2) == (reads, writes)

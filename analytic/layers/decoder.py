@@ -63,6 +63,25 @@ def causal_mask_traffic(q: int, keys: int, db: int) -> tuple[int, int]:
     return reads, writes
 
 
+def reference_sliding_mask_traffic(q: int, keys: int, db: int) -> tuple[int, int]:
+    """Bytes (read, written) of transformers 5 `create_reference_sliding_window_causal_mask` (DeepSeek-OCR's second
+    mask) for the eager attention, op by op.  Its mask function -- (sliding window AND causal) OR (causal AND
+    inside the prefill) -- runs under vmap, so each comparison is one op over (q, keys) and each constant of
+    `and_masks` / `or_masks` a tensor of q bools: the four aranges and two offset adds of `sdpa_mask`;
+    new_zeros(()) and two new_ones(()) (q bytes each); ``q_idx - window`` and ``kv_idx - kv_offset`` (int64);
+    ``kv_idx > q_idx - window``, ``kv_idx - kv_offset < prefill_length`` (keys bools) and two ``kv_idx <= q_idx``;
+    four & and two | over (q, keys) (each reading a q-sized or keys-sized constant where one takes part);
+    `eager_mask`'s 0-d zero and minimum and its ``torch.where``."""
+    i64, qk, positions = 8, q * keys, q + keys
+    reads = 5 * positions * i64 + keys * i64  # adds, subs, >, 2 x <= read the positions; < reads the shifted keys
+    reads += 3 * q + keys + 8 * qk  # &: q + qk, 2 qk, q + qk, qk + keys; |: q + qk, 2 qk
+    reads += qk + 2 * db  # where
+    writes = 2 * i64 + 3 * positions * i64  # aranges (batch, heads, positions), adds, subs
+    writes += 3 * q + keys + 9 * qk  # the constants, <, and >, 2 x <=, 4 x &, 2 x |
+    writes += qk * db + 2 * db  # where, its zero and minimum
+    return reads, writes
+
+
 def prepare_4d_mask_traffic(q: int, keys: int, db: int) -> tuple[int, int]:
     """Bytes (read, written) of transformers 4.46 `_prepare_4d_causal_attention_mask` given the 2-D int64
     attention mask of `keys` positions (AttentionMaskConverter.to_4d), op by op:
@@ -678,8 +697,9 @@ class Decoder:
         h = self.hidden_size
         keys = past + q
         n = q * h * db
-        if profile.causal_mask == "where_twice":  # reads a bool mask, writes the dtype's mask, twice
-            mask_traffic = (2 * q * keys, 2 * q * keys * db)
+        if profile.causal_mask == "where_twice":  # the full and the reference sliding-window mask
+            full, sliding = causal_mask_traffic(q, keys, db), reference_sliding_mask_traffic(q, keys, db)
+            mask_traffic = (full[0] + sliding[0], full[1] + sliding[1])
             c.elementwise(sub(path, "causal_mask"), "where", 2 * q * keys, EW["mul"], 4, traffic=mask_traffic)
             # liveness: bool masks (one byte per pair) while they are built; both float masks live through the
             # forward (the mask mapping keeps one per attention type)
