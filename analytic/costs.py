@@ -14,7 +14,7 @@ Everything else is reported, not gated, under simple per-element conventions
 - elementwise_flops: LayerNorm 5/elem, RMSNorm 4/elem + 2/row, GELU 8, QuickGELU 5, SiLU 4,
   gate product / residual add / bias add / mask add / scale 1, softmax 5/score,
   RoPE 3.5 per rotated q/k element (the neg of rotate_half on half of them) plus cos, sin and
-  their scaling per table element, bicubic resize 32 per output element, linear resize 4.
+  their scaling per table element, bicubic resize 32 per output element, linear (1-D) resize 2.
   Each is the sum of the per-aten-op conventions of `analytic.op_conventions` over the ops
   the module runs (that table is what the vendor side measures with).
 - io_bytes: every op's inputs read + outputs written + weights read.
@@ -52,7 +52,7 @@ EW = {
     "rope": 3,  # q * cos + rotate_half(q) * sin: 2 mul + 1 add per element (the neg of rotate_half: 1 per half)
     "sincos": 2,
     "bicubic": 32,
-    "linear_resize": 4,
+    "linear_resize": 2,  # upsample_linear1d: two taps per output element
 }
 
 

@@ -31,6 +31,7 @@ CLIP_POSITION_MODES = ("resize_table", "gather_then_resize")
 NECK_NORM_MODES = ("layer_norm", "mean_var")
 EAGER_PROBS_MODES = ("kept_by_layer", "dropped_by_attention")
 ENCODER_MASK_MODES = ("bool_block_overlay", "float_index_put")
+NORM_STATS_MODES = ("float32", "dtype")
 
 
 class ProfileError(ValueError):
@@ -53,9 +54,10 @@ class ImplProfile:
       eager = two matmuls (bmm family), sdpa = one attention kernel (sdpa family; flash-attn
       counted with the same formula).
     supports_mla: whether the decoder class implements multi-head latent attention.
-    rel_pos_table: how SAM's get_rel_pos reads a relative-position table: `interpolate_always` (a linear
-      resize of the whole table, even to its own size) or `gather_when_sized` (rows gathered straight
-      from the table when it already has 2 x side - 1 rows, resized otherwise).
+    rel_pos_table: how SAM's get_rel_pos reads a relative-position table: `interpolate_always` (transformers: a
+      linear resize of the whole table in the model's dtype, even to its own size) or `gather_when_sized`
+      (official: rows gathered straight from the table when it already has 2 x side - 1 rows, else the table
+      cast to float32, resized and cast back, as `vision_resize_casts` says).
     embed_in_decoder: whether the token embedding gather runs inside the decoder stage root.
     causal_mask: how each decoder forward builds its (q x keys) attention mask: `where_twice`
       (transformers 5 masking_utils, DeepSeek-OCR's model: a full and a reference sliding-window mask, two
@@ -97,6 +99,9 @@ class ImplProfile:
         (transformers 5: returned as `attn_weights`, which the decoder layer holds until it returns) or
         `dropped_by_attention` (4.46 LlamaAttention.forward: `attn_weights = None` after o_proj when attentions
         are not output).
+    layer_norm_stats: the dtype of the mean and rstd `native_layer_norm` writes next to its output: `float32`
+        (the meta and CUDA kernels) or `dtype` (the CPU kernel keeps a bfloat16 input's statistics in bfloat16):
+        the device the implementation's vision is counted on (hf: meta; official: CPU).
     encoder_mask: how DeepSeek-OCR 2's encoder builds its mixed mask (bidirectional over the image tokens, causal
         over the queries): `bool_block_overlay` (transformers 5 `create_causal_mask(block_sequence_ids=...)`: a
         (B, 1, L, L) bool mask from the causal comparison OR'ed with the same-block overlay) or `float_index_put`
@@ -139,6 +144,7 @@ class ImplProfile:
     sam_neck_norm: str = "layer_norm"
     sam_net3_clone: bool = False
     eager_probs: str = "kept_by_layer"
+    layer_norm_stats: str = "float32"
     encoder_mask: str = "bool_block_overlay"
     encoder_nests_sam: bool = False
     encoder_kv_cache: bool = False
@@ -164,6 +170,7 @@ class ImplProfile:
             ("sam_neck_norm", self.sam_neck_norm, NECK_NORM_MODES),
             ("eager_probs", self.eager_probs, EAGER_PROBS_MODES),
             ("encoder_mask", self.encoder_mask, ENCODER_MASK_MODES),
+            ("layer_norm_stats", self.layer_norm_stats, NORM_STATS_MODES),
         )
         for label, value, allowed in checks:
             if value not in allowed:
@@ -181,6 +188,10 @@ class ImplProfile:
                 f"with METRIC in {', '.join(METRICS)}"
             )
         object.__setattr__(self, "references", dict(self.references))
+
+    def norm_stats_bytes(self, db: int) -> int:
+        """Bytes of one LayerNorm mean (or rstd) value at the model's dtype ``db`` (see ``layer_norm_stats``)."""
+        return db if self.layer_norm_stats == "dtype" else 4
 
     def decoder_attention_family(self, attn_impl: str) -> str:
         if attn_impl not in self.decoder_attn_impls:
@@ -212,6 +223,7 @@ class ImplProfile:
             "sam_neck_norm": self.sam_neck_norm,
             "sam_net3_clone": self.sam_net3_clone,
             "eager_probs": self.eager_probs,
+            "layer_norm_stats": self.layer_norm_stats,
             "encoder_mask": self.encoder_mask,
             "encoder_nests_sam": self.encoder_nests_sam,
             "encoder_kv_cache": self.encoder_kv_cache,

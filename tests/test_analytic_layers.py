@@ -311,3 +311,29 @@ def test_transformers_causal_masks_bytes_by_hand():
     reads = 40 + 40 + 40 + 24 + 80 + (8 + 12 + 8 + 9) + (8 + 12) + 10
     writes = (16 + 40) + 40 + 6 + 40 + 6 + 3 + 12 + 24 + 12 + 16
     assert reference_sliding_mask_traffic(2, 3, 2) == (reads, writes)
+
+
+def test_sam_relative_coordinates_and_resize_elementwise_by_hand():
+    """get_rel_pos for a side of 4 (head dim 2, 2 x 4 - 1 = 7 relative positions): the coordinates scale q and k
+    (4 float32 elements each), subtract and add the offset (4 x 4 each): 8 + 32 = 40; a linear 1-D resize of the
+    table to 7 rows adds 2 per output element: 2 x 7 x 2 = 28."""
+    from analytic.layers.sam import _rel_pos_gather
+
+    gathered, resized = Cost(), Cost()
+    _rel_pos_gather(gathered, None, 4, 2, 7, True, 2)
+    _rel_pos_gather(resized, None, 4, 2, 7, False, 2, rows_l=9)
+    assert (gathered.elementwise_flops, resized.elementwise_flops) == (40, 40 + 28)
+
+
+def test_layer_norm_statistics_in_the_profile_dtype_by_hand():
+    """native_layer_norm over 3 rows of 4 in bfloat16: reads x (3 x 4 x 2 = 24) and weight and bias (2 x 4 x 2 =
+    16), writes y (24) and a mean and rstd per row: float32 (meta, CUDA) 2 x 3 x 4 = 24, or bfloat16 (the CPU
+    kernel) 2 x 3 x 2 = 12."""
+    from analytic.layers.common import layer_norm
+
+    f32, bf16 = Cost(), Cost()
+    layer_norm(f32, None, 3, 4, 2)
+    layer_norm(bf16, None, 3, 4, 2, profile(layer_norm_stats="dtype").norm_stats_bytes(2))
+    assert (f32.io_bytes, f32.activation_bytes) == (24 + 16 + 24 + 24, 24 + 24)
+    assert (bf16.io_bytes, bf16.activation_bytes) == (24 + 16 + 24 + 12, 24 + 12)
+    assert profile().norm_stats_bytes(2) == 4 and profile(layer_norm_stats="dtype").norm_stats_bytes(4) == 4

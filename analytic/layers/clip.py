@@ -25,7 +25,7 @@ class ClipBlock:
         rows = batch * seq
         n = rows * d * db  # one (B, S, d) activation
         f = rows * self.ffn * db
-        layer_norm(c, sub(path, "layer_norm1"), rows, d, db)
+        layer_norm(c, sub(path, "layer_norm1"), rows, d, db, profile.norm_stats_bytes(db))
         ap = sub(path, "self_attn")
         if profile.clip_qkv == "fused":  # official NoTPAttention.qkv_proj: Linear(1024, 3072)
             c.linear(sub(ap, "qkv_proj"), rows, d, 3 * d, bias=True, db=db)
@@ -49,7 +49,7 @@ class ClipBlock:
         # out = h + mlp(layer_norm2(h)) -- the attention output stays the local `residual` until the block returns
         kept = n if profile.clip_qkv == "fused" else 0
         c.hold(kept)
-        layer_norm(c, sub(path, "layer_norm2"), rows, d, db)
+        layer_norm(c, sub(path, "layer_norm2"), rows, d, db, profile.norm_stats_bytes(db))
         mp = sub(path, "mlp")
         c.linear(sub(mp, "fc1"), rows, d, self.ffn, bias=True, db=db)
         c.hold(f)
@@ -115,7 +115,8 @@ class ClipEncoder:
             else:  # float32: .to(torch.float32) and .to(dtype) are no copies; the resize reads the table (above)
                 c.elementwise(sub(path, "pos_embed_interp"), "bicubic", g2, EW["bicubic"], db, traffic=(0, g2 * 4))
             c.traffic(sub(path, "pos_embed_cat"), "cat", g2 * db, seq * d * db)
-        else:  # the gathered table is the position embedding itself
+        else:  # the gathered table is the position embedding itself; the gather reads the int64 position ids buffer
+            c.weight_read(sub(path, "position_ids"), "embedding", (trained + 1) * 8, 1)
             c.traffic(sub(path, "pos_embed_gather"), "embedding", 0, seq * d * db)
         # + positions (broadcast over the batch: read once)
         emb = (batch * seq * d * db + seq * d * db, batch * seq * d * db)
@@ -131,7 +132,8 @@ class ClipEncoder:
             c.hold(n)
         else:
             c.spike(2 * n)  # the class cat and the sum with the positions
-        layer_norm(c, sub(path, "pre_layrnorm"), batch * seq, d, db)  # held by the encoder through every layer
+        stats = profile.norm_stats_bytes(db)
+        layer_norm(c, sub(path, "pre_layrnorm"), batch * seq, d, db, stats)  # held through every layer
         blk: ClipBlock = self._block  # type: ignore[attr-defined]
         if c.want_records:
             layers = []

@@ -14,14 +14,14 @@ class ConfigError(ValueError):
     """The analytic config is inconsistent; the message names the field and the fix."""
 
 
-def layer_norm(c: Cost, path: str | None, rows: int, width: int, db: int) -> None:
-    """nn.LayerNorm as one native_layer_norm: reads x and (weight, bias), writes y and a float32 mean and rstd per
-    row.  Liveness: y is held."""
+def layer_norm(c: Cost, path: str | None, rows: int, width: int, db: int, stats_db: int = 4) -> None:
+    """nn.LayerNorm as one native_layer_norm: reads x and (weight, bias), writes y and a mean and rstd per row
+    (``stats_db`` bytes each: `ImplProfile.norm_stats_bytes`).  Liveness: y is held."""
     n = rows * width
-    traffic = (n * db, n * db + 2 * rows * 4)
+    traffic = (n * db, n * db + 2 * rows * stats_db)
     c.elementwise(path, "layernorm", n, EW["layernorm"], db, weight_elems=2 * width, traffic=traffic)
     c.hold(n * db)  # y stays live (the caller releases it); mean and rstd die as soon as the op returns
-    c.spike(2 * rows * 4)
+    c.spike(2 * rows * stats_db)
 
 
 def group(items: tuple[T, ...]) -> list[tuple[T, int]]:

@@ -34,7 +34,7 @@ class SamBlock:
         d, nh = self.dim, self.num_heads
         hd = d // nh
         n = tokens * d * db  # one (B, g, g, d) activation
-        layer_norm(c, sub(path, "norm1"), tokens, d, db)
+        layer_norm(c, sub(path, "norm1"), tokens, d, db, profile.norm_stats_bytes(db))
         if self.window > 0:
             # window_partition pads the grid up to a multiple of the window (64->70, 40->42, ...).
             padded = -(-grid // self.window) * self.window
@@ -148,7 +148,7 @@ class SamBlock:
         c.elementwise(sub(path, "residual1"), "add", tokens * d, EW["add"], db, reads=2)
         c.hold(n)
         c.release(n)  # the attention's output
-        layer_norm(c, sub(path, "norm2"), tokens, d, db)
+        layer_norm(c, sub(path, "norm2"), tokens, d, db, profile.norm_stats_bytes(db))
         mp = sub(path, "mlp")
         # The MLP runs on the unpadded grid (window_unpartition crops the padding first).
         m = tokens * self.mlp_dim * db
@@ -195,10 +195,15 @@ def _rel_pos_gather(
     profile: ImplProfile | None = None,
 ) -> None:
     """get_rel_pos after the table read: the resized table written (unless gathered straight from the weight), the
-    relative coordinates (arange x2, scale x2, sub, add, .long()) and the gather of side x side rows of hd."""
+    relative coordinates (arange x2, scale x2, sub, add, .long()) and the gather of side x side rows of hd.
+    Elementwise FLOPs: the linear resize (2 per output element), the two scales (side each), the sub and the add
+    (side x side each, float32)."""
+    c.elementwise_flops += 2 * side + 2 * side * side
     if not from_table:
-        if profile is not None and profile.vision_resize_casts == "when_not_float32" and casts:
-            # official get_rel_pos: rel_pos.to(float32) (its read: the table read), linear resize, .to(dtype)
+        c.elementwise_flops += EW["linear_resize"] * max_rel * hd
+        if profile is not None and profile.rel_pos_table == "gather_when_sized" and casts:
+            # official get_rel_pos: rel_pos.to(float32) (its read: the table read), linear resize, .to(dtype);
+            # transformers' resizes in the model's dtype (below)
             c.traffic(sub(path, "cast"), "_to_copy", 0, rows_l * hd * 4)
             c.traffic(sub(path, "resized"), "upsample_linear1d", rows_l * hd * 4, max_rel * hd * 4)
             c.copy(sub(path, "cast_back"), "_to_copy", max_rel * hd, db, read_db=4)
@@ -341,14 +346,21 @@ class SamEncoder:
         oc = self.out_chans
         o1 = batch * g * g * oc * db
         # neck and downsampling: each output replaces the one before it (the blocks' output lives through the neck)
-        neck_norm = layer_norm if profile.sam_neck_norm == "layer_norm" else layer_norm_2d
+        stats = profile.norm_stats_bytes(db)
+
+        def neck_norm(path: str | None) -> None:
+            if profile.sam_neck_norm == "layer_norm":
+                layer_norm(c, path, batch * g * g, oc, db, stats)
+            else:
+                layer_norm_2d(c, path, batch * g * g, oc, db)
+
         c.conv2d(sub(np_, "0"), batch, d, g, g, oc, 1, 1, 0, bias=False, db=db)
         c.hold(o1)
-        neck_norm(c, sub(np_, "1"), batch * g * g, oc, db)
+        neck_norm(sub(np_, "1"))
         c.release(o1)
         c.conv2d(sub(np_, "2"), batch, oc, g, g, oc, 3, 1, 1, bias=False, db=db)
         c.hold(o1)
-        neck_norm(c, sub(np_, "3"), batch * g * g, oc, db)
+        neck_norm(sub(np_, "3"))
         c.release(o1 + o1 + n)  # the convolution, the first norm and the blocks' output
         c2, c3 = self.downsample_channels
         g2, _ = c.conv2d(sub(path, "net_2"), batch, oc, g, g, c2, 3, 2, 1, bias=False, db=db)
