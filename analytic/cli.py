@@ -32,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("analytic model")
     g.add_argument("--impl", choices=profile_names(), default="official", help="implementation profile to mirror")
     g.add_argument(
+        "--library-version",
+        metavar="X.Y.Z",
+        help="the release of the profile's library to mirror (transformers for hf and official; "
+        "analytic/configs/releases/): default the newest verified",
+    )
+    g.add_argument(
         "--override",
         action="append",
         default=[],
@@ -54,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         kwargs = workload_kwargs(args, dtype=_dtype(args.dtype))
-        workload = VisionWorkload.from_page(args.width, args.height, args.mode, impl=args.impl, **kwargs)
+        workload = VisionWorkload.from_page(
+            args.width, args.height, args.mode, impl=args.impl, impl_version=args.library_version, **kwargs
+        )
         from analytic.model import build_cost_model
 
         model = build_cost_model(args.override, family=workload.model)

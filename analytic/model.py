@@ -19,7 +19,7 @@ from analytic.layers.common import ConfigError
 from analytic.layers.decoder import Decoder
 from analytic.layers.projector import MlpProjector
 from analytic.layers.sam import SamEncoder
-from analytic.profiles import ImplProfile, ProfileError
+from analytic.profiles import ImplProfile, ProfileError, at_release
 from analytic.schema import DEFAULT_FAMILY, FAMILIES, LM_PARTS, VISION_BRANCHES, combine, family_vision_stages
 from analytic.workload import VisionWorkload, family_rules
 
@@ -147,11 +147,13 @@ class CostModel:
             )
 
     # --- public -----------------------------------------------------------------------------
-    def profile(self, impl: str) -> ImplProfile:
+    def profile(self, impl: str, version: str | None = None) -> ImplProfile:
+        """Profile ``impl`` as its library's release ``version`` executes it (None: the newest verified release)."""
         try:
-            return self.profiles[impl]
+            base = self.profiles[impl]
         except KeyError:
             raise ProfileError(f"no profile {impl!r}: use one of {', '.join(self.profiles)}") from None
+        return self._memoised(("profile", impl, version), lambda: at_release(base, version))
 
     def estimate(self, workload: VisionWorkload, records: bool = False) -> Estimate:
         """All stages of one workload; `records=True` also lists every op with its shapes and FLOPs."""
@@ -160,7 +162,7 @@ class CostModel:
                 f"the workload is for {workload.model} but this cost model is {self.family}: "
                 f"build it with build_cost_model(family={workload.model!r})"
             )
-        prof = self.profile(workload.impl)
+        prof = self.profile(workload.impl, workload.impl_version)
         db = workload.dtype_bytes
         stages: dict[str, Any] = {}
         families: dict[str, dict[str, dict[str, int]]] = {}
@@ -216,7 +218,10 @@ class CostModel:
         per_token = self.decoder.cache_bytes_per_token(workload.dtype_bytes)
         return {
             "parameters": params,
-            "weight_resident_bytes": sum(params.values()) * workload.dtype_bytes + buffers,
+            # parameters at the workload's dtype, those the implementation keeps in float32 at 4 bytes
+            "weight_resident_bytes": sum(params.values()) * workload.dtype_bytes
+            + self.decoder.float32_params(prof) * (4 - workload.dtype_bytes)
+            + buffers,
             "kv_cache_resident_bytes": [
                 per_token * (workload.prefill_len + t) for t in range(workload.decode_tokens + 1)
             ],
@@ -277,7 +282,7 @@ class CostModel:
         def run() -> dict[str, Cost]:
             return comp.run(self, size, batch, prof, db, records, previous)
 
-        return run() if records else self._memoised(("vision", size, batch, prof.name, db, previous), run)
+        return run() if records else self._memoised(("vision", size, batch, prof.key, db, previous), run)
 
     def _prefill(self, w: VisionWorkload, prof: ImplProfile, records: bool) -> tuple[Cost, Cost]:
         comp: Prefill = self.composites["prefill"]
@@ -288,7 +293,7 @@ class CostModel:
             return comp.evaluate(self.decoder, w, prof, records, self._vision_bound(w, prof), fused)
 
         views = (w.model, w.global_view_size, w.crop_size, w.w_crop, w.h_crop, w.base_size)  # image-dependent terms
-        key = ("prefill", w.prefill_len, w.lm_head_scope, prof.name, w.attn_impl, w.dtype_bytes, w.prefill_experts_hit)
+        key = ("prefill", w.prefill_len, w.lm_head_scope, prof.key, w.attn_impl, w.dtype_bytes, w.prefill_experts_hit)
         key += views
         return run() if records else self._memoised(key, run)
 
@@ -314,7 +319,7 @@ class CostModel:
         def run() -> tuple[Cost, Cost]:
             return comp.step(self.decoder, w, t, prof, records)
 
-        key = ("decode", w.prefill_len + t, prof.name, w.attn_impl, w.dtype_bytes)
+        key = ("decode", w.prefill_len + t, prof.key, w.attn_impl, w.dtype_bytes)
         return run() if records else self._memoised(key, run)
 
 

@@ -6,7 +6,7 @@ location it mirrors (see `ImplProfile.references`, also printed in `Estimate.to_
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from functools import cache
 from pathlib import Path
 
@@ -32,6 +32,7 @@ NECK_NORM_MODES = ("layer_norm", "mean_var")
 EAGER_PROBS_MODES = ("kept_by_layer", "dropped_by_attention")
 ENCODER_MASK_MODES = ("bool_block_overlay", "float_index_put")
 NORM_STATS_MODES = ("float32", "dtype")
+ROUTER_WEIGHT_MODES = ("model_dtype", "float32")
 
 
 class ProfileError(ValueError):
@@ -113,6 +114,12 @@ class ImplProfile:
     encoder_kv_cache: whether the encoder's Qwen2 model keeps a KV cache it never reads (4.46.3 `Qwen2Model`:
         `use_cache` defaults to the config's True, so a DynamicCache holds every layer's keys and values until the
         forward returns).
+    router_weight: the dtype the MoE router's weight is kept in: `model_dtype` (transformers <= 5.23, official:
+        the router's F.linear(x.float(), weight.float()) casts it, a float32 copy the mm reads) or `float32`
+        (transformers >= 5.24: created float32 and kept so by `_keep_in_fp32_modules_strict`; no cast, the mm reads
+        the float32 weight, and the resident weights hold it at 4 bytes an element).
+    variant: the library release the profile's fields mirror (`analytic.releases`: 'hf@5.24'); empty for a
+        profile built from its YAML alone (the table's `base`).
     modeled_metrics: the metrics this profile follows op by op as the implementation executes them
       (gated against the vendor), as ``METRIC`` (every stage) or ``STAGE.METRIC``; the others are
       estimates under the model's own conventions, reported next to the measured figure until the
@@ -148,6 +155,8 @@ class ImplProfile:
     encoder_mask: str = "bool_block_overlay"
     encoder_nests_sam: bool = False
     encoder_kv_cache: bool = False
+    router_weight: str = "model_dtype"
+    variant: str = ""
     modeled_metrics: tuple[str, ...] = ("tensor_flops",)
     flops_only_stages: tuple[str, ...] = ()
     references: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
@@ -171,6 +180,7 @@ class ImplProfile:
             ("eager_probs", self.eager_probs, EAGER_PROBS_MODES),
             ("encoder_mask", self.encoder_mask, ENCODER_MASK_MODES),
             ("layer_norm_stats", self.layer_norm_stats, NORM_STATS_MODES),
+            ("router_weight", self.router_weight, ROUTER_WEIGHT_MODES),
         )
         for label, value, allowed in checks:
             if value not in allowed:
@@ -188,6 +198,11 @@ class ImplProfile:
                 f"with METRIC in {', '.join(METRICS)}"
             )
         object.__setattr__(self, "references", dict(self.references))
+
+    @property
+    def key(self) -> str:
+        """The profile and its release variant: what memoised estimates are keyed by."""
+        return self.variant or self.name
 
     def norm_stats_bytes(self, db: int) -> int:
         """Bytes of one LayerNorm mean (or rstd) value at the model's dtype ``db`` (see ``layer_norm_stats``)."""
@@ -227,6 +242,8 @@ class ImplProfile:
             "encoder_mask": self.encoder_mask,
             "encoder_nests_sam": self.encoder_nests_sam,
             "encoder_kv_cache": self.encoder_kv_cache,
+            "router_weight": self.router_weight,
+            "variant": self.variant,
             "modeled_metrics": list(self.modeled_metrics),
             "flops_only_stages": list(self.flops_only_stages),
             "references": dict(self.references),
@@ -255,6 +272,19 @@ def gated_leaves(
 def profile_names() -> tuple[str, ...]:
     """Implementation profiles that exist: one YAML each under configs/profiles/ (the one list of them)."""
     return tuple(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
+
+
+def at_release(profile: ImplProfile, version: str | None) -> ImplProfile:
+    """``profile`` as the library release ``version`` executes it (None: the newest verified release): its release
+    table's changes up to that release applied (`analytic.releases`)."""
+    from analytic.releases import release_table
+
+    table = release_table(profile.name)
+    changes = table.overrides(version)
+    unknown = sorted(set(changes) - {f.name for f in fields(ImplProfile)} - {"name", "variant"})
+    if unknown:
+        raise ProfileError(f"releases/{profile.name}.yaml sets unknown profile fields {', '.join(unknown)}")
+    return replace(profile, **changes, variant=table.variant(version))
 
 
 @cache

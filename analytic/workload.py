@@ -14,6 +14,7 @@ queries exist for 144 and 256 patches only), no newline tokens: nq*nq per view +
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -28,6 +29,7 @@ CROP_MIN_NUM = 2
 CROP_MAX_NUM = 9
 # Pages above this many pixels are refused (decompression-bomb guard).
 MAX_PAGE_PIXELS = 200_000_000
+_RELEASE = re.compile(r"\d{1,4}(\.\d{1,6}){0,3}([.+-][0-9A-Za-z.+-]{1,40})?")  # 5.24.0, 2.13.0+cpu, 5.26.0.dev0
 
 DTYPES = ("float32", "bfloat16", "float16")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -296,6 +298,9 @@ class VisionWorkload:
     dtype: str = "float32"
     lm_head_scope: str = "all"  # one of schema.LM_HEAD_SCOPES
     impl: str = "official"  # an implementation profile (profiles.profile_names())
+    # the release of the profile's library the vendor runs (transformers for hf and official): picks the profile's
+    # release variant (analytic.releases); None = the newest verified release
+    impl_version: str | None = None
     attn_impl: str = "eager"  # one of schema.ATTN_IMPLS
     model: str = DEFAULT_FAMILY  # the model family (schema.FAMILIES): picks the rules above and the config
     # Experts whose weights the prefill reads, per MoE layer in order; None = balanced routing (every layer
@@ -332,6 +337,7 @@ class VisionWorkload:
         dtype: str = "float32",
         lm_head_scope: str | None = None,
         impl: str = "official",
+        impl_version: str | None = None,
         attn_impl: str = "eager",
         model: str = DEFAULT_FAMILY,
     ) -> VisionWorkload:
@@ -344,6 +350,8 @@ class VisionWorkload:
             raise WorkloadError(f"dtype {dtype!r} unknown: use one of {', '.join(DTYPES)}")
         if impl not in profile_names():
             raise WorkloadError(f"impl {impl!r} unknown: use one of {', '.join(profile_names())}")
+        if impl_version is not None and not _RELEASE.fullmatch(str(impl_version)):
+            raise WorkloadError(f"impl_version {impl_version!r} is not a release number: write it like 5.24.0")
         if attn_impl not in ATTN_IMPLS:
             raise WorkloadError(f"attn_impl {attn_impl!r} unknown: use one of {', '.join(ATTN_IMPLS)}")
         if lm_head_scope is None:  # the implementation's own behaviour, as its profile YAML states it
@@ -375,6 +383,7 @@ class VisionWorkload:
             dtype=dtype,
             lm_head_scope=lm_head_scope,
             impl=impl,
+            impl_version=impl_version,
             attn_impl=attn_impl,
             model=model,
         )

@@ -387,11 +387,15 @@ class MoeMlp:
     ) -> None:
         """``hit``: experts that got rows (their weights are read); None = balanced routing."""
         h, e, k, i = self.hidden, self.n_experts, self.top_k, self.expert_intermediate
-        # weight read once at the model's dtype: by the float32 cast (or, in float32, by the mm itself)
-        if db != F32:  # hidden.float() and weight.float(): the mm reads the float32 copies
+        # the weight is read once: by its float32 cast at the model's dtype (the mm then reads the copy) or, when it
+        # is kept in float32 (profile.router_weight, or a float32 model), by the mm itself
+        wdb = F32 if profile.router_weight == "float32" else db
+        weight_cast = wdb != F32
+        if db != F32:  # hidden.float() (and weight.float() unless it is float32): the mm reads the float32 copies
             c.copy(sub(path, "gate_cast"), "_to_copy", rows * h, F32, read_db=db)
+        if weight_cast:
             c.traffic(sub(path, "gate_weight_cast"), "_to_copy", e * h * F32, e * h * F32)
-        c.linear(sub(path, "gate"), rows, h, e, bias=False, db=ROUTER_BYTES, wdb=db)
+        c.linear(sub(path, "gate"), rows, h, e, bias=False, db=ROUTER_BYTES, wdb=wdb)
         c.elementwise(sub(path, "gate_softmax"), "softmax", rows * e, EW["softmax"], ROUTER_BYTES)
         # 1 per score compared; writes k values (float32) and k int64 indices per row
         c.elementwise(
@@ -408,11 +412,12 @@ class MoeMlp:
             # softmax scores, top-k values and indices, the scaled weights; it returns only topk_idx and the
             # scaled topk_weight, which DeepseekV2MoE.forward keeps until it returns
             topk = rows * k * (8 + F32)
-            c.spike(max((rows * h + e * h) * F32 * cast + rows * e * F32, 2 * rows * e * F32 + topk + rows * k * F32))
+            copies = (rows * h * cast + e * h * weight_cast) * F32
+            c.spike(max(copies + rows * e * F32, 2 * rows * e * F32 + topk + rows * k * F32))
             routing = rows * k * (8 + F32)
             c.hold(routing)
         else:
-            c.spike((rows * h + e * h) * F32 * cast + rows * e * F32)
+            c.spike((rows * h * cast + e * h * weight_cast) * F32 + rows * e * F32)
             routing = rows * e * F32 + rows * k * (8 + F32)
             c.hold(routing)
             c.spike(rows * e * F32 + rows * k * F32)
@@ -754,6 +759,13 @@ class Decoder:
         untied lm_head."""
         h = self.hidden_size
         return 2 * self.vocab_size * h + h + sum(lay.params() for lay in self.layers)
+
+    def float32_params(self, profile: ImplProfile) -> int:
+        """Parameters the implementation keeps in float32 whatever the model's dtype: every MoE router's weight
+        when ``profile.router_weight`` is float32 (transformers >= 5.24's `_keep_in_fp32_modules_strict`)."""
+        if profile.router_weight != "float32":
+            return 0
+        return sum(lay.mlp.n_experts * lay.mlp.hidden for lay in self.layers if isinstance(lay.mlp, MoeMlp))
 
     def cache_bytes_per_token(self, db: int) -> int:
         """KV-cache bytes one position adds over all layers: K and V of every kv head (MLA: the compressed row and
