@@ -14,7 +14,7 @@ from reports.format import format_metric, format_rel
 from reports.frame import comparison_frame
 from reports.model import RunResult
 from reports.safe import printable
-from reports.summary import gated_summary, is_synthetic, reported_line, verdict_line
+from reports.summary import gated_summary, implementation_label, is_synthetic, library_line, reported_line, verdict_line
 
 _VERDICT_STYLE = {"PASS": "bold green", "FAIL": "bold red", "INCOMPLETE COUNT": "bold red", "ERROR": "bold yellow"}
 _NUMERIC = ("vendor", "analytic", "tolerance", "max rel Δ", "pass", "fail", "not run")
@@ -70,7 +70,11 @@ def print_summary(run: RunResult, console: Console | None = None, paths: dict[st
     if reported:
         console.print(f"[dim]{escape(reported)}[/]", highlight=False)
     model, backend = run.config.get("model", DEFAULT_FAMILY), run.config.get("backend", "?")
-    console.print(f"[dim]model {escape(printable(str(model)))} · backend {escape(printable(str(backend)))}[/]")
+    impl = implementation_label(run)
+    impl = f" · {impl}" if impl else ""
+    console.print(
+        f"[dim]model {escape(printable(str(model)))} · backend {escape(printable(str(backend)))}{escape(impl)}[/]"
+    )
     if is_synthetic(run):
         console.print("[dim]pages: embedded synthetic geometries, not the real OmniDocBench[/]")
     for page in (p for p in run.pages if p.error):
@@ -80,4 +84,6 @@ def print_summary(run: RunResult, console: Console | None = None, paths: dict[st
     if paths:
         console.print(f"[dim]reports: {escape(printable(str(Path(paths['markdown']).parent)))}[/]", highlight=False)
     style = _VERDICT_STYLE.get(run.verdict, "bold")
+    if library_line(run) and run.verdict == "PASS":
+        style = "bold yellow"  # a pass on an unverified library is not the plain green pass
     console.print(f"[{style}]{escape(verdict_line(run, df))}[/]", highlight=False)

@@ -11,7 +11,7 @@ import pandas as pd
 
 from reports.frame import comparison_frame, leaf_summary
 from reports.model import PageResult, RunResult
-from reports.summary import is_synthetic, verdict_line
+from reports.summary import is_synthetic, library_range, verdict_line
 
 REPORT_FORMAT = 1
 
@@ -26,6 +26,7 @@ def run_document(run: RunResult, df: pd.DataFrame | None = None) -> dict[str, An
             "command": run.command,
             "verdict": run.verdict,
             "verdict_line": verdict_line(run, df),
+            "library_verified": library_range(run).get("verified"),  # None: a run that did not record it
             "synthetic_pages": is_synthetic(run),
             "started_at": run.started_at,
             "finished_at": run.finished_at,

@@ -21,7 +21,7 @@ from reports.format import format_metric, format_rel
 from reports.frame import comparison_frame, failing, leaf_summary, page_worst
 from reports.model import RunResult
 from reports.safe import printable, safe_text
-from reports.summary import is_synthetic, verdict_line
+from reports.summary import implementation_label, is_synthetic, verdict_line
 
 MAX_FAILING_ROWS = 200  # the CSV has all of them
 MAX_PAGE_BARS = 40  # "where the cost goes": one bar per page up to this many, else one per mode
@@ -179,7 +179,9 @@ def _verdict(run: RunResult, df: pd.DataFrame) -> list[str]:
     if is_synthetic(run):
         out.append(f'<p class="note"><b>Synthetic pages.</b> {_e(SYNTHETIC_NOTE)}</p>')
     model = run.config.get("model", DEFAULT_FAMILY)
-    meta = f"Run {run.run_id} · {run.command} · model {model} · {n} pages · {run.wall_s:.1f} s"
+    impl = implementation_label(run)
+    impl = f" · {impl}" if impl else ""
+    meta = f"Run {run.run_id} · {run.command} · model {model}{impl} · {n} pages · {run.wall_s:.1f} s"
     meta += f" · {run.started_at} → {run.finished_at}"
     out.append(f'<p class="meta">{_e(meta)}</p>')
     return out

@@ -12,7 +12,7 @@ from analytic.schema import DEFAULT_FAMILY
 from reports.format import format_metric, format_rel
 from reports.frame import comparison_frame, failing, leaf_summary, page_worst
 from reports.model import PageResult, RunResult
-from reports.summary import is_synthetic, verdict_line
+from reports.summary import implementation_label, is_synthetic, verdict_line
 
 MAX_FAILING_ROWS = 200  # the CSV has all of them
 
@@ -30,7 +30,12 @@ def render_markdown(run: RunResult, df: pd.DataFrame | None = None) -> str:
     if is_synthetic(run):
         out += [SYNTHETIC_NOTE, ""]
     model = run.config.get("model", DEFAULT_FAMILY)
-    out += [f"Run `{run.run_id}` · `{run.command}` · model `{model}` · {len(run.pages)} pages · {run.wall_s:.1f} s", ""]
+    impl = implementation_label(run)
+    impl = f" · {impl}" if impl else ""
+    out += [
+        f"Run `{run.run_id}` · `{run.command}` · model `{model}`{impl} · {len(run.pages)} pages · {run.wall_s:.1f} s",
+        "",
+    ]
     out += _failures(df) + _errors(run)
     out += _gated_table(summary) + _branch_detail(summary) + _pages(run, page_worst(df))
     out += _json_block("Environment", run.environment) + _json_block("Config", run.config)

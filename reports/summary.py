@@ -24,8 +24,41 @@ def gated_summary(df: pd.DataFrame) -> pd.DataFrame:
     return summary[summary.gated] if not summary.empty else summary
 
 
+def library_range(run: RunResult) -> dict:
+    """What the run's environment says of its libraries (`analytic.releases.library_report`; {} for old runs)."""
+    return run.environment.get("library_range") or {}
+
+
+def library_line(run: RunResult) -> str | None:
+    """'UNVERIFIED LIBRARY: transformers 5.26.0 is newer than the supported range 5.23-5.24; failing stages may be
+    library changes, not model errors: run scripts/drift.sh', or None when every library is a verified release."""
+    lr = library_range(run)
+    if not lr or lr.get("verified", True):
+        return None
+    notes = "; ".join(printable(str(n)) for n in lr.get("notes") or ())
+    return f"UNVERIFIED LIBRARY: {notes} (profile variant {printable(str(lr.get('variant')))}); {lr.get('advice')}"
+
+
+def implementation_label(run: RunResult) -> str | None:
+    """'transformers 5.24.0, profile hf@5.24': the library release the vendor ran and the variant that mirrors it."""
+    lr = library_range(run)
+    if not lr:
+        return None
+    return printable(f"{lr.get('library')} {lr.get('library_version')}, profile {lr.get('variant')}")
+
+
 def verdict_line(run: RunResult, df: pd.DataFrame | None = None) -> str:
-    """One line: the verdict, page counts and the worst gated delta."""
+    """One line: the verdict, page counts and the worst gated delta; on a library release the profiles were not
+    verified with, the line opens by saying so (the exit code is the verdict's all the same: README, "Exit codes")."""
+    unverified = library_line(run)
+    line = _verdict_line(run, df)
+    if unverified is None:
+        return line
+    word, _, rest = line.partition(":")
+    return f"{unverified}. {word} {'anyway' if word == 'PASS' else 'on it'}:{rest}"
+
+
+def _verdict_line(run: RunResult, df: pd.DataFrame | None = None) -> str:
     df = comparison_frame(run) if df is None else df
     n = len(run.pages)
     errors = [p for p in run.pages if p.error]

@@ -242,6 +242,8 @@ def _main(argv: list[str] | None, command: str, vision_only: bool) -> int:
         from verify.vendor_measure import VendorMeasurer
 
         verifier.measure = measurer = VendorMeasurer.create(cfg)
+        cfg.impl_version = measurer.impl_version  # the library release the profile variant mirrors
+        prepared = verifier.at_release(prepared)
         environment = measurer.environment()
     except (UsageError, WorkloadError, VendorInputError) as exc:
         console.print(f"[bold red]error:[/] {escape(printable(str(exc)))}", highlight=False)

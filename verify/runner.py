@@ -49,6 +49,9 @@ class VerifyConfig:
     analytic_overrides: list[str] = field(default_factory=list)
     use_cache: bool = True
     cache_dir: str | None = None
+    # the release of the implementation's library the vendor runs (transformers for hf and official), read from the
+    # backend once it is known (`VendorMeasurer.impl_version`): picks the analytic profile's release variant
+    impl_version: str | None = None
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -78,6 +81,7 @@ def build_workload(page: PageSpec, cfg: VerifyConfig) -> VisionWorkload:
         dtype=cfg.dtype,
         lm_head_scope=cfg.lm_head,  # None: the backend's own behaviour (official: all, hf generate: last)
         impl=impl_of(cfg.backend),
+        impl_version=cfg.impl_version,
         attn_impl=cfg.attn_impl,
         model=cfg.model,
     )
@@ -107,6 +111,19 @@ class Verifier:
             return _failed(result, "input", str(exc)), None
         result.workload = workload.to_dict()
         return result, workload
+
+    def at_release(
+        self, prepared: list[tuple[PageResult, VisionWorkload | None]]
+    ) -> list[tuple[PageResult, VisionWorkload | None]]:
+        """``prepared`` pages with the library release ``cfg.impl_version`` in their workloads (it is known once
+        the backend is: after the pages were checked)."""
+        out = []
+        for res, wl in prepared:
+            if wl is not None and wl.impl_version != self.cfg.impl_version:
+                wl = dataclasses.replace(wl, impl_version=self.cfg.impl_version)
+                res.workload = wl.to_dict()
+            out.append((res, wl))
+        return out
 
     def finish(self, result: PageResult, workload: VisionWorkload) -> PageResult:
         """Analytic estimate, vendor trace (cached), the estimate again on the vendor's routing if it differs

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from analytic.releases import library_report, release_table
 from analytic.workload import VisionWorkload
 from reports.model import PageSpec
+from vendor_shim.backends import impl_of
 from vendor_shim.backends.base import OutOfProcessBackend
 from vendor_shim.trace import SCHEMA_VERSION
 from verify.cache import TraceCache
@@ -72,8 +74,14 @@ class VendorMeasurer:
         env["execution"] = self.cfg.execution
         env.setdefault("cpu", _cpu_info())
         env["library_versions"] = self.versions
+        env["library_range"] = library_report(impl_of(self.cfg.backend), self.versions)
         env.setdefault("code_hashes", {}).update({"vendor_shim": self.code_hashes["vendor_shim"]})
         return env
+
+    @property
+    def impl_version(self) -> str | None:
+        """The release of the analytic profile's library (transformers) this backend really runs."""
+        return self.versions.get(release_table(impl_of(self.cfg.backend)).library)
 
     def final_environment(self) -> dict[str, Any]:
         """What the run learned about its cache (a write may fail mid-run): merged into the report at the end."""
