@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Creates a venv (default .venv) and installs the project with the tested dependency set
-# (constraints/tested.txt). torch is installed first and pinned to the local CPU build only
-# when no torch is present yet, so a GPU user's CUDA build is kept: the tested set never names it.
+# (constraints/tested.txt: the newest supported transformers). torch is installed first and pinned to the
+# local CPU build only when no torch is present yet, so a GPU user's CUDA build is kept: the tested set
+# never names it.
 #
 #   DSOCR_DEPS=tested (default)  exact versions from constraints/tested.txt
+#   DSOCR_DEPS=transformers-5.23 another supported release: constraints/transformers-5.23.txt lists the pins
+#                                that differ from tested.txt (the rest of the tested set stays as it is)
 #   DSOCR_DEPS=latest            the newest releases instead (torch still kept as installed); extra
 #                                arguments are requirements pinned on top (bash scripts/setup.sh transformers==X)
 #   DSOCR_VENV=DIR               the venv to create or update (default .venv)
@@ -14,7 +17,11 @@ VENV=${DSOCR_VENV:-.venv}
 DEPS=${DSOCR_DEPS:-tested}
 case "$DEPS" in
     tested|latest) ;;
-    *) echo "setup.sh: DSOCR_DEPS=$DEPS unknown: use tested (the default) or latest" >&2; exit 2 ;;
+    *) if [ ! -f "constraints/$DEPS.txt" ] || [ "$DEPS" = tested ]; then
+           releases=$(cd constraints && ls -- *.txt | sed -n 's/\.txt$//p' | grep -vx tested | tr '\n' ' ')
+           echo "setup.sh: DSOCR_DEPS=$DEPS unknown: use tested (the default), latest or one of: $releases" >&2
+           exit 2
+       fi ;;
 esac
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 . "$VENV/bin/activate"
@@ -24,6 +31,12 @@ if ! python -c "import torch" >/dev/null 2>&1; then
 fi
 if [ "$DEPS" = tested ]; then
     python -m pip install -q -c constraints/tested.txt -e ".[vendor,dev]"
+elif [ "$DEPS" != latest ]; then
+    # The release's pins replace the tested set's pins of the same packages (python -m verify.depset merge).
+    merged="$(mktemp)"
+    trap 'rm -f "$merged"' EXIT
+    python -m verify.depset merge "constraints/$DEPS.txt" >"$merged"
+    python -m pip install -q -c "$merged" -e ".[vendor,dev]"
 else
     # Newest everything, except the installed torch (an eager upgrade would replace a CUDA build).
     keep_torch="$(mktemp)"

@@ -6,6 +6,11 @@ own CUDA build of torch survives `pip install -c constraints/tested.txt`.
 
     python -m verify.depset check    # installed versions vs the tested set, exit 1 on a mismatch
     python -m verify.depset freeze   # print a new tested set from this environment
+    python -m verify.depset merge constraints/transformers-5.23.txt
+                                     # the tested set with that release's pins in place of its own
+
+A supported release other than the newest is a small file beside tested.txt
+(`constraints/transformers-X.Y.txt`) naming only the pins that differ: one place per fact.
 """
 
 from __future__ import annotations
@@ -72,6 +77,17 @@ def read_pins(path: Path = TESTED_FILE) -> dict[str, str]:
             raise DepsetError(f"{path}:{n}: {line!r} is not an exact pin: write name==version")
         pins[normalize(m.group(1))] = m.group(2)
     return pins
+
+
+def merged_pins(release: Path, base: Path = TESTED_FILE) -> dict[str, str]:
+    """The tested set with ``release``'s pins in place of the same packages' (a package only the release names
+    is added): what `scripts/setup.sh` installs for ``DSOCR_DEPS=<release file stem>``."""
+    return {**read_pins(base), **read_pins(release)}
+
+
+def release_files(folder: Path = TESTED_FILE.parent) -> dict[str, Path]:
+    """{stem: path} of the supported releases' overlay files beside the tested set (not tested.txt itself)."""
+    return {p.stem: p for p in sorted(folder.glob("*.txt")) if p != folder / TESTED_FILE.name}
 
 
 def project_requirements(root: Path = ROOT, extras: tuple[str, ...] = EXTRAS) -> list[str]:
@@ -150,14 +166,22 @@ def freeze(root: Path = ROOT) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m verify.depset", description=__doc__.splitlines()[0])
-    p.add_argument("action", choices=("check", "freeze"))
+    p.add_argument("action", choices=("check", "freeze", "merge"))
+    p.add_argument("release", nargs="?", type=Path, help="merge: a release overlay file (constraints/NAME.txt)")
     p.add_argument("--constraints", type=Path, default=TESTED_FILE, help="the tested-set file (check)")
+    p.add_argument("--release", dest="check_release", type=Path, help="check: against the tested set + this overlay")
     args = p.parse_args(argv)
     try:
         if args.action == "freeze":
             sys.stdout.write(freeze())
             return 0
-        pins = read_pins(args.constraints)
+        if args.action == "merge":
+            if args.release is None:
+                raise DepsetError("merge needs a release file: python -m verify.depset merge constraints/NAME.txt")
+            pins = merged_pins(args.release, args.constraints)
+            sys.stdout.write("".join(f"{n}=={v}\n" for n, v in sorted(pins.items())))
+            return 0
+        pins = merged_pins(args.check_release, args.constraints) if args.check_release else read_pins(args.constraints)
         bad = mismatches(pins) + [f"{n}: installed, not in the tested set" for n in unpinned(pins)]
     except DepsetError as exc:
         print(f"depset: error: {exc}", file=sys.stderr)
