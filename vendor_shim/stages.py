@@ -74,9 +74,12 @@ def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor
 
 
 def cache_tensors(output: Any) -> list[torch.Tensor]:
-    """The K/V cache a model forward returns (``past_key_values``): transformers 5 `DynamicCache` layers,
-    4.46 `DynamicCache` lists, or legacy tuples."""
-    cache = getattr(output, "past_key_values", None)
+    """The K/V cache a model forward returns (``cache`` from transformers 5.24, ``past_key_values`` before, which
+    5.24 still answers with a deprecation warning): transformers 5 `DynamicCache` layers, 4.46 `DynamicCache` lists,
+    or legacy tuples."""
+    cache = getattr(output, "cache", None)
+    if cache is None:
+        cache = getattr(output, "past_key_values", None)
     if cache is None and isinstance(output, tuple) and len(output) > 1:
         cache = output[1]
     if cache is None:
