@@ -37,6 +37,9 @@ elif [ "$DEPS" != latest ]; then
     trap 'rm -f "$merged"' EXIT
     python -m verify.depset merge "constraints/$DEPS.txt" >"$merged"
     python -m pip install -q -c "$merged" -e ".[vendor,dev]"
+    # then what the release installs on its own (a published requirement the registry cannot meet, unused at run time)
+    alone="$(python -m verify.depset alone "constraints/$DEPS.txt")"
+    [ -z "$alone" ] || python -m pip install -q --no-deps $alone
 else
     # Newest everything, except the installed torch (an eager upgrade would replace a CUDA build).
     keep_torch="$(mktemp)"

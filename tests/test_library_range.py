@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -206,10 +207,18 @@ def test_a_run_on_an_unverified_transformers_measures_compares_and_says_so(tmp_p
 
 
 def test_every_verified_transformers_release_has_a_constraints_file_and_the_newest_is_the_tested_set():
+    """The tested set (the default install) pins the newest verified release that installs as published; a newer
+    verified one may only be a release file that installs transformers on its own (5.25.0: `kernels`)."""
     verified = release_table("hf").verified["transformers"]
     tested = depset.read_pins()["transformers"]
-    assert tested == max(verified, key=release_key), "constraints/tested.txt must pin the newest verified release"
+    assert tested in verified
     releases = depset.release_files()
+    for v in verified:
+        if release_key(v) > release_key(tested):
+            name = f"transformers-{minor(v)[0]}.{minor(v)[1]}"
+            assert "transformers" in depset.without_dependencies(releases[name]), (
+                f"constraints/tested.txt must pin the newest verified release that installs as published, not {tested}"
+            )
     for v in verified:
         if v != tested:
             name = f"transformers-{minor(v)[0]}.{minor(v)[1]}"
@@ -228,7 +237,11 @@ def test_merged_pins_replace_only_what_the_release_names(tmp_path):
         k: v for k, v in base.items() if k != "transformers"
     }
     out = subprocess.run(
-        ["python", "-m", "verify.depset", "merge", str(overlay)], cwd=REPO, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "verify.depset", "merge", str(overlay)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "transformers==9.9.0\n" in out.stdout and out.stdout.count("==") == len(base)
 
@@ -248,3 +261,22 @@ def test_setup_refuses_an_unknown_release_before_creating_anything(tmp_path):
     )  # fmt: skip
     assert out.returncode == 2 and "transformers-5.23" in out.stderr
     assert not venv.exists()
+
+
+def test_a_release_installed_without_its_dependencies_resolves_with_the_tested_pin_first(tmp_path):
+    """pip resolves the project with the tested transformers, then installs the release's own with --no-deps."""
+    overlay = tmp_path / "transformers-9.9.txt"
+    overlay.write_text("# install-without-dependencies: transformers\ntransformers==9.9.0\n")
+    tested = depset.read_pins()["transformers"]
+    assert depset.without_dependencies(overlay) == ("transformers",)
+    assert depset.resolvable_pins(overlay)["transformers"] == tested
+    assert depset.merged_pins(overlay)["transformers"] == "9.9.0"  # what the install holds in the end
+    run = {"cwd": REPO, "capture_output": True, "text": True, "check": True}
+    alone = subprocess.run([sys.executable, "-m", "verify.depset", "alone", str(overlay)], **run).stdout
+    assert alone == "transformers==9.9.0\n"
+    merge = subprocess.run([sys.executable, "-m", "verify.depset", "merge", str(overlay)], **run).stdout
+    assert f"transformers=={tested}\n" in merge
+    bad = tmp_path / "transformers-9.8.txt"
+    bad.write_text("# install-without-dependencies: kernels\ntransformers==9.8.0\n")
+    with pytest.raises(depset.DepsetError, match="names kernels, which it does not pin"):
+        depset.without_dependencies(bad)

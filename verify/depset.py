@@ -8,6 +8,8 @@ own CUDA build of torch survives `pip install -c constraints/tested.txt`.
     python -m verify.depset freeze   # print a new tested set from this environment
     python -m verify.depset merge constraints/transformers-5.23.txt
                                      # the tested set with that release's pins in place of its own
+    python -m verify.depset alone constraints/transformers-5.25.txt
+                                     # the pins that release installs without their dependencies, after the rest
 
 A supported release other than the newest is a small file beside tested.txt
 (`constraints/transformers-X.Y.txt`) naming only the pins that differ: one place per fact.
@@ -79,10 +81,38 @@ def read_pins(path: Path = TESTED_FILE) -> dict[str, str]:
     return pins
 
 
+_NO_DEPS = re.compile(r"^#\s*install-without-dependencies:\s*(.+?)\s*$")
+
+
 def merged_pins(release: Path, base: Path = TESTED_FILE) -> dict[str, str]:
     """The tested set with ``release``'s pins in place of the same packages' (a package only the release names
-    is added): what `scripts/setup.sh` installs for ``DSOCR_DEPS=<release file stem>``."""
+    is added): what an install for ``DSOCR_DEPS=<release file stem>`` holds (`scripts/setup.sh`)."""
     return {**read_pins(base), **read_pins(release)}
+
+
+def without_dependencies(release: Path) -> tuple[str, ...]:
+    """Packages a release file installs on their own, after the rest (``# install-without-dependencies: NAME``):
+    a release whose published requirements cannot be met here but which runs without them (transformers 5.25.0
+    asks for a `kernels` the registry does not serve; it imports it only when present)."""
+    names: list[str] = []
+    for line in release.read_text(encoding="utf-8").splitlines():
+        m = _NO_DEPS.match(line.strip())
+        if m:
+            names += [normalize(n) for n in re.split(r"[,\s]+", m.group(1)) if n]
+    pins = read_pins(release)
+    missing = [n for n in names if n not in pins]
+    if missing:
+        raise DepsetError(f"{release}: install-without-dependencies names {', '.join(missing)}, which it does not pin")
+    return tuple(names)
+
+
+def resolvable_pins(release: Path, base: Path = TESTED_FILE) -> dict[str, str]:
+    """The constraints pip resolves the project with for ``release``: its merged pins, except that the packages it
+    installs on their own keep the tested set's pins until they are replaced (`without_dependencies`)."""
+    alone = without_dependencies(release)
+    return {n: v for n, v in merged_pins(release, base).items() if n not in alone} | {
+        n: v for n, v in read_pins(base).items() if n in alone
+    }
 
 
 def release_files(folder: Path = TESTED_FILE.parent) -> dict[str, Path]:
@@ -166,7 +196,7 @@ def freeze(root: Path = ROOT) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m verify.depset", description=__doc__.splitlines()[0])
-    p.add_argument("action", choices=("check", "freeze", "merge"))
+    p.add_argument("action", choices=("check", "freeze", "merge", "alone"))
     p.add_argument("release", nargs="?", type=Path, help="merge: a release overlay file (constraints/NAME.txt)")
     p.add_argument("--constraints", type=Path, default=TESTED_FILE, help="the tested-set file (check)")
     p.add_argument("--release", dest="check_release", type=Path, help="check: against the tested set + this overlay")
@@ -175,10 +205,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "freeze":
             sys.stdout.write(freeze())
             return 0
-        if args.action == "merge":
+        if args.action in ("merge", "alone"):
             if args.release is None:
-                raise DepsetError("merge needs a release file: python -m verify.depset merge constraints/NAME.txt")
-            pins = merged_pins(args.release, args.constraints)
+                raise DepsetError(
+                    f"{args.action} needs a release file: python -m verify.depset merge constraints/NAME.txt"
+                )
+            if args.action == "merge":
+                pins = resolvable_pins(args.release, args.constraints)
+            else:
+                pins = {n: v for n, v in read_pins(args.release).items() if n in without_dependencies(args.release)}
             sys.stdout.write("".join(f"{n}=={v}\n" for n, v in sorted(pins.items())))
             return 0
         pins = merged_pins(args.check_release, args.constraints) if args.check_release else read_pins(args.constraints)
