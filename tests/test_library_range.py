@@ -280,3 +280,13 @@ def test_a_release_installed_without_its_dependencies_resolves_with_the_tested_p
     bad.write_text("# install-without-dependencies: kernels\ntransformers==9.8.0\n")
     with pytest.raises(depset.DepsetError, match="names kernels, which it does not pin"):
         depset.without_dependencies(bad)
+
+
+def test_ci_gates_the_oldest_and_newest_verified_release_beside_the_tested_set(tmp_path):
+    (tmp_path / "tested.txt").write_text("transformers==5.24.0\nrich==15.0.0\n")
+    (tmp_path / "transformers-5.23.txt").write_text("transformers==5.23.0\n")
+    (tmp_path / "transformers-5.25.txt").write_text("transformers==5.25.0\n")
+    assert depset.range_ends(("5.23.0", "5.24.0", "5.25.0"), tmp_path) == ["transformers-5.23", "transformers-5.25"]
+    assert depset.range_ends(("5.23.0", "5.24.0"), tmp_path) == ["transformers-5.23"]  # the newest is the tested set
+    with pytest.raises(depset.DepsetError, match=r"5.26.0 has no constraints/transformers-5.26.txt"):
+        depset.range_ends(("5.23.0", "5.26.0"), tmp_path)

@@ -10,6 +10,7 @@ own CUDA build of torch survives `pip install -c constraints/tested.txt`.
                                      # the tested set with that release's pins in place of its own
     python -m verify.depset alone constraints/transformers-5.25.txt
                                      # the pins that release installs without their dependencies, after the rest
+    python -m verify.depset ends     # the release files of the oldest and newest verified releases (CI gates them)
 
 A supported release other than the newest is a small file beside tested.txt
 (`constraints/transformers-X.Y.txt`) naming only the pins that differ: one place per fact.
@@ -120,6 +121,22 @@ def release_files(folder: Path = TESTED_FILE.parent) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.glob("*.txt")) if p != folder / TESTED_FILE.name}
 
 
+def range_ends(verified: tuple[str, ...], folder: Path = TESTED_FILE.parent) -> list[str]:
+    """The release files of the oldest and the newest of the ``verified`` transformers releases (by minor release),
+    leaving out the one the tested set pins (its venv is the default one): what CI gates beside the tested set."""
+    from analytic.releases import minor, release_key  # needs omegaconf: only once the project is installed
+
+    tested = read_pins(folder / TESTED_FILE.name).get("transformers")
+    ends = []
+    for v in sorted({min(verified, key=release_key), max(verified, key=release_key)}, key=release_key):
+        if v != tested:
+            name = "transformers-{}.{}".format(*minor(v))
+            if name not in release_files(folder):
+                raise DepsetError(f"verified release {v} has no constraints/{name}.txt: write the pins that differ")
+            ends.append(name)
+    return ends
+
+
 def project_requirements(root: Path = ROOT, extras: tuple[str, ...] = EXTRAS) -> list[str]:
     """The project's own requirement strings (base dependencies plus the named extras) from pyproject.toml."""
     try:
@@ -196,7 +213,7 @@ def freeze(root: Path = ROOT) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m verify.depset", description=__doc__.splitlines()[0])
-    p.add_argument("action", choices=("check", "freeze", "merge", "alone"))
+    p.add_argument("action", choices=("check", "freeze", "merge", "alone", "ends"))
     p.add_argument("release", nargs="?", type=Path, help="merge: a release overlay file (constraints/NAME.txt)")
     p.add_argument("--constraints", type=Path, default=TESTED_FILE, help="the tested-set file (check)")
     p.add_argument("--release", dest="check_release", type=Path, help="check: against the tested set + this overlay")
@@ -204,6 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.action == "freeze":
             sys.stdout.write(freeze())
+            return 0
+        if args.action == "ends":
+            from analytic.releases import release_table  # the verified releases: the analytic profile's table
+
+            print(" ".join(range_ends(release_table("hf").verified["transformers"])))
             return 0
         if args.action in ("merge", "alone"):
             if args.release is None:
