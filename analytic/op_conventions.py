@@ -26,7 +26,11 @@ ops charged to it (``peak_bytes``: the maximum, see `METRIC_AGGREGATION` in `ana
   (CPU flash, CUDA flash/efficient, or the math decomposition on meta): it reads q, k, v (and the
   mask), writes the output, and costs `ATTENTION_SOFTMAX` elementwise FLOPs per score plus
   `ATTENTION_MASK` per score when a mask (or ``is_causal``) applies.  Its kernel's internals are not
-  metered, so every device reports the same figures.
+  metered, so every device reports the same figures.  An attention kernel called directly (flash-attn 2's
+  ``flash_attn::_flash_attn_forward`` / ``_flash_attn_varlen_forward``, as transformers' ``flash_attention_2``
+  calls them) is charged the same way: q, k, v, its masks/biases and its sequence-length tensors read, its
+  attention output written (its logsumexp, RNG state and debug outputs are not, as the fused op never
+  returns them), softmax (+ mask, causal or local window) per score of every sequence.
 - **peak_bytes**: the high-water mark of live tensor bytes while a stage root runs, above the level at
   its entry (tensors allocated by the run, freed when their storage dies; parameters and inputs made
   before the run are not part of it); while a nested stage runs, only the nested stage's peak rises.

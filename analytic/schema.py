@@ -91,11 +91,17 @@ ATEN_FAMILY = {
     "_scaled_dot_product_cudnn_attention": "sdpa",
     "_flash_attention_forward": "sdpa",
     "_efficient_attention_forward": "sdpa",
+    "_scaled_dot_product_fused_attention_overrideable": "sdpa",
+    "_flash_attn_forward": "sdpa",  # flash-attn 2's custom ops (flash_attn:: / flashattn::)
+    "_flash_attn_varlen_forward": "sdpa",
+    "grouped_mm_fallback": "mm",  # transformers::grouped_mm_fallback
 }
 OP_FAMILIES = ("mm", "bmm", "conv", "sdpa", "other")
 
 
 def aten_family(op_name: str) -> str:
-    """'aten.addmm.default' / 'addmm' -> 'mm'; unknown ops -> 'other'."""
-    base = op_name.split(".")[1] if op_name.startswith("aten.") else op_name.split(".")[0]
+    """'aten.addmm.default' / 'addmm' / 'flash_attn._flash_attn_forward.default' -> its family; unknown -> 'other'.
+    A name of three parts or more is namespace.op.overload; of one or two, op[.overload]."""
+    parts = op_name.split(".")
+    base = parts[1] if len(parts) >= 3 or op_name.startswith("aten.") else parts[0]
     return ATEN_FAMILY.get(base, "other")

@@ -91,3 +91,37 @@ def test_every_cli_has_the_same_dtype_default_and_choices():
         action = _dtype_action(p)
         assert action.default == "auto"
         assert tuple(action.choices) == DTYPE_CHOICES
+
+
+def _fake_cuda(monkeypatch, bf16: bool, name: str = "NVIDIA H200") -> None:
+    """torch.cuda as a GPU machine answers (this host has none)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: name)
+
+
+def test_cuda_auto_dtype_is_bfloat16_where_the_gpu_has_it(monkeypatch):
+    _fake_cuda(monkeypatch, bf16=True)
+    choice = shim_env.resolve_dtype("auto", "cuda")
+    assert choice.dtype == "bfloat16"
+    assert "NVIDIA H200" in choice.reason and "is_bf16_supported() is True" in choice.reason
+    _fake_cuda(monkeypatch, bf16=False, name="Tesla V100")  # pre-Ampere: no bf16 arithmetic
+    assert shim_env.resolve_dtype("auto", "cuda").dtype == "float32"
+    assert shim_env.resolve_dtype("float16", "cuda").dtype == "float16"  # an explicit --dtype wins
+
+
+def test_execution_auto_is_real_on_cuda_and_shapes_elsewhere():
+    from vendor_shim.backends.base import resolve_execution
+
+    assert resolve_execution("auto", "cuda") == "real"
+    assert resolve_execution("auto", "cpu") == resolve_execution("auto", "meta") == "shapes"
+    assert resolve_execution("shapes", "cuda") == "shapes" and resolve_execution("real", "cpu") == "real"
+
+
+def test_verify_cli_on_cuda_defaults_to_bfloat16_and_real_arithmetic(monkeypatch):
+    _fake_cuda(monkeypatch, bf16=True)
+    args = verify_cli.build_parser("run_verify_end2end", vision_only=False).parse_args(["--device", "cuda"])
+    cfg = verify_cli.config_from_args(args, "run_verify_end2end", vision_only=False)
+    assert (cfg.dtype, cfg.execution, cfg.vision_device) == ("bfloat16", "real", None)  # vision on cuda too

@@ -153,3 +153,65 @@ def test_index_put_writes_every_element_its_indices_address():
     assert put[ACTIVATION] == 36 + 24
     assert put[IO] == 60 + (24 + 24 + 4) + (16 + 24)
     assert torch.equal(mask[rows[:, None], rows], torch.zeros(3, 3))
+
+
+FLASH_ATTN_SCHEMA = (  # flash-attn 2.7's flash_attn::_flash_attn_forward
+    "_flash_attn_forward(Tensor q, Tensor k, Tensor v, float dropout_p, float softmax_scale, bool causal, "
+    "int window_size_left, int window_size_right, float softcap, Tensor? alibi_slopes, bool return_softmax) "
+    "-> (Tensor, Tensor, Tensor, Tensor)"
+)
+
+
+def _flash_attn_stand_in(q, k, v, dropout_p, softmax_scale, causal, wl, wr, softcap, alibi, return_softmax):
+    """A CPU stand-in for the CUDA-only kernel: (B, S, H, D) in, (out, softmax_lse, S_dmask, rng_state) out.  Plain
+    matmuls inside: a kernel's internals run below the dispatch modes, as the CUDA kernel's would."""
+    scores = (q.transpose(1, 2) @ k.transpose(1, 2).transpose(-2, -1)) * softmax_scale
+    out = (scores.softmax(-1) @ v.transpose(1, 2)).transpose(1, 2).contiguous()
+    lse = torch.zeros(q.shape[0], q.shape[2], q.shape[1])
+    return out, lse, torch.empty(0), torch.zeros(2, dtype=torch.int64)
+
+
+def test_a_flash_attn_kernel_called_directly_is_counted_and_charged_as_the_fused_op():
+    """transformers' flash_attention_2 calls flash-attn's custom op, not F.scaled_dot_product_attention: it gets
+    the same FLOPs and the same elementwise/byte charges as the fused op (README conventions)."""
+    from vendor_shim.audit import AuditLog
+
+    with torch.library._scoped_library("flash_attn", "FRAGMENT") as lib:  # removed again when the test ends
+        lib.define(FLASH_ATTN_SCHEMA)
+        lib.impl("_flash_attn_forward", _flash_attn_stand_in, "CPU")
+        q, k, v = torch.randn(1, 5, 2, 8), torch.randn(1, 7, 2, 8), torch.randn(1, 7, 2, 8)  # (B, S, H, D)
+        log = AuditLog()
+        meter = OpMeter(weights=frozenset())
+        counter = FlopCounterMode(display=False, custom_mapping=custom_mapping())
+        ops: dict[str, list[int]] = {}
+
+        def charge(name, measured):
+            cell = ops.setdefault(name, [0] * len(measured.vector))
+            for i, x in enumerate(measured.vector):
+                cell[i] += x
+
+        audit = AuditMode(counter.flop_registry, charge, log, meter)
+        with torch.no_grad(), FusedAttention(meter, charge), audit, counter:
+            torch.ops.flash_attn._flash_attn_forward(q, k, v, 0.0, 8**-0.5, True, -1, -1, 0.0, None, False)
+        cell = ops["flash_attn._flash_attn_forward.default"]
+        assert log.ops["flash_attn._flash_attn_forward.default"].klass == "counted"
+        assert cell[TENSOR] == counter.get_total_flops() == 4 * 1 * 2 * 5 * 7 * 8 == 2240  # 4 B H Sq Sk D
+        # scores 1*2*5*7 = 70: softmax 5 + causal mask 1 per score
+        assert cell[ELEMENTWISE] == (5 + 1) * 70 == 420
+        # reads q 1*5*2*8*4 = 320, k and v 1*7*2*8*4 = 448 each; writes out 320 (not the logsumexp/RNG outputs)
+        assert cell[IO] == 320 + 448 + 448 + 320 and cell[ACTIVATION] == 320 and cell[WEIGHT] == 0
+        assert list(ops) == ["flash_attn._flash_attn_forward.default"]  # the kernel's internals are not seen
+
+
+def test_a_kernel_called_directly_costs_what_sdpa_costs_for_the_same_problem():
+    """The CPU flash kernel called by name vs through F.scaled_dot_product_attention: one figure per metric."""
+    q, k, v = torch.randn(1, 2, 5, 4), torch.randn(1, 2, 7, 4), torch.randn(1, 2, 7, 4)
+    mask = torch.zeros(1, 2, 5, 7)
+    direct, _, _ = _meter(lambda: torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask))
+    fused, _, _ = _meter(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    d = direct["aten._scaled_dot_product_flash_attention_for_cpu.default"]
+    f = fused["fused.scaled_dot_product_attention"]
+    # q 160 + k 224 + v 224 + mask 1*2*5*7*4 = 280 read, out 160 written; (5 + 1) per score x 70 scores
+    assert d[IO] == f[IO] == 160 + 224 + 224 + 280 + 160
+    assert d[ELEMENTWISE] == f[ELEMENTWISE] == 6 * 70
+    assert d[TENSOR] == sum(c[TENSOR] for c in fused.values()) == 4 * 1 * 2 * 5 * 7 * 4 == 1120

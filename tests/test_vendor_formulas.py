@@ -151,3 +151,123 @@ def test_classify_rules():
     assert classify(aten.arange.default, False, False) == "non_float"
     assert classify(aten._grouped_mm.default, False, True) == "uncounted"  # suspicious name, no formula
     assert classify(aten.upsample_linear1d.default, False, True) == "allowed:interpolation"
+
+
+# ---- attention kernels a CUDA run meets (vendor_shim.attention_kernels), evaluated on CPU/meta tensors ----
+
+
+def _kernel_formula(namespace, name):
+    from vendor_shim.attention_kernels import KERNELS, attention_flop_formula
+
+    return attention_flop_formula(KERNELS[(namespace, name)])
+
+
+def test_bshd_kernels_with_different_lengths_and_grouped_heads():
+    """Sq != Sk and 4 query heads over 2 KV heads, in (B, S, H, D): torch's own formula asserts here."""
+    from torch.utils.flop_counter import flop_registry
+
+    b, s_q, s_k, h, h_kv, d = 2, 3, 5, 4, 2, 8
+    q, k, v = torch.empty(b, s_q, h, d, device="meta"), *(torch.empty(b, s_k, h_kv, d, device="meta"),) * 2
+    want = 4 * b * h * s_q * s_k * d  # 4*2*4*3*5*8 = 3840: KV heads broadcast to the query heads
+    assert want == 3840
+    flash = _kernel_formula("aten", "_flash_attention_forward")(q, k, v, None, None, s_q, s_k, 0.0, True, False)
+    eff = _kernel_formula("aten", "_efficient_attention_forward")(q, k, v, None, None, None, s_q, s_k, 0.0, 1)
+    fa = _kernel_formula("flash_attn", "_flash_attn_forward")(q, k, v, 0.0, 0.35, True, -1, -1, 0.0, None, False)
+    assert flash == eff == fa == want
+    with pytest.raises(AssertionError):  # reads (B, S, H, D) as (B, H, S, D): "heads" 3 vs 5 do not divide
+        flop_registry[aten._flash_attention_forward](q, k, v, None, None, s_q, s_k, 0.0, True, False, out_val=None)
+
+
+def test_value_head_dim_may_differ_from_the_query_key_dim():
+    q, k, v = torch.empty(1, 2, 3, 8), torch.empty(1, 2, 5, 8), torch.empty(1, 2, 5, 4)
+    got = _kernel_formula("aten", "_scaled_dot_product_efficient_attention")(q, k, v, None, False)
+    assert got == 2 * 2 * 3 * 5 * 8 + 2 * 2 * 3 * 5 * 4 == 720  # QK^T over Dqk 8, then PV over Dv 4
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        aten._scaled_dot_product_flash_attention,
+        aten._scaled_dot_product_efficient_attention,
+        aten._scaled_dot_product_cudnn_attention,
+    ],
+)
+def test_sdpa_level_cuda_kernels_agree_with_torchs_own_formula(op):
+    """The SDPA-level CUDA ops take (B, H, S, D) as torch's built-in formula reads them: two independent paths."""
+    from torch.utils.flop_counter import flop_registry
+
+    q, k, v = torch.empty(2, 4, 5, 16, device="meta"), *(torch.empty(2, 2, 7, 16, device="meta"),) * 2
+    ours = FlopCounterMode(display=False, custom_mapping=custom_mapping()).flop_registry[op]
+    extra = () if op is aten._scaled_dot_product_flash_attention else (None, False)
+    assert ours(q, k, v, *extra, out_val=None) == flop_registry[op](q, k, v, *extra, out_val=None)
+    assert ours(q, k, v, *extra, out_val=None) == 4 * 2 * 4 * 5 * 7 * 16 == 17920
+
+
+# Two packed sequences: queries 0..3 and 3..7 (3 and 4), keys 0..5 and 5..7 (5 and 2); 2 heads of 8.
+_CU_Q, _CU_K = [0, 3, 7], [0, 5, 7]
+_VARLEN = 4 * 2 * 8 * (3 * 5 + 4 * 2)  # sum_i 4 H s_q,i s_k,i D = 64 * 23 = 1472 (causal counted full)
+
+
+def _packed(device="cpu", lead=()):
+    q = torch.empty(*lead, 7, 2, 8, device=device)
+    k = v = torch.empty(*lead, 7, 2, 8, device=device)
+    cu_q, cu_k = (torch.tensor(c, dtype=torch.int32, device=device) for c in (_CU_Q, _CU_K))
+    return q, k, v, cu_q, cu_k
+
+
+def test_flash_attn_varlen_forward_sums_over_the_sequences():
+    q, k, v, cu_q, cu_k = _packed()
+    formula = _kernel_formula("flash_attn", "_flash_attn_varlen_forward")
+    assert _VARLEN == 1472
+    assert formula(q, k, v, cu_q, cu_k, 4, 5, 0.0, 0.35, True) == _VARLEN
+    assert _kernel_formula("flashattn", "_flash_attn_varlen_forward")(q, k, v, cu_q, cu_k, 4, 5, 0.0, 0.35, True) == (
+        _VARLEN
+    )
+    # seqused_k: only 4 and 1 of the keys are used -> 64 * (3*4 + 4*1) = 1024
+    used = torch.tensor([4, 1], dtype=torch.int32)
+    assert formula(q, k, v, cu_q, cu_k, 4, 5, 0.0, 0.35, True, seqused_k=used) == 64 * (3 * 4 + 4 * 1) == 1024
+
+
+def test_aten_kernels_with_cumulative_lengths_agree_with_torchs_nested_formula():
+    """torch's nested-input formulas unpack the same lengths from real offsets: an independent path."""
+    from torch.utils.flop_counter import flop_registry
+
+    q, k, v, cu_q, cu_k = _packed()
+    ours = _kernel_formula("aten", "_flash_attention_forward")(q, k, v, cu_q, cu_k, 4, 5, 0.0, True, False)
+    theirs = flop_registry[aten._flash_attention_forward](q, k, v, cu_q, cu_k, 4, 5, 0.0, True, False, out_val=None)
+    assert ours == theirs == _VARLEN
+    q4, k4, v4, cu_q, cu_k = _packed(lead=(1,))  # efficient attention packs as (1, total, H, D)
+    eff = _kernel_formula("aten", "_efficient_attention_forward")(q4, k4, v4, None, cu_q, cu_k, 4, 5, 0.0, 1)
+    assert eff == _VARLEN
+
+
+def test_varlen_on_meta_refuses_to_guess_where_torch_assumes_the_maximum_length():
+    from torch.utils.flop_counter import flop_registry
+
+    q, k, v, cu_q, cu_k = _packed("meta")
+    # torch: every sequence at max_q 4 x max_k 5 -> 2 * 4*2*4*5*8 = 2560, not the executed 1472
+    theirs = flop_registry[aten._flash_attention_forward](q, k, v, cu_q, cu_k, 4, 5, 0.0, True, False, out_val=None)
+    assert theirs == 2 * 4 * 2 * 4 * 5 * 8 == 2560 != _VARLEN
+    with pytest.raises(UncountableOpError, match="meta"):
+        _kernel_formula("aten", "_flash_attention_forward")(q, k, v, cu_q, cu_k, 4, 5, 0.0, True, False)
+    with pytest.raises(UncountableOpError, match="meta"):
+        _kernel_formula("flash_attn", "_flash_attn_varlen_forward")(q, k, v, cu_q, cu_k, 4, 5, 0.0, 0.35, True)
+
+
+def test_paged_keys_are_refused_not_guessed():
+    q, k, v, cu_q, cu_k = _packed()
+    table = torch.zeros(2, 1, dtype=torch.int32)
+    with pytest.raises(UncountableOpError, match="block_table"):
+        _kernel_formula("flash_attn", "_flash_attn_varlen_forward")(
+            q, k, v, cu_q, cu_k, 4, 5, 0.0, 0.35, True, block_table=table
+        )
+
+
+def test_every_kernel_in_the_table_is_registered_when_its_op_exists():
+    from vendor_shim.attention_kernels import KERNELS
+
+    mapping = custom_mapping()
+    for namespace, name in KERNELS:
+        op = getattr(getattr(torch.ops, namespace), name, None) if namespace == "aten" else None
+        if op is not None:
+            assert op in mapping, f"{namespace}::{name} has no formula"

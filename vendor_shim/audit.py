@@ -7,6 +7,12 @@ counter uses, custom mapping included) and charges the FLOPs to the innermost ac
 stage frame of a `StageTracker`; the harness then asserts that the per-stage sum
 equals the counter's own total.
 
+Attention kernels (SDPA's CPU/CUDA kernels, the (B, S, H, D) flash/efficient kernels, flash-attn 2's
+``flash_attn::`` / ``flashattn::`` custom ops) are handled by formulas from one table,
+`vendor_shim.attention_kernels.KERNELS`; flash-attn's ops get theirs when that package has registered them
+before the run's counter is built (importing the model does), and an attention op met without one is uncounted
+by rule 1 below.
+
 Classification of an op without a formula (most conservative first):
 
 1. its name looks like tensor-core work (`SUSPICIOUS_FRAGMENTS`: mm, matmul, conv,

@@ -32,6 +32,7 @@ from vendor_shim.backends.base import (
     StageRoots,
     VendorBackend,
 )
+from vendor_shim.device_memory import cuda_allocator_probe
 from vendor_shim.env import base_environment, dtype_evidence, peak_rss_bytes, reset_peak_rss
 from vendor_shim.errors import VendorRunError, VendorShimError
 from vendor_shim.formulas import custom_mapping
@@ -90,6 +91,7 @@ def run_counted(
     plan = _plan(backend, loaded, workload, vision_only, vision_loaded)
     done = _execute(backend, loaded, workload, plan, vision_only, execution)
     stages, op_breakdown, unattributed = _assemble(done.tracker, workload, vision_only)
+    stage_wall = stage_wall_times(done.tracker.records)
     stage_sum = _stage_sum(stages, workload.model)
     _check_consistency(
         done.tracker, workload, vision_only, done.gen, done.counter_total, done.log.total_flops, stage_sum, unattributed
@@ -126,6 +128,8 @@ def run_counted(
             "build_s": loaded.build_s,
             "run_s": done.run_s,
             "model_reused": model_reused,
+            "stage_wall_s": stage_wall,
+            "stage_wall_synchronized": done.tracker.allocator is not None,
         },
         memory=done.memory,
         secondary=secondary,
@@ -182,6 +186,7 @@ def _execute(
         n_crops=workload.n_crops,
         book=meter.book,
         module_names=plan.names,
+        allocator=cuda_allocator_probe(loaded.device),
     )
     counter = global_total_counter()
     log = AuditLog()
@@ -211,10 +216,11 @@ def _execute(
         raise VendorRunError(f"vendor run failed: {type(exc).__name__}: {exc}") from exc
     if cuda:
         torch.cuda.synchronize()
+    high_water = tracker.allocator.high_water() if tracker.allocator is not None else None
     memory = {
         "peak_rss_bytes": peak_rss_bytes(),
         "peak_rss_scope": "this run" if rss_reset else "process lifetime",
-        "cuda_max_allocated_bytes": int(torch.cuda.max_memory_allocated()) if cuda else None,
+        "cuda_max_allocated_bytes": high_water if cuda else None,
         "weight_resident_bytes": _resident_weight_bytes(loaded),
         "kv_cache_resident_bytes": list(tracker.kv_resident),  # after each forward: prefill, decode 1..K
     }
@@ -363,7 +369,19 @@ def _assemble(
         for leaf in leaves:
             leaf["calls"] += 1
             leaf["peak_bytes"] = max(leaf["peak_bytes"], rec.peak_bytes)
+            if rec.allocator_peak_bytes is not None:  # reported next to peak_bytes, never gated
+                leaf["allocator_peak_bytes"] = max(leaf.get("allocator_peak_bytes") or 0, rec.allocator_peak_bytes)
     return stages, breakdown, unattributed
+
+
+def stage_wall_times(records: list[Any]) -> dict[str, dict[str, float]]:
+    """Seconds per stage and part, summed over the root's calls (decode: over steps); a nested root's time is in
+    its parent's too.  On cuda each call is synchronized at both ends (`StageTracker`), so this is device time."""
+    out: dict[str, dict[str, float]] = {}
+    for rec in records:
+        part = out.setdefault(rec.stage, {})
+        part[rec.part] = part.get(rec.part, 0.0) + rec.wall_s
+    return out
 
 
 def _stage_sum(stages: dict[str, Any], family: str) -> int:

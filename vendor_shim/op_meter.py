@@ -5,7 +5,8 @@ FLOPs filled in by the audit) plus the run-allocated storages it read, so the de
 can be told apart once the forward says which tensors are its cache (`StorageBook.cache_serials`).
 `StorageBook` follows every storage the run allocates (weak finalizers on the storage object, which
 die exactly when the memory does) and keeps the live byte count that ``peak_bytes`` is the maximum of.
-`FusedAttention` makes `F.scaled_dot_product_attention` one op on every device (see the conventions).
+`FusedAttention` makes `F.scaled_dot_product_attention` one op on every device (see the conventions); an
+attention kernel called directly (flash-attn's custom ops, `vendor_shim.attention_kernels`) is charged the same way.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from analytic.op_conventions import (
     OVERWRITES,
     elementwise_flops,
 )
+from vendor_shim.attention_kernels import AttentionCall, AttentionKernel, attention_call, kernel_of
 from vendor_shim.audit import ALLOWED_OPS
 
 # The per-op vector, in this order; kv_cache_bytes is filled in when the forward ends.
@@ -72,6 +74,7 @@ class _OpKind:
     movement: bool  # a data-movement category of the audit: 0 FLOPs by definition
     layout_only: bool  # reads only the metadata of its tensor argument
     grouped_mm: bool  # aten._grouped_mm: its stacked weight is read for the groups that got rows only
+    attention: AttentionKernel | None  # an attention kernel: charged as the fused op when called directly
 
     @classmethod
     def of(cls, func: Any) -> _OpKind:
@@ -83,7 +86,10 @@ class _OpKind:
         movement = ALLOWED_OPS.get(stem) in MOVEMENT
         view = view or stem in ALIAS_BY_BEHAVIOUR
         grouped = func is torch.ops.aten._grouped_mm.default
-        return cls(stem, view, written, stem in OVERWRITES, stem in GATHERS, movement, stem in LAYOUT_ONLY, grouped)
+        attention = kernel_of(func)
+        return cls(
+            stem, view, written, stem in OVERWRITES, stem in GATHERS, movement, stem in LAYOUT_ONLY, grouped, attention
+        )
 
 
 @dataclass
@@ -157,6 +163,8 @@ class OpMeter:
         if kind.view or self.suspended:
             return Measured(vec, [], [])
         outs = [o for _, o in _tensors(out if isinstance(out, tuple | list) else (out,))]
+        if kind.attention is not None and outs:  # a kernel called directly (flash-attn, flash_attention_2)
+            return self._attention(attention_call(kind.attention, args, kwargs), outs[0], flops)
         reads: list[tuple[int, int]] = []
         writes: list[int] = []
         in_keys: set[int] = set()
@@ -223,16 +231,29 @@ class OpMeter:
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, causal: bool, out: torch.Tensor
     ) -> Measured:
         """The fused op's metrics (conventions): reads q, k, v, mask; writes out; softmax (+ mask) per score."""
-        vec = [0] * len(OP_METRICS)
+        scores = math.prod(q.shape[:-1]) * k.shape[-2]
         ins = [q, k, v] + ([mask] if isinstance(mask, torch.Tensor) else [])
+        return self._charge_attention(ins, out, scores, mask is not None or causal, 0)
+
+    def _attention(self, call: AttentionCall, out: torch.Tensor, flops: int) -> Measured:
+        """An attention kernel called outside `F.scaled_dot_product_attention`, charged as the fused op: reads q,
+        k, v, its masks and its index tensors (cumulative lengths); writes its attention output (not its
+        logsumexp, RNG state or debug outputs, which the fused op never returns); softmax (+ mask) per score."""
+        ins = [call.query, call.key, call.value, *call.masks, *call.index]
+        return self._charge_attention(ins, out, call.scores, call.masked, flops)
+
+    def _charge_attention(
+        self, ins: list[torch.Tensor], out: torch.Tensor, scores: int, masked: bool, flops: int
+    ) -> Measured:
+        vec = [0] * len(OP_METRICS)
+        vec[TENSOR] = flops
         read_bytes = sum(footprint(t) for t in ins)
         reads = []
         for t in ins:
             hit = self.book.live.get(t.untyped_storage()._cdata)
             if hit is not None:
                 reads.append((hit[0], footprint(t)))
-        scores = math.prod(q.shape[:-1]) * k.shape[-2]
-        per = ATTENTION_SOFTMAX + (ATTENTION_MASK if mask is not None or causal else 0)
+        per = ATTENTION_SOFTMAX + (ATTENTION_MASK if masked else 0)
         serial = self.book.allocated(out)
         vec[ELEMENTWISE] = per * scores
         vec[IO] = read_bytes + footprint(out)

@@ -9,6 +9,7 @@ prefill vs decode from the index of the ``top`` module's forward call (0 = prefi
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ import torch
 
 from analytic.schema import LM_STAGES
 from vendor_shim.backends.base import StageRoots
+from vendor_shim.device_memory import AllocatorPeaks, AllocatorProbe
 from vendor_shim.errors import VendorRunError
 from vendor_shim.op_meter import KV, OP_METRICS, TENSOR, Measured, StorageBook
 
@@ -40,6 +42,10 @@ class CallRecord:
     ops: dict[str, int] = field(default_factory=dict)  # op name -> flops
     entry_live: int = 0  # live run-allocated bytes when the call began
     peak_live: int = 0  # their high-water mark during the call (StorageBook raises it)
+    allocator_peak_bytes: int | None = None  # CUDA caching allocator's high-water mark above entry (None off cuda)
+    wall_s: float = 0.0  # the call's wall time (on cuda synchronized at both ends: device time)
+    started: float = 0.0
+    on_allocator: bool = False  # the allocator probe was entered for this call
 
     @property
     def peak_bytes(self) -> int:
@@ -56,6 +62,8 @@ class CallRecord:
             "input_shapes": self.input_shapes,
             "tensor_flops": self.tensor_flops,
             "peak_bytes": self.peak_bytes,
+            "allocator_peak_bytes": self.allocator_peak_bytes,
+            "wall_s": self.wall_s,
             "ops": dict(self.ops),
         }
 
@@ -116,8 +124,12 @@ class StageTracker:
         n_crops: int,
         book: StorageBook,
         module_names: dict[int, str] | None = None,
+        allocator: AllocatorProbe | None = None,
     ) -> None:
+        """``allocator``: the CUDA caching allocator's counters (`vendor_shim.device_memory`), read at the entry and
+        exit of every root call whose input is on cuda; None on cpu and meta."""
         self.roots = roots
+        self.allocator = AllocatorPeaks(allocator) if allocator is not None else None
         self.book = book
         self.global_view_size = global_view_size
         self.crop_size = crop_size
@@ -222,12 +234,23 @@ class StageTracker:
             entry_live=self.book.live_bytes,
             peak_live=self.book.live_bytes,
         )
+        first = _first_tensor(args, kwargs)
+        if self.allocator is not None and first is not None and first.device.type == self.allocator.probe.device_type:
+            self.allocator.probe.synchronize()  # what ran before this root is not its time
+            self.allocator.enter()
+            rec.on_allocator = True
+        rec.started = time.perf_counter()
         self.frames.append(rec)
 
     def _post(self, root: str) -> None:
         if not self.frames or self.frames[-1].root != root:
             raise VendorRunError(f"stage hooks out of order at the end of {root}: nested roots closed unevenly")
-        self.records.append(self.frames.pop())
+        rec = self.frames.pop()
+        if rec.on_allocator and self.allocator is not None:
+            self.allocator.probe.synchronize()
+            rec.allocator_peak_bytes = self.allocator.exit()
+        rec.wall_s = time.perf_counter() - rec.started
+        self.records.append(rec)
 
     def _top_pre(self, *_: Any) -> None:
         if self.top_depth == 0:

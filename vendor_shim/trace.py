@@ -16,7 +16,10 @@ Schema ``dsocr-flopcheck/vendor-trace`` version 2 (``schema_version: 2``; versio
   ``{"decoder": {...}, "lm_head": {...}}``.  Metrics = ``analytic.schema.METRICS``; the vendor
   measures every metric per aten op (definitions: `analytic.op_conventions`); a metric the trace does
   not measure is null and missing from ``measured_metrics``.
-  Leaves also carry ``calls`` (root forward calls).  A branch that did not run is all zeros.
+  Leaves also carry ``calls`` (root forward calls) and ``allocator_peak_bytes``: on cuda the caching
+  allocator's high-water mark above the root's entry (`vendor_shim.device_memory`; the largest over calls and
+  decode steps), null on cpu and meta; reported next to ``peak_bytes``, never a gated metric (absent in older
+  traces).  A branch that did not run is all zeros.
 - ``measured_metrics``: the metrics measured (all of ``METRICS`` since version 2).
 - ``totals``: ``counter_total`` (FlopCounterMode's whole-run total), ``stage_sum`` (sum of all
   leaves), ``audit_total`` (the audit's own sum) and ``unattributed`` (FLOPs outside every root,
@@ -24,7 +27,8 @@ Schema ``dsocr-flopcheck/vendor-trace`` version 2 (``schema_version: 2``; versio
 - ``op_breakdown``: ``{stage: {part: {aten op: {"flops", "calls", "family", <other metrics>}}}}``
   (family from ``analytic.schema.aten_family``; ``flops`` are tensor FLOPs), decode summed over steps;
   the fused attention op is ``fused.scaled_dot_product_attention``.
-- ``calls``: per-call records (index, root, module, stage, part, step, input_shapes, tensor_flops, ops).
+- ``calls``: per-call records (index, root, module, stage, part, step, input_shapes, tensor_flops, peak_bytes,
+  allocator_peak_bytes, wall_s, ops).
 - ``coverage``: ``uncounted_ops`` (sorted list of op names), ``ops_seen`` ({op: {calls, flops,
   class}}), ``custom_formulas`` (op names the shim registered), ``no_elementwise_convention`` (float
   ops the elementwise conventions do not cover), ``alias_by_behaviour`` (ops that returned a view their
@@ -32,7 +36,9 @@ Schema ``dsocr-flopcheck/vendor-trace`` version 2 (``schema_version: 2``; versio
 - ``secondary``: ``{"fvcore": {"status": ok|skipped|failed, "reason", "parts": {...}}}``.
 - ``environment``: python, torch, transformers, device, device_name, dtype, backend,
   ``code_hashes`` ({file: sha256}), ``model`` (backend build info).
-- ``timing``: ``wall_s``, ``build_s``, ``run_s``, ``model_reused``; ``memory``:
+- ``timing``: ``wall_s``, ``build_s``, ``run_s``, ``model_reused``, ``stage_wall_s`` ({stage: {part: seconds}}
+  summed over root calls; a nested root's time is in its parent's too) and ``stage_wall_synchronized`` (true on
+  cuda: torch.cuda.synchronize at every root's entry and exit, so the seconds are device time); ``memory``:
   ``peak_rss_bytes``, ``cuda_max_allocated_bytes`` (null off cuda), ``weight_resident_bytes``
   (distinct parameter and buffer storages), ``kv_cache_resident_bytes`` (cache bytes after each forward).
 """
@@ -58,6 +64,7 @@ SCHEMA = "dsocr-flopcheck/vendor-trace"
 SCHEMA_VERSION = 2
 MEASURED_METRICS = METRICS  # every metric, per aten op (analytic.op_conventions defines them)
 DEVICES = ("cpu", "cuda", "meta")
+ALLOCATOR_PEAK = "allocator_peak_bytes"  # a reported leaf field, not a metric: never gated
 
 
 class TraceValidationError(ValueError):
@@ -67,6 +74,7 @@ class TraceValidationError(ValueError):
 def empty_leaf() -> dict[str, Any]:
     leaf: dict[str, Any] = {m: (0 if m in MEASURED_METRICS else None) for m in METRICS}
     leaf["calls"] = 0
+    leaf[ALLOCATOR_PEAK] = None  # set on cuda only
     return leaf
 
 
@@ -139,6 +147,11 @@ def _check_leaf(leaf: Any, where: str, measured: tuple[str, ...] | list[str] = M
             _require(isinstance(v, int) and not isinstance(v, bool) and v >= 0, f"{where}.{m} must be an int >= 0")
         else:
             _require(v is None or (isinstance(v, int | float) and not isinstance(v, bool)), f"{where}.{m} bad type")
+    a = leaf.get(ALLOCATOR_PEAK)
+    _require(
+        a is None or (isinstance(a, int) and not isinstance(a, bool) and a >= 0),
+        f"{where}.{ALLOCATOR_PEAK} must be null or an int >= 0",
+    )
     return leaf["tensor_flops"]
 
 
@@ -199,6 +212,12 @@ def validate_trace_dict(d: Any) -> None:
     for p in LM_PARTS:
         for i, st in enumerate(steps):
             _check_leaf(st.get(p), f"stages.decode.steps[{i}].{p}", measured)
+        allocator = [st[p].get(ALLOCATOR_PEAK) for st in steps]
+        if steps and None not in allocator and stages["decode"][p].get(ALLOCATOR_PEAK) is not None:
+            _require(
+                max(allocator) == stages["decode"][p][ALLOCATOR_PEAK],
+                f"decode steps' largest {ALLOCATOR_PEAK} {max(allocator)} != stages.decode.{p}'s",
+            )
         for m in measured:
             per_step = [st[p][m] for st in steps]
             if None in per_step or stages["decode"][p][m] is None:
