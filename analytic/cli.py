@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from analytic.dtype_policy import choose_dtype, cpuinfo_native_bf16
+from analytic.exits import Verdict, parse_args, run_console
 from analytic.layers.common import ConfigError
 from analytic.options import HelpFormatter, UsageParser, add_workload_options, workload_kwargs
 from analytic.profiles import ProfileError, profile_names
@@ -57,7 +58,12 @@ def _dtype(requested: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """`dsocr-analytic`: its exit code (`analytic.exits.run_console`)."""
+    return run_console("dsocr-analytic", lambda verdict: _main(argv, verdict))
+
+
+def _main(argv: list[str] | None, verdict: Verdict) -> int:
+    args = parse_args(build_parser(), argv, verdict)
     try:
         kwargs = workload_kwargs(args, dtype=_dtype(args.dtype))
         workload = VisionWorkload.from_page(
@@ -70,12 +76,16 @@ def main(argv: list[str] | None = None) -> int:
         check_positions(limit, workload.n_image_tokens, workload.prompt_tokens, workload.decode_tokens)
         est = model.estimate(workload, records=args.records)
     except (WorkloadError, ConfigError, ProfileError) as exc:
+        verdict.decide(2)
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
-    except Exception as exc:  # an override the config accepts but the formulas cannot use (patch_size=abc)
+    except (Exception, SystemExit) as exc:  # an override the config accepts but the formulas cannot use
         lines = str(exc).strip().splitlines()
-        print(f"error: analytic config override failed: {lines[0] if lines else type(exc).__name__}", file=sys.stderr)
+        reason = lines[0] if lines and not isinstance(exc, SystemExit) else repr(exc)
+        verdict.decide(2)
+        print(f"error: analytic config override failed: {reason}", file=sys.stderr)
         return 2
+    verdict.decide(0)  # before the output: a broken stdout cannot change it
     if args.json:
         json.dump(est.to_dict(), sys.stdout)
         sys.stdout.write("\n")

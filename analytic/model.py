@@ -29,6 +29,8 @@ CONFIG_NAME = "model"
 FAMILY_CONFIGS = {"deepseek-ocr": CONFIG_NAME, "deepseek-ocr-2": "model_ocr2"}
 assert tuple(FAMILY_CONFIGS) == FAMILIES, "analytic.schema.FAMILIES and FAMILY_CONFIGS must list the same"
 _MEMO_LIMIT = 50_000
+# Hydra keys that name or shape the code `instantiate` runs: an --override may never set them
+CODE_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
 
 
 def _leaf(c: Cost, causal: bool) -> dict[str, int]:
@@ -336,12 +338,15 @@ def build_cost_model(overrides: list[str] | None = None, family: str = DEFAULT_F
     from omegaconf.errors import OmegaConfBaseException
 
     overrides = list(overrides or [])
+    refuse_code_overrides(overrides)
     gh = GlobalHydra.instance()
     outer = gh.hydra if gh.is_initialized() else None  # a caller's own Hydra app: park it, restore it after
     gh.clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
             cfg = compose(config_name=FAMILY_CONFIGS[family], overrides=overrides)
+            if overrides:  # however a value was built (interpolation, oc.decode), it must not name code
+                _same_code(compose(config_name=FAMILY_CONFIGS[family]), cfg, overrides)
         model = instantiate(cfg, _convert_="all")
     except (HydraException, OmegaConfBaseException, TypeError, ValueError) as exc:
         raise ConfigError(_one_line(exc, overrides)) from exc
@@ -357,6 +362,45 @@ def build_cost_model(overrides: list[str] | None = None, family: str = DEFAULT_F
         )
     model.config = {"overrides": overrides, "resolved": OmegaConf.to_container(cfg, resolve=True)}
     return model
+
+
+def refuse_code_overrides(overrides: list[str]) -> None:
+    """`--override` changes values only: one naming a Hydra key that selects or calls code is a ConfigError."""
+    for text in overrides:
+        named = next((key for key in CODE_KEYS if key in text), None)
+        if named:
+            shown = text if len(text) <= 120 else text[:120] + "..."
+            raise ConfigError(
+                f"--override {shown!r} names code ({named}): overrides change values only, never which code runs; "
+                "drop it"
+            )
+
+
+def _same_code(base: Any, cfg: Any, overrides: list[str]) -> None:
+    """The composed config names exactly the code the unmodified one does (`CODE_KEYS` and their values)."""
+    from omegaconf import OmegaConf
+
+    before = _code_nodes(OmegaConf.to_container(base, resolve=True))
+    after = _code_nodes(OmegaConf.to_container(cfg, resolve=True))
+    changed = sorted(set(before.items()) ^ set(after.items()))
+    if changed:
+        raise ConfigError(
+            f"--override {', '.join(overrides)} changes which code the config names ({changed[0][0]}): "
+            "overrides change values only; drop it"
+        )
+
+
+def _code_nodes(node: Any, path: str = "") -> dict[str, str]:
+    """Every Hydra code key of a resolved config: dotted path -> its value's repr (no recursion limit issue:
+    the config is a few levels deep)."""
+    found: dict[str, str] = {}
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        where = f"{path}.{key}" if path else str(key)
+        if key in CODE_KEYS:
+            found[where] = repr(value)
+        found.update(_code_nodes(value, where))
+    return found
 
 
 def _one_line(exc: BaseException, overrides: list[str]) -> str:

@@ -12,6 +12,7 @@ import sys
 from rich.console import Console
 from rich.markup import escape
 
+from analytic.exits import Verdict, parse_args, run_console
 from analytic.options import HelpFormatter, UsageParser, user_path
 from drift.compare import diff_sides
 from drift.load import DiffInputError, load_side
@@ -39,16 +40,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """`dsocr-diff`: its exit code (`analytic.exits.run_console`)."""
+    return run_console("dsocr-diff", lambda verdict: _main(argv, verdict))
+
+
+def _main(argv: list[str] | None, verdict: Verdict) -> int:
+    args = parse_args(build_parser(), argv, verdict)
     err = Console(stderr=True, soft_wrap=True)
     if args.max_rows < 1:
-        err.print(f"dsocr-diff: error: --max-rows {args.max_rows}: give a positive number", highlight=False)
-        return EXIT_USAGE
+        return _fail(err, verdict, f"--max-rows {args.max_rows}: give a positive number")
     try:
         d = diff_sides(load_side(args.a, "A"), load_side(args.b, "B"))
     except DiffInputError as exc:
-        err.print(f"dsocr-diff: error: {escape(str(exc))}", highlight=False)
-        return EXIT_USAGE
+        return _fail(err, verdict, str(exc))
     from drift.render import diff_document, print_diff, render_markdown, write_diff
     from drift.summary import headline, verdict_word
 
@@ -56,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             write_diff(d, args.out)
         except OSError as exc:
-            err.print(f"dsocr-diff: error: cannot write {args.out} ({exc.strerror or exc}): pick a writable --out")
-            return EXIT_USAGE
+            return _fail(err, verdict, f"cannot write {args.out} ({exc.strerror or exc}): pick a writable --out")
+    verdict.decide(d.exit_code)  # before any output: a broken stdout cannot change it
     if args.json:
         import json
 
@@ -71,6 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.out is not None:
             Console().print(f"[dim]diff: {escape(str(args.out))}[/]", highlight=False)
     return d.exit_code
+
+
+def _fail(err: Console, verdict: Verdict, message: str) -> int:
+    """Decide exit 2, then `dsocr-diff: error: MESSAGE` as one line on stderr."""
+    verdict.decide(EXIT_USAGE)
+    err.print(f"dsocr-diff: error: {escape(message)}", highlight=False)
+    return EXIT_USAGE
 
 
 if __name__ == "__main__":  # pragma: no cover

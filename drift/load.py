@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reports.writer import REPORT_FILES
+from reports.writer import REPORT_FILES, is_partial_run
 from vendor_shim.trace import SCHEMA as TRACE_SCHEMA
 from vendor_shim.trace import TraceValidationError, validate_trace_dict
 
@@ -63,11 +63,17 @@ def load_side(path: str | Path, name: str = "A") -> Side:
 def _resolve(path: Path, name: str) -> Path:
     if not path.exists():
         raise DiffInputError(f"{name}: {path} does not exist: {_WHAT}")
+    unfinished = path.parent if path.is_file() else path
+    if is_partial_run(unfinished):
+        raise DiffInputError(
+            f"{name}: {unfinished} is a run that never finished (a killed run's staging folder): pass a finished "
+            "run; the next run into that output folder removes it"
+        )
     if path.is_file():
         return path
     if (path / REPORT_FILE).is_file():
         return path / REPORT_FILE
-    runs = sorted(p for p in path.iterdir() if p.is_dir() and (p / REPORT_FILE).is_file())
+    runs = sorted(p for p in path.iterdir() if p.is_dir() and not is_partial_run(p) and (p / REPORT_FILE).is_file())
     if len(runs) == 1:  # an --output-dir holding exactly one run
         return runs[0] / REPORT_FILE
     if runs:

@@ -3,6 +3,8 @@
 Linux file names are bytes; Python carries the undecodable ones as lone surrogates
 (surrogateescape), and JSON may hold unpaired surrogates too.  Neither encodes to UTF-8,
 and control characters in a name would break a markdown table or a terminal line.
+Invisible format characters (bidi overrides such as U+202E, zero-width spaces, line separators: Unicode
+categories Cf, Zl, Zp) would make a page id look like another one, so they are escaped too (`\\u202e`).
 Reports show such characters as backslash escapes (the bytes of a file name as `\\xff`).
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import unicodedata
 from typing import Any
 
 # C0 and C1 controls and DEL, except tab and newline (tracebacks keep their lines)
@@ -23,7 +26,21 @@ def safe_text(text: str) -> str:
         text.encode("utf-8")
     except UnicodeEncodeError:
         text = _escape_surrogates(text)
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    text = _CONTROL.sub(lambda m: _escape(m.group()), text)
+    return text if text.isascii() else "".join(_escape(c) if _invisible(c) else c for c in text)
+
+
+_INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp"})  # controls, format characters (bidi, zero-width), separators
+
+
+def _invisible(char: str) -> bool:
+    return char not in "\t\n" and unicodedata.category(char) in _INVISIBLE
+
+
+def _escape(char: str) -> str:
+    """`\\xNN`, `\\uNNNN` or `\\UNNNNNNNN`, as Python writes the character in a string literal."""
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def printable(text: str) -> str:

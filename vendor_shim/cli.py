@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
+from analytic.exits import Verdict, parse_args, run_console
 from analytic.options import HelpFormatter, add_workload_options, user_path, workload_kwargs
 from analytic.schema import DEFAULT_FAMILY, LM_PARTS, VISION_BRANCHES, family_vision_stages
 from analytic.workload import VisionWorkload, WorkloadError, check_positions
@@ -135,12 +137,17 @@ BYTE_COLUMNS = ("io_bytes", "weight_bytes", "activation_bytes", "kv_cache_bytes"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """`dsocr-measure`: its exit code (`analytic.exits.run_console`)."""
+    return run_console("dsocr-measure", lambda verdict: _main(argv, verdict))
+
+
+def _main(argv: list[str] | None, verdict: Verdict) -> int:
+    args = parse_args(build_parser(), argv, verdict)
     try:
         workload = workload_from_args(args)
+        _check_out(args.out)  # before the measurement, not after it
     except WorkloadError as exc:
-        print(f"dsocr-measure: error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+        return _fail(verdict, EXIT_INPUT, str(exc))
     from vendor_shim.measure import measure
 
     try:
@@ -164,31 +171,47 @@ def main(argv: list[str] | None = None) -> int:
                 dtype_reason=args.dtype_choice.reason,
             )
     except VendorShimError as exc:
-        print(f"dsocr-measure: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(verdict, exc.exit_code, str(exc))
+    except SystemExit as exc:  # the vendor's code called sys.exit(): a failed run, never a verdict
+        return _fail(verdict, EXIT_VENDOR, f"the vendor run failed (it raised {exc!r})")
     text = trace.to_json()
     if args.out:
-        from pathlib import Path
+        from reports.files import atomic_write_text
 
-        tmp = Path(args.out).with_suffix(".tmp")
         try:
-            tmp.write_text(text)
-            tmp.replace(args.out)
+            atomic_write_text(args.out, text)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            print(
-                f"dsocr-measure: error: cannot write --out {args.out} ({exc.strerror}): pick a writable path",
-                file=sys.stderr,
+            return _fail(
+                verdict, EXIT_INPUT, f"cannot write --out {args.out} ({exc.strerror or exc}): pick a writable path"
             )
-            return EXIT_INPUT
+    code = verdict.decide(EXIT_OK if trace.complete else EXIT_INCOMPLETE)  # before any output
     if args.json:
         print(text)
     else:
         _print_table(trace)
     if not trace.complete:
         print("dsocr-measure: INCOMPLETE count: " + "; ".join(trace.incomplete_reasons), file=sys.stderr)
-        return EXIT_INCOMPLETE
-    return EXIT_OK
+    return code
+
+
+def _check_out(out: Path | None) -> None:
+    """`--out` must name a file in a folder that can take it (WorkloadError, exit 2)."""
+    if out is None:
+        return
+    from reports.files import unwritable_folder
+
+    if out.is_dir():
+        raise WorkloadError(f"--out {out} is a folder: name a file, e.g. {out / 'trace.json'}")
+    problem = unwritable_folder(out.parent)
+    if problem:
+        raise WorkloadError(f"--out {out} cannot be written ({problem}): pick a writable path")
+
+
+def _fail(verdict: Verdict, code: int, message: str) -> int:
+    """Decide `code`, then one line on stderr."""
+    verdict.decide(code)
+    print(f"dsocr-measure: error: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

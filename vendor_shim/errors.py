@@ -2,6 +2,7 @@
 
 `VendorInputError` -> exit 2 (bad workload, usage, unavailable device, refused remote code).
 `VendorRunError` -> exit 3 (the vendor run itself failed, or what it received disagrees with the workload).
+`InfrastructureError` -> exit 2 (this machine's setup failed, not the vendor: the cache, the pinned environment).
 Messages name the problem and the fix in one line.
 """
 
@@ -24,6 +25,16 @@ class VendorRunError(VendorShimError, RuntimeError):
     """The vendor model failed while running, or the harness found an inconsistency."""
 
     exit_code = 3
+
+
+class InfrastructureError(VendorShimError):
+    """A fault of the setup, never of the vendor: a read-only or corrupted cache or pinned environment.
+
+    The message says which ("cache", "environment") and names the fix (e.g. delete that folder to rebuild it).
+    """
+
+    exit_code = 2
+    TAG = "[environment] "  # how the remote-code worker marks one on its error line
 
 
 class WorkloadMismatchError(VendorRunError):

@@ -35,6 +35,13 @@ def cache_base_dir() -> Path:
     return Path(base) if base else Path.home() / ".cache" / "dsocr-flopcheck"
 
 
+def keep_matplotlib_in_cache() -> None:
+    """matplotlib's config and font cache under <cache base>/matplotlib, not $HOME (unless MPLCONFIGDIR is set):
+    call before matplotlib is first imported (it reads the variable once)."""
+    if not os.environ.get("MPLCONFIGDIR"):
+        os.environ["MPLCONFIGDIR"] = str(cache_base_dir() / "matplotlib")
+
+
 def default_cache_root() -> Path:
     """Where traces go by default: <cache base>/traces."""
     return cache_base_dir() / "traces"

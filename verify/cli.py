@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,16 +15,18 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from analytic.exits import Verdict, parse_args, run_console
 from analytic.options import HelpFormatter, UsageParser, add_workload_options, user_path
+from analytic.schema import family_stages, family_vision_stages
 from analytic.workload import WorkloadError, check_positions, max_image_tokens, resolve_mode
 from reports.model import PageResult, PageSpec
 from reports.safe import printable
 from vendor_shim.backends import REGISTRY
 from vendor_shim.backends.base import resolve_execution, resolve_vision_device
-from vendor_shim.errors import VendorInputError
+from vendor_shim.errors import InfrastructureError, VendorInputError
 from vendor_shim.options import add_vendor_options, snapshot_options_misused
 from vendor_shim.remote_code.snapshot import check_vendor_dir
-from verify.cache import default_cache_root
+from verify.cache import default_cache_root, keep_matplotlib_in_cache
 from verify.compare import DEFAULT_TOLERANCE, ToleranceError, parse_tolerances
 from verify.runner import VendorFailure, Verifier, VerifyConfig, build_workload, exit_code, run_pages
 from verify.selection import select_pages
@@ -83,7 +84,8 @@ def build_parser(prog: str, vision_only: bool) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace, command: str, vision_only: bool) -> VerifyConfig:
     try:
-        tolerances = parse_tolerances(args.tolerance_default, args.tolerance)
+        stages = family_vision_stages(args.model) if vision_only else family_stages(args.model)
+        tolerances = parse_tolerances(args.tolerance_default, args.tolerance, stages)
     except ToleranceError as exc:
         raise UsageError(str(exc)) from None
     _refuse_options_that_do_not_apply(args, vision_only)
@@ -185,7 +187,7 @@ def load_pages(args: argparse.Namespace) -> list[PageSpec]:
                 args.omnidocbench, data_sources=args.data_source or None, images_dir=args.images_dir
             )
         elif args.images:
-            found = P.load_image_files(args.images)
+            found = P.load_image_files(args.images, limit=args.limit, sample=args.sample, seed=args.seed or 0)
         else:
             found = P.load_embedded()
     except P.PageSourceError as exc:
@@ -202,7 +204,7 @@ def build_analytic(cfg: VerifyConfig) -> Any:
 
     try:
         cost_model = build_cost_model(cfg.analytic_overrides, family=cfg.model)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise _override_error(exc, cfg.analytic_overrides) from None
     check_positions_fit(cfg, cost_model)
     probe = build_workload(PageSpec("override-check", 1280, 1920, source="check"), cfg)  # crops in crop mode
@@ -211,21 +213,22 @@ def build_analytic(cfg: VerifyConfig) -> Any:
     )
     try:
         cost_model.estimate(probe)
-    except Exception as exc:  # e.g. vision.sam.patch_size=abc: accepted by the config, fails in the formulas
+    except (Exception, SystemExit) as exc:  # vision.sam.patch_size=abc: the config takes it, the formulas fail
         raise _override_error(exc, cfg.analytic_overrides) from None
     return cost_model
 
 
-def _override_error(exc: Exception, overrides: list[str]) -> UsageError:
+def _override_error(exc: BaseException, overrides: list[str]) -> UsageError:
     lines = str(exc).strip().splitlines()
     given = f" ({', '.join(overrides)})" if overrides else ""
-    reason = lines[0] if lines else type(exc).__name__
+    reason = lines[0] if lines and not isinstance(exc, SystemExit) else repr(exc)
     return UsageError(f"analytic config override failed{given}: {reason}; fix the --override value")
 
 
-def _main(argv: list[str] | None, command: str, vision_only: bool) -> int:
+def _main(argv: list[str] | None, command: str, vision_only: bool, verdict: Verdict) -> int:
     console = Console(stderr=True, soft_wrap=True)  # errors stay one line, whatever the terminal width
-    args = build_parser(command, vision_only).parse_args(argv)
+    args = parse_args(build_parser(command, vision_only), argv, verdict)
+    keep_matplotlib_in_cache()  # the report's charts: nothing written under $HOME
     try:
         cfg = config_from_args(args, command, vision_only)
         verifier = Verifier(cfg=cfg, measure=None, cost_model=build_analytic(cfg))  # the vendor comes later
@@ -234,6 +237,7 @@ def _main(argv: list[str] | None, command: str, vision_only: bool) -> int:
             raise UsageError("no pages selected: check the page source and the --data-source/--limit filters")
         prepared = [verifier.prepare(page) for page in pages]  # every page checked before the model is built
         if all(workload is None for _, workload in prepared):
+            verdict.decide(EXIT_USAGE)
             for res, _ in prepared:
                 line = escape(printable(f"{res.page.page_id}: {res.error}"))
                 console.print(f"[bold red]error:[/] {line}", highlight=False)
@@ -245,38 +249,50 @@ def _main(argv: list[str] | None, command: str, vision_only: bool) -> int:
         cfg.impl_version = measurer.impl_version  # the library release the profile variant mirrors
         prepared = verifier.at_release(prepared)
         environment = measurer.environment()
-    except (UsageError, WorkloadError, VendorInputError) as exc:
-        console.print(f"[bold red]error:[/] {escape(printable(str(exc)))}", highlight=False)
-        return EXIT_USAGE
+    except (UsageError, WorkloadError, VendorInputError, InfrastructureError) as exc:
+        return _refuse(console, verdict, EXIT_USAGE, "error", str(exc))
     except VendorFailure as exc:
-        console.print(f"[bold red]vendor failed:[/] {escape(printable(str(exc)))}", highlight=False)
-        return EXIT_VENDOR
+        return _refuse(console, verdict, EXIT_VENDOR, "vendor failed", str(exc))
 
-    run = _run_with_progress(verifier, prepared, environment, console, quiet=args.quiet)
+    try:
+        run = _run_with_progress(verifier, prepared, environment, console, quiet=args.quiet)
+    except InfrastructureError as exc:  # e.g. the pinned environment broke: nothing was measured by it
+        return _refuse(console, verdict, EXIT_USAGE, "error", str(exc))
 
     from reports.console import print_summary
 
     try:
         paths = _write_fresh(run, Path(args.output_dir))
     except OSError as exc:  # the disk, not the vendor: the results are still shown below
+        verdict.decide(EXIT_USAGE)
         print_summary(run, Console())
-        console.print(
-            f"[bold red]error:[/] cannot write the reports ({escape(printable(str(exc)))}): "
-            "free space or pick another --output-dir; the summary above is this run's result",
-            highlight=False,
+        return _refuse(
+            console,
+            verdict,
+            EXIT_USAGE,
+            "error",
+            f"cannot write the reports ({exc}): free space or pick another --output-dir; "
+            "the summary above is this run's result",
         )
-        return EXIT_USAGE
+    verdict.decide(exit_code(run))  # decided before anything is printed: a broken stdout cannot change it
     print_summary(run, Console(), paths)
     return exit_code(run)
 
 
+def _refuse(console: Console, verdict: Verdict, code: int, label: str, message: str) -> int:
+    """Decide `code`, then print `label: message` as one line on stderr."""
+    verdict.decide(code)
+    console.print(f"[bold red]{label}:[/] {escape(printable(message))}", highlight=False)
+    return code
+
+
 def _check_output_dir(output_dir: Path) -> None:
     """Fail before the run, not after it, when the reports could not be written (nothing is created here)."""
-    probe = output_dir
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"--output-dir {output_dir} cannot be created under {probe}: pick a writable folder")
+    from reports.files import unwritable_folder
+
+    problem = unwritable_folder(output_dir)
+    if problem:
+        raise UsageError(f"--output-dir {output_dir} cannot be created ({problem}): pick a writable folder")
 
 
 def _write_fresh(run, output_dir: Path) -> dict[str, Path]:
@@ -343,11 +359,15 @@ def _page_logger(console: Console, total: int):
 
 
 def main_end2end(argv: list[str] | None = None) -> int:
-    return _main(argv, "run_verify_end2end", vision_only=False)
+    """`run_verify_end2end`: its exit code (`analytic.exits.run_console`)."""
+    command = "run_verify_end2end"
+    return run_console(command, lambda verdict: _main(argv, command, False, verdict))
 
 
 def main_vision(argv: list[str] | None = None) -> int:
-    return _main(argv, "run_verify_end2end_vision", vision_only=True)
+    """`run_verify_end2end_vision`: its exit code (`analytic.exits.run_console`)."""
+    command = "run_verify_end2end_vision"
+    return run_console(command, lambda verdict: _main(argv, command, True, verdict))
 
 
 if __name__ == "__main__":

@@ -65,9 +65,13 @@ class Tolerances:
         return {"default": self.default, "per_metric": defaults, "overrides": dict(self.overrides)}
 
 
-def parse_tolerances(default: float, items: list[str]) -> Tolerances:
-    """`--tolerance` items (``sam=0.02``, ``io_bytes=0.1``, ``decode.peak_bytes=15%``) -> Tolerances."""
-    stages = {s for s, _ in leaf_paths()}
+def parse_tolerances(default: float, items: list[str], run_stages: tuple[str, ...] | None = None) -> Tolerances:
+    """`--tolerance` items (``sam=0.02``, ``io_bytes=0.1``, ``decode.peak_bytes=15%``) -> Tolerances.
+
+    `run_stages`: the stages the run verifies (default: every DeepSeek-OCR stage); a tolerance for any other
+    stage would never apply, so it is refused like a misspelt one.
+    """
+    stages = {s for s, _ in (leaf_paths(run_stages) if run_stages else leaf_paths())}
     valid = stages | set(METRICS) | {f"{s}.{m}" for s in stages for m in METRICS}
     overrides: dict[str, float] = {}
     for item in items:

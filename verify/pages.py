@@ -59,17 +59,43 @@ def load_omnidocbench(
     """
     json_path, root = _annotation_path(Path(root))
     entries = _read_omnidocbench_json(json_path)
+    if not any(isinstance(e, dict) and isinstance(e.get("page_info"), dict) for e in entries):
+        raise PageSourceError(
+            f"{json_path}: no entry has a page_info object (no page_info anywhere); the file is not "
+            "OmniDocBench's format"
+        )
     images = Path(images_dir) if images_dir is not None else root / "images"
     pages = unique_ids([_omnidocbench_page(i, e, json_path, root, images) for i, e in enumerate(entries)])
     if data_sources:
-        known = sorted({str(p.attributes.get("data_source")) for p in pages})
-        unknown = sorted(set(data_sources) - set(known))
-        if unknown:
-            raise PageSourceError(
-                f"unknown OmniDocBench data source(s) {', '.join(unknown)}: use one of {', '.join(known)}"
-            )
-        pages = [p for p in pages if p.attributes.get("data_source") in data_sources]
+        pages = _filter_sources(pages, data_sources)
     return select_pages(pages, limit=limit, sample=sample, seed=seed)
+
+
+def _filter_sources(pages: list[PageSpec], wanted: list[str]) -> list[PageSpec]:
+    """The pages of any of the `wanted` data sources; one nobody is annotated with is a PageSourceError."""
+    known = sorted({src for p in pages for src in page_sources(p)})
+    unknown = sorted(set(wanted) - set(known))
+    if unknown and not known:
+        raise PageSourceError(
+            f"--data-source {', '.join(unknown)}: no page of this annotation names a data_source (a string in "
+            "page_info.page_attribute): drop --data-source"
+        )
+    if unknown:
+        raise PageSourceError(
+            f"unknown OmniDocBench data source(s) {', '.join(map(_shown, unknown))}: use one of "
+            f"{', '.join(map(_shown, known))}"
+        )
+    return [p for p in pages if set(page_sources(p)) & set(wanted)]
+
+
+def page_sources(page: PageSpec) -> tuple[str, ...]:
+    """The data sources a page's annotation names: a string, or a list of strings; anything else names none."""
+    value = page.attributes.get("data_source")
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list):
+        return tuple(v for v in value if isinstance(v, str))
+    return ()
 
 
 def _annotation_path(source: Path) -> tuple[Path, Path]:
@@ -105,22 +131,28 @@ def _read_omnidocbench_json(path: Path) -> list[Any]:
 
 
 def _omnidocbench_page(index: int, entry: Any, json_path: Path, root: Path, images: Path) -> PageSpec:
+    """One annotation entry as a page; a bad field makes this page bad (or, for the size, is read from the image
+    with a note), never the run."""
     info = entry.get("page_info") if isinstance(entry, dict) else None
     where = f"{json_path} entry {index}"
     if not isinstance(info, dict):
-        raise PageSourceError(f"{where} has no page_info object; the file is not OmniDocBench's format")
+        return _bad_entry(index, f"{where} has no page_info object: fix the annotation")
     if _depth(info) > MAX_PAGE_INFO_DEPTH:
-        raise PageSourceError(f"{where}: page_info nests deeper than {MAX_PAGE_INFO_DEPTH} levels; fix the annotation")
-    image_path = info.get("image_path")
-    width, height = info.get("width"), info.get("height")
-    if not isinstance(image_path, str) or not image_path:
-        raise PageSourceError(f"{where} has no page_info.image_path; the file is not OmniDocBench's format")
-    if not _positive_int(width) or not _positive_int(height) or width * height > MAX_PAGE_PIXELS:
-        raise PageSourceError(
-            f"{where} ({_shown(image_path)}) has size {_shown(width)}x{_shown(height)}; expected positive "
-            f"integers with width x height <= {MAX_PAGE_PIXELS:,} pixels: fix the annotation"
+        return _bad_entry(
+            index, f"{where}: page_info nests deeper than {MAX_PAGE_INFO_DEPTH} levels; fix the annotation"
         )
+    image_path = info.get("image_path")
+    if not isinstance(image_path, str) or not image_path:
+        return _bad_entry(index, f"{where} has no page_info.image_path: fix the annotation")
     attrs = info.get("page_attribute") if isinstance(info.get("page_attribute"), dict) else {}
+    attrs = {**attrs, "page_no": info.get("page_no")}
+    width, height = info.get("width"), info.get("height")
+    if not _positive_int(width) or not _positive_int(height) or width * height > MAX_PAGE_PIXELS:
+        attrs["annotation_note"] = (
+            f"page_info size {_shown(width)}x{_shown(height)} is not positive integers with width x height <= "
+            f"{MAX_PAGE_PIXELS:,} pixels: the size is read from the image"
+        )
+        width = height = 0  # checked_page reads the real size from the image, as it does for every page
     resolved, error = confined_image(image_path, root, images)
     return PageSpec(
         page_id=_stem(image_path),
@@ -128,9 +160,14 @@ def _omnidocbench_page(index: int, entry: Any, json_path: Path, root: Path, imag
         height=int(height),
         source="omnidocbench",
         image_path=resolved,
-        attributes={**attrs, "page_no": info.get("page_no")},
+        attributes=attrs,
         error=error,
     )
+
+
+def _bad_entry(index: int, message: str) -> PageSpec:
+    """A page for an annotation entry that names no usable image: reported as failed, the run goes on."""
+    return PageSpec(f"entry-{index}", 0, 0, source="omnidocbench", attributes={"entry": index}, error=message)
 
 
 def _positive_int(value: Any) -> bool:
@@ -223,26 +260,31 @@ def checked_page(spec: PageSpec) -> PageSpec:
     width, height = page_size(spec.image_path, decode=True)
     if (width, height) == (spec.width, spec.height):
         return spec
-    attrs = {**spec.attributes, "annotated_size": [spec.width, spec.height]}
+    attrs = dict(spec.attributes)
+    if spec.width > 0 and spec.height > 0:  # 0x0: the annotation gave no usable size (its note says so)
+        attrs["annotated_size"] = [spec.width, spec.height]
     return dataclasses.replace(spec, width=width, height=height, attributes=attrs)
 
 
 # --- image files and folders --------------------------------------------------------
 
 
-def load_image_files(paths: list[Path]) -> list[PageSpec]:
+def load_image_files(
+    paths: list[Path], limit: int | None = None, sample: int | None = None, seed: int = 0
+) -> list[PageSpec]:
     """One page per distinct image file; a folder contributes its image files (sorted, not recursive).
 
-    A file named twice (directly, through its folder or a link) is one page.  Size is
-    read from the header with EXIF orientation applied.  An unreadable image becomes a
-    page carrying `error` (and a 0x0 size) so the run records it for that page instead
-    of stopping.
+    A file named twice (directly, through its folder or a link) is one page.  Pages are chosen
+    (`select_pages`: seeded sample, then limit) before any file is opened, so only the chosen ones are.
+    Size is read from the header with EXIF orientation applied.  An unreadable image (a dangling or
+    looping link in a folder included) becomes a page carrying `error` (and a 0x0 size) so the run
+    records it for that page instead of stopping.
     """
     files: list[Path] = []
     for p in map(Path, paths):
         kind = _path_kind(p)
         if kind == "dir":
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            found = _folder_images(p)
             if not found:
                 raise PageSourceError(f"folder {p} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}): pass another")
             files.extend(found)
@@ -253,7 +295,21 @@ def load_image_files(paths: list[Path]) -> list[PageSpec]:
     if not files:
         raise PageSourceError("no image files given: pass at least one image or a folder of images")
     files = _distinct(files)
-    return unique_ids([_file_page(f, _unique_id(f, files)) for f in files])
+    chosen = select_pages([(f, _unique_id(f, files)) for f in files], limit=limit, sample=sample, seed=seed)
+    return unique_ids([_file_page(f, page_id) for f, page_id in chosen])
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    """The entries of `folder` named like images, sorted; anything but a sub-folder counts (a dangling link, a
+    FIFO: the page check names what is wrong with it), so nothing named like an image is dropped silently."""
+    return sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not _is_folder(f))
+
+
+def _is_folder(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
 
 
 def _path_kind(path: Path) -> str:

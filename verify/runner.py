@@ -19,6 +19,7 @@ from analytic.schema import DEFAULT_FAMILY, family_stages, family_vision_stages
 from analytic.workload import VisionWorkload, WorkloadError
 from reports.model import PageResult, PageSpec, RunResult, outcome
 from vendor_shim.backends import impl_of
+from vendor_shim.errors import InfrastructureError
 from verify.compare import Tolerances, compare_stages, received_mismatches
 
 
@@ -130,8 +131,8 @@ class Verifier:
         from the balanced one assumed, comparison.  A broken analytic model never costs a vendor run."""
         try:
             estimate = self.cost_model.estimate(workload)
-        except Exception as exc:  # the analytic model must never take the run down
-            return _failed(result, "analytic", f"analytic model failed: {exc}")
+        except (Exception, SystemExit) as exc:  # the analytic model must never take the run down, nor end it
+            return _failed(result, "analytic", f"analytic model failed: {_reason(exc)}")
         result.analytic = estimate.to_dict()
         try:
             trace, result.cache_hit = self.measure(workload, result.page)
@@ -142,8 +143,8 @@ class Verifier:
         if routed != workload:
             try:
                 estimate = self.cost_model.estimate(routed)
-            except Exception as exc:
-                return _failed(result, "analytic", f"analytic model failed on the vendor's routing: {exc}")
+            except (Exception, SystemExit) as exc:
+                return _failed(result, "analytic", f"analytic model failed on the vendor's routing: {_reason(exc)}")
             result.workload, result.analytic = routed.to_dict(), estimate.to_dict()
         return self._compare(result, estimate, trace)
 
@@ -202,6 +203,11 @@ def trace_families(trace: dict) -> dict[str, dict[str, dict[str, float]]]:
     return out
 
 
+def _reason(exc: BaseException) -> str:
+    """An exception's message, or its repr when it has none (SystemExit(0) says nothing)."""
+    return str(exc) if str(exc) and not isinstance(exc, SystemExit) else repr(exc)
+
+
 def _failed(result: PageResult, kind: str, message: str) -> PageResult:
     result.error, result.error_kind = message, kind
     return result
@@ -229,7 +235,9 @@ def run_pages(
         if workload is not None:
             try:
                 res = verifier.finish(res, workload)
-            except Exception as exc:  # one page never loses the others
+            except InfrastructureError:
+                raise  # the machine's setup (cache, pinned environment), not this page: the caller names it
+            except (Exception, SystemExit) as exc:  # one page never loses the others; sys.exit() ends no run
                 res = _failed(res, "vendor", f"{type(exc).__name__}: {exc}")
                 res.trace = {"traceback": traceback.format_exc()}
         results.append(res)

@@ -18,6 +18,7 @@ from analytic.workload import VisionWorkload
 from reports.model import PageSpec
 from vendor_shim.backends import impl_of
 from vendor_shim.backends.base import OutOfProcessBackend
+from vendor_shim.errors import InfrastructureError
 from vendor_shim.trace import SCHEMA_VERSION
 from verify.cache import TraceCache
 from verify.runner import VendorFailure, VerifyConfig
@@ -65,6 +66,9 @@ class VendorMeasurer:
         cache = TraceCache(Path(cfg.cache_dir), validate=valid_cache_trace) if cfg.use_cache and cfg.cache_dir else None
         measurer = cls(cfg, backend, cache, code_hashes, versions, model_cache=ModelCache())
         measurer._probe_cache()
+        prepare = getattr(backend, "prepare_environment", None)
+        if prepare is not None:  # InfrastructureError (exit 2): the environment cache, before any page
+            prepare()
         return measurer
 
     def environment(self) -> dict[str, Any]:
@@ -150,6 +154,8 @@ class VendorMeasurer:
                 execution=self.cfg.execution,
                 dtype_reason=self.cfg.dtype_choice.get("reason"),
             )
+        except InfrastructureError:
+            raise  # the machine's setup, not the vendor: the run stops with one line naming the fix
         except Exception as exc:
             for k in todo:
                 self._failures[k] = _one_line(exc)
@@ -208,6 +214,8 @@ class VendorMeasurer:
                 execution=self.cfg.execution,
                 dtype_reason=self.cfg.dtype_choice.get("reason"),
             )
+        except InfrastructureError:
+            raise
         except VendorShimError as exc:
             raise VendorFailure(_one_line(exc)) from exc
         return trace.to_dict()

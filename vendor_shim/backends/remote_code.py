@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from vendor_shim.backends import REGISTRY
 from vendor_shim.backends.base import DEVICES, OutOfProcessBackend
-from vendor_shim.errors import VendorInputError, VendorRunError, VendorShimError
+from vendor_shim.errors import InfrastructureError, VendorInputError, VendorRunError, VendorShimError
 from vendor_shim.remote_code.env import PINS, ensure_env
 from vendor_shim.remote_code.snapshot import Snapshot, load_snapshot
 from vendor_shim.remote_code.worker import ERROR_TAG
@@ -78,6 +78,10 @@ class RemoteCodeBackend(OutOfProcessBackend):
 
     def environment(self) -> dict[str, Any]:
         return {"backend": self.name, **self.signature()}
+
+    def prepare_environment(self) -> None:
+        """Build (or find) the pinned environment now, before any page: its faults are `InfrastructureError`s."""
+        ensure_env(self.pins)
 
     def supports_device(self, device: str, vision_only: bool) -> str | None:
         if device not in DEVICES:
@@ -209,6 +213,8 @@ def _worker_error(proc: subprocess.CompletedProcess[str]) -> Exception:
     for line in reversed((proc.stderr or "").splitlines()):
         if line.startswith(ERROR_TAG):
             _, code, message = [*line.split(" ", 2), "", ""][:3]
+            if message.startswith(InfrastructureError.TAG):  # the pinned environment, not the snapshot
+                return InfrastructureError(message.removeprefix(InfrastructureError.TAG))
             return (VendorInputError if code == "2" else VendorRunError)(message)
     tail = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()][-1:] or ["no output"]
     return VendorRunError(f"remote-code worker exited {proc.returncode} ({tail[0][:300]}): see its stderr")

@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from vendor_shim.errors import VendorRunError
+from vendor_shim.errors import InfrastructureError
 
 # transformers 4.46.3 is the version the official config.json names ("transformers_version").
 PINS: tuple[str, ...] = (
@@ -76,13 +76,26 @@ def ensure_env(pins: tuple[str, ...] = PINS, root: Path | None = None, timeout_s
     if override:
         path = Path(override).expanduser()
         if not (path / "transformers").is_dir():
-            raise VendorRunError(f"{ENV_ENV_VAR}={path} holds no transformers package: unset it or point it at an env")
+            raise InfrastructureError(
+                f"{ENV_ENV_VAR}={path} holds no transformers package: unset it or point it at an environment"
+            )
         return PinnedEnv(path, pins, "override")
     key = env_key(pins)
     base = root or cache_root()
     final = base / f"remote-env-{key}"
     if (final / MARKER).is_file():
         return PinnedEnv(final, pins, key)
+    try:
+        return _build(pins, key, base, final, timeout_s)
+    except OSError as exc:  # the cache folder, not the vendor: read-only, full, a file in the way
+        raise InfrastructureError(
+            f"environment cache {base} cannot take the pinned remote-code environment ({exc.strerror or exc}): "
+            f"make it writable or point {CACHE_ENV_VAR} at a writable folder"
+        ) from exc
+
+
+def _build(pins: tuple[str, ...], key: str, base: Path, final: Path, timeout_s: float) -> PinnedEnv:
+    """Build the environment in a temporary sibling of `final` and rename it into place."""
     base.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".remote-env-{key}-", dir=base))
     try:
@@ -91,12 +104,14 @@ def ensure_env(pins: tuple[str, ...] = PINS, root: Path | None = None, timeout_s
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
         except subprocess.TimeoutExpired as exc:
-            raise VendorRunError(
-                f"building the pinned env timed out after {timeout_s:.0f} s: check PyPI access"
+            raise InfrastructureError(
+                f"building the pinned environment timed out after {timeout_s:.0f} s: check PyPI access"
             ) from exc
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
-            raise VendorRunError(f"pip could not build the pinned remote-code env ({tail[0]}): check PyPI access")
+            raise InfrastructureError(
+                f"pip could not build the pinned remote-code environment ({tail[0]}): check PyPI access"
+            )
         _check_imports(tmp)
         (tmp / MARKER).write_text(json.dumps({"pins": list(pins), "key": key}, indent=1))
         try:
@@ -110,6 +125,14 @@ def ensure_env(pins: tuple[str, ...] = PINS, root: Path | None = None, timeout_s
     return PinnedEnv(final, pins, key)
 
 
+def broken_env_message(path: Path | str, reason: str) -> str:
+    """The one line for a pinned environment that no longer imports (a corrupted or half-deleted file)."""
+    return (
+        f"pinned remote-code environment {path} is broken ({reason}): an environment cache fault, not the "
+        f"vendor's; delete {path} to rebuild it"
+    )
+
+
 def _check_imports(path: Path) -> None:
     """The fresh env must import with the main torch before it is marked ready."""
     probe = (
@@ -120,6 +143,6 @@ def _check_imports(path: Path) -> None:
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         missing = ", ".join(BORROWED)
-        raise VendorRunError(
-            f"the pinned remote-code env does not import ({tail}): the main env must provide {missing}"
+        raise InfrastructureError(
+            f"the pinned remote-code environment does not import ({tail}): the main env must provide {missing}"
         )

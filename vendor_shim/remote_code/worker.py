@@ -37,6 +37,8 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
 
     torchvision = compat.install_torchvision_stub()
     compat.redirect_cuda(request["device"])
+    env_path = str(request.get("env_info", {}).get("pinned_env") or "")
+    _check_pinned_env(env_path)  # a broken environment is named as such, never blamed on the snapshot
 
     import torch
 
@@ -55,7 +57,12 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     reason = backend.supports_device(device, vision_only)
     if reason:
         raise VendorInputError(reason)
-    backend.module()  # import errors fail the request, naming the file
+    try:
+        backend.module()  # import errors fail the request, naming the file
+    except VendorShimError as exc:
+        if _failed_inside(exc, env_path):  # the snapshot is fine: a file of the pinned environment is not
+            raise _env_broken(env_path, exc) from exc
+        raise
     built: dict[tuple[str, str], Any] = {}
     results: list[dict[str, Any]] = []
     for item in request["workloads"]:
@@ -97,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     sys.dont_write_bytecode = True  # never write into the snapshot directory
-    from vendor_shim.errors import VendorShimError
+    from vendor_shim.errors import InfrastructureError, VendorShimError
 
     request: dict[str, Any] | None = None
     try:
@@ -105,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         doc = run(request)
     except VendorShimError as exc:
         where = _snapshot_frame(exc, request) if exc.exit_code == 3 else ""  # input errors name their file
-        print(f"{ERROR_TAG} {exc.exit_code} {_one_line(exc)}{where}", file=sys.stderr)
+        tag = InfrastructureError.TAG if isinstance(exc, InfrastructureError) else ""
+        print(f"{ERROR_TAG} {exc.exit_code} {tag}{_one_line(exc)}{where}", file=sys.stderr)
         return exc.exit_code
     except Exception as exc:  # the snapshot's own code failed while running: exit 3 with its message
         import traceback
@@ -114,10 +122,46 @@ def main(argv: list[str] | None = None) -> int:
         where = _snapshot_frame(exc, request)
         print(f"{ERROR_TAG} 3 the run failed ({type(exc).__name__}: {_one_line(exc)}){where}", file=sys.stderr)
         return 3
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps(doc), encoding="utf-8")
-    tmp.replace(args.out)
+    from reports.files import atomic_write_text  # a unique temporary beside the reply, never a fixed name
+
+    atomic_write_text(args.out, json.dumps(doc))
     return 0
+
+
+def _check_pinned_env(env_path: str) -> None:
+    """The pinned packages import, from the pinned environment; else an InfrastructureError naming its folder."""
+    if not env_path:
+        return
+    import importlib
+
+    for name in ("transformers", "tokenizers"):
+        try:
+            module = importlib.import_module(name)
+        except Exception as exc:
+            raise _env_broken(env_path, exc) from exc
+        if not Path(str(getattr(module, "__file__", ""))).resolve().is_relative_to(Path(env_path).resolve()):
+            raise _env_broken(env_path, ImportError(f"{name} is imported from {module.__file__}, not from it"))
+
+
+def _env_broken(env_path: str, exc: BaseException) -> Exception:
+    from vendor_shim.errors import InfrastructureError
+    from vendor_shim.remote_code.env import broken_env_message
+
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    return InfrastructureError(broken_env_message(env_path, f"{type(cause).__name__}: {_one_line(cause)}"))
+
+
+def _failed_inside(exc: BaseException, folder: str) -> bool:
+    """Whether the innermost frame of the failure (or its cause) is a file under `folder`."""
+    if not folder:
+        return False
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    import traceback
+
+    files = [Path(f.filename) for f in traceback.extract_tb(cause.__traceback__)]
+    if isinstance(cause, SyntaxError) and cause.filename:
+        files.append(Path(cause.filename))
+    return bool(files) and files[-1].resolve().is_relative_to(Path(folder).resolve())
 
 
 def _snapshot_frame(exc: BaseException, request: dict[str, Any] | None) -> str:
