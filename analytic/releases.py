@@ -121,7 +121,7 @@ class ReleaseTable:
         return max(self.verified[self.library], key=release_key)
 
     def check(self, library: str, version: str | None) -> LibraryCheck:
-        """``library`` at ``version`` against the verified releases (by minor release: 5.24.1 is in 5.23-5.24)."""
+        """``library`` at ``version`` against the verified releases (by minor release: 5.24.1 is in 5.23-5.25)."""
         verified = self.verified.get(library, ())
         check = LibraryCheck(library, version, verified, None)
         if version is None:

@@ -30,7 +30,7 @@ def library_range(run: RunResult) -> dict:
 
 
 def library_line(run: RunResult) -> str | None:
-    """'UNVERIFIED LIBRARY: transformers 5.26.0 is newer than the supported range 5.23-5.24; failing stages may be
+    """'UNVERIFIED LIBRARY: transformers 5.26.0 is newer than the supported range 5.23-5.25; failing stages may be
     library changes, not model errors: run scripts/drift.sh', or None when every library is a verified release."""
     lr = library_range(run)
     if not lr or lr.get("verified", True):

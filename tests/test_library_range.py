@@ -132,11 +132,11 @@ def test_the_variant_is_in_the_estimate():
 def test_library_report_names_a_release_outside_the_range():
     rep = library_report("hf", {"transformers": "5.26.0", "torch": "2.13.0+cpu"})
     assert rep["variant"] == "hf@5.24" and not rep["verified"]
-    assert rep["notes"] == ["transformers 5.26.0 is newer than the supported range 5.23-5.24"]
+    assert rep["notes"] == ["transformers 5.26.0 is newer than the supported range 5.23-5.25"]
     assert "scripts/drift.sh" in rep["advice"]
     old = library_report("hf", {"transformers": "5.22.2", "torch": "2.11.0+cu128"})
     assert old["notes"] == [
-        "transformers 5.22.2 is older than the supported range 5.23-5.24",
+        "transformers 5.22.2 is older than the supported range 5.23-5.25",
         "torch 2.11.0+cu128 is older than the supported range 2.13",
     ]
     ok = library_report("hf", {"transformers": "5.24.0", "torch": "2.13.0+cu130"})  # a CUDA build of 2.13
@@ -164,7 +164,7 @@ def test_verdict_line_console_markdown_and_json_name_an_unverified_library(passe
 
     run = _run({"library_range": library_report("hf", {"transformers": "5.26.0", "torch": "2.13.0"})}, passed)
     line = verdict_line(run)
-    head = "UNVERIFIED LIBRARY: transformers 5.26.0 is newer than the supported range 5.23-5.24"
+    head = "UNVERIFIED LIBRARY: transformers 5.26.0 is newer than the supported range 5.23-5.25"
     assert line.startswith(head) and "run scripts/drift.sh" in line
     assert ("PASS anyway: all 1 pages within tolerance" in line) if passed else ("FAIL on it: 1 of 1 pages" in line)
     assert run.verdict == ("PASS" if passed else "FAIL")  # the exit code stays the verdict's (README, Exit codes)
