@@ -6,7 +6,14 @@ bash scripts/setup.sh
 . .venv/bin/activate
 ruff check .
 set +e
-python -m pytest -q "$@"
+# two workers by default (pytest-xdist): the suite is mostly model builds and CLI subprocesses, one core each;
+# DSOCR_TEST_WORKERS=0 runs it in one process (e.g. to debug with -x or pdb)
+workers=${DSOCR_TEST_WORKERS:-2}
+if [ "$workers" = 0 ]; then
+    python -m pytest -q "$@"
+else
+    python -m pytest -q -n "$workers" "$@"
+fi
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
