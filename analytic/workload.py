@@ -3,7 +3,7 @@
 Both sides (analytic and vendor) receive the same `VisionWorkload`; the vendor
 side asserts that what the model actually received equals it.  The crop policy
 mirrors the official `dynamic_preprocess` / `infer()` code (see
-shared/deepseek-ocr-facts.md, "Views and the crop grid").
+docs/deepseek-ocr-facts.md, "Views and the crop grid").
 
 Each model family has its own rules (`FAMILY_RULES`): modes, crop tile and grid bounds, which
 view sizes can run, and the image-token layout.  DeepSeek-OCR 2 (docs/deepseek-ocr2-facts.md):

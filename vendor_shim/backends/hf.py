@@ -3,7 +3,7 @@ DeepSeek-OCR 2 (its `deepseek_ocr2` classes: `vendor_shim.backends.hf_ocr2`).  T
 the backend (``create_backend(model=...)``, from ``--model``); each family is one `HfFamily` (`families()`).
 This docstring's notes are DeepSeek-OCR's; DeepSeek-OCR 2's are in `hf_ocr2`.
 
-Configured to DeepSeek-OCR's published dimensions (shared/deepseek-ocr-facts.md) with
+Configured to DeepSeek-OCR's published dimensions (docs/deepseek-ocr-facts.md) with
 full causal attention on every decoder layer and random (cheaply filled) weights.
 Inputs follow DeepSeek-OCR's crop policy and token layout from the `VisionWorkload`,
 not the package's own image processor (whose tiling differs).
