@@ -22,26 +22,12 @@ import pytest
 from PIL import Image
 
 import reports
+from tests.test_verify_cli import run_cli
 from verify.cli import main_vision
 
 REPO = Path(__file__).resolve().parents[1]
 REPORT_FILES = set(reports.REPORT_FILES.values())
 VISION = "import sys; from verify.cli import main_vision; sys.exit(main_vision())"
-
-
-def run_cli(main: Any, *argv: Any) -> int:
-    """The process exit code of a console script called in-process."""
-    try:
-        return main([str(a) for a in argv])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-
-
-@pytest.fixture
-def cache_dir(tmp_path, monkeypatch) -> Path:
-    path = tmp_path / "cache"
-    monkeypatch.setenv("DSOCR_CACHE_DIR", str(path))
-    return path
 
 
 def child_env(tmp_path: Path, **extra: str) -> dict[str, str]:

@@ -62,14 +62,6 @@ def run_cli(main, *argv: Any) -> int:
 
 
 @pytest.fixture
-def cache_dir(tmp_path, monkeypatch) -> Path:
-    """A fresh cache base (traces, rendered pages) for this test only."""
-    path = tmp_path / "cache"
-    monkeypatch.setenv("DSOCR_CACHE_DIR", str(path))
-    return path
-
-
-@pytest.fixture
 def vendor_calls(monkeypatch) -> list[Any]:
     """Counts real vendor measurements (cache hits never reach vendor_shim.measure.measure)."""
     calls: list[Any] = []
