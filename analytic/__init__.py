@@ -1,10 +1,10 @@
 """Formula-only cost model of DeepSeek-OCR. Pure Python: never imports torch or vendor code."""
 
 from analytic.model import CostModel, Estimate, build_cost_model, estimate
-from analytic.schema import METRICS, STAGES
-from analytic.workload import (
-    MODES,
-    ModePreset,
+from core.families import MODES, ModePreset
+from core.metrics import METRICS
+from core.schema import STAGES
+from core.workload import (
     ProjectorTokens,
     ViewLayout,
     VisionWorkload,

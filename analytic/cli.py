@@ -10,12 +10,12 @@ import json
 import sys
 from typing import Any
 
-from analytic.dtype_policy import choose_dtype, cpuinfo_native_bf16
-from analytic.exits import Verdict, parse_args, run_console
 from analytic.layers.common import ConfigError
-from analytic.options import HelpFormatter, UsageParser, add_workload_options, workload_kwargs
-from analytic.profiles import ProfileError, profile_names
-from analytic.workload import VisionWorkload, WorkloadError, check_positions
+from core.dtype_policy import choose_dtype, cpuinfo_native_bf16
+from core.exits import Verdict, parse_args, run_console
+from core.options import HelpFormatter, UsageParser, add_workload_options, workload_kwargs
+from core.profiles import ProfileError, profile_names
+from core.workload import VisionWorkload, WorkloadError, check_positions
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--library-version",
         metavar="X.Y.Z",
         help="the release of the profile's library to mirror (transformers for hf and official; "
-        "analytic/configs/releases/): default the newest verified",
+        "core/releases/): default the newest verified",
     )
     g.add_argument(
         "--override",
@@ -52,13 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _dtype(requested: str) -> str:
-    """``auto`` resolved for this host's CPU without torch (`analytic.dtype_policy`)."""
+    """``auto`` resolved for this host's CPU without torch (`core.dtype_policy`)."""
     native, probe = cpuinfo_native_bf16() if requested == "auto" else (False, "")
     return choose_dtype(requested, device="cpu", native_bf16=native, probe=probe).dtype
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`dsocr-analytic`: its exit code (`analytic.exits.run_console`)."""
+    """`dsocr-analytic`: its exit code (`core.exits.run_console`)."""
     return run_console("dsocr-analytic", lambda verdict: _main(argv, verdict))
 
 
@@ -98,7 +98,8 @@ def _print_table(doc: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from analytic.schema import METRICS, combine, family_stages, leaf_paths
+    from core.metrics import METRICS, combine
+    from core.schema import family_stages, leaf_paths
 
     w = doc["workload"]
     title = (

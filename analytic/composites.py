@@ -18,8 +18,8 @@ from analytic.layers.decoder import Decoder
 from analytic.layers.projector import MlpProjector
 from analytic.layers.qwen2_encoder import Qwen2QueryEncoder
 from analytic.layers.sam import SamEncoder
-from analytic.profiles import ImplProfile
-from analytic.workload import VisionWorkload
+from core.profiles import ImplProfile
+from core.workload import VisionWorkload
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from analytic.schema import METRICS
+from core.metrics import METRICS
 
-METRIC_FIELDS = METRICS  # one list of metric names: analytic.schema
+METRIC_FIELDS = METRICS  # one list of metric names: core.schema
 
 # Module-level conventions, each the sum of the per-aten-op conventions (`analytic.op_conventions`) over the ops
 # the module executes, so the analytic figure and the measured one count the same way.

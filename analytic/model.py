@@ -19,15 +19,15 @@ from analytic.layers.common import ConfigError
 from analytic.layers.decoder import Decoder
 from analytic.layers.projector import MlpProjector
 from analytic.layers.sam import SamEncoder
-from analytic.profiles import ImplProfile, ProfileError, at_release
-from analytic.schema import DEFAULT_FAMILY, FAMILIES, LM_PARTS, VISION_BRANCHES, combine, family_vision_stages
-from analytic.workload import VisionWorkload, family_rules
+from core.families import DEFAULT_FAMILY, FAMILIES, FAMILY_TABLE
+from core.metrics import combine
+from core.profiles import ImplProfile, ProfileError, at_release
+from core.schema import LM_PARTS, VISION_BRANCHES, family_vision_stages
+from core.workload import VisionWorkload, family_rules
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-CONFIG_NAME = "model"
-# One Hydra primary config per model family (analytic/configs/<name>.yaml).
-FAMILY_CONFIGS = {"deepseek-ocr": CONFIG_NAME, "deepseek-ocr-2": "model_ocr2"}
-assert tuple(FAMILY_CONFIGS) == FAMILIES, "analytic.schema.FAMILIES and FAMILY_CONFIGS must list the same"
+# One Hydra primary config per model family (analytic/configs/<name>.yaml), named by the family registry.
+FAMILY_CONFIGS = {f.name: f.analytic_config for f in FAMILY_TABLE}
 _MEMO_LIMIT = 50_000
 # Hydra keys that name or shape the code `instantiate` runs: an --override may never set them
 CODE_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
@@ -45,7 +45,7 @@ def _zero_leaf(causal: bool) -> dict[str, int]:
 
 
 def _sum_leaves(leaves: list[dict[str, int]], causal: bool) -> dict[str, int]:
-    """Decode stage from its steps: work adds up, peaks take the maximum (`analytic.schema.combine`)."""
+    """Decode stage from its steps: work adds up, peaks take the maximum (`core.metrics.combine`)."""
     return {k: combine(k, [leaf[k] for leaf in leaves]) for k in _zero_leaf(causal)}
 
 

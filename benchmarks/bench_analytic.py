@@ -11,8 +11,8 @@ import random
 import time
 
 from analytic.model import build_cost_model
-from analytic.schema import DEFAULT_FAMILY, FAMILIES
-from analytic.workload import VisionWorkload, family_rules
+from core.families import DEFAULT_FAMILY, FAMILIES
+from core.workload import VisionWorkload, family_rules
 
 
 def main(n: int = 10_000, seed: int = 0, family: str = DEFAULT_FAMILY) -> None:

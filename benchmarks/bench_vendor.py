@@ -27,8 +27,8 @@ def one_e2e(
     dtype: str, execution: str, vision_device: str | None, decode_tokens: int, fvcore: bool, family: str
 ) -> dict:
     t = time.perf_counter()
-    from analytic.schema import family_vision_stages
-    from analytic.workload import VisionWorkload
+    from core.schema import family_vision_stages
+    from core.workload import VisionWorkload
     from vendor_shim import measure
     from vendor_shim.env import resolve_dtype
 
@@ -72,7 +72,7 @@ def main() -> None:
     import_s = time.perf_counter() - t
     from host import host_line
 
-    from analytic.workload import VisionWorkload
+    from core.workload import VisionWorkload
     from vendor_shim import ModelCache, measure
 
     print(host_line())

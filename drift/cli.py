@@ -12,8 +12,8 @@ import sys
 from rich.console import Console
 from rich.markup import escape
 
-from analytic.exits import Verdict, parse_args, run_console
-from analytic.options import HelpFormatter, UsageParser, user_path
+from core.exits import Verdict, parse_args, run_console
+from core.options import HelpFormatter, UsageParser, user_path
 from drift.compare import diff_sides
 from drift.load import DiffInputError, load_side
 
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`dsocr-diff`: its exit code (`analytic.exits.run_console`)."""
+    """`dsocr-diff`: its exit code (`core.exits.run_console`)."""
     return run_console("dsocr-diff", lambda verdict: _main(argv, verdict))
 
 

@@ -1,7 +1,7 @@
 """Compares two measured sides (runs or traces): what a library, device, dtype or backend change did to the counts.
 
 Pages pair up by page id, then by workload signature (geometry and token counts, not the knobs one compares);
-two single traces always pair. Per pair: every stage x part x metric the trace leaves carry (`analytic.schema.METRICS`
+two single traces always pair. Per pair: every stage x part x metric the trace leaves carry (`core.metrics.METRICS`
 first, then any other numeric leaf field), A, B and the delta; every aten op (`op_breakdown`) that appeared,
 disappeared or changed, with the stage-root input shapes of the calls that ran it; the workload and environment
 fields that differ. A gated metric is one the vendor measures (`measured_metrics`); it must be identical.
@@ -16,7 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from analytic.schema import ALL_VISION_STAGES, LM_STAGES, METRICS, stage_parts
+from core.metrics import METRICS
+from core.schema import ALL_VISION_STAGES, LM_STAGES, stage_parts
 from drift.load import Sample, Side
 
 PAIR_KEYS = (

@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from analytic.schema import DEFAULT_FAMILY, PEAK_METRICS
+from core.families import DEFAULT_FAMILY
+from core.metrics import PEAK_METRICS
 from reports.format import format_metric, format_rel
 from reports.frame import comparison_frame
 from reports.model import RunResult

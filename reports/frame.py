@@ -16,7 +16,8 @@ from dataclasses import fields
 
 import pandas as pd
 
-from analytic.schema import METRICS, PEAK_METRICS, STAGES, leaf_paths
+from core.metrics import METRICS, PEAK_METRICS
+from core.schema import STAGES, leaf_paths
 from reports.model import ComparisonRow, RunResult
 
 ROW_COLUMNS = tuple(f.name for f in fields(ComparisonRow))
@@ -118,7 +119,7 @@ def leaf_summary(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _over_pages(metric: str, values: pd.Series) -> float:
-    """Pages' figures combined: the sum of work, the largest of high-water marks (`analytic.schema.combine`)."""
+    """Pages' figures combined: the sum of work, the largest of high-water marks (`core.metrics.combine`)."""
     return values.max() if metric in PEAK_METRICS else values.sum()
 
 

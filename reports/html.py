@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from analytic.schema import DEFAULT_FAMILY
+from core.families import DEFAULT_FAMILY
 from reports.format import format_metric, format_rel
 from reports.frame import comparison_frame, failing, leaf_summary, page_worst
 from reports.model import RunResult

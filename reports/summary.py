@@ -25,7 +25,7 @@ def gated_summary(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def library_range(run: RunResult) -> dict:
-    """What the run's environment says of its libraries (`analytic.releases.library_report`; {} for old runs)."""
+    """What the run's environment says of its libraries (`core.releases.library_report`; {} for old runs)."""
     return run.environment.get("library_range") or {}
 
 

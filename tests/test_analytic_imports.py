@@ -48,3 +48,13 @@ def test_running_the_model_loads_nothing_forbidden():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_core_imports_only_core():
+    """`core` is the bottom layer every package shares: torch-free and importing no other package of ours."""
+    import core
+
+    ours = {"analytic", "vendor_shim", "verify", "reports", "drift", "benchmarks"}
+    files = sorted(Path(core.__file__).resolve().parent.rglob("*.py"))
+    bad = {f.name: sorted(_imported_roots(f) & (set(FORBIDDEN) | ours)) for f in files}
+    assert {k: v for k, v in bad.items() if v} == {}

@@ -11,7 +11,7 @@ from analytic.layers.common import ConfigError
 from analytic.layers.decoder import Decoder, MhaAttention, MlaAttention, MoeMlp, SwiGluMlp
 from analytic.layers.projector import MlpProjector
 from analytic.layers.sam import SamBlock, SamEncoder
-from analytic.profiles import ImplProfile, ProfileError
+from core.profiles import ImplProfile, ProfileError
 
 MODEL_YAML = Path(__file__).resolve().parents[1] / "analytic" / "configs" / "model.yaml"
 

@@ -11,7 +11,8 @@ import pytest
 from analytic import VisionWorkload
 from analytic.layers.common import ConfigError
 from analytic.model import build_cost_model
-from analytic.schema import ATEN_FAMILY, METRICS, aten_family, leaf_paths
+from core.metrics import METRICS
+from core.schema import ATEN_FAMILY, aten_family, leaf_paths
 
 TINY = [
     "vision.sam.depth=2",

@@ -5,6 +5,7 @@ projector and the A4 page, each derived by hand from the shapes in docs/deepseek
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from analytic import VisionWorkload
@@ -13,8 +14,10 @@ from analytic.layers.common import ConfigError
 from analytic.layers.decoder import AttentionCall
 from analytic.layers.qwen2_encoder import Qwen2QueryEncoder
 from analytic.model import build_cost_model
-from analytic.profiles import ImplProfile
-from analytic.schema import family_stages, leaf_paths
+from core.families import FAMILY_TABLE
+from core.profiles import ImplProfile
+from core.published import dims, max_positions
+from core.schema import family_stages, leaf_paths
 from tests.test_analytic_layers import profile as layer_profile
 
 OCR2 = "deepseek-ocr-2"
@@ -196,14 +199,18 @@ def test_encoder_refuses_a_grid_without_queries():
         enc.evaluate(Cost(), 1, 10, profile(), 2, None)
 
 
-def test_decoder_is_ocr1s():
-    # one statement per file, but the same numbers: a drift between them is a mistake
-    one = OmegaConf.load(CONFIGS / "model.yaml")
-    two = OmegaConf.load(CONFIGS / "model_ocr2.yaml")
-    assert one.decoder == two.decoder
-    sam1, sam2 = dict(one.vision.sam), dict(two.vision.sam)
+def test_published_dimensions_stated_once():
+    """Both families compose DeepSeek-OCR's decoder and SAM-B from core/published/; OCR-2's SAM differs in net_3 only
+    (deepencoderv2.py:663: 512 -> 896, OCR-1's 512 -> 1024)."""
+    sam1, sam2 = dims("sam", "sam_vit_b"), dims("sam", "sam_vit_b_ocr2")
     assert sam2.pop("downsample_channels") == [512, 896] and sam1.pop("downsample_channels") == [512, 1024]
     assert sam1 == sam2
+    for fam in FAMILY_TABLE:  # the Hydra composition and the backends' loader read the same numbers
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+            cfg = OmegaConf.to_container(compose(config_name=fam.analytic_config))
+        published = dims("decoder", fam.decoder)
+        assert {k: cfg["decoder"][k] for k in published} == published
+        assert max_positions(fam.decoder) == 8192  # config.json max_position_embeddings
 
 
 def test_family_mismatch_refused(model):
@@ -269,7 +276,7 @@ def test_cli_refuses_other_views_in_one_line(extra, needle, capsys):
 def test_model_option_is_shared():
     import argparse
 
-    from analytic.options import add_workload_options, workload_kwargs
+    from core.options import add_workload_options, workload_kwargs
 
     p = argparse.ArgumentParser()
     add_workload_options(p)

@@ -3,7 +3,7 @@ figures are checked against the hf model's own parameters and cache in tests/tes
 
 from analytic.layers.decoder import Decoder
 from analytic.model import build_cost_model
-from analytic.workload import VisionWorkload
+from core.workload import VisionWorkload
 from tests.test_analytic_layers import dims
 
 

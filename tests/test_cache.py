@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from analytic.workload import VisionWorkload
+from core.workload import VisionWorkload
 from verify import cache as cache_mod
 from verify.cache import TraceCache, default_cache_root
 

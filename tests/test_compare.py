@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from analytic.schema import METRICS, leaf_paths
+from core.metrics import METRICS
+from core.schema import leaf_paths
 from verify.compare import (
     ToleranceError,
     Tolerances,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from analytic.workload import VisionWorkload
+from core.workload import VisionWorkload
 from drift.cli import main
 from drift.compare import diff_sides, pairing_signature
 from drift.load import DiffInputError, load_side

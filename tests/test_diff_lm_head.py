@@ -20,7 +20,7 @@ import math
 
 import pytest
 
-from analytic.workload import VisionWorkload
+from core.workload import VisionWorkload
 from drift.cli import main
 
 pytest.importorskip("transformers.models.unlimited_ocr")

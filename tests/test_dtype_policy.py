@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from analytic import cli as analytic_cli
-from analytic.dtype_policy import DTYPE_CHOICES, capped_by_environment, choose_dtype, cpuinfo_native_bf16
+from core.dtype_policy import DTYPE_CHOICES, capped_by_environment, choose_dtype, cpuinfo_native_bf16
 from vendor_shim import cli as measure_cli
 from vendor_shim import env as shim_env
 from verify import cli as verify_cli

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from analytic.workload import VisionWorkload
+from core.workload import VisionWorkload
 from vendor_shim.audit import AuditLog, AuditMode
 from vendor_shim.backends.hf import HfBackend
 from vendor_shim.cache import ModelCache

@@ -114,7 +114,7 @@ def test_sys_exit_0_inside_the_vendor_fails_that_page(cache_dir, tmp_path, monke
 
 
 def test_a_body_that_ends_without_a_verdict_never_exits_0(capsys):
-    from analytic.exits import run_console
+    from core.exits import run_console
 
     assert run_console("prog", lambda verdict: sys.exit(0)) == 1
     assert "without a verdict" in capsys.readouterr().err
@@ -441,7 +441,7 @@ def test_vision_only_refuses_tolerances_of_stages_it_does_not_run(tolerance, cac
 
 
 def test_verdict_decides_once():
-    from analytic.exits import Verdict
+    from core.exits import Verdict
 
     v = Verdict()
     assert v.code is None and v.decide(3) == 3 and v.code == 3

@@ -10,7 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from analytic.schema import leaf_paths
+from core.schema import leaf_paths
 from reports import REPORT_FILES, write_reports
 from reports import writer as writer_mod
 from reports.html import render_html

@@ -6,7 +6,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from analytic.workload import MAX_PAGE_PIXELS
+from core.workload import MAX_PAGE_PIXELS
 from verify.images import PageImageError, open_page_image, page_size
 
 

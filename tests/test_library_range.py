@@ -18,9 +18,9 @@ import pytest
 
 from analytic.layers.decoder import MoeMlp
 from analytic.model import build_cost_model
-from analytic.profiles import ImplProfile, ProfileError, at_release
-from analytic.releases import ReleaseError, library_report, minor, release_key, release_table
-from analytic.workload import VisionWorkload, WorkloadError
+from core.profiles import ImplProfile, ProfileError, at_release
+from core.releases import ReleaseError, library_report, minor, release_key, release_table
+from core.workload import VisionWorkload, WorkloadError
 from verify import depset
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ from analytic.costs import Cost
 from analytic.layers.clip import ClipEncoder
 from analytic.layers.decoder import _moe_infer_bookkeeping, prepare_4d_mask_traffic
 from analytic.layers.sam import SamBlock, layer_norm_2d
-from analytic.profiles import ImplProfile
+from core.profiles import ImplProfile
 from tests.test_analytic_layers import profile as layer_profile
 
 

@@ -6,7 +6,7 @@ import os
 import pytest
 from PIL import Image
 
-from analytic.workload import compute_view_layout
+from core.workload import compute_view_layout
 from verify.images import PageImageError
 from verify.pages import (
     EMBEDDED_MANIFEST,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from analytic.workload import VisionWorkload
+from core.workload import VisionWorkload
 from vendor_shim.backends import get_backend
 from vendor_shim.errors import VendorInputError, VendorRunError
 from vendor_shim.measure import measure

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from analytic.workload import VisionWorkload
+from core.workload import VisionWorkload
 from vendor_shim.backends import get_backend
 from vendor_shim.errors import VendorInputError
 from vendor_shim.remote_code.env import ensure_env

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from analytic.schema import METRICS, leaf_paths
+from core.metrics import METRICS
+from core.schema import leaf_paths
 from reports import REPORT_FILES, ReportExistsError, write_reports
 from reports import writer as writer_mod
 from reports.console import print_summary

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from analytic.workload import VisionWorkload
+from core.workload import VisionWorkload
 from vendor_shim import ModelCache, Trace, TraceValidationError, measure
 from vendor_shim.backends.base import (
     GenerationResult,

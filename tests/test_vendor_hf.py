@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from analytic.model import build_cost_model
-from analytic.workload import VisionWorkload
+from core.workload import VisionWorkload
 from vendor_shim import ModelCache, measure
 from vendor_shim.backends.hf import HfBackend
 from vendor_shim.errors import VendorInputError, WorkloadMismatchError

@@ -12,9 +12,10 @@ import math
 import pytest
 
 from analytic.model import build_cost_model
-from analytic.profiles import gated_leaves
-from analytic.schema import METRICS, family_stages
-from analytic.workload import VisionWorkload
+from core.metrics import METRICS
+from core.profiles import gated_leaves
+from core.schema import family_stages
+from core.workload import VisionWorkload
 from vendor_shim import ModelCache, measure
 from vendor_shim.backends import REGISTRY, BackendSpec, get_backend
 from vendor_shim.backends.hf import HfBackend, families

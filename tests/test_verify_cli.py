@@ -28,14 +28,14 @@ from PIL import Image
 
 import reports
 import verify.runner
-from analytic.schema import OP_FAMILIES, STAGES, VISION_STAGES
+from core.schema import OP_FAMILIES, STAGES, VISION_STAGES
 from verify.cli import main_end2end, main_vision
 from verify.runner import VendorFailure
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "datasets" / "fixtures" / "tiny_remote_snapshot"
 REPORT_FILES = set(reports.REPORT_FILES.values())
-N_METRICS = 7  # analytic.schema.METRICS
+N_METRICS = 7  # core.metrics.METRICS
 GATED = {"tensor_flops", "elementwise_flops", "weight_bytes", "kv_cache_bytes"}  # both profiles, every stage
 
 
@@ -43,7 +43,7 @@ def modeled(impl: str) -> set[str]:
     """The profile's modeled_metrics (METRIC or STAGE.METRIC): what the verifier gates."""
     from omegaconf import OmegaConf
 
-    from analytic.profiles import PROFILE_DIR
+    from core.profiles import PROFILE_DIR
 
     return set(OmegaConf.load(PROFILE_DIR / f"{impl}.yaml").modeled_metrics)
 

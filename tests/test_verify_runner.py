@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from analytic.schema import METRICS, STAGES, VISION_STAGES, leaf_paths
-from analytic.workload import VisionWorkload
+from core.metrics import METRICS
+from core.schema import STAGES, VISION_STAGES, leaf_paths
+from core.workload import VisionWorkload
 from reports.model import ComparisonRow, PageResult, PageSpec, RunResult
 from vendor_shim.backends.base import OutOfProcessBackend
 from verify.compare import Tolerances

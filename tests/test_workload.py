@@ -3,7 +3,8 @@
 import pytest
 
 from analytic import VisionWorkload, WorkloadError, compute_num_queries
-from analytic.workload import MODES, check_positions, max_image_tokens
+from core.families import MODES
+from core.workload import check_positions, max_image_tokens
 
 
 def test_num_queries():

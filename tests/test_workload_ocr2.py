@@ -4,7 +4,8 @@ the crop grid", "Image tokens in the prompt"): crops of 768, 2..6 of them, no ne
 import pytest
 
 from analytic import VisionWorkload, WorkloadError
-from analytic.workload import MODES_OCR2, max_image_tokens
+from core.families import MODES_OCR2
+from core.workload import max_image_tokens
 
 OCR2 = "deepseek-ocr-2"
 

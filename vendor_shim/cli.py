@@ -12,10 +12,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from analytic.exits import Verdict, parse_args, run_console
-from analytic.options import HelpFormatter, add_workload_options, user_path, workload_kwargs
-from analytic.schema import DEFAULT_FAMILY, LM_PARTS, VISION_BRANCHES, family_vision_stages
-from analytic.workload import VisionWorkload, WorkloadError, check_positions
+from core.exits import Verdict, parse_args, run_console
+from core.families import DEFAULT_FAMILY, family
+from core.options import HelpFormatter, add_workload_options, user_path, workload_kwargs
+from core.published import max_positions
+from core.schema import LM_PARTS, VISION_BRANCHES, family_vision_stages
+from core.workload import VisionWorkload, WorkloadError, check_positions
 from vendor_shim.backends import REGISTRY, impl_of
 from vendor_shim.backends.base import resolve_vision_device
 from vendor_shim.errors import VendorShimError
@@ -73,7 +75,6 @@ def _page_size(args: argparse.Namespace) -> tuple[int, int]:
 
 def workload_from_args(args: argparse.Namespace) -> VisionWorkload:
     """The workload the flags describe, refused when it would not fit the decoder's positions."""
-    from analytic.model import build_cost_model
     from vendor_shim.env import resolve_dtype
 
     _refuse_options_that_do_not_apply(args)
@@ -83,7 +84,7 @@ def workload_from_args(args: argparse.Namespace) -> VisionWorkload:
     if args.vision_only:
         kwargs["decode_tokens"] = 0
     workload = VisionWorkload.from_page(width, height, args.mode, impl=impl_of(args.backend), **kwargs)
-    limit = build_cost_model([], family=workload.model).decoder.max_position_embeddings  # the one statement
+    limit = max_positions(family(workload.model).decoder)  # the published decoder the backends build
     check_positions(limit, workload.n_image_tokens, workload.prompt_tokens, workload.decode_tokens)
     return workload
 
@@ -94,7 +95,7 @@ def _print_table(trace: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from analytic.schema import combine
+    from core.metrics import BYTE_METRICS, combine
     from reports.format import format_bytes, format_metric
 
     rows = [(s, b) for s in family_vision_stages(trace.workload.get("model", DEFAULT_FAMILY)) for b in VISION_BRANCHES]
@@ -104,7 +105,7 @@ def _print_table(trace: Any) -> None:
     where = f"{trace.backend}, {trace.device}, {trace.dtype}"
     groups = (
         (f"vendor work ({where})", ("tensor_flops", "elementwise_flops"), True),
-        ("vendor bytes (peak: high-water mark above the stage's entry)", BYTE_COLUMNS, False),
+        ("vendor bytes (peak: high-water mark above the stage's entry)", BYTE_METRICS, False),
     )
     for title, metrics, calls in groups:
         t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
@@ -133,11 +134,8 @@ def _print_table(trace: Any) -> None:
     con.print(f"count {verdict}; wall {trace.timing['wall_s']:.1f}s; peak RSS {rss:.2f} GiB")
 
 
-BYTE_COLUMNS = ("io_bytes", "weight_bytes", "activation_bytes", "kv_cache_bytes", "peak_bytes")
-
-
 def main(argv: list[str] | None = None) -> int:
-    """`dsocr-measure`: its exit code (`analytic.exits.run_console`)."""
+    """`dsocr-measure`: its exit code (`core.exits.run_console`)."""
     return run_console("dsocr-measure", lambda verdict: _main(argv, verdict))
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from analytic.dtype_policy import DtypeChoice, capped_by_environment, choose_dtype
+from core.dtype_policy import DtypeChoice, capped_by_environment, choose_dtype
 
 LOW_CAPABILITIES = ("DEFAULT", "NO AVX", "AVX", "AVX2", "ZVECTOR", "VSX")  # torch CPU capabilities below AVX512
 
@@ -72,7 +72,7 @@ def dtype_evidence(dtype: str, device: str) -> str:
 
 
 def resolve_dtype(requested: str, device: str) -> DtypeChoice:
-    """``--dtype`` as given, or for ``auto`` the dtype ``device`` runs fast (`analytic.dtype_policy`)."""
+    """``--dtype`` as given, or for ``auto`` the dtype ``device`` runs fast (`core.dtype_policy`)."""
     if requested != "auto":
         return choose_dtype(requested, device=device, native_bf16=False, probe="")
     ok, evidence = native_bf16(device)

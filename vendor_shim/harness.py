@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from analytic.schema import LM_PARTS, VISION_BRANCHES, aten_family, family_vision_stages
-from analytic.workload import VisionWorkload
+from core.schema import LM_PARTS, VISION_BRANCHES, aten_family, family_vision_stages
+from core.workload import VisionWorkload
 from vendor_shim.audit import AuditLog, AuditMode, ops_by_class
 from vendor_shim.backends.base import (
     EXECUTIONS,

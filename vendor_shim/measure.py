@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from analytic.workload import VisionWorkload
+from core.workload import VisionWorkload
 from vendor_shim.backends import get_backend
 from vendor_shim.backends.base import DEVICES, OutOfProcessBackend, resolve_execution
 from vendor_shim.cache import ModelCache

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from analytic.options import user_path
+from core.options import user_path
 from vendor_shim.backends import REGISTRY
 from vendor_shim.backends.base import DEVICES, EXECUTION_CHOICES, VISION_DEVICE_CHOICES
 

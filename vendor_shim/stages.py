@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from analytic.schema import LM_STAGES
+from core.schema import LM_STAGES
 from vendor_shim.backends.base import StageRoots
 from vendor_shim.device_memory import AllocatorPeaks, AllocatorProbe
 from vendor_shim.errors import VendorRunError

@@ -13,7 +13,7 @@ Schema ``dsocr-flopcheck/vendor-trace`` version 2 (``schema_version: 2``; versio
   of the workload's family (``workload.model``: sam, clip, projector for DeepSeek-OCR; sam, qwen2_encoder,
   projector for DeepSeek-OCR 2),
   ``stages.{prefill,decode}.{decoder,lm_head}.<metrics>``, ``stages.decode.steps`` = list of K
-  ``{"decoder": {...}, "lm_head": {...}}``.  Metrics = ``analytic.schema.METRICS``; the vendor
+  ``{"decoder": {...}, "lm_head": {...}}``.  Metrics = ``core.metrics.METRICS``; the vendor
   measures every metric per aten op (definitions: `analytic.op_conventions`); a metric the trace does
   not measure is null and missing from ``measured_metrics``.
   Leaves also carry ``calls`` (root forward calls) and ``allocator_peak_bytes``: on cuda the caching
@@ -25,7 +25,7 @@ Schema ``dsocr-flopcheck/vendor-trace`` version 2 (``schema_version: 2``; versio
   leaves), ``audit_total`` (the audit's own sum) and ``unattributed`` (FLOPs outside every root,
   always 0 in a valid trace).
 - ``op_breakdown``: ``{stage: {part: {aten op: {"flops", "calls", "family", <other metrics>}}}}``
-  (family from ``analytic.schema.aten_family``; ``flops`` are tensor FLOPs), decode summed over steps;
+  (family from ``core.schema.aten_family``; ``flops`` are tensor FLOPs), decode summed over steps;
   the fused attention op is ``fused.scaled_dot_product_attention``.
 - ``calls``: per-call records (index, root, module, stage, part, step, input_shapes, tensor_flops, peak_bytes,
   allocator_peak_bytes, wall_s, ops).
@@ -49,16 +49,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from analytic.schema import (
-    DEFAULT_FAMILY,
-    FAMILIES,
-    LM_PARTS,
-    LM_STAGES,
-    METRICS,
-    VISION_BRANCHES,
-    combine,
-    family_vision_stages,
-)
+from core.families import DEFAULT_FAMILY, FAMILIES
+from core.metrics import METRICS, combine
+from core.schema import LM_PARTS, LM_STAGES, VISION_BRANCHES, family_vision_stages
 
 SCHEMA = "dsocr-flopcheck/vendor-trace"
 SCHEMA_VERSION = 2

@@ -15,10 +15,10 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from analytic.exits import Verdict, parse_args, run_console
-from analytic.options import HelpFormatter, UsageParser, add_workload_options, user_path
-from analytic.schema import family_stages, family_vision_stages
-from analytic.workload import WorkloadError, check_positions, max_image_tokens, resolve_mode
+from core.exits import Verdict, parse_args, run_console
+from core.options import HelpFormatter, UsageParser, add_workload_options, user_path
+from core.schema import family_stages, family_vision_stages
+from core.workload import WorkloadError, check_positions, max_image_tokens, resolve_mode
 from reports.model import PageResult, PageSpec
 from reports.safe import printable
 from vendor_shim.backends import REGISTRY
@@ -359,13 +359,13 @@ def _page_logger(console: Console, total: int):
 
 
 def main_end2end(argv: list[str] | None = None) -> int:
-    """`run_verify_end2end`: its exit code (`analytic.exits.run_console`)."""
+    """`run_verify_end2end`: its exit code (`core.exits.run_console`)."""
     command = "run_verify_end2end"
     return run_console(command, lambda verdict: _main(argv, command, False, verdict))
 
 
 def main_vision(argv: list[str] | None = None) -> int:
-    """`run_verify_end2end_vision`: its exit code (`analytic.exits.run_console`)."""
+    """`run_verify_end2end_vision`: its exit code (`core.exits.run_console`)."""
     command = "run_verify_end2end_vision"
     return run_console(command, lambda verdict: _main(argv, command, True, verdict))
 

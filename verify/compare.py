@@ -10,21 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from analytic.schema import METRICS, OP_FAMILIES, leaf_paths
+from core.metrics import DEFAULT_TOLERANCES, METRICS
+from core.schema import OP_FAMILIES, leaf_paths
 from reports.model import ComparisonRow
 
-# Default relative tolerance per metric (issue 11): work counts are exact up to the conventions, bytes
-# follow the code's copies, a high-water mark depends on when the allocator's tensors die.
-DEFAULT_TOLERANCES = {
-    "tensor_flops": 0.01,
-    "elementwise_flops": 0.02,
-    "io_bytes": 0.05,
-    "weight_bytes": 0.05,
-    "activation_bytes": 0.05,
-    "kv_cache_bytes": 0.05,
-    "peak_bytes": 0.10,
-}
-assert tuple(DEFAULT_TOLERANCES) == METRICS, "one default tolerance per metric (analytic.schema.METRICS)"
 DEFAULT_TOLERANCE = DEFAULT_TOLERANCES["tensor_flops"]
 MAX_TOLERANCE = 0.25
 

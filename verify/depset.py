@@ -124,7 +124,7 @@ def release_files(folder: Path = TESTED_FILE.parent) -> dict[str, Path]:
 def range_ends(verified: tuple[str, ...], folder: Path = TESTED_FILE.parent) -> list[str]:
     """The release files of the oldest and the newest of the ``verified`` transformers releases (by minor release),
     leaving out the one the tested set pins (its venv is the default one): what CI gates beside the tested set."""
-    from analytic.releases import minor, release_key  # needs omegaconf: only once the project is installed
+    from core.releases import minor, release_key  # needs omegaconf: only once the project is installed
 
     tested = read_pins(folder / TESTED_FILE.name).get("transformers")
     ends = []
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(freeze())
             return 0
         if args.action == "ends":
-            from analytic.releases import release_table  # the verified releases: the analytic profile's table
+            from core.releases import release_table  # the verified releases: the analytic profile's table
 
             print(" ".join(range_ends(release_table("hf").verified["transformers"])))
             return 0

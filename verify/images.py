@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from analytic.workload import MAX_PAGE_PIXELS
+from core.workload import MAX_PAGE_PIXELS
 
 # EXIF orientations 5..8 rotate by 90 or 270 degrees: width and height swap.
 _EXIF_ORIENTATION_TAG = 0x0112

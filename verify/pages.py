@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from analytic.workload import MAX_PAGE_PIXELS
+from core.workload import MAX_PAGE_PIXELS
 from reports.model import PageSpec
 from verify.images import PageImageError, page_size
 from verify.selection import select_pages

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from analytic.schema import DEFAULT_FAMILY, family_stages, family_vision_stages
-from analytic.workload import VisionWorkload, WorkloadError
+from core.families import DEFAULT_FAMILY
+from core.schema import family_stages, family_vision_stages
+from core.workload import VisionWorkload, WorkloadError
 from reports.model import PageResult, PageSpec, RunResult, outcome
 from vendor_shim.backends import impl_of
 from vendor_shim.errors import InfrastructureError
@@ -42,7 +43,7 @@ class VerifyConfig:
     device: str = "cpu"
     vision_device: str | None = None  # "meta": count the vision stack shapes-only, run the decoder on `device`
     dtype: str = "float32"  # resolved (never "auto"): see dtype_choice
-    dtype_choice: dict[str, str] = field(default_factory=dict)  # requested, dtype, reason (analytic.dtype_policy)
+    dtype_choice: dict[str, str] = field(default_factory=dict)  # requested, dtype, reason (core.dtype_policy)
     execution: str = "shapes"  # resolved: "shapes" (hollow counted ops) or "real"
     lm_head: str | None = None
     attn_impl: str = "eager"
@@ -180,8 +181,8 @@ def with_vendor_routing(workload: VisionWorkload, trace: dict) -> VisionWorkload
 
 def gated_metrics(estimate: Any, trace: dict, stages: tuple[str, ...]) -> tuple[str, ...]:
     """``STAGE.METRIC`` leaves both sides stand behind: measured by the vendor and modeled op by op by the profile
-    on that stage of the run's family (`analytic.profiles.gated_leaves`)."""
-    from analytic.profiles import gated_leaves
+    on that stage of the run's family (`core.profiles.gated_leaves`)."""
+    from core.profiles import gated_leaves
 
     profile = (getattr(estimate, "model", None) or {}).get("profile") or {}
     return gated_leaves(
@@ -198,7 +199,7 @@ def trace_families(trace: dict) -> dict[str, dict[str, dict[str, float]]]:
     for stage, parts in trace.get("op_breakdown", {}).items():
         for part, ops in parts.items():
             fams = out.setdefault(stage, {}).setdefault(part, {})
-            for cell in ops.values():  # the harness stored each op's family with it (analytic.schema.aten_family)
+            for cell in ops.values():  # the harness stored each op's family with it (core.schema.aten_family)
                 fams[cell["family"]] = fams.get(cell["family"], 0) + cell["flops"]
     return out
 

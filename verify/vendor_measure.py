@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analytic.releases import library_report, release_table
-from analytic.workload import VisionWorkload
+from core.releases import library_report, release_table
+from core.workload import VisionWorkload
 from reports.model import PageSpec
 from vendor_shim.backends import impl_of
 from vendor_shim.backends.base import OutOfProcessBackend

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from analytic.costs import EW, Cost, add_stack, sub
 from analytic.layers.common import ConfigError, layer_norm, vision_attention
-from analytic.profiles import ImplProfile
+from core.profiles import ImplProfile
 
 
 @dataclass(frozen=True)

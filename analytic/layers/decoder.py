@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from analytic.costs import EW, Cost, add_stack, causal_pairs, sub
 from analytic.layers.common import ConfigError, group
-from analytic.profiles import ImplProfile, ProfileError
+from core.profiles import ImplProfile, ProfileError
 
 F32 = 4  # bytes of the float32 the norms, softmaxes and the router compute in
 

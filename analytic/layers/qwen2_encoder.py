@@ -30,7 +30,7 @@ from analytic.layers.decoder import (
     rotary_tables_elementwise,
     rotary_tables_matmul,
 )
-from analytic.profiles import ImplProfile
+from core.profiles import ImplProfile
 
 I64 = 8  # position ids, block ids and index tensors are int64
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from analytic.costs import EW, Cost, sub
 from analytic.layers.common import ConfigError, group, layer_norm, vision_attention
-from analytic.profiles import ImplProfile
+from core.profiles import ImplProfile
 
 
 @dataclass(frozen=True)

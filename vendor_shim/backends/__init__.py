@@ -3,7 +3,7 @@ until a backend is created).  Everything else (CLIs, verifier, cache keys, analy
 
 Adding a backend: write a module with a ``create_backend(*, vendor_dir, trust_remote_code)`` returning a
 `VendorBackend` (in-process) or `OutOfProcessBackend`, then add one `BackendSpec` line below (and an analytic
-profile YAML under ``analytic/configs/profiles/`` if no existing profile mirrors it).  See vendor_shim/README.md.
+profile YAML under ``core/profiles/`` if no existing profile mirrors it).  See vendor_shim/README.md.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from analytic.schema import ATTN_IMPLS, DEFAULT_FAMILY, LM_HEAD_SCOPES
+from core.families import DEFAULT_FAMILY
+from core.schema import ATTN_IMPLS, LM_HEAD_SCOPES
 from vendor_shim.errors import VendorInputError
 
 
@@ -24,7 +25,7 @@ class BackendSpec:
     name: str
     factory: str | Callable[..., Any]  # "module:function" (imported on use) or a callable; called with
     # vendor_dir=..., trust_remote_code=..., model=... (the family, one of `families`)
-    impl: str  # the analytic implementation profile that mirrors it (analytic/configs/profiles/<impl>.yaml)
+    impl: str  # the analytic implementation profile that mirrors it (core/profiles/<impl>.yaml)
     summary: str
     splits_vision: bool = False  # its generation accepts pre-encoded vision features (vision counted on meta)
     needs_vendor_dir: bool = False  # runs code from a local snapshot (--vendor-dir, --trust-remote-code)

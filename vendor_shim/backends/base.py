@@ -40,7 +40,7 @@ Harness entry (what an in-process caller, or a backend's subprocess, runs):
 It depends on torch only.
 
 Stage roots (`StageRoots`): one module per stage whose forward calls the harness hooks.
-``vision``: the family's vision stages (`analytic.schema.family_vision_stages`: ``sam``, ``clip``,
+``vision``: the family's vision stages (`core.schema.family_vision_stages`: ``sam``, ``clip``,
 ``projector`` for DeepSeek-OCR; ``sam``, ``qwen2_encoder``, ``projector`` for DeepSeek-OCR 2), each called
 once per branch, ``decoder``
 (everything of the language model except lm_head), ``lm_head``, and ``top``: the
@@ -68,7 +68,7 @@ from vendor_shim.versions import library_versions
 if TYPE_CHECKING:  # the harness needs torch; this module must stay importable for typing tools
     import torch
 
-    from analytic.workload import VisionWorkload
+    from core.workload import VisionWorkload
 
 DEVICES = ("cpu", "cuda", "meta")
 # How the counted ops run: "shapes" = hollow (vendor_shim.hollow: zeros of the right shape, no arithmetic,

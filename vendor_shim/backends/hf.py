@@ -39,17 +39,25 @@ from typing import Any
 
 import torch
 
-from analytic.schema import ATTN_IMPLS, DEFAULT_FAMILY, LM_HEAD_SCOPES
-from analytic.workload import VisionWorkload
+from core.families import DEFAULT_FAMILY
+from core.published import dims
+from core.schema import ATTN_IMPLS, LM_HEAD_SCOPES
+from core.workload import VisionWorkload
 from vendor_shim.backends import hf_ocr2
 from vendor_shim.backends.base import GenerationResult, LoadedModel, PreparedInputs, ReceivedInputs, StageRoots
 from vendor_shim.backends.base import VendorBackend as _VendorBackend
-from vendor_shim.backends.hf_family import HfFamily, published_config
+from vendor_shim.backends.hf_family import (
+    BOS_ID,
+    IMAGE_TOKEN_ID,
+    HfFamily,
+    decoder_config,
+    published_config,
+    published_depth,
+    sam_config,
+)
 from vendor_shim.errors import VendorInputError, VendorRunError
 from vendor_shim.hollow import SMALL_PARAMETER_NUMEL
 
-BOS_ID = 0
-IMAGE_TOKEN_ID = 128815
 PROMPT_TOKEN_BASE = 1000  # arbitrary ordinary text ids for the prompt (values do not change FLOPs)
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FILL_STD = 0.02  # matches the package's initializer_range; keeps activations finite
@@ -65,60 +73,30 @@ KNOWN_DIFFERENCES = (
     "text layer_types forced to full_attention (package default: reference_sliding_attention)",
 )
 
-# DeepSeek-OCR's published dimensions (facts page); each comment names the fact it encodes.
-SAM_CONFIG = {
-    "hidden_size": 768,  # SAM-B dim 768
-    "num_hidden_layers": 12,  # 12 blocks
-    "num_attention_heads": 12,  # 12 heads x 64
-    "mlp_dim": 3072,  # MLP 3072, GELU
-    "hidden_act": "gelu",
-    "layer_norm_eps": 1e-6,
-    "image_size": 1024,  # abs pos trained for 64x64 patches
-    "patch_size": 16,
-    "window_size": 14,  # 14x14 windows
-    "global_attn_indexes": [2, 5, 8, 11],
-    "output_channels": 256,  # neck 768->256->256
-    "downsample_channels": [512, 1024],  # net_2 256->512, net_3 512->1024
-    "qkv_bias": True,
-    "use_abs_pos": True,
-    "use_rel_pos": True,
-}
+# DeepSeek-OCR's published dimensions: core/published/ (read by the analytic model too), in transformers' names.
+SAM_CONFIG = sam_config("sam_vit_b")
+_CLIP = dims("clip", "clip_l14")
+CLIP_PATCH = 14  # CLIP-L/14: its positions were trained for a 16x16 grid + CLS at 224 px
 CLIP_CONFIG = {
-    "hidden_size": 1024,  # CLIP-L dim 1024
-    "intermediate_size": 4096,  # MLP 1024->4096->1024
-    "num_hidden_layers": 24,
-    "num_attention_heads": 16,
+    "hidden_size": _CLIP["hidden_size"],
+    "intermediate_size": _CLIP["ffn_hidden_size"],
+    "num_hidden_layers": _CLIP["num_layers"],
+    "num_attention_heads": _CLIP["num_heads"],
     "hidden_act": "quick_gelu",
     "layer_norm_eps": 1e-5,
-    "image_size": 224,  # positions trained for 16x16 + CLS (224/14)
-    "patch_size": 14,
+    "image_size": _CLIP["pretrain_grid"] * CLIP_PATCH,
+    "patch_size": CLIP_PATCH,
 }
-TEXT_LAYERS = 12
+TEXT_LAYERS = published_depth()
 
 
 def text_config(num_layers: int = TEXT_LAYERS) -> dict[str, Any]:
-    """The DeepSeek-V2 decoder dims; ``num_layers`` < 12 only for reduced-depth tests."""
+    """The DeepSeek-V2 decoder as `UnlimitedOcrConfig` takes it; ``num_layers`` < 12 only for reduced-depth tests."""
     return {
-        "vocab_size": 129280,
-        "hidden_size": 1280,
-        "intermediate_size": 6848,  # layer 0 dense SwiGLU
-        "num_hidden_layers": num_layers,
-        "num_attention_heads": 10,  # MHA 10 x 128
-        "num_key_value_heads": 10,
-        "n_routed_experts": 64,
-        "num_experts_per_tok": 6,  # softmax top-6, greedy, no top-k normalisation
-        "topk_method": "greedy",
-        "routed_scaling_factor": 1.0,
-        "moe_intermediate_size": 896,
-        "n_shared_experts": 2,  # shared SwiGLU of 2 x 896
-        "first_k_dense_replace": 1,
-        "rms_norm_eps": 1e-6,
+        **decoder_config(num_layers),
+        "first_k_dense_replace": dims("decoder", "deepseek_v2_3b")["first_k_dense_replace"],
         "hidden_act": "silu",
-        "attention_bias": False,
-        "max_position_embeddings": 8192,
         "layer_types": ["full_attention"] * num_layers,  # full causal attention on every layer
-        "bos_token_id": BOS_ID,
-        "eos_token_id": 1,
     }
 
 

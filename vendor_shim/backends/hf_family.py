@@ -7,10 +7,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from core.published import dims
+
+BOS_ID = 0  # DeepSeek's tokenizer: <｜begin▁of▁sentence｜>
+EOS_ID = 1
+IMAGE_TOKEN_ID = 128815  # <image>
+
 
 @dataclass(frozen=True)
 class HfFamily:
-    family: str  # analytic.schema family name (--model)
+    family: str  # core.schema family name (--model)
     module: str  # the transformers modeling module it runs (its sha256 goes into every trace and cache key)
     classes: Callable[[], tuple[Any, Any]]  # () -> (config class, ForConditionalGeneration class)
     build_config: Callable[[int], Any]  # num_text_layers -> config at the published dimensions
@@ -32,3 +38,56 @@ def published_config(
         image_token_id=image_token_id,
         tie_word_embeddings=False,
     )
+
+
+def sam_config(name: str) -> dict[str, Any]:
+    """transformers' SAM vision config from the published SAM dimensions ``core/published/sam/<name>.yaml``
+    (the activation and norm epsilon are the classes' own: the formulas do not depend on them)."""
+    sam = dims("sam", name)
+    return {
+        "hidden_size": sam["embed_dim"],
+        "num_hidden_layers": sam["depth"],
+        "num_attention_heads": sam["num_heads"],
+        "mlp_dim": int(sam["embed_dim"] * sam["mlp_ratio"]),
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-6,
+        "image_size": sam["img_size"],
+        "patch_size": sam["patch_size"],
+        "window_size": sam["window_size"],
+        "global_attn_indexes": list(sam["global_attn_indexes"]),
+        "output_channels": sam["out_chans"],
+        "downsample_channels": list(sam["downsample_channels"]),
+        "qkv_bias": sam["qkv_bias"],
+        "use_abs_pos": sam["use_abs_pos"],
+        "use_rel_pos": sam["use_rel_pos"],
+    }
+
+
+def decoder_config(num_layers: int) -> dict[str, Any]:
+    """The text config entries both families share, from ``core/published/decoder/deepseek_v2_3b.yaml``;
+    ``num_layers`` < the published depth only for reduced-depth tests."""
+    dec = dims("decoder", "deepseek_v2_3b")
+    return {
+        "vocab_size": dec["vocab_size"],
+        "hidden_size": dec["hidden_size"],
+        "intermediate_size": dec["intermediate_size"],  # layer 0 dense SwiGLU
+        "moe_intermediate_size": dec["moe_intermediate_size"],
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": dec["num_heads"],
+        "num_key_value_heads": dec["num_kv_heads"],
+        "n_routed_experts": dec["n_routed_experts"],
+        "n_shared_experts": dec["n_shared_experts"],
+        "num_experts_per_tok": dec["num_experts_per_tok"],  # softmax top-k, greedy, no top-k normalisation
+        "topk_method": "greedy",
+        "routed_scaling_factor": 1.0,
+        "max_position_embeddings": dec["max_position_embeddings"],
+        "rms_norm_eps": 1e-6,
+        "attention_bias": dec["attention_bias"],
+        "bos_token_id": BOS_ID,
+        "eos_token_id": EOS_ID,
+    }
+
+
+def published_depth() -> int:
+    """The decoder's published number of layers."""
+    return int(dims("decoder", "deepseek_v2_3b")["num_layers"])

@@ -22,11 +22,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from vendor_shim.backends.hf_family import HfFamily, published_config
+from core.published import dims
+from vendor_shim.backends.hf_family import (
+    IMAGE_TOKEN_ID,
+    HfFamily,
+    decoder_config,
+    published_config,
+    published_depth,
+    sam_config,
+)
 
-IMAGE_TOKEN_ID = 128815
-BOS_ID = 0
-TEXT_LAYERS = 12
+TEXT_LAYERS = published_depth()
 
 KNOWN_DIFFERENCES = (
     "encoder and decoder rotary cos/sin computed once per forward with an elementwise product (official: a bmm"
@@ -38,32 +44,18 @@ KNOWN_DIFFERENCES = (
     "routed experts via aten._grouped_mm (official: per-expert Linear loop); same multiply-adds",
 )
 
-# deepencoderv2.py build_sam_vit_b: as OCR-1's SAM-B except net_3 512 -> 896.
-SAM_CONFIG = {
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "mlp_dim": 3072,
-    "hidden_act": "gelu",
-    "layer_norm_eps": 1e-6,
-    "image_size": 1024,
-    "patch_size": 16,
-    "window_size": 14,
-    "global_attn_indexes": [2, 5, 8, 11],
-    "output_channels": 256,
-    "downsample_channels": [512, 896],  # net_2 256->512, net_3 512->896 (deepencoderv2.py:663)
-    "qkv_bias": True,
-    "use_abs_pos": True,
-    "use_rel_pos": True,
-}
-# deepencoderv2.py CustomQwen2Decoder: Qwen2Config(...) at lines 196-240 (Qwen2-0.5B shape).
+# DeepSeek-OCR 2's published dimensions: core/published/ (read by the analytic model too), in transformers' names.
+SAM_CONFIG = sam_config("sam_vit_b_ocr2")
+_ENCODER = dims("qwen2_encoder", "qwen2_0_5b")
+# deepencoderv2.py CustomQwen2Decoder: Qwen2Config(...) at lines 196-240; entries the formulas do not read are the
+# official config's own (its vocabulary, positions, rope theta: the embedding table is deleted).
 ENCODER_CONFIG = {
     "vocab_size": 151936,
-    "hidden_size": 896,
-    "intermediate_size": 4864,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 14,
-    "num_key_value_heads": 2,  # GQA, head 64
+    "hidden_size": _ENCODER["hidden_size"],
+    "intermediate_size": _ENCODER["intermediate_size"],
+    "num_hidden_layers": _ENCODER["num_layers"],
+    "num_attention_heads": _ENCODER["num_heads"],
+    "num_key_value_heads": _ENCODER["num_kv_heads"],  # GQA, head 64
     "hidden_act": "silu",
     "max_position_embeddings": 131072,
     "rms_norm_eps": 1e-6,
@@ -72,28 +64,14 @@ ENCODER_CONFIG = {
 
 
 def text_config(num_layers: int = TEXT_LAYERS) -> dict[str, Any]:
-    """config.json's language part (the same numbers as DeepSeek-OCR's decoder); ``num_layers`` < 12 for tests."""
+    """config.json's language part (DeepSeek-OCR's decoder) as `DeepseekOcr2Config` takes it; ``num_layers`` < 12
+    for tests."""
+    dense = dims("decoder", "deepseek_v2_3b")["first_k_dense_replace"]
     return {
-        "vocab_size": 129280,
-        "hidden_size": 1280,
-        "intermediate_size": 6848,  # layer 0 dense SwiGLU
-        "moe_intermediate_size": 896,
-        "num_hidden_layers": num_layers,
-        "num_attention_heads": 10,
-        "num_key_value_heads": 10,
-        "n_routed_experts": 64,
-        "n_shared_experts": 2,
-        "num_experts_per_tok": 6,
+        **decoder_config(num_layers),
         "n_group": 1,
         "topk_group": 1,
-        "topk_method": "greedy",
-        "routed_scaling_factor": 1.0,
-        "max_position_embeddings": 8192,
-        "bos_token_id": BOS_ID,
-        "eos_token_id": 1,
-        "rms_norm_eps": 1e-6,
-        "attention_bias": False,
-        "mlp_layer_types": ["dense"] + ["sparse"] * (num_layers - 1),  # first_k_dense_replace: 1
+        "mlp_layer_types": ["dense"] * dense + ["sparse"] * (num_layers - dense),
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
     }
 

@@ -31,7 +31,7 @@ from vendor_shim.remote_code.snapshot import Snapshot, load_snapshot
 from vendor_shim.remote_code.worker import ERROR_TAG
 
 if TYPE_CHECKING:
-    from analytic.workload import VisionWorkload
+    from core.workload import VisionWorkload
 
 TRUST_MESSAGE = (
     "backend remote-code imports and runs the snapshot's Python files: add --trust-remote-code "

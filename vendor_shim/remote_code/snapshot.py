@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.families import FAMILY_TABLE
 from vendor_shim.errors import VendorInputError
 
 CONFIG_FILE = "config.json"
@@ -22,43 +23,17 @@ CONFIG_FILE = "config.json"
 class Family:
     """What one model family's official snapshot looks like."""
 
-    name: str  # the --model family (analytic.schema.FAMILIES)
+    name: str  # the --model family (core.families)
     title: str  # for messages
     architecture: str  # config.json architectures[...] entry
     model_module: str  # the module auto_map points into
     code_files: tuple[str, ...]  # the files the official remote code consists of
 
 
+# one per family, from the family registry (core.families: each family's snapshot layout is stated there)
 FAMILIES: dict[str, Family] = {
-    f.name: f
-    for f in (
-        Family(
-            "deepseek-ocr",
-            "DeepSeek-OCR",
-            "DeepseekOCRForCausalLM",
-            "modeling_deepseekocr",
-            (
-                "modeling_deepseekocr.py",
-                "deepencoder.py",
-                "modeling_deepseekv2.py",
-                "configuration_deepseek_v2.py",
-                "conversation.py",
-            ),
-        ),
-        Family(
-            "deepseek-ocr-2",
-            "DeepSeek-OCR 2",
-            "DeepseekOCR2ForCausalLM",
-            "modeling_deepseekocr2",
-            (
-                "modeling_deepseekocr2.py",
-                "deepencoderv2.py",
-                "modeling_deepseekv2.py",
-                "configuration_deepseek_v2.py",
-                "conversation.py",
-            ),
-        ),
-    )
+    f.name: Family(f.name, f.title, f.snapshot.architecture, f.snapshot.model_module, f.snapshot.code_files)
+    for f in FAMILY_TABLE
 }
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 WEIGHT_SUFFIXES = (".safetensors", ".bin")

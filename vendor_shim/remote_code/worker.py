@@ -42,7 +42,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
 
     import torch
 
-    from analytic.workload import VisionWorkload
+    from core.workload import VisionWorkload
     from vendor_shim.errors import VendorInputError, VendorShimError
     from vendor_shim.harness import run_counted
     from vendor_shim.remote_code.model import RemoteCodeModelBackend

@@ -6,14 +6,10 @@ leaf: ``stages[stage][part][metric]``.
 
 from __future__ import annotations
 
-# Model families (analytic/configs/<family config>.yaml, workload rules in analytic.workload).
-# The default family is DeepSeek-OCR; every name without a family below is its.
-DEFAULT_FAMILY = "deepseek-ocr"
-FAMILY_VISION_STAGES = {
-    "deepseek-ocr": ("sam", "clip", "projector"),
-    "deepseek-ocr-2": ("sam", "qwen2_encoder", "projector"),  # DeepEncoder V2: Qwen2-shaped encoder + queries
-}
-FAMILIES = tuple(FAMILY_VISION_STAGES)
+from core.families import DEFAULT_FAMILY, FAMILY_TABLE, family
+
+# Model families: core.families (each declared once); their vision stages, by name.
+FAMILY_VISION_STAGES = {f.name: f.vision_stages for f in FAMILY_TABLE}
 
 VISION_STAGES = FAMILY_VISION_STAGES[DEFAULT_FAMILY]
 ALL_VISION_STAGES = tuple(dict.fromkeys(s for stages in FAMILY_VISION_STAGES.values() for s in stages))
@@ -24,30 +20,12 @@ STAGES = VISION_STAGES + LM_STAGES
 LM_HEAD_SCOPES = ("all", "last")  # prefill lm_head over every position, or the last one only
 ATTN_IMPLS = ("eager", "sdpa")  # decoder attention: two matmuls, or one attention kernel
 
-METRICS = (
-    "tensor_flops",
-    "elementwise_flops",
-    "io_bytes",
-    "weight_bytes",
-    "activation_bytes",
-    "kv_cache_bytes",
-    "peak_bytes",
-)
-# How a stage's figure follows from its parts over time (decode steps, repeated calls): work adds up,
-# a high-water mark does not.
-PEAK_METRICS = ("peak_bytes",)
+# The metrics (the third level of a leaf) are declared once: core.metrics.
 
 
-def combine(metric: str, values: list[int] | tuple[int, ...]) -> int:
-    """Stage figure from per-step figures: the maximum for high-water marks, the sum for everything else."""
-    return max(values, default=0) if metric in PEAK_METRICS else sum(values)
-
-
-def check_family(family: str) -> str:
-    """`family` itself, or a one-line error naming the families that exist."""
-    if family not in FAMILY_VISION_STAGES:
-        raise ValueError(f"unknown model family {family!r}: use one of {', '.join(FAMILIES)} (--model)")
-    return family
+def check_family(name: str) -> str:
+    """`name` itself, or a one-line error naming the families that exist."""
+    return family(name).name
 
 
 def family_vision_stages(family: str = DEFAULT_FAMILY) -> tuple[str, ...]:

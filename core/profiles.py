@@ -12,9 +12,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from analytic.schema import LM_HEAD_SCOPES, METRICS
+from core.metrics import METRICS
+from core.schema import LM_HEAD_SCOPES
 
-PROFILE_DIR = Path(__file__).resolve().parent / "configs" / "profiles"
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
 ROPE_MODES = ("per_layer_matmul", "once_elementwise")
 CLIP_QKV_MODES = ("fused", "separate")
@@ -118,7 +119,7 @@ class ImplProfile:
         the router's F.linear(x.float(), weight.float()) casts it, a float32 copy the mm reads) or `float32`
         (transformers >= 5.24: created float32 and kept so by `_keep_in_fp32_modules_strict`; no cast, the mm reads
         the float32 weight, and the resident weights hold it at 4 bytes an element).
-    variant: the library release the profile's fields mirror (`analytic.releases`: 'hf@5.24'); empty for a
+    variant: the library release the profile's fields mirror (`core.releases`: 'hf@5.24'); empty for a
         profile built from its YAML alone (the table's `base`).
     modeled_metrics: the metrics this profile follows op by op as the implementation executes them
       (gated against the vendor), as ``METRIC`` (every stage) or ``STAGE.METRIC``; the others are
@@ -276,8 +277,8 @@ def profile_names() -> tuple[str, ...]:
 
 def at_release(profile: ImplProfile, version: str | None) -> ImplProfile:
     """``profile`` as the library release ``version`` executes it (None: the newest verified release): its release
-    table's changes up to that release applied (`analytic.releases`)."""
-    from analytic.releases import release_table
+    table's changes up to that release applied (`core.releases`)."""
+    from core.releases import release_table
 
     table = release_table(profile.name)
     changes = table.overrides(version)

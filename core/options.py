@@ -10,9 +10,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from analytic.dtype_policy import DEFAULT_DTYPE, DTYPE_CHOICES
-from analytic.schema import ATTN_IMPLS, DEFAULT_FAMILY, FAMILIES, LM_HEAD_SCOPES
-from analytic.workload import FAMILY_RULES
+from core.dtype_policy import DEFAULT_DTYPE, DTYPE_CHOICES
+from core.families import DEFAULT_FAMILY, FAMILIES
+from core.schema import ATTN_IMPLS, LM_HEAD_SCOPES
+from core.workload import FAMILY_RULES
 
 DEFAULT_MODE = "gundam"
 DEFAULT_PROMPT_TOKENS = 12

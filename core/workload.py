@@ -18,15 +18,12 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from analytic.profiles import profile_lm_head_default, profile_names
-from analytic.schema import ATTN_IMPLS, DEFAULT_FAMILY, FAMILIES, LM_HEAD_SCOPES
+from core.families import CROP_MAX_NUM, CROP_MIN_NUM, CROP_SIZE, DEFAULT_FAMILY, FAMILY_TABLE, FamilyRules, ModePreset
+from core.profiles import profile_lm_head_default, profile_names
+from core.schema import ATTN_IMPLS, LM_HEAD_SCOPES
 
 PATCH_SIZE = 16
 DOWNSAMPLE_RATIO = 4
-# dynamic_preprocess is called with its own defaults in the official infer():
-CROP_SIZE = 640
-CROP_MIN_NUM = 2
-CROP_MAX_NUM = 9
 # Pages above this many pixels are refused (decompression-bomb guard).
 MAX_PAGE_PIXELS = 200_000_000
 _RELEASE = re.compile(r"\d{1,4}(\.\d{1,6}){0,3}([.+-][0-9A-Za-z.+-]{1,40})?")  # 5.24.0, 2.13.0+cpu, 5.26.0.dev0
@@ -39,47 +36,7 @@ class WorkloadError(ValueError):
     """Bad workload input; the message names the problem and the fix."""
 
 
-@dataclass(frozen=True)
-class ModePreset:
-    base_size: int
-    image_size: int
-    crop_mode: bool
-
-
-MODES: dict[str, ModePreset] = {
-    "tiny": ModePreset(512, 512, False),
-    "small": ModePreset(640, 640, False),
-    "base": ModePreset(1024, 1024, False),
-    "large": ModePreset(1280, 1280, False),
-    "gundam": ModePreset(1024, 640, True),
-}
-
-# DeepSeek-OCR 2 (docs/deepseek-ocr2-facts.md, "Modes"): the README's one mode is global 1024 + 0 or
-# 2..6 crops of 768 (named gundam here, as OCR-1's crop mode); one 1024 or one 768 view without crops.
-MODES_OCR2: dict[str, ModePreset] = {
-    "small": ModePreset(768, 768, False),
-    "base": ModePreset(1024, 1024, False),
-    "gundam": ModePreset(1024, 768, True),
-}
-
-
-@dataclass(frozen=True)
-class FamilyRules:
-    """The workload rules of one model family: data, read by the functions below."""
-
-    modes: dict[str, ModePreset]
-    crop_size: int  # side of one crop; pages with both sides <= it get no crops
-    crop_min: int  # fewest crops of a grid (dynamic_preprocess min_num)
-    crop_max: int  # most crops of a grid (dynamic_preprocess max_num)
-    view_sizes: tuple[int, ...] | None  # the only view sides that can run; None: any multiple of 64
-    newlines: bool  # one newline token after each row of queries (OCR-1) or none (OCR-2)
-
-
-FAMILY_RULES: dict[str, FamilyRules] = {
-    "deepseek-ocr": FamilyRules(MODES, CROP_SIZE, CROP_MIN_NUM, CROP_MAX_NUM, None, True),
-    "deepseek-ocr-2": FamilyRules(MODES_OCR2, 768, 2, 6, (768, 1024), False),
-}
-assert tuple(FAMILY_RULES) == FAMILIES, "analytic.schema.FAMILIES and workload.FAMILY_RULES must list the same"
+FAMILY_RULES: dict[str, FamilyRules] = {f.name: f.rules for f in FAMILY_TABLE}
 
 
 def family_rules(family: str = DEFAULT_FAMILY) -> FamilyRules:
@@ -299,7 +256,7 @@ class VisionWorkload:
     lm_head_scope: str = "all"  # one of schema.LM_HEAD_SCOPES
     impl: str = "official"  # an implementation profile (profiles.profile_names())
     # the release of the profile's library the vendor runs (transformers for hf and official): picks the profile's
-    # release variant (analytic.releases); None = the newest verified release
+    # release variant (core.releases); None = the newest verified release
     impl_version: str | None = None
     attn_impl: str = "eager"  # one of schema.ATTN_IMPLS
     model: str = DEFAULT_FAMILY  # the model family (schema.FAMILIES): picks the rules above and the config

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 
-from analytic.workload import DTYPES
+from core.workload import DTYPES
 
 AUTO = "auto"
 DTYPE_CHOICES = (AUTO, *DTYPES)

@@ -2,7 +2,7 @@
 
 An implementation's code comes from a library (transformers for `hf` and, pinned, for `official`), and a new
 release may change what that code executes (a cast that is gone, a weight kept in float32). Each profile has a
-release table, `analytic/configs/releases/<profile>.yaml`: the release its YAML mirrors (`base`), one entry per
+release table, `core/releases/<profile>.yaml`: the release its YAML mirrors (`base`), one entry per
 behaviour change (`since`, the profile fields it sets, the code, the ops and the metrics it moves), and the
 releases the embedded gate was verified with, for the profile's library and for torch. Resolving an installed
 version applies every change up to it (the variant); a version outside the verified range still resolves (to the
@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-RELEASE_DIR = Path(__file__).resolve().parent / "configs" / "releases"
+RELEASE_DIR = Path(__file__).resolve().parent / "releases"
 _VERSION = re.compile(r"^\s*v?(\d+(?:\.\d+)*)")
 DRIFT_ADVICE = "failing stages may be library changes, not model errors: run scripts/drift.sh"
 
@@ -156,7 +156,7 @@ def release_table(profile: str) -> ReleaseTable:
     """The release table of ``profile`` (configs/releases/<profile>.yaml), checked once."""
     path = RELEASE_DIR / f"{profile}.yaml"
     if not path.is_file():
-        raise ReleaseError(f"profile {profile!r} has no release table: add analytic/configs/releases/{profile}.yaml")
+        raise ReleaseError(f"profile {profile!r} has no release table: add core/releases/{profile}.yaml")
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     if not isinstance(raw, dict):
         raise ReleaseError(f"{path}: expected a mapping")
