@@ -54,7 +54,7 @@ MODES: dict[str, ModePreset] = {
     "gundam": ModePreset(1024, 640, True),
 }
 
-# DeepSeek-OCR 2 (docs/deepseek-ocr2-facts.md, "Modes"): the README's one mode is global 1024 + 0 or
+# DeepSeek-OCR 2 (docs/deepseek-ocr2-facts.md, "Modes"): the official README's one mode is global 1024 + 0 or
 # 2..6 crops of 768 (named gundam here, as OCR-1's crop mode); one 1024 or one 768 view without crops.
 MODES_OCR2: dict[str, ModePreset] = {
     "small": ModePreset(768, 768, False),
