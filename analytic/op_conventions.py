@@ -2,7 +2,7 @@
 
 Torch-free, so the analytic model and the vendor meter read the same table.  Every definition below is
 per executed aten op (after the FLOP counter's own decompositions); a stage's figure is the sum over the
-ops charged to it (``peak_bytes``: the maximum, see `METRIC_AGGREGATION` in `core.schema`).
+ops charged to it (``peak_bytes``: the maximum, see `combine` and `PEAK_METRICS` in `core.metrics`).
 
 - **elementwise_flops**: an op with a tensor-FLOP formula has none, except the bias add a kernel fuses
   (`BIAS_IN_KERNEL`: 1 per output element, as the analytic model's bias add).  Any other op:

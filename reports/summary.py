@@ -49,7 +49,7 @@ def implementation_label(run: RunResult) -> str | None:
 
 def verdict_line(run: RunResult, df: pd.DataFrame | None = None) -> str:
     """One line: the verdict, page counts and the worst gated delta; on a library release the profiles were not
-    verified with, the line opens by saying so (the exit code is the verdict's all the same: README, "Exit codes")."""
+    verified with, the line opens by saying so (the exit code is the verdict's all the same: docs/running.md)."""
     unverified = library_line(run)
     line = _verdict_line(run, df)
     if unverified is None:

@@ -94,6 +94,6 @@ if [ "$status" -eq 0 ]; then
     echo "verdict: no drift: the candidate executes the same counted work and passes the gate"
 else
     echo "verdict: DRIFT or a failing gate: read the diffs above, then model the change as one entry of"
-    echo "  core/releases/hf.yaml (README, \"Upgrading transformers\")"
+    echo "  core/releases/hf.yaml (docs/dependencies.md, \"Upgrading transformers\")"
 fi
 exit "$status"

@@ -3,7 +3,7 @@
 Same workload through the hf backend (transformers' UnlimitedOcr classes) at reduced depth (2 decoder layers),
 float32 on CPU with the vision stack on meta. The expected difference is derived by hand:
 
-- tiny mode (512, no crops): nq = ceil((512 // 16) / 4) = 8, image tokens = (nq + 1) * nq + 1 = 73 (README formula);
+- tiny mode (512, no crops): nq = ceil((512 // 16) / 4) = 8, image tokens = (nq + 1) * nq + 1 = 73 (docs/conventions.md)
 - prefill_len S = 1 (BOS) + 73 + 5 prompt tokens = 79;
 - lm_head is Linear(1280, 129280) without bias: "all" runs it on S rows, "last" on 1, so
   all - last = 2 * (S - 1) * 1280 * 129280 FLOPs, in stage prefill, part lm_head, op aten.mm, and nowhere else;

@@ -167,7 +167,7 @@ def test_verdict_line_console_markdown_and_json_name_an_unverified_library(passe
     head = "UNVERIFIED LIBRARY: transformers 5.26.0 is newer than the supported range 5.23-5.25"
     assert line.startswith(head) and "run scripts/drift.sh" in line
     assert ("PASS anyway: all 1 pages within tolerance" in line) if passed else ("FAIL on it: 1 of 1 pages" in line)
-    assert run.verdict == ("PASS" if passed else "FAIL")  # the exit code stays the verdict's (README, Exit codes)
+    assert run.verdict == ("PASS" if passed else "FAIL")  # the exit code stays the verdict's (docs/running.md)
     doc = run_document(run)
     assert doc["verdict_line"] == line and doc["library_verified"] is False
     assert line in render_markdown(run)

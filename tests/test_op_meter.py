@@ -173,7 +173,7 @@ def _flash_attn_stand_in(q, k, v, dropout_p, softmax_scale, causal, wl, wr, soft
 
 def test_a_flash_attn_kernel_called_directly_is_counted_and_charged_as_the_fused_op():
     """transformers' flash_attention_2 calls flash-attn's custom op, not F.scaled_dot_product_attention: it gets
-    the same FLOPs and the same elementwise/byte charges as the fused op (README conventions)."""
+    the same FLOPs and the same elementwise/byte charges as the fused op (docs/metrics.md, "The metrics")."""
     from vendor_shim.audit import AuditLog
 
     with torch.library._scoped_library("flash_attn", "FRAGMENT") as lib:  # removed again when the test ends

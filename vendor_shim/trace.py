@@ -2,7 +2,7 @@
 
 Schema ``dsocr-flopcheck/vendor-trace`` version 2 (``schema_version: 2``; version 1 measured tensor FLOPs only):
 
-- ``schema``: the literal above; ``schema_version``: 1.
+- ``schema``: the literal above; ``schema_version``: 2.
 - ``backend`` (str), ``device`` (cpu|cuda|meta), ``dtype`` (str), ``vision_only`` (bool).
 - ``complete`` (bool): False when ``coverage.uncounted_ops`` is non-empty; ``incomplete_reasons`` (list[str]).
 - ``workload``: `VisionWorkload.to_dict()` the run was asked for.

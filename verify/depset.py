@@ -53,7 +53,7 @@ HEADER = """\
 # Update deliberately, never by hand-editing one line: run the drift job
 # (`bash scripts/drift.sh`), read its diff, fix the analytic profile if the library really
 # changed the computation, then regenerate this file from the verified environment
-# (README, "Upgrading the tested set"). tests/test_tested_deps.py checks an install against it.
+# (docs/dependencies.md, "Upgrading transformers"). tests/test_tested_deps.py checks an install against it.
 """
 
 

@@ -35,7 +35,7 @@ class ClipBlock:
         c.hold(3 * n)
         vision_attention(c, ap, batch, nh, seq, hd, profile.vision_attention, db)
         # attn_output.transpose(1, 2).contiguous(): a copy of a (B, H, S, D) output -- what SDPA returns on meta (math);
-        # CPU flash already returns it (B, S, H, D)-strided, so there the copy moves nothing (README).  Official
+        # CPU flash already returns it (B, S, H, D)-strided, so there the copy moves nothing (docs/metrics.md). Official
         # NoTPAttention: q, k, v are permuted views of the fused qkv, so under `like_query` the output's
         # permute(0, 2, 1, 3).reshape(...) is a view
         if profile.vision_sdpa_output == "contiguous" or profile.vision_attention == "eager":

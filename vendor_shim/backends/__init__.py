@@ -1,7 +1,7 @@
 """Backend registry: one `BackendSpec` line per backend, imported lazily (so the shim never imports transformers
 until a backend is created).  Everything else (CLIs, verifier, cache keys, analytic profile) reads from here.
 
-Adding a backend: write a module with a ``create_backend(*, vendor_dir, trust_remote_code)`` returning a
+Adding a backend: write a module with a ``create_backend(*, vendor_dir, trust_remote_code, model)`` returning a
 `VendorBackend` (in-process) or `OutOfProcessBackend`, then add one `BackendSpec` line below (and an analytic
 profile YAML under ``core/profiles/`` if no existing profile mirrors it).  See vendor_shim/README.md.
 """
