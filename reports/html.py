@@ -18,7 +18,7 @@ import pandas as pd
 
 from analytic.schema import DEFAULT_FAMILY
 from reports.format import format_metric, format_rel
-from reports.frame import comparison_frame, failing, leaf_summary, page_worst
+from reports.frame import Comparison, failing, page_worst
 from reports.model import RunResult
 from reports.safe import printable, safe_text
 from reports.summary import implementation_label, is_synthetic, verdict_line
@@ -89,12 +89,12 @@ details summary{cursor:pointer;color:var(--muted)}
 """.strip()
 
 
-def render_html(run: RunResult, df: pd.DataFrame | None = None) -> str:
+def render_html(run: RunResult, comparison: Comparison | None = None) -> str:
     """The whole report as one HTML document that opens without a network."""
-    df = comparison_frame(run) if df is None else df
-    summary = leaf_summary(df)
+    comparison = Comparison.of(run) if comparison is None else comparison
+    df, summary = comparison.frame, comparison.summary
     title = f"Verdict: {run.verdict} · {run.command} · {run.run_id}"
-    body = [*_verdict(run, df), *_failures(df), *_errors(run), *_charts(run, df, summary)]
+    body = [*_verdict(run, comparison), *_failures(df), *_errors(run), *_charts(run, df, summary)]
     body += [*_stage_table(summary), *_pages(run, df), *_environment(run), *_config(run)]
     return "\n".join(
         [
@@ -160,8 +160,8 @@ def _table(head: Iterable[str], rows: Iterable[Iterable[Any]], row_classes: Iter
 # --- sections --------------------------------------------------------------------------------------------------------
 
 
-def _verdict(run: RunResult, df: pd.DataFrame) -> list[str]:
-    n = len(run.pages)
+def _verdict(run: RunResult, comparison: Comparison) -> list[str]:
+    df, n = comparison.frame, len(run.pages)
     errors = sum(1 for p in run.pages if p.error)
     failed = sum(1 for p in run.pages if not p.error and not p.passed)
     counts = {"pages": n, "passed": n - errors - failed, "failed": failed, "could not be verified": errors}
@@ -172,7 +172,7 @@ def _verdict(run: RunResult, df: pd.DataFrame) -> list[str]:
     out = [
         f'<section class="verdict {_e(kind)}">',
         f"<h1>Verdict: {_e(run.verdict)}</h1>",
-        f"<p>{_e(verdict_line(run, df))}</p>",
+        f"<p>{_e(verdict_line(run, comparison))}</p>",
         '<p class="counts">' + "".join(f"<span>{_e(k)}: <b>{v}</b></span>" for k, v in counts.items()) + "</p>",
         "</section>",
     ]
