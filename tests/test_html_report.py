@@ -13,6 +13,7 @@ import pytest
 from analytic.schema import leaf_paths
 from reports import REPORT_FILES, write_reports
 from reports import writer as writer_mod
+from reports.format import axis_ticks
 from reports.html import render_html
 from reports.model import ComparisonRow, PageResult, PageSpec, RunResult
 
@@ -150,6 +151,26 @@ def test_not_run_for_crops_of_a_page_without_crops(report):
     table = only[only.index("<h2>Per stage") : only.index("<h2>Pages</h2>")]
     crops = [r for r in table.split("<tr") if ">crops<" in r and "tensor_flops" in r]
     assert len(crops) == 3 and all("not run" in r for r in crops)
+
+
+@pytest.mark.parametrize(
+    ("metric", "low", "high", "expected"),
+    [
+        # 1e12 B = 931.3 GiB (< 2**40): GiB; a fifth is 186.3 GiB, rounded up to 200 GiB
+        ("io_bytes", 0, 1e12, [(0, "0"), *((k * 2**30, f"{k} GiB") for k in (200, 400, 600, 800))]),
+        # 1e13 B = 9.09 TiB: TiB; a fifth is 1.82 TiB -> 2 TiB
+        ("peak_bytes", 0, 1e13, [(0, "0"), *((k * 2**40, f"{k} TiB") for k in (2, 4, 6, 8))]),
+        # 3.3 TFLOP: a fifth is 0.66 TFLOP -> 1 TFLOP
+        ("tensor_flops", 0, 3.3e12, [(0, "0"), *((k * 1e12, f"{k} TFLOP") for k in (1, 2, 3))]),
+        # 1.5 to 2.6 GFLOP: a fifth of 1.1 is 0.22 -> 0.5 GFLOP, from the first multiple at or above 1.5
+        ("tensor_flops", 1.5e9, 2.6e9, [(1.5e9, "1.5 GFLOP"), (2e9, "2 GFLOP"), (2.5e9, "2.5 GFLOP")]),
+        ("io_bytes", 0, 500, [(0, "0"), *((k, f"{k} B") for k in (100, 200, 300, 400, 500))]),  # exact steps of 100
+    ],
+)
+def test_axis_ticks_are_round_values_of_the_unit_shown(metric, low, high, expected):
+    ticks = axis_ticks(metric, low, high)
+    assert [label for _, label in ticks] == [label for _, label in expected]
+    assert [v for v, _ in ticks] == pytest.approx([v for v, _ in expected], rel=1e-12)
 
 
 def test_environment_and_config(report):
