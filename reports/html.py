@@ -1,7 +1,9 @@
-"""The HTML report: one self-contained file, verdict first, charts a performance engineer reads at a glance.
+"""The HTML report: one self-contained file, verdict first, then a stage x metric grid of deltas, then where the
+work and bytes go.
 
 Charts are matplotlib figures rendered to SVG and inlined (no JavaScript, no network, text kept as text);
-everything else is a table.  Every figure is a group-by of the comparison frame (`reports.frame`).
+everything else is a table.  Every figure is a group-by of the comparison frame and its leaf summary
+(`reports.frame.Comparison`), built once per report.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from typing import Any
 
 import pandas as pd
 
-from analytic.schema import DEFAULT_FAMILY
-from reports.format import format_metric, format_rel
+from analytic.schema import DEFAULT_FAMILY, METRICS, PEAK_METRICS
+from reports.format import axis_ticks, format_metric, format_rel
 from reports.frame import Comparison, failing, page_worst
 from reports.model import RunResult
 from reports.safe import printable, safe_text
@@ -26,6 +28,16 @@ from reports.summary import implementation_label, is_synthetic, verdict_line
 MAX_FAILING_ROWS = 200  # the CSV has all of them
 MAX_PAGE_BARS = 40  # "where the cost goes": one bar per page up to this many, else one per mode
 CHART_METRIC = "tensor_flops"  # the per-page charts total this metric
+GRID_NOTE = (
+    "The largest relative delta (analytic vs vendor) over the pages on which each branch ran. Green: within "
+    "tolerance on every page; red: outside it on at least one (see Failures); grey: measured but not gated, "
+    "'-' where there is no vendor count yet; 'not run': a branch no page has."
+)
+BREAKDOWN_NOTE = (
+    "Analytic model totals over the pages (the model covers every stage, measured or not) and each leaf's share of "
+    "its column's total, the largest in bold (unless tied); peak_bytes is the largest high-water mark, not a sum, "
+    "so it has no share."
+)
 SYNTHETIC_NOTE = (
     "This run used the embedded page set: synthetic page geometries chosen to be representative "
     "of OmniDocBench's nine document types and to hit every crop-grid path. They are not pages of the real "
@@ -80,6 +92,8 @@ th{background:#f3f5f7;vertical-align:bottom}tr:nth-child(even) td{background:#fa
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr.fail td{background:#fdecea}td.fail{color:var(--fail);font-weight:600}td.pass{color:var(--pass)}
 td.notrun{color:var(--muted);font-style:italic}
+table.grid td.pass{background:#e9f6ec}table.grid td.fail{background:#fdecea}
+table.grid td.notgated{background:#f1f3f5;color:var(--muted)}td.top{font-weight:700}
 figure{margin:18px 0;border:1px solid var(--line);border-radius:6px;padding:8px}
 figure svg{display:block;width:100%;height:auto}
 figcaption{color:var(--muted);font-size:13px;margin-top:4px}
@@ -94,8 +108,9 @@ def render_html(run: RunResult, comparison: Comparison | None = None) -> str:
     comparison = Comparison.of(run) if comparison is None else comparison
     df, summary = comparison.frame, comparison.summary
     title = f"Verdict: {run.verdict} · {run.command} · {run.run_id}"
-    body = [*_verdict(run, comparison), *_failures(df), *_errors(run), *_charts(run, df, summary)]
-    body += [*_stage_table(summary), *_pages(run, df), *_environment(run), *_config(run)]
+    body = [*_verdict(run, comparison), *_delta_grid(summary), *_breakdown(run, df, summary)]
+    body += [*_failures(df), *_errors(run), *_stage_table(summary), *_pages(run, df), *_environment(run)]
+    body += _config(run)
     return "\n".join(
         [
             "<!DOCTYPE html>",
@@ -142,9 +157,12 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _table(head: Iterable[str], rows: Iterable[Iterable[Any]], row_classes: Iterable[str] | None = None) -> str:
-    """Cells are escaped here; a cell given as ('num', text) or ('fail', text) gets that class."""
-    out = ['<div class="scroll"><table><thead><tr>', *(f"<th>{_e(h)}</th>" for h in head), "</tr></thead><tbody>"]
+def _table(
+    head: Iterable[str], rows: Iterable[Iterable[Any]], row_classes: Iterable[str] | None = None, kind: str = ""
+) -> str:
+    """Cells are escaped here; a cell given as ('num', text) or ('fail', text) gets that class, the table `kind`."""
+    table = f'<table class="{kind}">' if kind else "<table>"
+    out = [f'<div class="scroll">{table}<thead><tr>', *(f"<th>{_e(h)}</th>" for h in head), "</tr></thead><tbody>"]
     classes = iter(row_classes or ())
     for row in rows:
         cls = next(classes, "")
@@ -227,6 +245,77 @@ def _errors(run: RunResult) -> list[str]:
     return ["<h2>Pages that could not be verified</h2>", head + body + "</tbody></table></div>"]
 
 
+def _delta_grid(summary: pd.DataFrame) -> list[str]:
+    """Leaves x metrics, each cell the largest relative delta over pages, coloured by the gate: the whole comparison
+    on one screen (failing cells are the Failures table's rows)."""
+    out = ["<h2>Deltas per stage and metric</h2>"]
+    if summary.empty:
+        return [*out, "<p>No page was compared, so there is no delta to show.</p>"]
+    metrics, cells = _metrics(summary), _cells(summary)
+    rows = [[f"{st}/{pt}", *(_delta_cell(cells.get((st, pt, m))) for m in metrics)] for st, pt in _leaves(summary)]
+    return [*out, f"<p>{_e(GRID_NOTE)}</p>", _table(["stage/part", *metrics], rows, kind="grid")]
+
+
+def _metrics(summary: pd.DataFrame) -> list[str]:
+    """The grid's columns: every metric of the schema, in its order, then any other the run has."""
+    return [*METRICS, *(m for m in dict.fromkeys(summary.metric) if m not in METRICS)]
+
+
+def _cells(summary: pd.DataFrame) -> dict[tuple[str, str, str], Any]:
+    return {(s.stage, s.part, s.metric): s for s in summary.itertuples()}
+
+
+def _leaves(summary: pd.DataFrame) -> list[tuple[str, str]]:
+    """(stage, part) in report order (the summary's)."""
+    return list(dict.fromkeys(zip(summary.stage, summary.part, strict=True)))
+
+
+def _delta_cell(s: Any) -> tuple[str, str]:
+    """(class, text) of one grid cell: 'pass'/'fail' for a gated leaf, 'notgated' for a reported one."""
+    if s is None:
+        return "num notgated", "-"
+    if s.pages == 0:
+        return "num notrun", "not run"
+    kind = "notgated" if not s.gated else "fail" if s.failed else "pass"
+    return f"num {kind}", format_rel(s.max_rel)
+
+
+def _breakdown(run: RunResult, df: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
+    """Where the work and bytes go: each leaf's analytic totals and its share of the run's, then the share chart."""
+    if summary.empty:
+        return []
+    present = set(summary.metric)
+    metrics, cells = [m for m in _metrics(summary) if m in present], _cells(summary)
+    totals = {m: float(summary[summary.metric == m].analytic_total.sum()) for m in metrics}
+    tops = {m: _top(summary[summary.metric == m].analytic_total) for m in metrics}
+    rows = [
+        [f"{st}/{pt}", *(_cost_cell(cells.get((st, pt, m)), totals[m], tops[m]) for m in metrics)]
+        for st, pt in _leaves(summary)
+    ]
+    out = ["<h2>Where the work and bytes go</h2>", f"<p>{_e(BREAKDOWN_NOTE)}</p>"]
+    return [*out, _table(["stage/part", *metrics], rows, kind="cost"), *_chart(_share_chart(run, df), 0)]
+
+
+def _top(totals: pd.Series) -> float | None:
+    """The column's largest figure when one leaf alone has it (a tie, e.g. all equal, singles out nothing)."""
+    top = totals.max()
+    return float(top) if top > 0 and int((totals == top).sum()) == 1 else None
+
+
+def _cost_cell(s: Any, total: float, top: float | None) -> tuple[str, str]:
+    """'1.234 TFLOP · 42.0%' (a high-water mark has no share); the largest of its column in bold."""
+    if s is None:
+        return "num", "-"
+    if s.pages == 0:
+        return "num notrun", "not run"
+    kind = "num top" if s.analytic_total == top else "num"
+    value = format_metric(s.metric, s.analytic_total)
+    if s.metric in PEAK_METRICS or not total or not s.analytic_total:
+        return kind, value
+    share = 100 * s.analytic_total / total
+    return kind, f"{value} · {share:.1f}%" if share >= 0.05 else f"{value} · <0.1%"
+
+
 def _stage_table(summary: pd.DataFrame) -> list[str]:
     if summary.empty:
         return []
@@ -301,7 +390,7 @@ def _pages(run: RunResult, df: pd.DataFrame) -> list[str]:
         )
         classes.append("" if p.passed else "fail")
     note = f"<p>FLOPs: {_e(_metric_name(CHART_METRIC))} over every stage; failing pages first.</p>"
-    return ["<h2>Pages</h2>", note, _table(head, rows, classes)]
+    return ["<h2>Pages</h2>", *_chart(_page_chart(run, df), 1), note, _table(head, rows, classes)]
 
 
 def _not_run(df: pd.DataFrame) -> dict[str, str]:
@@ -378,15 +467,13 @@ def _page_flops(df: pd.DataFrame) -> pd.DataFrame:
     return out.join(first)[cols]
 
 
-def _charts(run: RunResult, df: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
-    if df.empty:
-        return ["<h2>Charts</h2>", "<p>No page was compared, so there is nothing to chart.</p>"]
-    figures = [_stage_chart(summary, df.page_id.nunique()), _page_chart(run, df), _share_chart(run, df)]
-    out = ["<h2>Charts</h2>"]
-    for i, made in enumerate(f for f in figures if f is not None):
-        fig, label, caption = made
-        out.append(f"<figure>{_svg(fig, i, label)}<figcaption>{_e(caption)}</figcaption></figure>")
-    return out
+def _chart(made: tuple[Any, str, str] | None, index: int) -> list[str]:
+    """A chart (figure, accessible name, caption) as a <figure>; [] when there was nothing to draw.
+    `index` keeps each chart's SVG ids apart from the others'."""
+    if made is None:
+        return []
+    fig, label, caption = made
+    return [f"<figure>{_svg(fig, index, label)}<figcaption>{_e(caption)}</figcaption></figure>"]
 
 
 def _figure(width: float, height: float):
@@ -417,97 +504,13 @@ def _scope_ids(svg: str, prefix: str) -> str:
     return _SVG_REF_SUB.sub(lambda m: f"{m[1]}{prefix}{m[2]}", svg)
 
 
-def _stage_chart(summary: pd.DataFrame, n_pages: int):
-    """Per stage and branch, vendor vs analytic totals of each gated metric, log scale, every bar labelled."""
-    gated = summary[summary.gated]
-    metrics = list(dict.fromkeys(gated.metric))
-    if not metrics:
-        return None
-    import matplotlib as mpl
-
-    with mpl.rc_context(_RC):
-        n_leaves = gated.groupby("metric").size().max()
-        fig = _figure(max(11.0, 1.0 * n_leaves + 1.5), 4.8 * len(metrics))
-        axes = fig.subplots(len(metrics), 1, squeeze=False)[:, 0]
-        for ax, metric in zip(axes, metrics, strict=True):
-            _stage_axes(ax, gated[gated.metric == metric], metric, n_pages)
-    caption = (
-        f"Totals over the pages on which each branch ran (of {n_pages} compared); vendor count (measured) beside the "
-        "analytic model, log scale. A branch that ran on no page is marked 'not run', not drawn as zero."
-    )
-    return fig, "Per stage and branch: vendor vs analytic", caption
-
-
-def _stage_axes(ax, rows: pd.DataFrame, metric: str, n_pages: int) -> None:
-    from matplotlib.ticker import LogLocator, NullFormatter
-
-    x = list(range(len(rows)))
-    width = 0.38
-    values = [v for r in rows.itertuples() if r.pages for v in (r.vendor_total, r.analytic_total) if _positive(v)]
-    low, high = (min(values), max(values)) if values else (1.0, 10.0)
-    floor = low / 30
-    ax.set_yscale("log")
-    ax.set_ylim(floor, high * 60)
-    ticks = []
-    for i, r in enumerate(rows.itertuples()):
-        tick = f"{r.stage}\n{r.part}"
-        if r.pages == 0:
-            ax.text(i, floor * 1.5, "not run", rotation=90, ha="center", va="bottom", color=MUTED, style="italic")
-            ax.axvspan(i - 0.45, i + 0.45, color="#eeeeee", zorder=0)
-            ticks.append(f"{tick}\nnot run")
-            continue
-        if r.pages < n_pages:
-            tick += f"\n{r.pages} of {n_pages} pages"
-        if r.failed:
-            tick += f"\nFAIL ({r.failed})"
-        ticks.append(tick)
-        for offset, value, color in (
-            (-width / 2, r.vendor_total, VENDOR_COLOR),
-            (width / 2, r.analytic_total, ANALYTIC_COLOR),
-        ):
-            if _missing(value):
-                ax.text(i + offset, floor * 1.5, "no vendor count", rotation=90, ha="center", va="bottom", color=MUTED)
-                continue
-            shown = value if value > 0 else floor
-            ax.bar(i + offset, shown - floor, width, bottom=floor, color=color, edgecolor="white", linewidth=0.5)
-            label = format_metric(metric, value) if value > 0 else "0"
-            ax.text(i + offset, shown * 1.25, label, rotation=90, ha="center", va="bottom", fontsize=7.5)
-    ax.set_xticks(x, ticks)
-    for tick, r in zip(ax.get_xticklabels(), rows.itertuples(), strict=True):
-        if r.failed:
-            tick.set_color(FAIL_COLOR)
-    stages = list(rows.stage)
-    for i in range(1, len(stages)):
-        if stages[i] != stages[i - 1]:
-            ax.axvline(i - 0.5, color="#cccccc", linewidth=0.8)
-    ax.set_xlim(-0.6, len(rows) - 0.4)
-    ax.set_ylabel(f"{_metric_name(metric)} (log scale)")
-    ax.yaxis.set_major_locator(LogLocator(base=10))
-    ax.yaxis.set_major_formatter(_axis_formatter(metric))
-    ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.set_title(f"{_metric_name(metric)} per stage and branch: vendor vs analytic, totals over pages")
-    ax.grid(axis="y", which="major", color="#e6e6e6", linewidth=0.6)
-    ax.set_axisbelow(True)
-    handles = [_patch(VENDOR_COLOR, "vendor (counted)"), _patch(ANALYTIC_COLOR, "analytic model")]
-    ax.legend(handles=handles, loc="upper right", frameon=False, ncols=2)
-
-
-def _patch(color: str, label: str):
-    from matplotlib.patches import Patch
-
-    return Patch(facecolor=color, label=label)
-
-
-def _positive(value: Any) -> bool:
-    return not _missing(value) and value > 0
-
-
 def _page_chart(run: RunResult, df: pd.DataFrame):
     """Total CHART_METRIC per page against its image tokens, vendor and analytic markers, crop grid labelled."""
     per_page = _page_flops(df).dropna(subset=["n_image_tokens"])
     if per_page.empty:
         return None
     import matplotlib as mpl
+    from matplotlib.ticker import MaxNLocator
 
     per_page = per_page.assign(grid=[_grid(r) for r in per_page[["w_crop", "h_crop", "n_crops"]].to_dict("records")])
     modes = sorted(m for m in per_page["mode"].dropna().unique() if m)
@@ -542,10 +545,11 @@ def _page_chart(run: RunResult, df: pd.DataFrame):
             )
         ax.set_xlabel("image tokens")
         ax.set_ylabel(f"{_metric_name(CHART_METRIC)} per page")
-        ax.yaxis.set_major_formatter(_axis_formatter(CHART_METRIC))
         ax.set_ylim(bottom=0, top=per_page[["vendor", "analytic"]].max().max() * 1.15)
-        span = max(x.max() - x.min(), 1.0)
+        _round_ticks(ax, CHART_METRIC)
+        span = max(x.max() - x.min(), 0.1 * x.max(), 1.0)  # pages of one size: a readable range around them
         ax.set_xlim(max(0.0, x.min() - 0.08 * span), x.max() + 0.12 * span)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # tokens are whole: no '902.925' ticks
         _label_points(ax, per_page, len(modes) > 1, (width * 72 - 90, height * 72 - 70))
         ax.set_title(f"{_metric_name(CHART_METRIC)} by page ({_modes(modes)}), labelled with the crop grid")
         ax.grid(color="#e6e6e6", linewidth=0.6)
@@ -603,20 +607,11 @@ def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def _axis_formatter(metric: str):
-    """Tick labels in the report's units without trailing zeros: '3.5 TFLOP', '100 GFLOP', '0'."""
-    from matplotlib.ticker import FuncFormatter
-
-    return FuncFormatter(lambda v, _pos: _tick(metric, v))
-
-
-def _tick(metric: str, value: float) -> str:
-    if value == 0:
-        return "0"
-    number, _, unit = format_metric(metric, value).partition(" ")
-    if "." in number:
-        number = number.rstrip("0").rstrip(".")
-    return f"{number} {unit}"
+def _round_ticks(ax, metric: str) -> None:
+    """y ticks at round values of the one unit the reports show the axis's top in (`reports.format.axis_ticks`)."""
+    low, high = ax.get_ylim()
+    ticks = axis_ticks(metric, low, high)
+    ax.set_yticks([value for value, _ in ticks], [label for _, label in ticks])
 
 
 def _metric_name(metric: str) -> str:
