@@ -12,7 +12,7 @@ from rich.table import Table
 from core.families import DEFAULT_FAMILY
 from core.metrics import PEAK_METRICS
 from reports.format import format_metric, format_rel
-from reports.frame import comparison_frame
+from reports.frame import Comparison
 from reports.model import RunResult
 from reports.safe import printable
 from reports.summary import gated_summary, implementation_label, is_synthetic, library_line, reported_line, verdict_line
@@ -24,11 +24,11 @@ _UNITS = 11  # '15.63 TFLOP'
 _FIXED = {"stage": 16}  # 'projector/global': never cut
 
 
-def summary_tables(run: RunResult, df=None) -> list[Table]:
+def summary_tables(run: RunResult, comparison: Comparison | None = None) -> list[Table]:
     """One table per gated metric (80 columns each): per stage x part, totals over pages, tolerance, worst relative
     delta, pass/fail/not-run.  Leaves that are zero on both sides on every page (a vision stage's KV cache) are left
     to the reports."""
-    gated = gated_summary(comparison_frame(run) if df is None else df)
+    gated = gated_summary((Comparison.of(run) if comparison is None else comparison).summary)
     return [_metric_table(run, metric, g) for metric, g in gated.groupby("metric", sort=False)]
 
 
@@ -64,10 +64,10 @@ def _metric_table(run: RunResult, metric: str, gated) -> Table:
 
 def print_summary(run: RunResult, console: Console | None = None, paths: dict[str, Path] | None = None) -> None:
     console = console or Console()  # every user-supplied string below goes through printable()
-    df = comparison_frame(run)
-    for table in summary_tables(run, df):
+    comparison = Comparison.of(run)
+    for table in summary_tables(run, comparison):
         console.print(table)
-    reported = reported_line(df)
+    reported = reported_line(comparison.summary)
     if reported:
         console.print(f"[dim]{escape(reported)}[/]", highlight=False)
     model, backend = run.config.get("model", DEFAULT_FAMILY), run.config.get("backend", "?")
@@ -87,4 +87,4 @@ def print_summary(run: RunResult, console: Console | None = None, paths: dict[st
     style = _VERDICT_STYLE.get(run.verdict, "bold")
     if library_line(run) and run.verdict == "PASS":
         style = "bold yellow"  # a pass on an unverified library is not the plain green pass
-    console.print(f"[{style}]{escape(verdict_line(run, df))}[/]", highlight=False)
+    console.print(f"[{style}]{escape(verdict_line(run, comparison))}[/]", highlight=False)

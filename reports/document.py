@@ -7,25 +7,23 @@ import math
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from reports.frame import comparison_frame, leaf_summary
+from reports.frame import Comparison
 from reports.model import PageResult, RunResult
 from reports.summary import is_synthetic, library_range, verdict_line
 
 REPORT_FORMAT = 1
 
 
-def run_document(run: RunResult, df: pd.DataFrame | None = None) -> dict[str, Any]:
-    df = comparison_frame(run) if df is None else df
-    summary = leaf_summary(df).astype(object).where(lambda t: t.notna(), None).to_dict("records")
+def run_document(run: RunResult, comparison: Comparison | None = None) -> dict[str, Any]:
+    comparison = Comparison.of(run) if comparison is None else comparison
+    summary = comparison.summary.astype(object).where(lambda t: t.notna(), None).to_dict("records")
     return jsonable(
         {
             "report_format": REPORT_FORMAT,
             "run_id": run.run_id,
             "command": run.command,
             "verdict": run.verdict,
-            "verdict_line": verdict_line(run, df),
+            "verdict_line": verdict_line(run, comparison),
             "library_verified": library_range(run).get("verified"),  # None: a run that did not record it
             "synthetic_pages": is_synthetic(run),
             "started_at": run.started_at,

@@ -12,7 +12,7 @@ tolerance, passed, gap_family, note), the page's geometry (`PAGE_COLUMNS`), and 
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import dataclass, fields
 
 import pandas as pd
 
@@ -71,6 +71,20 @@ def comparison_frame(run: RunResult) -> pd.DataFrame:
     order = _report_order(tuple(run.config.get("stages") or STAGES))
     df["_order"] = [order.get((s, p, m), len(order)) for s, p, m in zip(df.stage, df.part, df.metric, strict=True)]
     return df.sort_values(["_order", "page_id"], kind="stable").drop(columns="_order").reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A run's comparison frame and its leaf summary, built once per report and handed to every view: rebuilding
+    them in each renderer repeats the same group-bys (and would let two views of one run drift apart)."""
+
+    frame: pd.DataFrame
+    summary: pd.DataFrame
+
+    @classmethod
+    def of(cls, run: RunResult) -> Comparison:
+        frame = comparison_frame(run)
+        return cls(frame, leaf_summary(frame))
 
 
 def _status(row: ComparisonRow, n_crops: int) -> str:

@@ -10,7 +10,7 @@ import pandas as pd
 
 from core.families import DEFAULT_FAMILY
 from reports.format import format_metric, format_rel
-from reports.frame import comparison_frame, failing, leaf_summary, page_worst
+from reports.frame import Comparison, failing, page_worst
 from reports.model import PageResult, RunResult
 from reports.summary import implementation_label, is_synthetic, verdict_line
 
@@ -23,10 +23,10 @@ SYNTHETIC_NOTE = (
 )
 
 
-def render_markdown(run: RunResult, df: pd.DataFrame | None = None) -> str:
-    df = comparison_frame(run) if df is None else df
-    summary = leaf_summary(df)
-    out = [f"# Verdict: {run.verdict}", "", verdict_line(run, df), ""]
+def render_markdown(run: RunResult, comparison: Comparison | None = None) -> str:
+    comparison = Comparison.of(run) if comparison is None else comparison
+    df, summary = comparison.frame, comparison.summary
+    out = [f"# Verdict: {run.verdict}", "", verdict_line(run, comparison), ""]
     if is_synthetic(run):
         out += [SYNTHETIC_NOTE, ""]
     model = run.config.get("model", DEFAULT_FAMILY)

@@ -11,6 +11,7 @@ Reports show such characters as backslash escapes (the bytes of a file name as `
 from __future__ import annotations
 
 import dataclasses
+import html
 import os
 import re
 import unicodedata
@@ -46,6 +47,11 @@ def _escape(char: str) -> str:
 def printable(text: str) -> str:
     """`safe_text` on one line (for a console line)."""
     return safe_text(text).replace("\n", "\\n")
+
+
+def html_line(value: Any) -> str:
+    """One line of HTML text: odd characters shown as escapes (`printable`), markup inert."""
+    return html.escape(printable(str(value)))
 
 
 def _escape_surrogates(text: str) -> str:

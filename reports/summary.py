@@ -8,7 +8,7 @@ from __future__ import annotations
 import pandas as pd
 
 from reports.format import format_rel
-from reports.frame import comparison_frame, failing, leaf_summary
+from reports.frame import Comparison, failing
 from reports.model import RunResult
 from reports.safe import printable
 
@@ -18,9 +18,8 @@ def is_synthetic(run: RunResult) -> bool:
     return any(p.page.synthetic for p in run.pages)
 
 
-def gated_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """`leaf_summary` restricted to gated metrics."""
-    summary = leaf_summary(df)
+def gated_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """A `leaf_summary` restricted to gated metrics."""
     return summary[summary.gated] if not summary.empty else summary
 
 
@@ -47,23 +46,22 @@ def implementation_label(run: RunResult) -> str | None:
     return printable(f"{lr.get('library')} {lr.get('library_version')}, profile {lr.get('variant')}")
 
 
-def verdict_line(run: RunResult, df: pd.DataFrame | None = None) -> str:
+def verdict_line(run: RunResult, comparison: Comparison | None = None) -> str:
     """One line: the verdict, page counts and the worst gated delta; on a library release the profiles were not
     verified with, the line opens by saying so (the exit code is the verdict's all the same: docs/running.md)."""
     unverified = library_line(run)
-    line = _verdict_line(run, df)
+    line = _verdict_line(run, Comparison.of(run) if comparison is None else comparison)
     if unverified is None:
         return line
     word, _, rest = line.partition(":")
     return f"{unverified}. {word} {'anyway' if word == 'PASS' else 'on it'}:{rest}"
 
 
-def _verdict_line(run: RunResult, df: pd.DataFrame | None = None) -> str:
-    df = comparison_frame(run) if df is None else df
+def _verdict_line(run: RunResult, comparison: Comparison) -> str:
     n = len(run.pages)
     errors = [p for p in run.pages if p.error]
     fails = [p for p in run.pages if not p.error and not p.passed]
-    gated = gated_summary(df)
+    gated = gated_summary(comparison.summary)
     parts = [f"{run.verdict}:"]
     if not fails and not errors:
         max_rel = gated.max_rel.max() if len(gated) and gated.max_rel.notna().any() else 0.0
@@ -76,7 +74,7 @@ def _verdict_line(run: RunResult, df: pd.DataFrame | None = None) -> str:
     else:
         if fails:
             parts.append(f"{len(fails)} of {n} pages outside tolerance")
-        worst = failing(df).head(1)
+        worst = failing(comparison.frame).head(1)
         for r in worst.itertuples():
             fam = f", gap in {r.gap_family}" if r.gap_family else ""
             where = f"{r.stage}/{r.part} {r.metric} {format_rel(r.rel_delta)} > {format_rel(r.tolerance)}"
@@ -86,9 +84,8 @@ def _verdict_line(run: RunResult, df: pd.DataFrame | None = None) -> str:
     return " ".join(parts).replace(" ;", ";")
 
 
-def reported_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Per metric that is measured but not gated: the worst relative delta and where (stage/part)."""
-    summary = leaf_summary(df)
+def reported_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per metric that is measured but not gated (from a `leaf_summary`): the worst relative delta and where."""
     if summary.empty:
         return pd.DataFrame(columns=["metric", "max_rel", "where"])
     shown = summary[~summary.gated & summary.max_rel.notna()]
@@ -99,9 +96,9 @@ def reported_summary(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["metric", "max_rel", "where"])
 
 
-def reported_line(df: pd.DataFrame) -> str | None:
+def reported_line(summary: pd.DataFrame) -> str | None:
     """'reported, not gated: io_bytes worst 35.12% (sam/global), ...' or None when every measured metric is gated."""
-    rep = reported_summary(df)
+    rep = reported_summary(summary)
     if rep.empty:
         return None
     cells = [f"{r.metric} {format_rel(r.max_rel)} ({r.where})" for r in rep.itertuples()]

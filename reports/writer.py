@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from reports.document import run_document
-from reports.frame import comparison_frame
+from reports.frame import Comparison
 from reports.html import render_html
 from reports.markdown import render_markdown
 from reports.model import RunResult
@@ -45,12 +45,12 @@ def write_reports(run: RunResult, run_dir: Path) -> dict[str, Path]:
     remove_stale_staging(run_dir.parent)
     staging = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.partial-{os.getpid()}-"))
     try:
-        df = comparison_frame(run)  # every format is a view of this one frame
-        (staging / REPORT_FILES["markdown"]).write_text(render_markdown(run, df), encoding="utf-8")
-        write_csv(run, staging / REPORT_FILES["csv"], df)
-        text = json.dumps(run_document(run, df), indent=1, allow_nan=False)
+        comparison = Comparison.of(run)  # every format is a view of this one frame and its one summary
+        (staging / REPORT_FILES["markdown"]).write_text(render_markdown(run, comparison), encoding="utf-8")
+        write_csv(run, staging / REPORT_FILES["csv"], comparison.frame)
+        text = json.dumps(run_document(run, comparison), indent=1, allow_nan=False)
         (staging / REPORT_FILES["json"]).write_text(text + "\n", encoding="utf-8")
-        (staging / REPORT_FILES["html"]).write_text(render_html(run, df), encoding="utf-8")
+        (staging / REPORT_FILES["html"]).write_text(render_html(run, comparison), encoding="utf-8")
         _refuse_existing(run_dir)  # POSIX rename would silently replace an empty directory
         _rename(staging, run_dir)
     except BaseException:

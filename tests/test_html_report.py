@@ -1,7 +1,10 @@
-"""report.html: self-contained, verdict first, charts inline as SVG, text escaped, and it renders in a real browser."""
+"""report.html: self-contained, verdict then the delta grid then the cost breakdown, charts inline as SVG with round
+axis ticks, text escaped, and it renders in a real browser."""
 
 from __future__ import annotations
 
+import ast
+import html
 import os
 import re
 import shutil
@@ -10,15 +13,18 @@ import subprocess
 import numpy as np
 import pytest
 
+from core.metrics import METRICS
 from core.schema import leaf_paths
 from reports import REPORT_FILES, write_reports
 from reports import writer as writer_mod
+from reports.format import axis_ticks
 from reports.html import render_html
 from reports.model import ComparisonRow, PageResult, PageSpec, RunResult
 
 HOSTILE = "<script>alert(1)</script>"
 ODD = "scan-\udcff $1$ & \x07"  # a file name that is not UTF-8, a '$' (no TeX), an ampersand, a control character
-N_CHARTS = 3
+N_CHARTS = 2  # where the cost goes (per page, by stage); tensor FLOPs by page
+MAX_FUNCTION_LINES = 60
 SIZE_BOUND = 400_000  # bytes, for 16 pages
 CHART_COLORS = {"vendor": (0x00, 0x72, 0xB2), "analytic": (0xE6, 0x9F, 0x00)}
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
@@ -116,14 +122,17 @@ def test_charts_inline_svg_text_as_text(report):
         assert 'role="img"' in svg and "<text" in svg  # svg.fonttype none: labels are text, not glyph paths
     ids = re.findall(r'\bid="([^"]+)"', report)
     assert len(ids) == len(set(ids)), "element ids repeat across the inline charts"
-    stage, pages, share = svgs
-    assert "vendor vs analytic" in stage and "2x3" in pages and "none" in pages and "Where the cost goes" in share
+    share, pages = svgs
+    assert "2x3" in pages and "none" in pages and "Where the cost goes" in share
     assert "mode gundam" in share
 
 
-def test_verdict_first_failures_worst_first(report):
+def test_verdict_then_grid_then_breakdown_then_failures_worst_first(report):
     body = report[report.index("<body>") :]
-    assert body.index("Verdict: FAIL") < body.index("<h2>Failures") < body.index("<svg") < body.index("<h2>Per stage")
+    order = ["Verdict: FAIL", "<h2>Deltas per stage and metric", "<h2>Where the work and bytes go", "<svg"]
+    order += ["<h2>Failures", "<h2>Per stage", "<h2>Pages</h2>"]
+    at = [body.index(text) for text in order]
+    assert at == sorted(at), dict(zip(order, at, strict=True))
     failures = body[body.index("<h2>Failures") : body.index("</table>", body.index("<h2>Failures"))]
     assert "clip" in failures and "5.00%" in failures and "page-00" not in failures
     assert "Synthetic pages" in body
@@ -145,11 +154,95 @@ def test_not_run_for_crops_of_a_page_without_crops(report):
     row = next(r for r in pages_table.split("<tr") if "&lt;script&gt;" in r)
     assert ">none<" in row and '<td class="notrun">crops</td>' in row
     only = render_html(_run([_page("flat", crops=False)]))
-    stage_chart = _svgs(only)[0]
-    assert stage_chart.count(">not run<") >= 3  # sam, clip, projector crops: marked, not drawn as zero
+    head, rows = _grid(only)
+    crops = [r for r in rows if r[0][1].endswith("/crops")]
+    assert [r[0][1] for r in crops] == ["sam/crops", "clip/crops", "projector/crops"]
+    for row in crops:  # gated tensor FLOPs: not run (not a 0 pass); io_bytes: reported, no vendor count
+        cells = dict(zip(head, row, strict=True))
+        assert cells["tensor_flops"] == ("num notrun", "not run") and cells["io_bytes"] == ("num notgated", "-")
     table = only[only.index("<h2>Per stage") : only.index("<h2>Pages</h2>")]
     crops = [r for r in table.split("<tr") if ">crops<" in r and "tensor_flops" in r]
     assert len(crops) == 3 and all("not run" in r for r in crops)
+
+
+def _section_table(text: str, heading: str) -> tuple[list[str], list[list[tuple[str, str]]]]:
+    """The first table after `heading`: its header cells and, per row, (class, text) of each cell."""
+    start = text.index(f"<h2>{heading}</h2>")
+    table = text[text.index("<table", start) : text.index("</table>", start)]
+    head = re.findall(r"<th>(.*?)</th>", table)
+    body = table[table.index("<tbody>") :]
+    cells = (re.findall(r'<td(?: class="([^"]*)")?>(.*?)</td>', r) for r in body.split("<tr")[1:])
+    rows = [[(cls, html.unescape(text)) for cls, text in row] for row in cells]
+    return head, rows
+
+
+def _grid(text: str) -> tuple[list[str], list[list[tuple[str, str]]]]:
+    return _section_table(text, "Deltas per stage and metric")
+
+
+def test_grid_one_row_per_leaf_one_column_per_metric(report):
+    head, rows = _grid(report)
+    assert head == ["stage/part", *METRICS]
+    assert [r[0][1] for r in rows] == [f"{s}/{p}" for s, p in leaf_paths()]  # report order
+    assert all(len(r) == 1 + len(METRICS) for r in rows)
+    cells = {r[0][1]: dict(zip(head, r, strict=True)) for r in rows}
+    # the one failing leaf: clip/global tensor FLOPs, the ODD page's analytic 5% over its vendor count
+    assert cells["clip/global"]["tensor_flops"] == ("num fail", "5.00%")
+    failing = [(leaf, m) for leaf, c in cells.items() for m, (cls, _) in c.items() if "fail" in cls.split()]
+    assert failing == [("clip/global", "tensor_flops")]
+    assert cells["sam/crops"]["tensor_flops"] == ("num pass", "0 (exact)")  # a page without crops is not a fail
+    assert cells["sam/global"]["io_bytes"] == ("num notgated", "-")  # reported only, no vendor count
+    assert cells["sam/global"]["peak_bytes"] == ("num notgated", "-")  # a metric this run does not have
+    assert '<table class="grid">' in report and "table.grid td.fail{" in report  # the classes are styled
+
+
+def test_breakdown_shares_of_each_metric():
+    text = render_html(_run([_page("one")]))
+    head, rows = _section_table(text, "Where the work and bytes go")
+    assert head == ["stage/part", "tensor_flops", "io_bytes"]  # the metrics the run has
+    cells = {r[0][1]: dict(zip(head, r, strict=True)) for r in rows}
+    # tensor FLOPs of the page (_FLOPS, prefill and decode doubled): 0.977 + 1.95 + 0.162 + 0.248 + 0.00134
+    # + 0.0021 + 2 * (0.61 + 0.00033) + 2 * (0.0017 + 0.00066) = 4.56582 TFLOP; sam/crops 1.95 / 4.56582 = 42.7%
+    assert cells["sam/crops"]["tensor_flops"] == ("num top", "1.950 TFLOP · 42.7%")
+    assert cells["clip/global"]["tensor_flops"] == ("num", "162.000 GFLOP · 3.5%")  # 0.162 / 4.56582
+    assert cells["prefill/lm_head"]["tensor_flops"] == ("num", "660.000 MFLOP · <0.1%")  # 6.6e8 / 4.56582e12
+    # io_bytes: 1e6 on each of the 10 leaves, 1e6 / 2**10 = 976.5625 KiB, a tenth each (tied: none in bold)
+    assert {c["io_bytes"] for c in cells.values()} == {("num", "976.562 KiB · 10.0%")}
+
+
+@pytest.mark.parametrize(
+    ("metric", "low", "high", "expected"),
+    [
+        # 1e12 B = 931.3 GiB (< 2**40): GiB; a fifth is 186.3 GiB, rounded up to 200 GiB
+        ("io_bytes", 0, 1e12, [(0, "0"), *((k * 2**30, f"{k} GiB") for k in (200, 400, 600, 800))]),
+        # 1e13 B = 9.09 TiB: TiB; a fifth is 1.82 TiB -> 2 TiB
+        ("peak_bytes", 0, 1e13, [(0, "0"), *((k * 2**40, f"{k} TiB") for k in (2, 4, 6, 8))]),
+        # 3.3 TFLOP: a fifth is 0.66 TFLOP -> 1 TFLOP
+        ("tensor_flops", 0, 3.3e12, [(0, "0"), *((k * 1e12, f"{k} TFLOP") for k in (1, 2, 3))]),
+        # 1.5 to 2.6 GFLOP: a fifth of 1.1 is 0.22 -> 0.5 GFLOP, from the first multiple at or above 1.5
+        ("tensor_flops", 1.5e9, 2.6e9, [(1.5e9, "1.5 GFLOP"), (2e9, "2 GFLOP"), (2.5e9, "2.5 GFLOP")]),
+        ("io_bytes", 0, 500, [(0, "0"), *((k, f"{k} B") for k in (100, 200, 300, 400, 500))]),  # exact steps of 100
+    ],
+)
+def test_axis_ticks_are_round_values_of_the_unit_shown(metric, low, high, expected):
+    ticks = axis_ticks(metric, low, high)
+    assert [label for _, label in ticks] == [label for _, label in expected]
+    assert [v for v, _ in ticks] == pytest.approx([v for v, _ in expected], rel=1e-12)
+
+
+def test_chart_ticks_are_round(report):
+    _, pages = _svgs(report)
+    labels = re.findall(r">([^<>]*FLOP)</text>", pages)
+    assert labels and all(re.fullmatch(r"0|\d+ [kMGTP]?FLOP", label) for label in labels), labels
+
+
+@pytest.mark.parametrize("module", ["html.py", "html_charts.py"])
+def test_html_functions_are_short(module):
+    path = os.path.join(os.path.dirname(__file__), "..", "reports", module)
+    with open(path, encoding="utf-8") as fh:
+        tree = ast.parse(fh.read())
+    long = {n.name: n.end_lineno - n.lineno + 1 for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    assert {k: v for k, v in long.items() if v > MAX_FUNCTION_LINES} == {}
 
 
 def test_environment_and_config(report):

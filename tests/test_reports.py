@@ -262,3 +262,27 @@ def test_console_shows_tolerance_exact_zero_totals_and_uncut_headers():
         assert header in out, header  # never cut to 'fa…' at 80 columns
     assert "1.00%" in out and "0 (exact)" in out
     assert "not run" in out.splitlines()[-1] or "6 not run" in out  # the verdict counts skipped branches
+
+
+def test_the_frame_and_its_summary_are_built_once_per_report(tmp_path, monkeypatch):
+    """Every format is a view of one comparison frame and one leaf summary: none rebuilds them."""
+    import reports.frame as frame_mod
+
+    calls = {"comparison_frame": 0, "leaf_summary": 0}
+
+    def counting(name: str):
+        real = getattr(frame_mod, name)
+
+        def counted(*args):
+            calls[name] += 1
+            return real(*args)
+
+        return counted
+
+    for name in calls:
+        monkeypatch.setattr(frame_mod, name, counting(name))
+    write_reports(_run(), tmp_path / "run")
+    assert calls == {"comparison_frame": 1, "leaf_summary": 1}
+    calls.update(dict.fromkeys(calls, 0))
+    print_summary(_run(), Console(file=io.StringIO(), width=200))
+    assert calls == {"comparison_frame": 1, "leaf_summary": 1}
