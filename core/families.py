@@ -41,6 +41,19 @@ class SnapshotLayout:
 
 
 @dataclass(frozen=True)
+class TokenIds:
+    """The special token ids the model's prompt is built from."""
+
+    bos: int
+    eos: int
+    image: int  # <image>: one per image embedding the vision stack scatters into the prompt
+
+
+# DeepSeek's tokenizer (both families): <｜begin▁of▁sentence｜> 0, <｜end▁of▁sentence｜> 1, <image> 128815
+DEEPSEEK_TOKENS = TokenIds(bos=0, eos=1, image=128815)
+
+
+@dataclass(frozen=True)
 class Family:
     """One model family: everything the torch-free side knows of it."""
 
@@ -51,6 +64,7 @@ class Family:
     decoder: str  # its published decoder, core/published/decoder/<name>.yaml (the config composes the same file)
     rules: FamilyRules
     snapshot: SnapshotLayout
+    tokens: TokenIds = DEEPSEEK_TOKENS
 
 
 # DeepSeek-OCR's modes (docs/deepseek-ocr-facts.md, "Modes"); dynamic_preprocess is called with its own defaults in

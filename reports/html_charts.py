@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from core.families import FAMILY_TABLE
 from reports.format import axis_ticks, format_metric
 from reports.model import RunResult
 from reports.safe import html_line as _e
@@ -19,11 +20,11 @@ MAX_PAGE_BARS = 40  # "where the cost goes": one bar per page up to this many, e
 CHART_METRIC = "tensor_flops"  # the per-page charts total this metric
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies
 VENDOR_COLOR, ANALYTIC_COLOR, FAIL_COLOR, MUTED = "#0072B2", "#E69F00", "#C0392B", "#6b6b6b"
+# a colour per pipeline position (Okabe-Ito): a family's n-th vision stage takes the n-th vision colour, so DeepSeek-OCR
+# 2's encoder takes CLIP's (one family per run)
+VISION_COLORS = ("#0072B2", "#E69F00", "#009E73")
 STAGE_COLORS = {
-    "sam": "#0072B2",
-    "clip": "#E69F00",
-    "qwen2_encoder": "#E69F00",  # DeepSeek-OCR 2's encoder takes CLIP's place (and colour): one family per run
-    "projector": "#009E73",
+    **{stage: VISION_COLORS[i] for fam in FAMILY_TABLE for i, stage in enumerate(fam.vision_stages)},
     "prefill": "#CC79A7",
     "decode": "#D55E00",
 }

@@ -1,9 +1,7 @@
 """Per-layer tensor FLOPs on small shapes, derived by hand (2 FLOPs per multiply-add)."""
 
-from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from analytic.costs import Cost, causal_pairs
 from analytic.layers.clip import ClipBlock, ClipEncoder
@@ -12,15 +10,19 @@ from analytic.layers.decoder import Decoder, MhaAttention, MlaAttention, MoeMlp,
 from analytic.layers.projector import MlpProjector
 from analytic.layers.sam import SamBlock, SamEncoder
 from core.profiles import ImplProfile, ProfileError
+from core.published import dims as published_dims
 
-MODEL_YAML = Path(__file__).resolve().parents[1] / "analytic" / "configs" / "model.yaml"
+# the model.yaml section -> the published dimensions it composes (core/published/, the one source of them)
+PUBLISHED = {
+    "vision.sam": ("sam", "sam_vit_b"),
+    "vision.clip": ("clip", "clip_l14"),
+    "decoder": ("decoder", "deepseek_v2_3b"),
+}
 
 
 def dims(section: str, **small) -> dict:
-    """The model.yaml section (the one source of the dimensions) with the given fields replaced."""
-    node = OmegaConf.select(OmegaConf.load(MODEL_YAML), section)
-    cfg = {k: v for k, v in OmegaConf.to_container(node).items() if k != "_target_"}
-    return {**cfg, **small}
+    """DeepSeek-OCR's published dimensions of one model.yaml section with the given fields replaced."""
+    return {**published_dims(*PUBLISHED[section]), **small}
 
 
 def profile(**kw) -> ImplProfile:

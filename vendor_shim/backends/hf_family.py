@@ -7,11 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from core.families import DEEPSEEK_TOKENS
 from core.published import dims
 
-BOS_ID = 0  # DeepSeek's tokenizer: <｜begin▁of▁sentence｜>
-EOS_ID = 1
-IMAGE_TOKEN_ID = 128815  # <image>
+BOS_ID = DEEPSEEK_TOKENS.bos
+EOS_ID = DEEPSEEK_TOKENS.eos
+IMAGE_TOKEN_ID = DEEPSEEK_TOKENS.image
 
 
 @dataclass(frozen=True)

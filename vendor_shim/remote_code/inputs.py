@@ -19,16 +19,15 @@ from typing import Any
 
 import torch
 
+from core.families import DEEPSEEK_TOKENS, FAMILY_TABLE
+from core.workload import DOWNSAMPLE_RATIO, PATCH_SIZE
 from vendor_shim.backends.base import PreparedInputs, ReceivedInputs
 from vendor_shim.errors import VendorInputError, VendorRunError
 
 # What infer() hard-codes (modeling_deepseekocr.py).
 IMAGE_TOKEN = "<image>"
-IMAGE_TOKEN_ID = 128815
-BOS_ID = 0
-PATCH_SIZE = 16
-DOWNSAMPLE_RATIO = 4
-CROP_SIDE = 640  # infer(): pages with both sides <= 640 get no crops
+IMAGE_TOKEN_ID = DEEPSEEK_TOKENS.image
+BOS_ID = DEEPSEEK_TOKENS.bos
 SFT_FORMAT = "plain"
 PROMPT_HEAD = "<image>\n"  # the official examples start the user turn with the image
 FILLER_WORDS = ("page", "text", "a", "x")
@@ -45,10 +44,11 @@ class InputRules:
     image_sizes: tuple[int, ...]  # the crop / view sizes the model's vision was built for (others mis-scatter)
 
 
+# infer()'s literals are the family's workload rules (core.families): OCR-1 `<= 640` (crops of 640, any view
+# size); modeling_deepseekocr2.py infer() `<= 768`, and its encoder has query tables for 768 and 1024 views only
 INPUT_RULES = {
-    "deepseek-ocr": InputRules(crop_side=CROP_SIDE, newlines=True, image_sizes=()),
-    # modeling_deepseekocr2.py infer(): `<= 768` literals; the encoder has query tables for 768 and 1024 views only
-    "deepseek-ocr-2": InputRules(crop_side=768, newlines=False, image_sizes=(768, 1024)),
+    f.name: InputRules(crop_side=f.rules.crop_size, newlines=f.rules.newlines, image_sizes=f.rules.view_sizes or ())
+    for f in FAMILY_TABLE
 }
 
 
