@@ -256,26 +256,15 @@ class OutOfProcessBackend(BackendBase):
     """
 
     @abstractmethod
-    def measure_dicts(
-        self,
-        workloads: Sequence[VisionWorkload],
-        *,
-        device: str,
-        vision_only: bool,
-        timeout_s: float | None = None,
-        execution: str = "real",
-        dtype_reason: str | None = None,
-    ) -> list[dict[str, Any] | Exception]:
-        """One trace document or the exception of its failure per workload; request-wide problems raise."""
+    def measure_dicts(self, workloads: Sequence[VisionWorkload], **options: Any) -> list[dict[str, Any] | Exception]:
+        """One trace document or the exception of its failure per workload; request-wide problems raise.
 
-    @abstractmethod
-    def measure_dict(
-        self,
-        workload: VisionWorkload,
-        *,
-        device: str,
-        vision_only: bool,
-        timeout_s: float | None = None,
-        execution: str = "real",
-        dtype_reason: str | None = None,
-    ) -> dict[str, Any]: ...
+        The keyword options (``device``, ``vision_only``, ``timeout_s``, ``execution``, ``dtype_reason``) are the
+        implementation's to declare: `RemoteCodeBackend.measure_dicts`."""
+
+    def measure_dict(self, workload: VisionWorkload, **options: Any) -> dict[str, Any]:
+        """The trace document of one workload (`measure_dicts` options); its failure raises."""
+        result = self.measure_dicts([workload], **options)[0]
+        if isinstance(result, Exception):
+            raise result
+        return result

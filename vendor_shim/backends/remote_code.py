@@ -95,28 +95,6 @@ class RemoteCodeBackend(OutOfProcessBackend):
                 return "device 'cuda' requested but torch sees no GPU: use --device cpu"
         return None
 
-    def measure_dict(
-        self,
-        workload: VisionWorkload,
-        *,
-        device: str,
-        vision_only: bool,
-        timeout_s: float | None = None,
-        execution: str = "real",
-        dtype_reason: str | None = None,
-    ) -> dict[str, Any]:
-        result = self.measure_dicts(
-            [workload],
-            device=device,
-            vision_only=vision_only,
-            timeout_s=timeout_s,
-            execution=execution,
-            dtype_reason=dtype_reason,
-        )[0]
-        if isinstance(result, Exception):
-            raise result
-        return result
-
     def measure_dicts(
         self,
         workloads: Sequence[VisionWorkload],
