@@ -7,6 +7,7 @@ transformers.  Expected numbers are computed from shapes in the comments, never 
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
@@ -230,7 +231,7 @@ def test_model_cache_reuses_built_model():
 
 def test_trace_json_round_trip_and_validation_failures():
     tr = measure(_workload(2), backend=ToyBackend(), fvcore=False)
-    again = Trace.from_json(tr.to_json())
+    again = Trace.from_dict(json.loads(tr.to_json()))
     assert again.to_dict() == tr.to_dict()
     d = tr.to_dict()
     for breaker, msg in (
@@ -241,12 +242,10 @@ def test_trace_json_round_trip_and_validation_failures():
         (lambda x: x["stages"]["decode"]["steps"].pop(), "decode.steps"),
         (lambda x: x["stages"]["clip"].pop("crops"), "stages.clip.crops"),
     ):
-        bad = Trace.from_json(tr.to_json()).to_dict()
+        bad = Trace.from_dict(json.loads(tr.to_json())).to_dict()
         breaker(bad)
         with pytest.raises(TraceValidationError, match=msg):
             Trace.from_dict(bad)
-    with pytest.raises(TraceValidationError, match="not valid JSON"):
-        Trace.from_json("{")
     assert d["schema_version"] == 2
 
 

@@ -124,14 +124,6 @@ class Trace:
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
 
-    @classmethod
-    def from_json(cls, text: str) -> Trace:
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise TraceValidationError(f"trace is not valid JSON ({exc}): re-run the measurement") from exc
-        return cls.from_dict(d)
-
 
 def _require(cond: bool, msg: str) -> None:
     if not cond:
