@@ -24,8 +24,9 @@ from vendor_shim.backends.base import (
     ReceivedInputs,
     StageRoots,
     VendorBackend,
+    device_refusal,
 )
-from vendor_shim.errors import VendorRunError, WorkloadMismatchError
+from vendor_shim.errors import VendorInputError, VendorRunError, WorkloadMismatchError
 from vendor_shim.harness import IncompleteCountWarning, run_counted
 
 C, P, H, V = 8, 16, 16, 32  # toy SAM channels, projector width, decoder hidden, vocab
@@ -219,6 +220,15 @@ def test_toy_token_mismatch_fails_loudly():
 def test_toy_flops_outside_every_root_fail_loudly():
     with pytest.raises(VendorRunError, match="outside every stage root"):
         measure(_workload(decode_tokens=1), backend=ToyBackend(outside_flops=True), fvcore=False)
+
+
+def test_device_refusals_are_one_rule_for_backends_and_measure():
+    assert "unknown" in device_refusal("tpu", True) and "--vision-only" in device_refusal("meta", False)
+    assert device_refusal("meta", True) is None and device_refusal("cpu", False) is None
+    for device, vision_only in (("tpu", True), ("meta", False), ("meta", True), ("cpu", False)):
+        assert ToyBackend().supports_device(device, vision_only) == device_refusal(device, vision_only)
+    with pytest.raises(VendorInputError, match="--vision-only"):
+        measure(_workload(1), backend=ToyBackend(), device="meta", fvcore=False)
 
 
 def test_model_cache_reuses_built_model():

@@ -7,10 +7,10 @@ from typing import Any
 from analytic.workload import VisionWorkload
 from vendor_shim.backends import get_backend
 from vendor_shim.backends.base import (
-    DEVICES,
     LoadedModel,
     OutOfProcessBackend,
     VendorBackend,
+    device_refusal,
     resolve_execution,
 )
 from vendor_shim.cache import ModelCache
@@ -20,12 +20,9 @@ from vendor_shim.trace import Trace
 
 def check_device(device: str, vision_only: bool) -> None:
     """One-line `VendorInputError` for a device this request cannot use."""
-    if device not in DEVICES:
-        raise VendorInputError(f"device {device!r} unknown: use one of {', '.join(DEVICES)}")
-    if device == "meta" and not vision_only:
-        raise VendorInputError(
-            "device 'meta' counts only the vision stack (MoE routing needs data): add --vision-only or use cpu"
-        )
+    reason = device_refusal(device, vision_only)
+    if reason:
+        raise VendorInputError(reason)
     if device == "cuda":
         from vendor_shim.env import cuda_unavailable_reason
 

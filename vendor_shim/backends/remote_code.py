@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from vendor_shim.backends import REGISTRY
-from vendor_shim.backends.base import DEVICES, OutOfProcessBackend
+from vendor_shim.backends.base import OutOfProcessBackend, device_refusal
 from vendor_shim.errors import InfrastructureError, VendorInputError, VendorRunError, VendorShimError
 from vendor_shim.remote_code.env import PINS, ensure_env
 from vendor_shim.remote_code.snapshot import Snapshot, load_snapshot
@@ -84,10 +84,9 @@ class RemoteCodeBackend(OutOfProcessBackend):
         ensure_env(self.pins)
 
     def supports_device(self, device: str, vision_only: bool) -> str | None:
-        if device not in DEVICES:
-            return f"device {device!r} unknown: use one of {', '.join(DEVICES)}"
-        if device == "meta" and not vision_only:
-            return "device 'meta' counts only the vision stack (MoE routing needs data): add --vision-only or use cpu"
+        reason = device_refusal(device, vision_only)
+        if reason:
+            return reason
         if device == "cuda":
             import torch
 
