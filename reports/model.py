@@ -69,10 +69,6 @@ class RunResult:
     wall_s: float
 
     @property
-    def failed_pages(self) -> list[PageResult]:
-        return [p for p in self.pages if not p.passed]
-
-    @property
     def verdict(self) -> str:
         """PASS, FAIL, INCOMPLETE COUNT or ERROR: the same story as the exit code (see `outcome`)."""
         return outcome(self.pages)[0]

@@ -102,8 +102,9 @@ def test_failing_row_carries_gap_family():
 
 def test_tolerance_parsing_and_bounds():
     tol = parse_tolerances(0.01, ["sam=0.02", "decode=3%"])
-    assert tol.for_stage("sam") == 0.02 and tol.for_stage("decode") == pytest.approx(0.03)
-    assert tol.for_stage("clip") == 0.01
+    flops = "tensor_flops"
+    assert tol.for_leaf("sam", flops) == 0.02 and tol.for_leaf("decode", flops) == pytest.approx(0.03)
+    assert tol.for_leaf("clip", flops) == 0.01
     with pytest.raises(ToleranceError):
         parse_tolerances(0.01, ["nosuchstage=0.01"])
     with pytest.raises(ToleranceError):

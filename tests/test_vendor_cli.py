@@ -36,7 +36,7 @@ def test_cli_vision_only_meta_json_validates():
         "--json",
     )
     assert r.returncode == 0, r.stderr
-    tr = Trace.from_json(r.stdout)
+    tr = Trace.from_dict(json.loads(r.stdout))
     assert tr.complete and tr.received["n_crops"] == 6 and tr.vision_only
 
 

@@ -366,9 +366,6 @@ class FakeWorkerBackend(OutOfProcessBackend):
     def environment(self) -> dict[str, Any]:
         return {"backend": self.name}
 
-    def measure_dict(self, workload: VisionWorkload, **kw: Any) -> dict[str, Any]:
-        return self.measure_dicts([workload], **kw)[0]
-
     def measure_dicts(
         self,
         workloads: list[VisionWorkload],

@@ -35,8 +35,6 @@ import torch
 
 from vendor_shim.errors import UncountableOpError
 
-LAYOUTS = ("bhsd", "bshd", "thd")
-
 
 @dataclass(frozen=True)
 class AttentionKernel:

@@ -3,7 +3,7 @@
 Next to the tensor-level ``peak_bytes`` (live tensor storages, `vendor_shim.op_meter.StorageBook`) a CUDA run
 records, per stage-root call, ``allocator_peak_bytes``: ``torch.cuda.max_memory_allocated()`` at the call's exit
 minus ``torch.cuda.memory_allocated()`` at its entry, with ``torch.cuda.reset_peak_memory_stats()`` at entry.  It
-is reported, never gated.  The allocator counts each block at its rounded size (`round_block_bytes`), so it
+is reported, never gated.  The allocator counts each block at its rounded size (a multiple of 512 bytes), so it
 reads at or above the tensor-level figure; it also sees what the tensor book never does (kernel workspaces,
 cuBLAS/cuDNN scratch allocated through the caching allocator, tensors of a fused kernel's internals).
 
@@ -23,25 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-
-# c10/core/AllocatorConfig.h and c10/cuda/CUDACachingAllocator.cpp (torch 2.x): a request is rounded up to a
-# multiple of kMinBlockSize (``round_size``) and served from a block; ``allocated_bytes`` (what
-# max_memory_allocated reports) counts the block's size.  Requests up to kSmallSize come from 2 MiB segments
-# (kSmallBuffer) and their block is split down to the rounded size; larger ones from 20 MiB segments
-# (kLargeBuffer) or, from kMinLargeAlloc (10 MiB) on, segments rounded up to kRoundLarge (2 MiB), and their block
-# is split only when more than kSmallSize would remain (``should_split``): it then counts up to 1 MiB more than
-# the rounded request.  Segments count in memory_reserved, not here.
-MIN_BLOCK_BYTES = 512  # kMinBlockSize
-SMALL_SIZE_BYTES = 1 << 20  # kSmallSize: 1 MiB, the largest "small" request and the largest unsplit remainder
-
-
-def round_block_bytes(nbytes: int) -> int:
-    """The least size ``max_memory_allocated`` counts for one allocation of ``nbytes``: a multiple of 512, at least
-    512 (torch's ``round_size`` without the optional ``roundup_power2_divisions``); exact for requests up to 1 MiB,
-    a larger one may count up to `SMALL_SIZE_BYTES` more (an unsplit block remainder, see above)."""
-    if nbytes < MIN_BLOCK_BYTES:
-        return MIN_BLOCK_BYTES
-    return MIN_BLOCK_BYTES * ((nbytes + MIN_BLOCK_BYTES - 1) // MIN_BLOCK_BYTES)
 
 
 @dataclass(frozen=True)

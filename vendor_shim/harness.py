@@ -90,12 +90,7 @@ def run_counted(
     t0 = time.perf_counter()
     plan = _plan(backend, loaded, workload, vision_only, vision_loaded)
     done = _execute(backend, loaded, workload, plan, vision_only, execution)
-    stages, op_breakdown, unattributed = _assemble(done.tracker, workload, vision_only)
-    stage_wall = stage_wall_times(done.tracker.records)
-    stage_sum = _stage_sum(stages, workload.model)
-    _check_consistency(
-        done.tracker, workload, vision_only, done.gen, done.counter_total, done.log.total_flops, stage_sum, unattributed
-    )
+    stages, op_breakdown, totals = _checked_counts(done, workload, vision_only)
     uncounted, reasons = _coverage_gaps(done.log)
     secondary = _secondary(backend, loaded, plan, done, vision_only) if fvcore else {}
     trace = Trace(
@@ -107,36 +102,59 @@ def run_counted(
         workload=workload.to_dict(),
         received=_received(plan, done, loaded, vision_only),
         stages=stages,
-        totals={
-            "counter_total": done.counter_total,
-            "stage_sum": stage_sum,
-            "audit_total": int(done.log.total_flops),
-            "unattributed": unattributed,
-        },
+        totals=totals,
         op_breakdown=op_breakdown,
         calls=[r.to_dict() for r in sorted(done.tracker.records, key=lambda r: r.index)],
-        coverage={
-            "uncounted_ops": uncounted,
-            "ops_seen": ops_by_class(done.log),
-            "custom_formulas": sorted(str(k) for k in custom_mapping()),
-            "no_elementwise_convention": list(done.log.no_convention),
-            "alias_by_behaviour": list(done.log.alias_mismatch),
-        },
+        coverage=_coverage(done.log, uncounted),
         environment=_environment(backend, loaded, dtype_reason),
-        timing={
-            "wall_s": time.perf_counter() - t0 + (0.0 if model_reused else loaded.build_s),
-            "build_s": loaded.build_s,
-            "run_s": done.run_s,
-            "model_reused": model_reused,
-            "stage_wall_s": stage_wall,
-            "stage_wall_synchronized": done.tracker.allocator is not None,
-        },
+        timing=_timing(t0, loaded, done, model_reused),
         memory=done.memory,
         secondary=secondary,
         incomplete_reasons=reasons,
     )
     trace.to_dict()  # validate before handing it out
     return trace
+
+
+def _checked_counts(
+    done: _Executed, workload: VisionWorkload, vision_only: bool
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, int]]:
+    """Stages, op breakdown and totals of the run, after the consistency checks passed (else `VendorRunError`)."""
+    stages, op_breakdown, unattributed = _assemble(done.tracker, workload, vision_only)
+    stage_sum = _stage_sum(stages, workload.model)
+    _check_consistency(
+        done.tracker, workload, vision_only, done.gen, done.counter_total, done.log.total_flops, stage_sum, unattributed
+    )
+    totals = {
+        "counter_total": done.counter_total,
+        "stage_sum": stage_sum,
+        "audit_total": int(done.log.total_flops),
+        "unattributed": unattributed,
+    }
+    return stages, op_breakdown, totals
+
+
+def _coverage(log: AuditLog, uncounted: list[str]) -> dict[str, Any]:
+    """What the audit saw: the ops without a formula, every op by class, and the formulas registered."""
+    return {
+        "uncounted_ops": uncounted,
+        "ops_seen": ops_by_class(log),
+        "custom_formulas": sorted(str(k) for k in custom_mapping()),
+        "no_elementwise_convention": list(log.no_convention),
+        "alias_by_behaviour": list(log.alias_mismatch),
+    }
+
+
+def _timing(t0: float, loaded: LoadedModel, done: _Executed, model_reused: bool) -> dict[str, Any]:
+    """Seconds of the run; ``wall_s`` includes the build unless the model was reused."""
+    return {
+        "wall_s": time.perf_counter() - t0 + (0.0 if model_reused else loaded.build_s),
+        "build_s": loaded.build_s,
+        "run_s": done.run_s,
+        "model_reused": model_reused,
+        "stage_wall_s": stage_wall_times(done.tracker.records),
+        "stage_wall_synchronized": done.tracker.allocator is not None,
+    }
 
 
 def _plan(

@@ -6,7 +6,13 @@ from typing import Any
 
 from core.workload import VisionWorkload
 from vendor_shim.backends import get_backend
-from vendor_shim.backends.base import DEVICES, OutOfProcessBackend, resolve_execution
+from vendor_shim.backends.base import (
+    LoadedModel,
+    OutOfProcessBackend,
+    VendorBackend,
+    device_refusal,
+    resolve_execution,
+)
 from vendor_shim.cache import ModelCache
 from vendor_shim.errors import VendorInputError
 from vendor_shim.trace import Trace
@@ -14,12 +20,9 @@ from vendor_shim.trace import Trace
 
 def check_device(device: str, vision_only: bool) -> None:
     """One-line `VendorInputError` for a device this request cannot use."""
-    if device not in DEVICES:
-        raise VendorInputError(f"device {device!r} unknown: use one of {', '.join(DEVICES)}")
-    if device == "meta" and not vision_only:
-        raise VendorInputError(
-            "device 'meta' counts only the vision stack (MoE routing needs data): add --vision-only or use cpu"
-        )
+    reason = device_refusal(device, vision_only)
+    if reason:
+        raise VendorInputError(reason)
     if device == "cuda":
         from vendor_shim.env import cuda_unavailable_reason
 
@@ -50,13 +53,7 @@ def measure(
     ``dtype_reason``: why ``workload.dtype`` was chosen (`vendor_shim.env.resolve_dtype`), kept in the trace.
     Raises `VendorInputError` (exit 2) for bad requests, `VendorRunError` (exit 3) when the run fails.
     """
-    try:
-        execution = resolve_execution(execution, device)
-    except ValueError as exc:
-        raise VendorInputError(str(exc)) from None
-    if not isinstance(workload, VisionWorkload):
-        raise VendorInputError("workload must be an analytic.VisionWorkload: build it with VisionWorkload.from_page")
-    check_device(device, vision_only)
+    execution = _checked_request(workload, device, vision_only, execution)
     be = (
         get_backend(backend, vendor_dir=vendor_dir, trust_remote_code=trust_remote_code, model=workload.model)
         if isinstance(backend, str)
@@ -68,12 +65,49 @@ def measure(
                 workload, device=device, vision_only=vision_only, execution=execution, dtype_reason=dtype_reason
             )
         )
+    return _measure_in_process(
+        be,
+        workload,
+        device=device,
+        vision_only=vision_only,
+        cache=model_cache if model_cache is not None else ModelCache(),
+        fvcore=fvcore,
+        vision_device=vision_device,
+        execution=execution,
+        dtype_reason=dtype_reason,
+    )
+
+
+def _checked_request(workload: VisionWorkload, device: str, vision_only: bool, execution: str) -> str:
+    """The resolved execution mode, after the request-wide checks (bad requests fail before any backend exists)."""
+    try:
+        execution = resolve_execution(execution, device)
+    except ValueError as exc:
+        raise VendorInputError(str(exc)) from None
+    if not isinstance(workload, VisionWorkload):
+        raise VendorInputError("workload must be an analytic.VisionWorkload: build it with VisionWorkload.from_page")
+    check_device(device, vision_only)
+    return execution
+
+
+def _measure_in_process(
+    be: VendorBackend,
+    workload: VisionWorkload,
+    *,
+    device: str,
+    vision_only: bool,
+    cache: ModelCache,
+    fvcore: bool,
+    vision_device: str | None,
+    execution: str,
+    dtype_reason: str | None,
+) -> Trace:
+    """Build (or reuse) the model in this process and count the workload under the harness."""
     reason = be.supports_device(device, vision_only)
     if reason:
         raise VendorInputError(reason)
     from vendor_shim.harness import run_counted
 
-    cache = model_cache if model_cache is not None else ModelCache()
     loaded, reused = cache.get_or_build(
         be,
         device=device,
@@ -82,15 +116,7 @@ def measure(
         vision_only=vision_only,
         execution=execution,
     )
-    vision_loaded = None
-    if vision_device not in (None, device) and not vision_only:
-        if vision_device != "meta":
-            raise VendorInputError(f"vision_device {vision_device!r} unsupported: use 'meta' or leave it unset")
-        if not be.supports_preencoded_vision():
-            raise VendorInputError(f"backend {be.name!r} cannot split vision onto meta: leave vision_device unset")
-        vision_loaded, _ = cache.get_or_build(
-            be, device="meta", dtype=workload.dtype, attn_impl=workload.attn_impl, vision_only=True
-        )
+    vision_loaded = _vision_build(be, cache, workload, device, vision_device, vision_only)
     return run_counted(
         be,
         loaded,
@@ -102,3 +128,24 @@ def measure(
         execution=execution,
         dtype_reason=dtype_reason,
     )
+
+
+def _vision_build(
+    be: VendorBackend,
+    cache: ModelCache,
+    workload: VisionWorkload,
+    device: str,
+    vision_device: str | None,
+    vision_only: bool,
+) -> LoadedModel | None:
+    """The separate meta build that counts the vision stack (``vision_device="meta"``), else None."""
+    if vision_device in (None, device) or vision_only:
+        return None
+    if vision_device != "meta":
+        raise VendorInputError(f"vision_device {vision_device!r} unsupported: use 'meta' or leave it unset")
+    if not be.supports_preencoded_vision():
+        raise VendorInputError(f"backend {be.name!r} cannot split vision onto meta: leave vision_device unset")
+    vision_loaded, _ = cache.get_or_build(
+        be, device="meta", dtype=workload.dtype, attn_impl=workload.attn_impl, vision_only=True
+    )
+    return vision_loaded

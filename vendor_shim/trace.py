@@ -117,14 +117,6 @@ class Trace:
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
 
-    @classmethod
-    def from_json(cls, text: str) -> Trace:
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise TraceValidationError(f"trace is not valid JSON ({exc}): re-run the measurement") from exc
-        return cls.from_dict(d)
-
 
 def _require(cond: bool, msg: str) -> None:
     if not cond:
@@ -174,6 +166,20 @@ _REQUIRED = {
 
 def validate_trace_dict(d: Any) -> None:
     """Raise `TraceValidationError` unless ``d`` is a well-formed, self-consistent trace."""
+    _check_header(d)
+    measured = d["measured_metrics"]
+    total = _check_stage_leaves(d, measured)
+    _check_decode_steps(d, measured)
+    _check_totals(d["totals"], total)
+    unc = d["coverage"].get("uncounted_ops")
+    _require(isinstance(unc, list) and all(isinstance(x, str) for x in unc), "coverage.uncounted_ops must be list[str]")
+    _require(not (unc and d["complete"]), "trace marked complete but coverage.uncounted_ops is not empty")
+    _require(d["complete"] or bool(d["incomplete_reasons"]), "incomplete trace must say why (incomplete_reasons)")
+    _require(isinstance(d["timing"].get("wall_s"), int | float), "timing.wall_s must be a number")
+
+
+def _check_header(d: Any) -> None:
+    """Every required field with its type, this schema and version, a known device and known metrics."""
     _require(isinstance(d, dict), "document is not an object")
     for key, typ in _REQUIRED.items():
         _require(key in d, f"missing field {key!r}")
@@ -186,6 +192,10 @@ def validate_trace_dict(d: Any) -> None:
     _require(d["device"] in DEVICES, f"device {d['device']!r} not one of {DEVICES}")
     measured = d["measured_metrics"]
     _require("tensor_flops" in measured and set(measured) <= set(METRICS), f"measured_metrics {measured} unknown")
+
+
+def _check_stage_leaves(d: dict[str, Any], measured: list[str]) -> int:
+    """Every stage leaf of the workload's family is well-formed; returns the sum of their tensor FLOPs."""
     stages = d["stages"]
     family = d["workload"].get("model", DEFAULT_FAMILY)
     _require(family in FAMILIES, f"workload.model {family!r} is not one of {', '.join(FAMILIES)}")
@@ -198,7 +208,13 @@ def validate_trace_dict(d: Any) -> None:
         _require(isinstance(stages.get(s), dict), f"stages.{s} missing")
         for p in LM_PARTS:
             total += _check_leaf(stages[s].get(p), f"stages.{s}.{p}", measured)
-    steps = stages["decode"].get("steps")
+    return total
+
+
+def _check_decode_steps(d: dict[str, Any], measured: list[str]) -> None:
+    """One step per decode forward, and the steps combine to the decode leaves (allocator peak: their maximum)."""
+    decode = d["stages"]["decode"]
+    steps = decode.get("steps")
     _require(isinstance(steps, list), "stages.decode.steps must be a list")
     k = d["received"].get("decode_forwards", 0)
     _require(len(steps) == k, f"stages.decode.steps has {len(steps)} entries, received.decode_forwards says {k}")
@@ -206,30 +222,28 @@ def validate_trace_dict(d: Any) -> None:
         for i, st in enumerate(steps):
             _check_leaf(st.get(p), f"stages.decode.steps[{i}].{p}", measured)
         allocator = [st[p].get(ALLOCATOR_PEAK) for st in steps]
-        if steps and None not in allocator and stages["decode"][p].get(ALLOCATOR_PEAK) is not None:
+        if steps and None not in allocator and decode[p].get(ALLOCATOR_PEAK) is not None:
             _require(
-                max(allocator) == stages["decode"][p][ALLOCATOR_PEAK],
+                max(allocator) == decode[p][ALLOCATOR_PEAK],
                 f"decode steps' largest {ALLOCATOR_PEAK} {max(allocator)} != stages.decode.{p}'s",
             )
         for m in measured:
             per_step = [st[p][m] for st in steps]
-            if None in per_step or stages["decode"][p][m] is None:
+            if None in per_step or decode[p][m] is None:
                 continue
             _require(
-                combine(m, per_step) == stages["decode"][p][m],
-                f"decode steps give {combine(m, per_step)} != stages.decode.{p}.{m} {stages['decode'][p][m]}",
+                combine(m, per_step) == decode[p][m],
+                f"decode steps give {combine(m, per_step)} != stages.decode.{p}.{m} {decode[p][m]}",
             )
-    totals = d["totals"]
+
+
+def _check_totals(totals: dict[str, Any], leaf_sum: int) -> None:
+    """The four totals are ints, agree with each other and with the leaves, and nothing ran unattributed."""
     for key in ("counter_total", "stage_sum", "audit_total", "unattributed"):
         _require(isinstance(totals.get(key), int), f"totals.{key} must be an int")
-    _require(totals["stage_sum"] == total, f"totals.stage_sum {totals['stage_sum']} != sum of leaves {total}")
+    _require(totals["stage_sum"] == leaf_sum, f"totals.stage_sum {totals['stage_sum']} != sum of leaves {leaf_sum}")
     _require(totals["unattributed"] == 0, f"{totals['unattributed']} FLOPs ran outside every stage root")
     _require(
         totals["stage_sum"] == totals["counter_total"] == totals["audit_total"],
         f"stage sum {totals['stage_sum']} / counter {totals['counter_total']} / audit {totals['audit_total']} differ",
     )
-    unc = d["coverage"].get("uncounted_ops")
-    _require(isinstance(unc, list) and all(isinstance(x, str) for x in unc), "coverage.uncounted_ops must be list[str]")
-    _require(not (unc and d["complete"]), "trace marked complete but coverage.uncounted_ops is not empty")
-    _require(d["complete"] or bool(d["incomplete_reasons"]), "incomplete trace must say why (incomplete_reasons)")
-    _require(isinstance(d["timing"].get("wall_s"), int | float), "timing.wall_s must be a number")

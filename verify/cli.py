@@ -31,7 +31,7 @@ from verify.compare import DEFAULT_TOLERANCE, ToleranceError, parse_tolerances
 from verify.runner import VendorFailure, Verifier, VerifyConfig, build_workload, exit_code, run_pages
 from verify.selection import select_pages
 
-EXIT_OK, EXIT_DISCREPANCY, EXIT_USAGE, EXIT_VENDOR = 0, 1, 2, 3
+EXIT_USAGE, EXIT_VENDOR = 2, 3  # a finished run's code (0 pass, 1 discrepancy) is `reports.model.outcome`'s
 MAX_PAGES = 10_000_000  # --limit / --sample
 MAX_SEED = 2**32 - 1
 

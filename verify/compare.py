@@ -45,10 +45,6 @@ class Tolerances:
                 return self.overrides[key]
         return self.default if metric == "tensor_flops" else DEFAULT_TOLERANCES[metric]
 
-    def for_stage(self, stage: str) -> float:
-        """The tensor-FLOP tolerance of a stage."""
-        return self.for_leaf(stage, "tensor_flops")
-
     def to_dict(self) -> dict[str, Any]:
         defaults = {**DEFAULT_TOLERANCES, "tensor_flops": self.default}
         return {"default": self.default, "per_metric": defaults, "overrides": dict(self.overrides)}

@@ -12,7 +12,7 @@ import stat
 import warnings
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from core.workload import MAX_PAGE_PIXELS
 
@@ -49,19 +49,6 @@ def _decode(path: Path, img: Image.Image) -> None:
             img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PageImageError(f"{path}: image data is corrupt or truncated ({exc}); re-export the page") from None
-
-
-def open_page_image(path: Path | str) -> Image.Image:
-    """The decoded RGB page, EXIF-transposed as the vendor's `load_image` does."""
-    path = Path(path)
-    with _open(path) as img:
-        _check_size(path, *img.size)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                return ImageOps.exif_transpose(img).convert("RGB")
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise PageImageError(f"{path}: image data is corrupt or truncated ({exc}); re-export the page") from None
 
 
 def _open(path: Path) -> Image.Image:

@@ -132,7 +132,6 @@ REGISTRY = BackendRegistry(
         families=("deepseek-ocr", "deepseek-ocr-2"),  # the snapshot's config.json says which; --model must agree
     ),
 )
-DEFAULT_BACKEND = REGISTRY.default
 
 
 def get_backend(

@@ -63,6 +63,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from vendor_shim.errors import WorkloadMismatchError
+from vendor_shim.trace import DEVICES  # the devices a backend builds on are those a trace may name
 from vendor_shim.versions import library_versions
 
 if TYPE_CHECKING:  # the harness needs torch; this module must stay importable for typing tools
@@ -70,7 +71,6 @@ if TYPE_CHECKING:  # the harness needs torch; this module must stay importable f
 
     from core.workload import VisionWorkload
 
-DEVICES = ("cpu", "cuda", "meta")
 # How the counted ops run: "shapes" = hollow (vendor_shim.hollow: zeros of the right shape, no arithmetic,
 # balanced routing), "real" = the arithmetic itself (the reference).  "auto": shapes on cpu, real on cuda.
 EXECUTIONS = ("shapes", "real")
@@ -98,6 +98,15 @@ def resolve_vision_device(requested: str, *, device: str, splits_vision: bool, v
     if requested == "auto":
         return "meta" if device == "cpu" and splits_vision else None
     return requested
+
+
+def device_refusal(device: str, vision_only: bool) -> str | None:
+    """Why no backend can count this request on ``device`` (unknown, or meta for a full run), else None."""
+    if device not in DEVICES:
+        return f"device {device!r} unknown: use one of {', '.join(DEVICES)}"
+    if device == "meta" and not vision_only:
+        return "device 'meta' counts only the vision stack (MoE routing needs data): add --vision-only or use cpu"
+    return None
 
 
 @dataclass
@@ -242,9 +251,7 @@ class VendorBackend(BackendBase):
 
     def supports_device(self, device: str, vision_only: bool) -> str | None:
         """None if the device is usable, else a one-line reason (the CLI exits 2 with it)."""
-        if device == "meta" and not vision_only:
-            return "device 'meta' counts only the vision stack (MoE routing needs data): add --vision-only or use cpu"
-        return None
+        return device_refusal(device, vision_only)
 
 
 class OutOfProcessBackend(BackendBase):
@@ -256,26 +263,15 @@ class OutOfProcessBackend(BackendBase):
     """
 
     @abstractmethod
-    def measure_dicts(
-        self,
-        workloads: Sequence[VisionWorkload],
-        *,
-        device: str,
-        vision_only: bool,
-        timeout_s: float | None = None,
-        execution: str = "real",
-        dtype_reason: str | None = None,
-    ) -> list[dict[str, Any] | Exception]:
-        """One trace document or the exception of its failure per workload; request-wide problems raise."""
+    def measure_dicts(self, workloads: Sequence[VisionWorkload], **options: Any) -> list[dict[str, Any] | Exception]:
+        """One trace document or the exception of its failure per workload; request-wide problems raise.
 
-    @abstractmethod
-    def measure_dict(
-        self,
-        workload: VisionWorkload,
-        *,
-        device: str,
-        vision_only: bool,
-        timeout_s: float | None = None,
-        execution: str = "real",
-        dtype_reason: str | None = None,
-    ) -> dict[str, Any]: ...
+        The keyword options (``device``, ``vision_only``, ``timeout_s``, ``execution``, ``dtype_reason``) are the
+        implementation's to declare: `RemoteCodeBackend.measure_dicts`."""
+
+    def measure_dict(self, workload: VisionWorkload, **options: Any) -> dict[str, Any]:
+        """The trace document of one workload (`measure_dicts` options); its failure raises."""
+        result = self.measure_dicts([workload], **options)[0]
+        if isinstance(result, Exception):
+            raise result
+        return result

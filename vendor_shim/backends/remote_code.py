@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from vendor_shim.backends import REGISTRY
-from vendor_shim.backends.base import DEVICES, OutOfProcessBackend
+from vendor_shim.backends.base import OutOfProcessBackend, device_refusal
 from vendor_shim.errors import InfrastructureError, VendorInputError, VendorRunError, VendorShimError
 from vendor_shim.remote_code.env import PINS, ensure_env
 from vendor_shim.remote_code.snapshot import Snapshot, load_snapshot
@@ -84,38 +84,15 @@ class RemoteCodeBackend(OutOfProcessBackend):
         ensure_env(self.pins)
 
     def supports_device(self, device: str, vision_only: bool) -> str | None:
-        if device not in DEVICES:
-            return f"device {device!r} unknown: use one of {', '.join(DEVICES)}"
-        if device == "meta" and not vision_only:
-            return "device 'meta' counts only the vision stack (MoE routing needs data): add --vision-only or use cpu"
+        reason = device_refusal(device, vision_only)
+        if reason:
+            return reason
         if device == "cuda":
             import torch
 
             if not torch.cuda.is_available():
                 return "device 'cuda' requested but torch sees no GPU: use --device cpu"
         return None
-
-    def measure_dict(
-        self,
-        workload: VisionWorkload,
-        *,
-        device: str,
-        vision_only: bool,
-        timeout_s: float | None = None,
-        execution: str = "real",
-        dtype_reason: str | None = None,
-    ) -> dict[str, Any]:
-        result = self.measure_dicts(
-            [workload],
-            device=device,
-            vision_only=vision_only,
-            timeout_s=timeout_s,
-            execution=execution,
-            dtype_reason=dtype_reason,
-        )[0]
-        if isinstance(result, Exception):
-            raise result
-        return result
 
     def measure_dicts(
         self,

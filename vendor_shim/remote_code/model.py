@@ -173,36 +173,12 @@ class RemoteCodeModelBackend(VendorBackend):
         if dtype not in TORCH_DTYPES:
             raise VendorInputError(f"dtype {dtype!r} unknown: use one of {', '.join(TORCH_DTYPES)}")
         t0 = time.perf_counter()
-        m = self.module()
-        config = m.config_cls.from_dict(dict(self.snapshot.config))
-        config._attn_implementation = "eager"
-        from transformers.modeling_utils import no_init_weights
-
-        saved_dtype = torch.get_default_dtype()
-        torch.set_default_dtype(TORCH_DTYPES[dtype])
-        try:
-            with torch.device(device), compat.no_init(), no_init_weights():
-                model = m.model_cls(config)
-        finally:
-            torch.set_default_dtype(saved_dtype)
-        model.eval()
+        model = self._instantiate(device, dtype)
         inner = model.get_model() if hasattr(model, "get_model") else model.model
         vision_roots = {stage: getattr(inner, attr) for stage, attr in VISION_ROOTS[self.snapshot.family]}
-        vision = list(vision_roots.values())
         weights = "meta (no values)"
         if device != "meta":
-            # Decoder pages are never touched in a vision-only run: no fill, no memory.
-            targets = vision if vision_only else [model]
-            for part in targets:
-                # a shapes-only run never reads the large matrices (vendor_shim.hollow): leave them unwritten
-                compat.fill_parameters(small_parameters(part) if execution == "shapes" else part)
-            for name in ("image_newline", "view_seperator"):
-                p = getattr(inner, name, None)
-                if isinstance(p, torch.nn.Parameter):
-                    compat.fill_parameters(torch.nn.ParameterList([p]))
-            weights = "random (cheap fill)" if execution == "real" else "small parameters cheap-filled (shapes-only)"
-            if self.snapshot.weight_files:
-                weights = self._load_weights(model)
+            weights = self._fill(model, inner, list(vision_roots.values()), vision_only, execution)
         roots = StageRoots(vision_roots)
         if not vision_only:
             roots.decoder, roots.lm_head, roots.top = inner, model.lm_head, model
@@ -224,6 +200,39 @@ class RemoteCodeModelBackend(VendorBackend):
             build_s=time.perf_counter() - t0,
             info=info,
         )
+
+    def _instantiate(self, device: str, dtype: str) -> Any:
+        """The snapshot's model class on ``device`` in ``dtype``, eager attention, weights left uninitialised."""
+        m = self.module()
+        config = m.config_cls.from_dict(dict(self.snapshot.config))
+        config._attn_implementation = "eager"
+        from transformers.modeling_utils import no_init_weights
+
+        saved_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(TORCH_DTYPES[dtype])
+        try:
+            with torch.device(device), compat.no_init(), no_init_weights():
+                model = m.model_cls(config)
+        finally:
+            torch.set_default_dtype(saved_dtype)
+        model.eval()
+        return model
+
+    def _fill(self, model: Any, inner: Any, vision: list[Any], vision_only: bool, execution: str) -> str:
+        """Write the parameters a run reads (cheap fill, then the snapshot's weight files); says what they hold."""
+        # Decoder pages are never touched in a vision-only run: no fill, no memory.
+        targets = vision if vision_only else [model]
+        for part in targets:
+            # a shapes-only run never reads the large matrices (vendor_shim.hollow): leave them unwritten
+            compat.fill_parameters(small_parameters(part) if execution == "shapes" else part)
+        for name in ("image_newline", "view_seperator"):
+            p = getattr(inner, name, None)
+            if isinstance(p, torch.nn.Parameter):
+                compat.fill_parameters(torch.nn.ParameterList([p]))
+        weights = "random (cheap fill)" if execution == "real" else "small parameters cheap-filled (shapes-only)"
+        if self.snapshot.weight_files:
+            weights = self._load_weights(model)
+        return weights
 
     def _load_weights(self, model: Any) -> str:
         loaded, missing = 0, set(model.state_dict())

@@ -33,23 +33,27 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     Set-up failures (bad snapshot, no GPU) raise and fail the whole request; a failure of
     one workload is returned in its slot as ``{"error": {"exit_code", "message"}}``.
     """
+    backend = _snapshot_backend(request)
+    return {"results": _count_workloads(backend, request)}
+
+
+def _snapshot_backend(request: dict[str, Any]) -> Any:
+    """The snapshot's in-worker backend, its model module imported: the process is patched and the pinned
+    environment checked first, so a broken environment is named as such, never blamed on the snapshot."""
     from vendor_shim.remote_code import compat
 
     torchvision = compat.install_torchvision_stub()
     compat.redirect_cuda(request["device"])
     env_path = str(request.get("env_info", {}).get("pinned_env") or "")
-    _check_pinned_env(env_path)  # a broken environment is named as such, never blamed on the snapshot
+    _check_pinned_env(env_path)
 
     import torch
 
-    from core.workload import VisionWorkload
     from vendor_shim.errors import VendorInputError, VendorShimError
-    from vendor_shim.harness import run_counted
     from vendor_shim.remote_code.model import RemoteCodeModelBackend
     from vendor_shim.remote_code.snapshot import load_snapshot
 
     device, vision_only = request["device"], bool(request["vision_only"])
-    execution = str(request.get("execution", "real"))
     if device == "cuda" and not torch.cuda.is_available():
         raise VendorInputError("device 'cuda' requested but torch sees no GPU: use --device cpu")
     snapshot = load_snapshot(request["vendor_dir"], family=request.get("family"))
@@ -63,6 +67,18 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         if _failed_inside(exc, env_path):  # the snapshot is fine: a file of the pinned environment is not
             raise _env_broken(env_path, exc) from exc
         raise
+    return backend
+
+
+def _count_workloads(backend: Any, request: dict[str, Any]) -> list[dict[str, Any]]:
+    """One slot per workload, a trace or its error; one model in memory at a time, rebuilt when the
+    (dtype, attention) changes."""
+    from core.workload import VisionWorkload
+    from vendor_shim.errors import VendorShimError
+    from vendor_shim.harness import run_counted
+
+    device, vision_only = request["device"], bool(request["vision_only"])
+    execution = str(request.get("execution", "real"))
     built: dict[tuple[str, str], Any] = {}
     results: list[dict[str, Any]] = []
     for item in request["workloads"]:
@@ -93,7 +109,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         except VendorShimError as exc:
             where = _snapshot_frame(exc, request) if exc.exit_code == 3 else ""
             results.append({"error": {"exit_code": exc.exit_code, "message": _one_line(exc) + where}})
-    return {"results": results}
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
