@@ -1,4 +1,4 @@
-"""Every measured metric of one executed aten op, by the definitions in `analytic.op_conventions`.
+"""Every measured metric of one executed aten op, by the definitions in `core.op_rules`.
 
 `OpMeter.measure(func, args, kwargs, out)` returns the op's metric vector (`OP_METRICS` order, tensor
 FLOPs filled in by the audit) plus the run-allocated storages it read, so the decoder's KV-cache reads
@@ -20,19 +20,18 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from analytic.op_conventions import (
+from core.op_rules import (
     ALIAS_BY_BEHAVIOUR,
     ATTENTION_MASK,
     ATTENTION_SOFTMAX,
     BIAS_IN_KERNEL,
     GATHERS,
     LAYOUT_ONLY,
-    MOVEMENT,
     OVERWRITES,
     elementwise_flops,
+    is_movement,
 )
 from vendor_shim.attention_kernels import AttentionCall, AttentionKernel, attention_call, kernel_of
-from vendor_shim.audit import ALLOWED_OPS
 
 # The per-op vector, in this order; kv_cache_bytes is filled in when the forward ends.
 OP_METRICS = ("tensor_flops", "elementwise_flops", "io_bytes", "weight_bytes", "activation_bytes", "kv_cache_bytes")
@@ -83,7 +82,7 @@ class _OpKind:
         stem = base[:-1] if base.endswith("_") else base
         written = tuple(i for i, a in enumerate(schema.arguments) if a.alias_info is not None and a.alias_info.is_write)
         view = not schema.is_mutable and any(r.alias_info is not None for r in schema.returns)
-        movement = ALLOWED_OPS.get(stem) in MOVEMENT
+        movement = is_movement(stem)
         view = view or stem in ALIAS_BY_BEHAVIOUR
         grouped = func is torch.ops.aten._grouped_mm.default
         attention = kernel_of(func)

@@ -1,0 +1,1 @@
+"""Torch-free kernel shared by every package: names, workload, options, op rules."""
