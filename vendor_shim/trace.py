@@ -179,6 +179,30 @@ _REQUIRED = {
 }
 
 
+def _check_decode_steps(decode: dict[str, Any], k: int, measured: list[str]) -> None:
+    """``stages.decode.steps``: one valid leaf pair per decode forward, combining to the ``stages.decode`` leaves."""
+    steps = decode.get("steps")
+    _require(isinstance(steps, list), "stages.decode.steps must be a list")
+    _require(len(steps) == k, f"stages.decode.steps has {len(steps)} entries, received.decode_forwards says {k}")
+    for p in LM_PARTS:
+        for i, st in enumerate(steps):
+            _check_leaf(st.get(p), f"stages.decode.steps[{i}].{p}", measured)
+        allocator = [st[p].get(ALLOCATOR_PEAK) for st in steps]
+        if steps and None not in allocator and decode[p].get(ALLOCATOR_PEAK) is not None:
+            _require(
+                max(allocator) == decode[p][ALLOCATOR_PEAK],
+                f"decode steps' largest {ALLOCATOR_PEAK} {max(allocator)} != stages.decode.{p}'s",
+            )
+        for m in measured:
+            per_step = [st[p][m] for st in steps]
+            if None in per_step or decode[p][m] is None:
+                continue
+            _require(
+                combine(m, per_step) == decode[p][m],
+                f"decode steps give {combine(m, per_step)} != stages.decode.{p}.{m} {decode[p][m]}",
+            )
+
+
 def validate_trace_dict(d: Any) -> None:
     """Raise `TraceValidationError` unless ``d`` is a well-formed, self-consistent trace."""
     _require(isinstance(d, dict), "document is not an object")
@@ -205,27 +229,7 @@ def validate_trace_dict(d: Any) -> None:
         _require(isinstance(stages.get(s), dict), f"stages.{s} missing")
         for p in LM_PARTS:
             total += _check_leaf(stages[s].get(p), f"stages.{s}.{p}", measured)
-    steps = stages["decode"].get("steps")
-    _require(isinstance(steps, list), "stages.decode.steps must be a list")
-    k = d["received"].get("decode_forwards", 0)
-    _require(len(steps) == k, f"stages.decode.steps has {len(steps)} entries, received.decode_forwards says {k}")
-    for p in LM_PARTS:
-        for i, st in enumerate(steps):
-            _check_leaf(st.get(p), f"stages.decode.steps[{i}].{p}", measured)
-        allocator = [st[p].get(ALLOCATOR_PEAK) for st in steps]
-        if steps and None not in allocator and stages["decode"][p].get(ALLOCATOR_PEAK) is not None:
-            _require(
-                max(allocator) == stages["decode"][p][ALLOCATOR_PEAK],
-                f"decode steps' largest {ALLOCATOR_PEAK} {max(allocator)} != stages.decode.{p}'s",
-            )
-        for m in measured:
-            per_step = [st[p][m] for st in steps]
-            if None in per_step or stages["decode"][p][m] is None:
-                continue
-            _require(
-                combine(m, per_step) == stages["decode"][p][m],
-                f"decode steps give {combine(m, per_step)} != stages.decode.{p}.{m} {stages['decode'][p][m]}",
-            )
+    _check_decode_steps(stages["decode"], d["received"].get("decode_forwards", 0), measured)
     totals = d["totals"]
     for key in ("counter_total", "stage_sum", "audit_total", "unattributed"):
         _require(isinstance(totals.get(key), int), f"totals.{key} must be an int")
