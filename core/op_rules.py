@@ -102,6 +102,8 @@ def register(
     """One op family (``names``: base names, whitespace-separated) under one set of rules; each name once."""
     if category is not None and category not in CATEGORIES:
         raise ValueError(f"unknown audit category {category!r}")
+    if flops is not None and category is not None and CATEGORIES[category].movement:
+        raise ValueError(f"{category!r} moves data only: its ops have no elementwise convention")
     if basis not in ("out", "in"):
         raise ValueError(f"basis must be 'out' or 'in', not {basis!r}")
     rule = OpRule(
