@@ -1,8 +1,9 @@
 """Every measured metric of one executed aten op, by the definitions in `core.op_rules`.
 
-`OpMeter.measure(func, args, kwargs, out)` returns the op's metric vector (`OP_METRICS` order, tensor
-FLOPs filled in by the audit) plus the run-allocated storages it read, so the decoder's KV-cache reads
-can be told apart once the forward says which tensors are its cache (`StorageBook.cache_serials`).
+`OpMeter.measure(func, name, args, kwargs, out, flops)` returns the op's metric vector (`OP_METRICS` order,
+``flops`` the audit's formula value as its tensor FLOPs) plus the run-allocated storages it read, so the
+decoder's KV-cache reads can be told apart once the forward says which tensors are its cache
+(`vendor_shim.stages.cache_tensors`).
 `StorageBook` follows every storage the run allocates (weak finalizers on the storage object, which
 die exactly when the memory does) and keeps the live byte count that ``peak_bytes`` is the maximum of.
 `FusedAttention` makes `F.scaled_dot_product_attention` one op on every device (see the conventions); an
