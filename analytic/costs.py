@@ -15,7 +15,7 @@ Everything else is reported, not gated, under simple per-element conventions
   gate product / residual add / bias add / mask add / scale 1, softmax 5/score,
   RoPE 3.5 per rotated q/k element (the neg of rotate_half on half of them) plus cos, sin and
   their scaling per table element, bicubic resize 32 per output element, linear (1-D) resize 2.
-  Each is the sum of the per-aten-op conventions of `analytic.op_conventions` over the ops
+  Each is the sum of the per-aten-op conventions of `core.op_rules` over the ops
   the module runs (that table is what the vendor side measures with).
 - io_bytes: every op's inputs read + outputs written + weights read.
 - weight_bytes: parameters an op reads (once per call).
@@ -38,7 +38,7 @@ from core.metrics import METRICS
 
 METRIC_FIELDS = METRICS  # one list of metric names: core.schema
 
-# Module-level conventions, each the sum of the per-aten-op conventions (`analytic.op_conventions`) over the ops
+# Module-level conventions, each the sum of the per-aten-op conventions (`core.op_rules`) over the ops
 # the module executes, so the analytic figure and the measured one count the same way.
 EW = {
     "layernorm": 5,  # native_layer_norm

@@ -1,6 +1,6 @@
 """Bytes of the official code's op sequences, derived by hand on small shapes (the `official` profile's terms).
 
-Each figure is the op-by-op sum the vendor meter reports (`analytic.op_conventions`): every tensor input read
+Each figure is the op-by-op sum the vendor meter reports (`core.op_rules`): every tensor input read
 plus every output written, int64 indices 8 bytes, bools 1 byte, float32 4.
 """
 

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_map
 
-from analytic.op_conventions import ALIAS_BY_BEHAVIOUR
+from core.op_rules import ALIAS_BY_BEHAVIOUR
 
 aten = torch.ops.aten
 

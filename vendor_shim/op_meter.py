@@ -1,8 +1,9 @@
-"""Every measured metric of one executed aten op, by the definitions in `analytic.op_conventions`.
+"""Every measured metric of one executed aten op, by the definitions in `core.op_rules`.
 
-`OpMeter.measure(func, args, kwargs, out)` returns the op's metric vector (`OP_METRICS` order, tensor
-FLOPs filled in by the audit) plus the run-allocated storages it read, so the decoder's KV-cache reads
-can be told apart once the forward says which tensors are its cache (`StorageBook.cache_serials`).
+`OpMeter.measure(func, name, args, kwargs, out, flops)` returns the op's metric vector (`OP_METRICS` order,
+``flops`` the audit's formula value as its tensor FLOPs) plus the run-allocated storages it read, so the
+decoder's KV-cache reads can be told apart once the forward says which tensors are its cache
+(`vendor_shim.stages.cache_tensors`).
 `StorageBook` follows every storage the run allocates (weak finalizers on the storage object, which
 die exactly when the memory does) and keeps the live byte count that ``peak_bytes`` is the maximum of.
 `FusedAttention` makes `F.scaled_dot_product_attention` one op on every device (see the conventions); an
@@ -20,23 +21,27 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from analytic.op_conventions import (
+from core.op_rules import (
     ALIAS_BY_BEHAVIOUR,
     ATTENTION_MASK,
     ATTENTION_SOFTMAX,
     BIAS_IN_KERNEL,
     GATHERS,
     LAYOUT_ONLY,
-    MOVEMENT,
     OVERWRITES,
     elementwise_flops,
+    is_movement,
 )
 from vendor_shim.attention_kernels import AttentionCall, AttentionKernel, attention_call, kernel_of
-from vendor_shim.audit import ALLOWED_OPS
 
 # The per-op vector, in this order; kv_cache_bytes is filled in when the forward ends.
 OP_METRICS = ("tensor_flops", "elementwise_flops", "io_bytes", "weight_bytes", "activation_bytes", "kv_cache_bytes")
-TENSOR, ELEMENTWISE, IO, WEIGHT, ACTIVATION, KV = range(len(OP_METRICS))
+TENSOR = OP_METRICS.index("tensor_flops")  # each position named by its metric, so the tuple alone orders them
+ELEMENTWISE = OP_METRICS.index("elementwise_flops")
+IO = OP_METRICS.index("io_bytes")
+WEIGHT = OP_METRICS.index("weight_bytes")
+ACTIVATION = OP_METRICS.index("activation_bytes")
+KV = OP_METRICS.index("kv_cache_bytes")
 FUSED_ATTENTION = "fused.scaled_dot_product_attention"
 
 
@@ -83,7 +88,7 @@ class _OpKind:
         stem = base[:-1] if base.endswith("_") else base
         written = tuple(i for i, a in enumerate(schema.arguments) if a.alias_info is not None and a.alias_info.is_write)
         view = not schema.is_mutable and any(r.alias_info is not None for r in schema.returns)
-        movement = ALLOWED_OPS.get(stem) in MOVEMENT
+        movement = is_movement(stem)
         view = view or stem in ALIAS_BY_BEHAVIOUR
         grouped = func is torch.ops.aten._grouped_mm.default
         attention = kernel_of(func)
@@ -131,6 +136,17 @@ class StorageBook:
 
 
 @dataclass
+class _Traffic:
+    """One op's bytes, accumulated by the steps of `OpMeter.measure`."""
+
+    read_bytes: int = 0
+    weight_bytes: int = 0
+    write_bytes: int = 0
+    reads: list[tuple[int, int]] = field(default_factory=list)  # (storage serial, bytes) of run-allocated inputs
+    writes: list[int] = field(default_factory=list)  # serials of run-allocated storages written
+
+
+@dataclass
 class Measured:
     """One op's metrics, and what the KV-cache attribution needs."""
 
@@ -165,67 +181,95 @@ class OpMeter:
         outs = [o for _, o in _tensors(out if isinstance(out, tuple | list) else (out,))]
         if kind.attention is not None and outs:  # a kernel called directly (flash-attn, flash_attention_2)
             return self._attention(attention_call(kind.attention, args, kwargs), outs[0], flops)
-        reads: list[tuple[int, int]] = []
-        writes: list[int] = []
-        in_keys: set[int] = set()
-        first_in = None
-        read_bytes = weight_bytes = 0
+        ins = list(_tensors((*args, *kwargs.values())))
         out_fp = [footprint(o) for o in outs]
-        out_bytes = sum(out_fp)
-        for pos, t in _tensors((*args, *kwargs.values())):
-            if first_in is None:
-                first_in = t
+        traffic = _Traffic()
+        in_keys = self._read_inputs(kind, ins, args, kwargs, sum(out_fp), traffic)
+        self._write_in_place(kind, args, traffic)
+        if not kind.written:
+            self._write_outputs(name, outs, out_fp, in_keys, traffic)
+        vec[ELEMENTWISE] = self._elementwise(kind, name, args, ins[0][1] if ins else None, outs, flops)
+        vec[IO] = traffic.read_bytes + traffic.write_bytes
+        vec[WEIGHT] = traffic.weight_bytes
+        vec[ACTIVATION] = traffic.write_bytes
+        return Measured(vec, traffic.reads, traffic.writes, _experts_hit(kind, outs))
+
+    def _read_inputs(
+        self,
+        kind: _OpKind,
+        ins: list[tuple[int, torch.Tensor]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        out_bytes: int,
+        traffic: _Traffic,
+    ) -> set[int]:
+        """Adds the tensor inputs' reads (an argument written in place is charged by `_write_in_place`); returns
+        the inputs' storage keys."""
+        in_keys: set[int] = set()
+        for pos, t in ins:
             key = t.untyped_storage()._cdata
             in_keys.add(key)
             if pos in kind.written or kind.layout_only:
-                continue  # counted as written below (and read unless the op overwrites it); or never read
+                continue  # counted as written (and read unless the op overwrites it); or never read
             b = out_bytes if kind.gather and pos == 0 else footprint(t)
             if kind.grouped_mm and pos == 1:
                 b = _grouped_weight_read(t, args, kwargs)
-            read_bytes += b
+            traffic.read_bytes += b
             if key in self.weights:
-                weight_bytes += b
+                traffic.weight_bytes += b
             else:
                 serial = self.book.live.get(key)
                 if serial is not None:
-                    reads.append((serial[0], b))
-        write_bytes = 0
+                    traffic.reads.append((serial[0], b))
+        return in_keys
+
+    def _write_in_place(self, kind: _OpKind, args: tuple[Any, ...], traffic: _Traffic) -> None:
+        """Adds the writes of the arguments the op mutates, and their reads unless it overwrites them."""
         for pos in kind.written:
             t = args[pos] if pos < len(args) else None
             if isinstance(t, torch.Tensor):
                 wb = _written_bytes(kind, t, args)
-                write_bytes += wb
+                traffic.write_bytes += wb
                 if not kind.overwrite:
-                    read_bytes += wb
+                    traffic.read_bytes += wb
                 serial = self.book.serial_of(t)
                 if serial is not None:
-                    writes.append(serial)
-        if not kind.written:
-            for o, fp in zip(outs, out_fp, strict=True):
-                if o.untyped_storage()._cdata in in_keys:  # the kernel returned a view its schema did not announce
-                    self.alias_mismatch.add(name)
-                    continue
-                write_bytes += fp
-                serial = self.book.allocated(o)
-                if serial is not None:
-                    writes.append(serial)
+                    traffic.writes.append(serial)
+
+    def _write_outputs(
+        self, name: str, outs: list[torch.Tensor], out_fp: list[int], in_keys: set[int], traffic: _Traffic
+    ) -> None:
+        """Adds the writes of the op's new outputs (registering their storages); an output on an input's storage
+        is a view the schema did not announce: noted, not charged."""
+        for o, fp in zip(outs, out_fp, strict=True):
+            if o.untyped_storage()._cdata in in_keys:
+                self.alias_mismatch.add(name)
+                continue
+            traffic.write_bytes += fp
+            serial = self.book.allocated(o)
+            if serial is not None:
+                traffic.writes.append(serial)
+
+    def _elementwise(
+        self,
+        kind: _OpKind,
+        name: str,
+        args: tuple[Any, ...],
+        first_in: torch.Tensor | None,
+        outs: list[torch.Tensor],
+        flops: int,
+    ) -> int:
+        """The op's elementwise FLOPs: a tensor op's fused bias add, else the convention (none: noted, 0)."""
         floating = (first_in is not None and first_in.is_floating_point()) or any(o.is_floating_point() for o in outs)
         if floating and flops:
-            vec[ELEMENTWISE] = _fused_bias_add(kind.base, args, outs)
-        elif floating and not kind.movement:
+            return _fused_bias_add(kind.base, args, outs)
+        if floating and not kind.movement:
             in_elems = first_in.numel() if first_in is not None else 0
             ew = elementwise_flops(kind.base, sum(o.numel() for o in outs), in_elems)
-            if ew is None:
-                self.no_convention.add(name)
-            else:
-                vec[ELEMENTWISE] = ew
-        vec[IO] = read_bytes + write_bytes
-        vec[WEIGHT] = weight_bytes
-        vec[ACTIVATION] = write_bytes
-        hit = None
-        if kind.base == "topk" and len(outs) == 2 and outs[1].device.type != "meta":
-            hit = int(outs[1].unique().numel())
-        return Measured(vec, reads, writes, hit)
+            if ew is not None:
+                return ew
+            self.no_convention.add(name)
+        return 0
 
     def fused_attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any, causal: bool, out: torch.Tensor
@@ -260,6 +304,13 @@ class OpMeter:
         vec[WEIGHT] = sum(footprint(t) for t in ins if t.untyped_storage()._cdata in self.weights)
         vec[ACTIVATION] = footprint(out)
         return Measured(vec, reads, [] if serial is None else [serial])
+
+
+def _experts_hit(kind: _OpKind, outs: list[torch.Tensor]) -> int | None:
+    """A top-k's distinct selected indices (a MoE router's routing); None for other ops and on meta."""
+    if kind.base == "topk" and len(outs) == 2 and outs[1].device.type != "meta":
+        return int(outs[1].unique().numel())
+    return None
 
 
 def _fused_bias_add(base: str, args: tuple[Any, ...], outs: list[torch.Tensor]) -> int:

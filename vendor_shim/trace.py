@@ -14,7 +14,7 @@ Schema ``dsocr-flopcheck/vendor-trace`` version 2 (``schema_version: 2``; versio
   projector for DeepSeek-OCR 2),
   ``stages.{prefill,decode}.{decoder,lm_head}.<metrics>``, ``stages.decode.steps`` = list of K
   ``{"decoder": {...}, "lm_head": {...}}``.  Metrics = ``core.metrics.METRICS``; the vendor
-  measures every metric per aten op (definitions: `analytic.op_conventions`); a metric the trace does
+  measures every metric per aten op (definitions: `core.op_rules`); a metric the trace does
   not measure is null and missing from ``measured_metrics``.
   Leaves also carry ``calls`` (root forward calls) and ``allocator_peak_bytes``: on cuda the caching
   allocator's high-water mark above the root's entry (`vendor_shim.device_memory`; the largest over calls and
@@ -55,7 +55,7 @@ from core.schema import LM_PARTS, LM_STAGES, VISION_BRANCHES, family_vision_stag
 
 SCHEMA = "dsocr-flopcheck/vendor-trace"
 SCHEMA_VERSION = 2
-MEASURED_METRICS = METRICS  # every metric, per aten op (analytic.op_conventions defines them)
+MEASURED_METRICS = METRICS  # every metric, per aten op (core.op_rules defines them)
 DEVICES = ("cpu", "cuda", "meta")
 ALLOCATOR_PEAK = "allocator_peak_bytes"  # a reported leaf field, not a metric: never gated
 
