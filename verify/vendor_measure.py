@@ -23,15 +23,18 @@ from vendor_shim.trace import SCHEMA_VERSION
 from verify.cache import TraceCache
 from verify.runner import VendorFailure, VerifyConfig
 
-_SHIM_ROOT = Path(__file__).resolve().parent.parent / "vendor_shim"
+_REPO = Path(__file__).resolve().parent.parent
+_MEASURING_CODE = ("vendor_shim", "core")  # the shim and the kernel it reads (workload, op rules, names)
 
 
 def shim_code_hash() -> str:
-    """sha256 over the shim's own sources: a harness change must invalidate cached traces."""
+    """sha256 over the sources a measurement runs (vendor_shim/ and core/, whose op rules and workload the meter
+    reads): a change to either must invalidate cached traces.  Recorded as ``code_hashes.vendor_shim``."""
     h = hashlib.sha256()
-    for path in sorted(_SHIM_ROOT.rglob("*.py")):
-        h.update(str(path.relative_to(_SHIM_ROOT)).encode())
-        h.update(path.read_bytes())
+    for package in _MEASURING_CODE:
+        for path in sorted((_REPO / package).rglob("*.py")):
+            h.update(str(path.relative_to(_REPO)).encode())
+            h.update(path.read_bytes())
     return h.hexdigest()
 
 
