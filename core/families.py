@@ -38,6 +38,7 @@ class SnapshotLayout:
     architecture: str  # config.json architectures[...] entry
     model_module: str  # the module auto_map points into
     code_files: tuple[str, ...]  # the files the official remote code consists of
+    vision_roots: tuple[tuple[str, str], ...]  # (vision stage, attribute of the inner model), in pipeline order
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ FAMILY_TABLE: tuple[Family, ...] = (
             "DeepseekOCRForCausalLM",
             "modeling_deepseekocr",
             ("modeling_deepseekocr.py", "deepencoder.py", *_SHARED_CODE),
+            (("sam", "sam_model"), ("clip", "vision_model"), ("projector", "projector")),
         ),
     ),
     Family(
@@ -115,6 +117,7 @@ FAMILY_TABLE: tuple[Family, ...] = (
             "DeepseekOCR2ForCausalLM",
             "modeling_deepseekocr2",
             ("modeling_deepseekocr2.py", "deepencoderv2.py", *_SHARED_CODE),
+            (("sam", "sam_model"), ("qwen2_encoder", "qwen2_model"), ("projector", "projector")),
         ),
     ),
 )

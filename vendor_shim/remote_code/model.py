@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from core.families import FAMILY_BY_NAME
 from vendor_shim.backends.base import GenerationResult, LoadedModel, PreparedInputs, StageRoots, VendorBackend
 from vendor_shim.errors import VendorInputError, VendorRunError
 from vendor_shim.hollow import small_parameters
@@ -36,11 +37,6 @@ from vendor_shim.remote_code.snapshot import Snapshot, SnapshotError
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # OCR-2's infer() uses no_repeat_ngram_size 20 in eval mode, 35 when streaming: the eval value, as for OCR-1
 GENERATION_PATH = "snapshot GenerationMixin.generate(greedy, no_repeat_ngram_size=20, min_new_tokens=max_new_tokens)"
-# Per family: the vision stage roots as (stage, attribute of the inner model), in pipeline order.
-VISION_ROOTS = {
-    "deepseek-ocr": (("sam", "sam_model"), ("clip", "vision_model"), ("projector", "projector")),
-    "deepseek-ocr-2": (("sam", "sam_model"), ("qwen2_encoder", "qwen2_model"), ("projector", "projector")),
-}
 
 
 def import_snapshot(snapshot: Snapshot) -> Any:
@@ -175,7 +171,8 @@ class RemoteCodeModelBackend(VendorBackend):
         t0 = time.perf_counter()
         model = self._instantiate(device, dtype)
         inner = model.get_model() if hasattr(model, "get_model") else model.model
-        vision_roots = {stage: getattr(inner, attr) for stage, attr in VISION_ROOTS[self.snapshot.family]}
+        layout = FAMILY_BY_NAME[self.snapshot.family].snapshot
+        vision_roots = {stage: getattr(inner, attr) for stage, attr in layout.vision_roots}
         weights = "meta (no values)"
         if device != "meta":
             weights = self._fill(model, inner, list(vision_roots.values()), vision_only, execution)
@@ -257,29 +254,13 @@ class RemoteCodeModelBackend(VendorBackend):
 
     # -- running ---------------------------------------------------------------------------
     def run_vision(self, loaded: LoadedModel, inputs: PreparedInputs) -> None:
-        """The vision block of the family's model forward: crops first, then the global view."""
-        if self.snapshot.family == "deepseek-ocr-2":
-            self._run_vision_ocr2(loaded, inputs)
-            return
-        sam, clip, projector = (loaded.roots.vision[s] for s in ("sam", "clip", "projector"))
+        """The vision block of the family's model forward (`VISION_FORWARDS`): crops first, then the global view."""
         images_crop, images_ori = inputs.payload["images"][0]
+        views = (images_crop, images_ori) if inputs.payload["has_crops"] else (images_ori,)
+        forward = VISION_FORWARDS[self.snapshot.family]
         with torch.no_grad():
-            if inputs.payload["has_crops"]:
-                local_1 = sam(images_crop)
-                local_2 = clip(images_crop, local_1)
-                projector(torch.cat((local_2[:, 1:], local_1.flatten(2).permute(0, 2, 1)), dim=-1))
-            global_1 = sam(images_ori)
-            global_2 = clip(images_ori, global_1)
-            projector(torch.cat((global_2[:, 1:], global_1.flatten(2).permute(0, 2, 1)), dim=-1))
-
-    def _run_vision_ocr2(self, loaded: LoadedModel, inputs: PreparedInputs) -> None:
-        """DeepseekOCR2Model.forward's vision block: projector(qwen2_model(sam(x))), crops first, then global."""
-        sam, encoder, projector = (loaded.roots.vision[s] for s in ("sam", "qwen2_encoder", "projector"))
-        images_crop, images_ori = inputs.payload["images"][0]
-        with torch.no_grad():
-            if inputs.payload["has_crops"]:
-                projector(encoder(sam(images_crop)))
-            projector(encoder(sam(images_ori)))
+            for view in views:
+                forward(loaded.roots.vision, view)
 
     def run_generation(
         self, loaded: LoadedModel, inputs: PreparedInputs, decode_tokens: int, lm_head_scope: str
@@ -336,3 +317,19 @@ class RemoteCodeModelBackend(VendorBackend):
     ) -> tuple[Any, ...]:
         hashes = json.dumps(self.snapshot.code_hashes, sort_keys=True)
         return (self.name, hashes, device, dtype, attn_impl, vision_only, execution)
+
+
+def _vision_ocr1(roots: dict[str, Any], view: torch.Tensor) -> None:
+    """DeepseekOCRModel.forward's vision block on one view: projector([clip(x, sam(x))[:, 1:]; sam(x)])."""
+    sam_out = roots["sam"](view)
+    clip_out = roots["clip"](view, sam_out)
+    roots["projector"](torch.cat((clip_out[:, 1:], sam_out.flatten(2).permute(0, 2, 1)), dim=-1))
+
+
+def _vision_ocr2(roots: dict[str, Any], view: torch.Tensor) -> None:
+    """DeepseekOCR2Model.forward's vision block on one view: projector(qwen2_model(sam(x)))."""
+    roots["projector"](roots["qwen2_encoder"](roots["sam"](view)))
+
+
+# Per family: its official forward's vision block on one view (the roots are core.families' snapshot layout).
+VISION_FORWARDS = {"deepseek-ocr": _vision_ocr1, "deepseek-ocr-2": _vision_ocr2}
