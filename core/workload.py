@@ -222,6 +222,24 @@ def check_positions(max_positions: int, image_tokens: int, prompt_tokens: int, d
         )
 
 
+def _check_run_options(
+    prompt_tokens: int, decode_tokens: int, batch: int, dtype: str, impl: str, impl_version: str | None, attn_impl: str
+) -> None:
+    """Refuse a workload option outside what is modelled, naming the values that are."""
+    if prompt_tokens < 0 or decode_tokens < 0:
+        raise WorkloadError("prompt_tokens and decode_tokens must be >= 0")
+    if batch != 1:
+        raise WorkloadError(f"batch={batch}: only batch 1 is modelled (the vendor infer() runs one page)")
+    if dtype not in DTYPES:
+        raise WorkloadError(f"dtype {dtype!r} unknown: use one of {', '.join(DTYPES)}")
+    if impl not in profile_names():
+        raise WorkloadError(f"impl {impl!r} unknown: use one of {', '.join(profile_names())}")
+    if impl_version is not None and not _RELEASE.fullmatch(str(impl_version)):
+        raise WorkloadError(f"impl_version {impl_version!r} is not a release number: write it like 5.24.0")
+    if attn_impl not in ATTN_IMPLS:
+        raise WorkloadError(f"attn_impl {attn_impl!r} unknown: use one of {', '.join(ATTN_IMPLS)}")
+
+
 def _validate_page(width: int, height: int) -> None:
     if not isinstance(width, int) or not isinstance(height, int) or width <= 0 or height <= 0:
         raise WorkloadError(f"page size {width}x{height} is not positive: give width and height in pixels, > 0")
@@ -299,18 +317,7 @@ class VisionWorkload:
         model: str = DEFAULT_FAMILY,
     ) -> VisionWorkload:
         name, preset = resolve_mode(mode, base_size, image_size, crop_mode, model)
-        if prompt_tokens < 0 or decode_tokens < 0:
-            raise WorkloadError("prompt_tokens and decode_tokens must be >= 0")
-        if batch != 1:
-            raise WorkloadError(f"batch={batch}: only batch 1 is modelled (the vendor infer() runs one page)")
-        if dtype not in DTYPES:
-            raise WorkloadError(f"dtype {dtype!r} unknown: use one of {', '.join(DTYPES)}")
-        if impl not in profile_names():
-            raise WorkloadError(f"impl {impl!r} unknown: use one of {', '.join(profile_names())}")
-        if impl_version is not None and not _RELEASE.fullmatch(str(impl_version)):
-            raise WorkloadError(f"impl_version {impl_version!r} is not a release number: write it like 5.24.0")
-        if attn_impl not in ATTN_IMPLS:
-            raise WorkloadError(f"attn_impl {attn_impl!r} unknown: use one of {', '.join(ATTN_IMPLS)}")
+        _check_run_options(prompt_tokens, decode_tokens, batch, dtype, impl, impl_version, attn_impl)
         if lm_head_scope is None:  # the implementation's own behaviour, as its profile YAML states it
             lm_head_scope = profile_lm_head_default(impl)
         if lm_head_scope not in LM_HEAD_SCOPES:
