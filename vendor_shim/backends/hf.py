@@ -137,8 +137,6 @@ OCR1 = HfFamily(
     classes=_unlimited_ocr_classes,
     build_config=build_config,
     vision_roots=_ocr1_vision_roots,
-    text_layers=TEXT_LAYERS,
-    image_token_id=IMAGE_TOKEN_ID,
     patches_grid=True,
     known_differences=KNOWN_DIFFERENCES,
 )

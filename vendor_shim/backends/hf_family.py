@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from core.families import DEEPSEEK_TOKENS
+from core.families import DEEPSEEK_TOKENS, family
 from core.published import dims
 
 BOS_ID = DEEPSEEK_TOKENS.bos
@@ -17,15 +17,22 @@ IMAGE_TOKEN_ID = DEEPSEEK_TOKENS.image
 
 @dataclass(frozen=True)
 class HfFamily:
-    family: str  # core.schema family name (--model)
+    family: str  # core.families name (--model)
     module: str  # the transformers modeling module it runs (its sha256 goes into every trace and cache key)
     classes: Callable[[], tuple[Any, Any]]  # () -> (config class, ForConditionalGeneration class)
     build_config: Callable[[int], Any]  # num_text_layers -> config at the published dimensions
     vision_roots: Callable[[Any], dict[str, Any]]  # inner model -> {vision stage: root module}, pipeline order
-    text_layers: int
-    image_token_id: int
     patches_grid: bool  # get_image_features takes patches_grid=[[columns, rows]] (DeepSeek-OCR) or not
     known_differences: tuple[str, ...]
+
+    @property
+    def text_layers(self) -> int:
+        """The published decoder depth of the family (core.families -> core/published/decoder/)."""
+        return int(dims("decoder", family(self.family).decoder)["num_layers"])
+
+    @property
+    def image_token_id(self) -> int:
+        return family(self.family).tokens.image
 
 
 def published_config(

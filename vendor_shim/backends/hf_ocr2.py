@@ -104,8 +104,6 @@ FAMILY = HfFamily(
     classes=_classes,
     build_config=build_config,
     vision_roots=vision_roots,
-    text_layers=TEXT_LAYERS,
-    image_token_id=IMAGE_TOKEN_ID,
     patches_grid=False,
     known_differences=KNOWN_DIFFERENCES,
 )
