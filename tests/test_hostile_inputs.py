@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from tiny_snapshots import tiny_snapshot
 
 import reports
 from tests.test_verify_cli import run_cli
@@ -449,7 +450,7 @@ def test_verdict_decides_once():
 
 # ---- 7: infrastructure faults are named as such, never blamed on the vendor or the snapshot --------------------
 
-TINY = REPO / "datasets" / "fixtures" / "tiny_remote_snapshot"
+TINY = tiny_snapshot("deepseek-ocr")
 REMOTE = ["--backend", "remote-code", "--vendor-dir", TINY, "--trust-remote-code", "--limit", 1, "--quiet"]
 
 

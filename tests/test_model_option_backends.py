@@ -2,24 +2,21 @@
 remote-code's snapshot says which family it is (config.json), and a --model that disagrees is refused in one line
 naming config.json and the fix (exit 2) before any model is built."""
 
-from pathlib import Path
-
 import pytest
-
-FIXTURES = Path(__file__).resolve().parents[1] / "datasets" / "fixtures"
+from tiny_snapshots import tiny_snapshot
 
 
 @pytest.mark.parametrize("entry", ["measure", "verify"])
 @pytest.mark.parametrize(
     ("model", "snapshot", "fix"),
     [
-        ("deepseek-ocr-2", "tiny_remote_snapshot", "--model deepseek-ocr"),
-        ("deepseek-ocr", "tiny_remote_snapshot_ocr2", "--model deepseek-ocr-2"),
+        ("deepseek-ocr-2", "deepseek-ocr", "--model deepseek-ocr"),
+        ("deepseek-ocr", "deepseek-ocr-2", "--model deepseek-ocr-2"),
     ],
     ids=["ocr2-on-ocr1-snapshot", "ocr1-on-ocr2-snapshot"],
 )
 def test_remote_code_refuses_a_family_mismatch_in_one_line(entry, model, snapshot, fix, capsys):
-    argv = ["--model", model, "--backend", "remote-code", "--vendor-dir", str(FIXTURES / snapshot)]
+    argv = ["--model", model, "--backend", "remote-code", "--vendor-dir", str(tiny_snapshot(snapshot))]
     argv += ["--trust-remote-code"]
     if entry == "measure":
         from vendor_shim.cli import main

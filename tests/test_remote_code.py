@@ -1,4 +1,4 @@
-"""Backend remote-code on the project's own tiny snapshot (datasets/fixtures/tiny_remote_snapshot).
+"""Backend remote-code on the project's own tiny snapshot (assembled from datasets/fixtures: tiny_snapshots.py).
 
 These run the real path: the pinned transformers-4.46 environment (built once per machine
 under the cache dir, ~10 s from PyPI), the worker subprocess, the snapshot's own classes,
@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_snapshots import tiny_snapshot
 
 from core.workload import VisionWorkload
 from vendor_shim.backends import get_backend
@@ -26,7 +27,7 @@ from vendor_shim.measure import measure
 from vendor_shim.remote_code.env import ensure_env
 from vendor_shim.remote_code.snapshot import FAMILIES, SnapshotError, load_snapshot
 
-TINY = Path(__file__).resolve().parents[1] / "datasets" / "fixtures" / "tiny_remote_snapshot"
+TINY = tiny_snapshot("deepseek-ocr")
 
 # Tiny snapshot dimensions (config.json / deepencoder.py), used by the hand derivations below.
 HIDDEN, VOCAB, HEADS, HEAD_DIM = 32, 129280, 2, 16
@@ -292,7 +293,7 @@ def test_runtime_error_in_snapshot_is_exit_3_at_its_line(tmp_path, pinned_env):
     snap = _copy_tiny(tmp_path)
     enc = snap / "deepencoder.py"
     text = enc.read_text()
-    anchor = "        x = self.patch_embed(x).permute(0, 2, 3, 1)\n"
+    anchor = "        embedded = self.embeddings(x, patch_embeds)\n"  # the CLIP-like forward
     assert anchor in text
     enc.write_text(text.replace(anchor, '        raise RuntimeError("broken on purpose")\n' + anchor, 1))
     w = VisionWorkload.from_page(500, 500, "tiny", impl="official")

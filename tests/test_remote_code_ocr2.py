@@ -1,5 +1,5 @@
 """Backend remote-code on a DeepSeek-OCR 2 snapshot: the project's own tiny look-alike
-(datasets/fixtures/tiny_remote_snapshot_ocr2), through the pinned env and the worker.
+(assembled from datasets/fixtures: tiny_snapshots.py), through the pinned env and the worker.
 
 Expected numbers are derived by hand from the look-alike's dimensions (deepencoderv2.py: the
 query encoder is 2 Qwen2 layers of width 32, 4 heads x 8, 2 key/value heads, FFN 64, query
@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tiny_snapshots import tiny_snapshot
 
 from core.workload import VisionWorkload
 from vendor_shim.backends import get_backend
@@ -21,9 +22,8 @@ from vendor_shim.errors import VendorInputError
 from vendor_shim.remote_code.env import ensure_env
 from vendor_shim.remote_code.snapshot import FAMILIES, SnapshotError, load_snapshot
 
-FIXTURES = Path(__file__).resolve().parents[1] / "datasets" / "fixtures"
-TINY2 = FIXTURES / "tiny_remote_snapshot_ocr2"
-TINY1 = FIXTURES / "tiny_remote_snapshot"
+TINY2 = tiny_snapshot("deepseek-ocr-2")
+TINY1 = tiny_snapshot("deepseek-ocr")
 
 # deepencoderv2.py of the look-alike
 ENC_WIDTH, ENC_LAYERS, ENC_HEADS, ENC_KV_HEADS, ENC_FFN = 32, 2, 4, 2, 64

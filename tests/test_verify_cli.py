@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from tiny_snapshots import tiny_snapshot
 
 import reports
 import verify.runner
@@ -33,7 +34,7 @@ from verify.cli import main_end2end, main_vision
 from verify.runner import VendorFailure
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "datasets" / "fixtures" / "tiny_remote_snapshot"
+TINY = tiny_snapshot("deepseek-ocr")
 REPORT_FILES = set(reports.REPORT_FILES.values())
 N_METRICS = 7  # core.metrics.METRICS
 GATED = {"tensor_flops", "elementwise_flops", "weight_bytes", "kv_cache_bytes"}  # both profiles, every stage
@@ -380,7 +381,7 @@ def test_remote_code_snapshot_that_raises_exit_3(tmp_path):
     snap = tmp_path / "snapshot"
     shutil.copytree(TINY, snap, ignore=shutil.ignore_patterns("__pycache__"))
     enc = snap / "deepencoder.py"
-    anchor = "        x = self.patch_embed(x).permute(0, 2, 3, 1)\n"
+    anchor = "        embedded = self.embeddings(x, patch_embeds)\n"  # the CLIP-like forward
     text = enc.read_text()
     assert anchor in text
     enc.write_text(text.replace(anchor, '        raise RuntimeError("broken on purpose")\n' + anchor, 1))
@@ -456,7 +457,7 @@ def test_remote_code_end_to_end_tiny_snapshot_exit_0(tmp_path):
     assert md.startswith("# Verdict: PASS\n") and env["code_hashes"]["deepencoder.py"] in md
 
 
-TINY2 = Path(__file__).resolve().parents[1] / "datasets" / "fixtures" / "tiny_remote_snapshot_ocr2"
+TINY2 = tiny_snapshot("deepseek-ocr-2")
 # The DeepSeek-OCR 2 look-alike's dims (deepencoderv2.py fixes the vision widths, config.json the decoder's)
 TINY2_OVERRIDES = [
     *(ov for ov in TINY_OVERRIDES if ov.startswith(("vision.sam.", "decoder.", "projector.n_embed"))),
