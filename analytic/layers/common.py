@@ -1,11 +1,13 @@
-"""Shared bits of the layer modules: the config error, the identical-layer grouping and the
-vision attention kernel (SAM and CLIP run the same one)."""
+"""Shared bits of the layer modules: the config error, the identical-layer grouping, the layer stack, the vision
+attention kernel (SAM and CLIP run the same one) and the vision profile facts both read."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeVar
 
 from analytic.costs import EW, Cost, sub
+from analytic.profiles import ImplProfile
 
 T = TypeVar("T")
 
@@ -32,13 +34,71 @@ def group(items: tuple[T, ...]) -> list[tuple[T, int]]:
     return list(counts.items())
 
 
+def layer_stack(
+    c: Cost, path: str | None, count: int, run: Callable[[Cost, str | None], None]
+) -> list[tuple[Cost, int]]:
+    """`count` identical layers for `add_stack`: with records, each costed on its own under ``path.layers.i``
+    (``run(cost, layer_path)``); without, one costed once and scaled (none at all when `count` is 0)."""
+    if c.want_records:
+        stack = []
+        for i in range(count):
+            one = Cost(True)
+            run(one, sub(path, f"layers.{i}"))
+            stack.append((one, 1))
+        return stack
+    if not count:
+        return []
+    one = Cost()
+    run(one, None)
+    return [(one, count)]
+
+
+def _sdpa_kernel(c: Cost, path: str | None, views: int, heads: int, seq: int, head_dim: int, db: int) -> None:
+    """One F.scaled_dot_product_attention call."""
+    c.sdpa(sub(path, "sdpa"), views, heads, seq, seq, head_dim, head_dim, db=db)
+
+
+def _eager_kernel(c: Cost, path: str | None, views: int, heads: int, seq: int, head_dim: int, db: int) -> None:
+    """matmul(q, k^T), softmax, matmul(probs, v)."""
+    c.bmm(sub(path, "qk"), "matmul_qk", views * heads, seq, head_dim, seq, db=db)
+    c.elementwise(sub(path, "softmax"), "softmax", views * heads * seq * seq, EW["softmax"] + EW["mul"], db)
+    c.bmm(sub(path, "av"), "matmul_av", views * heads, seq, seq, head_dim, db=db)
+
+
+# ImplProfile.vision_attention -> its kernel
+VISION_KERNELS: dict[str, Callable[[Cost, str | None, int, int, int, int, int], None]] = {
+    "sdpa": _sdpa_kernel,
+    "eager": _eager_kernel,
+}
+
+
 def vision_attention(
     c: Cost, path: str | None, views: int, heads: int, seq: int, head_dim: int, kernel: str, db: int
 ) -> None:
     """Unmasked self-attention over `seq` tokens: one SDPA call, or the eager matmul-softmax-matmul."""
-    if kernel == "sdpa":
-        c.sdpa(sub(path, "sdpa"), views, heads, seq, seq, head_dim, head_dim, db=db)
-        return
-    c.bmm(sub(path, "qk"), "matmul_qk", views * heads, seq, head_dim, seq, db=db)
-    c.elementwise(sub(path, "softmax"), "softmax", views * heads * seq * seq, EW["softmax"] + EW["mul"], db)
-    c.bmm(sub(path, "av"), "matmul_av", views * heads, seq, seq, head_dim, db=db)
+    VISION_KERNELS[kernel](c, path, views, heads, seq, head_dim, db)
+
+
+# ImplProfile.vision_sdpa_output -> whether the output's permute back copies, given whether q was contiguous
+_OUTPUT_PERMUTE_COPIES: dict[str, Callable[[bool], bool]] = {
+    "contiguous": lambda q_contiguous: True,  # (B, H, S, D) whatever q was
+    "like_query": lambda q_contiguous: q_contiguous,  # q's layout: a view only when q was a strided view
+}
+
+
+def output_permute_copies(profile: ImplProfile, q_contiguous: bool) -> bool:
+    """Whether the vision attention output's permute + reshape back to rows copies: eager's matmul output always
+    has the (B, H, S, D) layout; SDPA's as ``vision_sdpa_output`` says."""
+    return _OUTPUT_PERMUTE_COPIES[profile.vision_sdpa_output](q_contiguous) or profile.vision_attention == "eager"
+
+
+# ImplProfile.vision_resize_casts -> whether a position resize runs on a float32 copy, given the dtype's bytes
+_RESIZE_CASTS: dict[str, Callable[[int], bool]] = {
+    "always": lambda db: True,
+    "when_not_float32": lambda db: db != 4,  # .to(torch.float32) / .to(dtype) are no copies in float32
+}
+
+
+def resize_casts(profile: ImplProfile, db: int) -> bool:
+    """Whether SAM's and CLIP's position resizes cast to float32 and back (`ImplProfile.vision_resize_casts`)."""
+    return _RESIZE_CASTS[profile.vision_resize_casts](db)
