@@ -4,7 +4,9 @@ attention kernel (SAM and CLIP run the same one) and the vision profile facts bo
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from dataclasses import dataclass
+from enum import Enum
+from typing import ClassVar, Final, TypeVar
 
 from analytic.costs import EW, Cost, sub
 from analytic.profiles import ImplProfile
@@ -102,3 +104,51 @@ _RESIZE_CASTS: dict[str, Callable[[int], bool]] = {
 def resize_casts(profile: ImplProfile, db: int) -> bool:
     """Whether SAM's and CLIP's position resizes cast to float32 and back (`ImplProfile.vision_resize_casts`)."""
     return _RESIZE_CASTS[profile.vision_resize_casts](db)
+
+
+class _Default(Enum):
+    """The marker of an omitted record path (None already means "no records")."""
+
+    STAGE = "stage"
+
+
+STAGE_PATH: Final = _Default.STAGE
+
+
+@dataclass(frozen=True)
+class VisionCall:
+    """One vision-encoder call on `batch` SAM maps of grid x grid.  ``path``: where its records go (None: none);
+    ``previous_tokens``: SAM tokens of the encoder call before this one in the same image (state an encoder keeps
+    from one call to the next dies in this one)."""
+
+    batch: int
+    grid: int
+    profile: ImplProfile
+    db: int
+    path: str | None
+    previous_tokens: int = 0
+
+
+class VisionEncoder:
+    """The encoder after SAM (DeepSeek-OCR: CLIP; DeepSeek-OCR 2: the Qwen2 query encoder): one call signature,
+    its body the family's `_forward`."""
+
+    stage: ClassVar[str]  # the record path of a call that names none
+
+    def evaluate(
+        self,
+        c: Cost,
+        batch: int,
+        grid: int,
+        profile: ImplProfile,
+        db: int,
+        path: str | _Default | None = STAGE_PATH,
+        previous_tokens: int = 0,
+    ) -> int:
+        """Adds one call on `batch` SAM maps of grid x grid; returns the tokens per view the projector's rows come
+        from (`projector_rows`).  ``path``: default the encoder's stage."""
+        where = self.stage if isinstance(path, _Default) else path
+        return self._forward(c, VisionCall(batch, grid, profile, db, where, previous_tokens))
+
+    def _forward(self, c: Cost, v: VisionCall) -> int:
+        raise NotImplementedError
