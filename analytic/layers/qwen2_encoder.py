@@ -24,6 +24,7 @@ from typing import ClassVar
 from analytic.costs import Cost, add_stack, sub
 from analytic.layers.common import ConfigError, VisionCall, VisionEncoder, layer_stack
 from analytic.layers.decoder import (
+    ROTARY_PER_LAYER,
     AttentionCall,
     DecoderLayer,
     MhaAttention,
@@ -231,7 +232,7 @@ class Qwen2QueryEncoder(VisionEncoder):
         inv_freq and its original_inv_freq copy; 4.46.3's Qwen2Model has one and every Qwen2Attention builds its own
         (original_inv_freq is the same tensor there)."""
         table = self.head_size // 2 * 4
-        return (self.num_layers + 1) * table if profile.rope == "per_layer_matmul" else 2 * table
+        return (self.num_layers + 1) * table if ROTARY_PER_LAYER[profile.rope] else 2 * table
 
     def bound_output_bytes(self, batch: int, grid: int, profile: ImplProfile, db: int, last: bool) -> int:
         """Bytes a call leaves to its caller: the whole (B, 2n, d) last hidden state (the query outputs are a view of
