@@ -12,6 +12,7 @@ from analytic.costs import EW, Cost, sub
 from analytic.profiles import ImplProfile
 
 T = TypeVar("T")
+F32 = 4  # bytes of the float32 the norms, softmaxes and the router compute in
 
 
 class ConfigError(ValueError):
@@ -67,31 +68,41 @@ def _eager_kernel(c: Cost, path: str | None, views: int, heads: int, seq: int, h
     c.bmm(sub(path, "av"), "matmul_av", views * heads, seq, seq, head_dim, db=db)
 
 
-# ImplProfile.vision_attention -> its kernel
-VISION_KERNELS: dict[str, Callable[[Cost, str | None, int, int, int, int, int], None]] = {
-    "sdpa": _sdpa_kernel,
-    "eager": _eager_kernel,
-}
+@dataclass(frozen=True)
+class _VisionKernel:
+    """One `ImplProfile.vision_attention` mode: its kernel, and whether its output always has the (B, H, S, D) layout
+    (so permuting it back to rows copies whatever q's layout)."""
+
+    run: Callable[[Cost, str | None, int, int, int, int, int], None]
+    output_bhsd: bool
+
+
+VISION_KERNELS = {"sdpa": _VisionKernel(_sdpa_kernel, False), "eager": _VisionKernel(_eager_kernel, True)}
 
 
 def vision_attention(
     c: Cost, path: str | None, views: int, heads: int, seq: int, head_dim: int, kernel: str, db: int
 ) -> None:
     """Unmasked self-attention over `seq` tokens: one SDPA call, or the eager matmul-softmax-matmul."""
-    VISION_KERNELS[kernel](c, path, views, heads, seq, head_dim, db)
+    VISION_KERNELS[kernel].run(c, path, views, heads, seq, head_dim, db)
 
 
-# ImplProfile.vision_sdpa_output -> whether the output's permute back copies, given whether q was contiguous
-_OUTPUT_PERMUTE_COPIES: dict[str, Callable[[bool], bool]] = {
-    "contiguous": lambda q_contiguous: True,  # (B, H, S, D) whatever q was
-    "like_query": lambda q_contiguous: q_contiguous,  # q's layout: a view only when q was a strided view
+# ImplProfile.vision_sdpa_output -> whether SDPA's output is (B, H, S, D), given whether q was contiguous
+_SDPA_OUTPUT_BHSD: dict[str, Callable[[bool], bool]] = {
+    "contiguous": lambda q_contiguous: True,  # the meta device's math kernel, whatever q was
+    "like_query": lambda q_contiguous: q_contiguous,  # q's layout: (B, S, H, D)-strided when q was a strided view
 }
 
 
+def sdpa_output_copies(profile: ImplProfile, q_contiguous: bool) -> bool:
+    """Whether making a vision SDPA output (B, S, H, D)-contiguous copies it (`ImplProfile.vision_sdpa_output`)."""
+    return _SDPA_OUTPUT_BHSD[profile.vision_sdpa_output](q_contiguous)
+
+
 def output_permute_copies(profile: ImplProfile, q_contiguous: bool) -> bool:
-    """Whether the vision attention output's permute + reshape back to rows copies: eager's matmul output always
-    has the (B, H, S, D) layout; SDPA's as ``vision_sdpa_output`` says."""
-    return _OUTPUT_PERMUTE_COPIES[profile.vision_sdpa_output](q_contiguous) or profile.vision_attention == "eager"
+    """Whether the vision attention output's permute + reshape back to rows copies: always after the eager
+    matmuls; after SDPA as ``vision_sdpa_output`` says."""
+    return sdpa_output_copies(profile, q_contiguous) or VISION_KERNELS[profile.vision_attention].output_bhsd
 
 
 # ImplProfile.vision_resize_casts -> whether a position resize runs on a float32 copy, given the dtype's bytes

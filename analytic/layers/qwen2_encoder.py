@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from analytic.costs import Cost, add_stack, sub
-from analytic.layers.common import ConfigError, VisionCall, VisionEncoder, layer_stack
+from analytic.layers.common import ConfigError, VisionCall, VisionEncoder, layer_stack, sdpa_output_copies
 from analytic.layers.decoder import (
     ROTARY_PER_LAYER,
     AttentionCall,
@@ -200,7 +200,7 @@ class Qwen2QueryEncoder(VisionEncoder):
             kv="kept" if profile.encoder_kv_cache else "none",
             mask_bytes=mask,
             layer_rotary=False,
-            output_copy=profile.vision_sdpa_output == "contiguous",
+            output_copy=sdpa_output_copies(profile, q_contiguous=False),  # q: a strided view of q_proj
         )
         layer = self.layer
 
