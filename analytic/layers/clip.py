@@ -1,15 +1,51 @@
 """CLIP-L fed by SAM features (official deepencoder.py `VitModel`; transformers
 `UnlimitedOcrVisionEncoder`). Its own patch conv never runs: SAM's 1024-channel output is the
-patch embedding, so the sequence is (S/64)^2 + 1 tokens (CLS first).
+patch embedding, so the sequence is (S/64)^2 + 1 tokens (CLS first).  Where the implementations
+differ, each profile mode is a small term (`_CLIP_QKV`, `_CLIP_POSITIONS`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from analytic.costs import EW, Cost, add_stack, sub
-from analytic.layers.common import ConfigError, layer_norm, vision_attention
+from analytic.layers.common import (
+    ConfigError,
+    VisionCall,
+    VisionEncoder,
+    layer_norm,
+    layer_stack,
+    output_permute_copies,
+    resize_casts,
+    vision_attention,
+)
 from core.profiles import ImplProfile
+
+
+def _fused_qkv(c: Cost, ap: str | None, rows: int, d: int, db: int) -> None:
+    """Official NoTPAttention.qkv_proj: Linear(1024, 3072)."""
+    c.linear(sub(ap, "qkv_proj"), rows, d, 3 * d, bias=True, db=db)
+
+
+def _separate_qkv(c: Cost, ap: str | None, rows: int, d: int, db: int) -> None:
+    """transformers UnlimitedOcrAttention: q_proj, k_proj, v_proj."""
+    for name in ("q_proj", "k_proj", "v_proj"):
+        c.linear(sub(ap, name), rows, d, d, bias=True, db=db)
+
+
+@dataclass(frozen=True)
+class _ClipQkv:
+    """One `ImplProfile.clip_qkv` mode: the input projection, and whether the block keeps the attention output
+    bound until it returns (official deepencoder.py NoTPTransformerBlock.forward: residual = self_attn(...);
+    h = x + residual; out = h + mlp(layer_norm2(h)) -- the attention output stays the local `residual`)."""
+
+    project: Callable[[Cost, str | None, int, int, int], None]
+    keeps_attention_output: bool
+
+
+_CLIP_QKV = {"fused": _ClipQkv(_fused_qkv, True), "separate": _ClipQkv(_separate_qkv, False)}
 
 
 @dataclass(frozen=True)
@@ -21,34 +57,34 @@ class ClipBlock:
     def evaluate(self, c: Cost, batch: int, seq: int, profile: ImplProfile, db: int, path: str | None) -> None:
         """One pre-norm block.  Liveness: its input is live at entry and replaced by its output."""
         d, nh = self.dim, self.num_heads
-        hd = d // nh
         rows = batch * seq
         n = rows * d * db  # one (B, S, d) activation
-        f = rows * self.ffn * db
         layer_norm(c, sub(path, "layer_norm1"), rows, d, db, profile.norm_stats_bytes(db))
         ap = sub(path, "self_attn")
-        if profile.clip_qkv == "fused":  # official NoTPAttention.qkv_proj: Linear(1024, 3072)
-            c.linear(sub(ap, "qkv_proj"), rows, d, 3 * d, bias=True, db=db)
-        else:  # transformers UnlimitedOcrAttention: q_proj, k_proj, v_proj
-            for name in ("q_proj", "k_proj", "v_proj"):
-                c.linear(sub(ap, name), rows, d, d, bias=True, db=db)
+        qkv = _CLIP_QKV[profile.clip_qkv]
+        qkv.project(c, ap, rows, d, db)
         c.hold(3 * n)
-        vision_attention(c, ap, batch, nh, seq, hd, profile.vision_attention, db)
+        vision_attention(c, ap, batch, nh, seq, d // nh, profile.vision_attention, db)
         # attn_output.transpose(1, 2).contiguous(): a copy of a (B, H, S, D) output -- what SDPA returns on meta (math);
-        # CPU flash already returns it (B, S, H, D)-strided, so there the copy moves nothing (docs/metrics.md). Official
+        # CPU flash already returns it (B, S, H, D)-strided, so there the copy moves nothing (README).  Official
         # NoTPAttention: q, k, v are permuted views of the fused qkv, so under `like_query` the output's
         # permute(0, 2, 1, 3).reshape(...) is a view
-        if profile.vision_sdpa_output == "contiguous" or profile.vision_attention == "eager":
+        if output_permute_copies(profile, q_contiguous=False):
             c.copy(sub(ap, "attn_output_contiguous"), "clone", rows * d, db)
             c.spike(2 * n)  # the attention output and its contiguous copy
         c.linear(sub(ap, "out_proj"), rows, d, d, bias=True, db=db)
         c.release(3 * n + n)  # q, k, v die with the attention, the normed input when it returns
         c.elementwise(sub(path, "residual1"), "add", rows * d, EW["add"], db, reads=2)
         c.hold(n)  # residual1 (hf: the out_proj output dies with the sum)
-        # official deepencoder.py NoTPTransformerBlock.forward: residual = self_attn(...); h = x + residual;
-        # out = h + mlp(layer_norm2(h)) -- the attention output stays the local `residual` until the block returns
-        kept = n if profile.clip_qkv == "fused" else 0
+        kept = n if qkv.keeps_attention_output else 0
         c.hold(kept)
+        self._mlp(c, rows, profile, db, path)
+        c.release(rows * self.ffn * db + n + n + n + kept)  # fc1 (as the activation), layer_norm2, residual1 (and
+        # official's `residual`); the caller drops the input
+
+    def _mlp(self, c: Cost, rows: int, profile: ImplProfile, db: int, path: str | None) -> None:
+        """layer_norm2, fc1, quick_gelu, fc2 and the second residual.  Liveness: the block's output is held."""
+        d, f = self.dim, rows * self.ffn * db
         layer_norm(c, sub(path, "layer_norm2"), rows, d, db, profile.norm_stats_bytes(db))
         mp = sub(path, "mlp")
         c.linear(sub(mp, "fc1"), rows, d, self.ffn, bias=True, db=db)
@@ -58,18 +94,17 @@ class ClipBlock:
         c.spike(2 * f)  # fc1's output, 1.702 x and its sigmoid (then the product, once 1.702 x is gone)
         c.linear(sub(mp, "fc2"), rows, self.ffn, d, bias=True, db=db)
         c.elementwise(sub(path, "residual2"), "add", rows * d, EW["add"], db, reads=2)
-        c.hold(n)  # the block's output
-        c.release(f + n + n + n + kept)  # fc1 (as the activation), layer_norm2, residual1 (and official's
-        # `residual`); the caller drops the input
+        c.hold(rows * d * db)  # the block's output
 
 
 @dataclass(frozen=True)
-class ClipEncoder:
+class ClipEncoder(VisionEncoder):
     hidden_size: int
     num_layers: int
     num_heads: int
     ffn_hidden_size: int
     pretrain_grid: int  # 224 / 14: the trained position table (interpolated otherwise)
+    stage: ClassVar[str] = "clip"
 
     def __post_init__(self) -> None:
         if self.num_layers < 0 or self.hidden_size <= 0 or self.num_heads <= 0:
@@ -80,20 +115,12 @@ class ClipEncoder:
             )
         object.__setattr__(self, "_block", ClipBlock(self.hidden_size, self.num_heads, self.ffn_hidden_size))
 
-    def evaluate(
-        self,
-        c: Cost,
-        batch: int,
-        grid: int,
-        profile: ImplProfile,
-        db: int,
-        path: str | None = "clip",
-        previous_tokens: int = 0,
-    ) -> int:
-        """Adds one CLIP call on `batch` SAM maps of grid x grid; returns the token count incl. CLS.
-        ``previous_tokens``: unused (CLIP keeps nothing from one call to the next)."""
+    def _forward(self, c: Cost, v: VisionCall) -> int:
+        """The embeddings, pre_layrnorm and the layers; returns the token count incl. CLS.  ``v.previous_tokens``:
+        unused (CLIP keeps nothing from one call to the next)."""
+        batch, profile, db, path = v.batch, v.profile, v.db, v.path
         d = self.hidden_size
-        seq = grid * grid + 1
+        seq = v.grid * v.grid + 1
         # Both implementations read the whole trained position table (1 + 16x16 rows) once per call: an embedding
         # gather of every position id, or (hf, resized grid) a cast of the 256 grid rows plus the CLS row's cat;
         # the class embedding is read by the cat that prepends it.
@@ -102,53 +129,56 @@ class ClipEncoder:
         c.weight_read(sub(path, "class_embedding"), "cat", d, db)
         # cat([class, SAM features]): reads the batch's patch rows, writes every row
         c.traffic(sub(path, "cat_class"), "cat", batch * (seq - 1) * d * db, batch * seq * d * db)
-        if profile.clip_positions == "gather_then_resize":
-            self._official_positions(c, batch, grid, seq, profile, db, path)
-        elif grid != self.pretrain_grid:  # get_abs_pos: float32 copy, bicubic resize, cast back, cat the CLS row
-            g2 = grid * grid * d
-            if profile.vision_resize_casts == "always" or db != 4:
-                c.traffic(sub(path, "pos_embed_cast"), "_to_copy", 0, trained * d * 4)  # its read: the weight read
-                c.elementwise(
-                    sub(path, "pos_embed_interp"), "bicubic", g2, EW["bicubic"], db, traffic=(trained * d * 4, g2 * 4)
-                )
-                c.copy(sub(path, "pos_embed_cast_back"), "_to_copy", g2, db, read_db=4)
-            else:  # float32: .to(torch.float32) and .to(dtype) are no copies; the resize reads the table (above)
-                c.elementwise(sub(path, "pos_embed_interp"), "bicubic", g2, EW["bicubic"], db, traffic=(0, g2 * 4))
-            c.traffic(sub(path, "pos_embed_cat"), "cat", g2 * db, seq * d * db)
-        else:  # the gathered table is the position embedding itself; the gather reads the int64 position ids buffer
-            c.weight_read(sub(path, "position_ids"), "embedding", (trained + 1) * 8, 1)
-            c.traffic(sub(path, "pos_embed_gather"), "embedding", 0, seq * d * db)
+        positions, liveness = _CLIP_POSITIONS[profile.clip_positions]
+        positions(self, c, batch, v.grid, seq, profile, db, path)
         # + positions (broadcast over the batch: read once)
         emb = (batch * seq * d * db + seq * d * db, batch * seq * d * db)
         c.elementwise(sub(path, "embeddings"), "add", batch * seq * d, EW["add"], db, traffic=emb)
         n = batch * seq * d * db
-        official = profile.clip_positions == "gather_then_resize"
-        if official:
-            # CLIPVisionEmbeddings.forward: the class cat, the positions get_abs_pos returns (the gathered table
-            # itself when the grid is the trained one) and their sum live together; VitModel.forward then keeps
-            # the sum as its local `x` through the whole transformer
-            pos = (trained + 1) * d * db if grid == self.pretrain_grid else seq * d * db
-            c.spike(n + pos)
-            c.hold(n)
-        else:
-            c.spike(2 * n)  # the class cat and the sum with the positions
-        stats = profile.norm_stats_bytes(db)
-        layer_norm(c, sub(path, "pre_layrnorm"), batch * seq, d, db, stats)  # held through every layer
+        kept = liveness(self, c, v.grid, seq, db, n)
+        layer_norm(c, sub(path, "pre_layrnorm"), batch * seq, d, db, profile.norm_stats_bytes(db))  # held throughout
         blk: ClipBlock = self._block  # type: ignore[attr-defined]
-        if c.want_records:
-            layers = []
-            for i in range(self.num_layers):
-                one = Cost(True)
-                blk.evaluate(one, batch, seq, profile, db, sub(path, f"layers.{i}"))
-                layers.append((one, 1))
-            add_stack(c, layers, n)
-        elif self.num_layers:
-            one = Cost()
-            blk.evaluate(one, batch, seq, profile, db, None)
-            add_stack(c, [(one, self.num_layers)], n)
-        if official:
-            c.release(n)  # VitModel.forward's x dies when it returns
+        stack = layer_stack(c, path, self.num_layers, lambda one, p: blk.evaluate(one, batch, seq, profile, db, p))
+        add_stack(c, stack, n)
+        c.release(kept)
         return seq
+
+    def _resized_positions(
+        self, c: Cost, batch: int, grid: int, seq: int, profile: ImplProfile, db: int, path: str | None
+    ) -> None:
+        """transformers: the trained table itself (gathered by the position ids) or, for another grid, get_abs_pos's
+        float32 copy, bicubic resize, cast back and the cat of the CLS row."""
+        d, trained = self.hidden_size, self.pretrain_grid**2
+        if grid == self.pretrain_grid:  # the gathered table is the position embedding itself; the gather reads the
+            # int64 position ids buffer
+            c.weight_read(sub(path, "position_ids"), "embedding", (trained + 1) * 8, 1)
+            c.traffic(sub(path, "pos_embed_gather"), "embedding", 0, seq * d * db)
+            return
+        g2 = grid * grid * d
+        if resize_casts(profile, db):
+            c.traffic(sub(path, "pos_embed_cast"), "_to_copy", 0, trained * d * 4)  # its read: the weight read
+            c.elementwise(
+                sub(path, "pos_embed_interp"), "bicubic", g2, EW["bicubic"], db, traffic=(trained * d * 4, g2 * 4)
+            )
+            c.copy(sub(path, "pos_embed_cast_back"), "_to_copy", g2, db, read_db=4)
+        else:  # float32: .to(torch.float32) and .to(dtype) are no copies; the resize reads the table (above)
+            c.elementwise(sub(path, "pos_embed_interp"), "bicubic", g2, EW["bicubic"], db, traffic=(0, g2 * 4))
+        c.traffic(sub(path, "pos_embed_cat"), "cat", g2 * db, seq * d * db)
+
+    def _resized_liveness(self, c: Cost, grid: int, seq: int, db: int, n: int) -> int:
+        """transformers: the class cat and the sum with the positions; nothing kept through the layers."""
+        c.spike(2 * n)
+        return 0
+
+    def _official_liveness(self, c: Cost, grid: int, seq: int, db: int, n: int) -> int:
+        """Official CLIPVisionEmbeddings.forward: the class cat, the positions get_abs_pos returns (the gathered
+        table itself when the grid is the trained one) and their sum live together; VitModel.forward then keeps
+        the sum as its local `x` through the whole transformer (returns its bytes, released when it returns)."""
+        trained = self.pretrain_grid**2
+        pos = (trained + 1) * self.hidden_size * db if grid == self.pretrain_grid else seq * self.hidden_size * db
+        c.spike(n + pos)
+        c.hold(n)
+        return n
 
     def _official_positions(
         self, c: Cost, batch: int, grid: int, seq: int, profile: ImplProfile, db: int, path: str | None
@@ -165,7 +195,7 @@ class ClipEncoder:
         if grid != self.pretrain_grid:
             g2 = grid * grid * d
             c.copy(sub(path, "pos_embed_contiguous"), "clone", trained * d, db)
-            cast = profile.vision_resize_casts == "always" or db != 4
+            cast = resize_casts(profile, db)
             if cast:
                 c.copy(sub(path, "pos_embed_cast"), "_to_copy", trained * d, 4, read_db=db)
             resize = (trained * d * 4, g2 * 4)
@@ -211,3 +241,10 @@ class ClipEncoder:
     def projector_input_strided(self, batch: int) -> bool:
         """The projector reads the concatenation of CLIP and SAM features: a new, contiguous tensor."""
         return False
+
+
+# ImplProfile.clip_positions -> (the positions' ops, the embeddings' liveness)
+_CLIP_POSITIONS = {
+    "resize_table": (ClipEncoder._resized_positions, ClipEncoder._resized_liveness),
+    "gather_then_resize": (ClipEncoder._official_positions, ClipEncoder._official_liveness),
+}

@@ -1,5 +1,7 @@
 """DeepSeek-V2 decoder as DeepSeek-OCR configures it: MHA with RoPE (or MLA), dense SwiGLU on the
-first layers, MoE (router, top-k routed experts, shared experts) on the rest, RMSNorm, lm_head.
+first layers, MoE (router, top-k routed experts, shared experts) on the rest (both MLPs: `mlp.py`),
+RMSNorm, lm_head.  Each profile mode the attention and the forward depend on is a small term in a
+table keyed by the mode (`_CAUSAL_MASKS`, `_KV_MODES`, `_KERNELS`, `_EAGER_PROBS`, ...).
 
 One forward = `q_len` new tokens attending over `past + q_len` keys (prefill: past 0; decode
 step t: q_len 1, past prefill_len + t - 1). Code locations each term mirrors:
@@ -14,13 +16,18 @@ step t: q_len 1, past prefill_len + t - 1). Code locations each term mirrors:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from analytic.costs import EW, Cost, add_stack, causal_pairs, sub
-from analytic.layers.common import ConfigError, group
+from analytic.layers.common import F32, ConfigError, group
+from analytic.layers.mlp import (  # MoeMlp, SwiGluMlp and the bookkeeping are also imported from here
+    ROUTER_WEIGHT_FLOAT32,
+    MoeMlp,
+    SwiGluMlp,
+    _moe_infer_bookkeeping,  # noqa: F401
+)
 from core.profiles import ImplProfile, ProfileError
-
-F32 = 4  # bytes of the float32 the norms, softmaxes and the router compute in
 
 
 def rms_norm(c: Cost, path: str | None, rows: int, width: int, db: int) -> None:
@@ -45,11 +52,6 @@ def eager_softmax_traffic(scores: int, mask: int, db: int) -> tuple[int, int]:
     reads = 2 * scores * db + mask * db + scores * F32 + (scores * db + scores * F32) * cast
     writes = 2 * scores * db + scores * F32 + (scores * F32 + scores * db) * cast
     return reads, writes
-
-
-def swiglu_act(c: Cost, path: str | None, elems: int, db: int) -> None:
-    """act(gate) * up over `elems`: SiLU then the product, 3 reads and 2 writes of `elems`."""
-    c.elementwise(path, "silu", elems, EW["silu"] + EW["mul"], db, traffic=(3 * elems * db, 2 * elems * db))
 
 
 def causal_mask_traffic(q: int, keys: int, db: int) -> tuple[int, int]:
@@ -115,10 +117,6 @@ def prepare_4d_mask_traffic(q: int, keys: int, db: int) -> tuple[int, int]:
     return reads, writes
 
 
-ROUTER_BYTES = 4  # MoEGate / TopkRouter run F.linear in float32 (on a float32 copy of the weight)
-KV_MODES = ("cache", "kept", "none")
-
-
 def rotary_tables_elementwise(c: Cost, path: str | None, positions: int, hd: int, db: int) -> int:
     """transformers 5 rotary module, once per forward: position_ids[..., None].float() * inv_freq (an elementwise
     product over hd / 2 columns; inv_freq is a buffer: weight bytes), cat(freqs, freqs), cos() and sin(), each
@@ -157,6 +155,54 @@ def rotary_tables_matmul(c: Cost, path: str | None, positions: int, hd: int, db:
     return 2 * emb * db
 
 
+
+
+# ImplProfile.rope -> whether every attention builds its own rotary tables (4.46 LlamaAttention: a bmm per layer)
+# rather than the forward once (transformers 5: UnlimitedOcrTextRotaryEmbedding.forward, elementwise)
+ROTARY_PER_LAYER = {"per_layer_matmul": True, "once_elementwise": False}
+
+# ImplProfile.cache_update -> whether the first update (the prefill's) cats too: transformers 5 DynamicLayer.update
+# writes the whole cache anew every forward; 4.46's first DynamicCache.update keeps k and v as they are
+_FIRST_UPDATE_CATS = {"cat_always": True, "append_then_cat": False}
+
+
+def _grow_cache(attn: MhaAttention, c: Cost, path: str | None, s: Step, kb: int) -> None:
+    """The decoder's KV cache: torch.cat([cache, new]) for K and for V (each cat allocates the grown cache while the
+    old one is alive, then the old one dies), then the attention reads the whole cache."""
+    nkv, hd, db, keys, past = attn.kv_heads, attn.head_dim, s.db, s.keys, s.past
+    cache = nkv * keys * hd * db  # one of the layer's K and V caches after this forward
+    if past or _FIRST_UPDATE_CATS[s.profile.cache_update]:
+        c.copy(sub(path, "cache_update"), "cat", 2 * nkv * keys * hd, db)
+        past_cache = nkv * past * hd * db
+        c.hold(cache)
+        c.release(past_cache)
+        c.hold(cache)
+        c.release(past_cache + 2 * kb)  # and the new k, v (the cache now holds them)
+    # else (4.46's first update): the new k and v become the cache itself, still held
+    c.kv_read(2 * nkv * keys * hd, db)
+
+
+def _no_cache(attn: MhaAttention, c: Cost, path: str | None, s: Step, kb: int) -> None:
+    """No cache is read back: 4.46's first DynamicCache.update keeps k and v as they are ("kept"), or they die with
+    the attention ("none")."""
+
+
+@dataclass(frozen=True)
+class _KvMode:
+    """One `AttentionCall.kv` mode: the cache's update, and whether the new keys and values die with the attention."""
+
+    update: Callable[[MhaAttention, Cost, str | None, Step, int], None]
+    dies_with_attention: bool
+
+
+_KV_MODES = {
+    "cache": _KvMode(_grow_cache, False),
+    "kept": _KvMode(_no_cache, False),
+    "none": _KvMode(_no_cache, True),
+}
+KV_MODES = tuple(_KV_MODES)
+
+
 @dataclass(frozen=True)
 class AttentionCall:
     """How a forward calls `MhaAttention`, where a Qwen2-style encoder differs from the decoder.
@@ -185,7 +231,107 @@ DECODER_CALL = AttentionCall()
 
 
 @dataclass(frozen=True)
-class MhaAttention:
+class Step:
+    """One forward as a layer and its attention see it: ``q`` new tokens per view over ``past`` cached keys, under
+    ``profile``, with the attention ``family`` (``sdpa``, or ``bmm``: eager) at ``db`` bytes an element, called as
+    ``call`` says."""
+
+    q: int
+    past: int
+    profile: ImplProfile
+    family: str
+    db: int
+    call: AttentionCall = DECODER_CALL
+
+    @property
+    def keys(self) -> int:
+        return self.past + self.q
+
+    @property
+    def rows(self) -> int:
+        return self.call.views * self.q
+
+
+class StepPart:
+    """A decoder layer or its attention: one call signature for one forward (`Step`), the body `_forward`."""
+
+    def evaluate(
+        self,
+        c: Cost,
+        q: int,
+        past: int,
+        profile: ImplProfile,
+        family: str,
+        db: int,
+        path: str | None,
+        hit: int | None = None,
+        call: AttentionCall = DECODER_CALL,
+    ) -> int | None:
+        """Adds one forward of ``call.views`` sequences of q tokens over ``past`` cached keys.  ``hit``: experts that
+        got rows in the layer's MoE (None: balanced routing; the attention ignores it)."""
+        return self._forward(c, Step(q, past, profile, family, db, call), path, hit)
+
+    def _forward(self, c: Cost, s: Step, path: str | None, hit: int | None) -> int | None:
+        raise NotImplementedError
+
+
+def _sdpa_kernel(attn: MhaAttention, c: Cost, path: str | None, s: Step, masked: bool) -> int:
+    """One attention kernel: causal pairs skipped unless it gets a mask tensor (which it reads)."""
+    hd, pairs = attn.head_dim, causal_pairs(s.q, s.past)
+    c.sdpa(
+        sub(path, "sdpa"), s.call.views, attn.heads, s.q, s.keys, hd, hd, db=s.db,
+        causal_pairs=None if masked else pairs, masked=masked or s.q > 1, mask_bytes=s.call.mask_bytes or 0,
+    )  # fmt: skip
+    return 0
+
+
+def _eager_kernel(attn: MhaAttention, c: Cost, path: str | None, s: Step, masked: bool) -> int:
+    """matmul(q, k^T) and matmul(probs, v), full key range, mask added not skipped; returns the bytes of the
+    probabilities the layer keeps."""
+    views, nh, hd, db, q, keys = s.call.views, attn.heads, attn.head_dim, s.db, s.q, s.keys
+    b, pairs, scores = views * nh, causal_pairs(q, s.past), views * nh * q * keys
+    c.bmm(sub(path, "qk"), "matmul_qk", b, q, hd, keys, db=db, causal_flops=2 * b * pairs * hd)
+    traffic = eager_softmax_traffic(scores, views * q * keys, db)
+    c.elementwise(sub(path, "softmax"), "softmax", scores, EW["softmax"] + 2 * EW["add"], db, traffic=traffic)
+    # liveness: softmax(x + mask, dtype=float32) holds the sum, its float32 copy (unless float32 already) and the
+    # float32 probabilities; then the probabilities cast back, which the layer keeps until it returns
+    # (`hidden_states, _ = self.self_attn(...)`)
+    cast = db != F32
+    c.spike(scores * (db + F32 * cast + F32))
+    kept = scores * db
+    c.hold(kept)
+    c.bmm(sub(path, "av"), "matmul_av", b, q, keys, hd, db=db, causal_flops=2 * b * pairs * hd)
+    return kept
+
+
+@dataclass(frozen=True)
+class _Kernel:
+    """One attention family: its kernel (returns the bytes it leaves live), and whether it repeats grouped keys and
+    values to every head even without a mask tensor."""
+
+    run: Callable[[MhaAttention, Cost, str | None, Step, bool], int]
+    repeats_kv: bool
+
+
+# without a mask transformers passes SDPA enable_gqa, and flash-attn takes grouped heads as they are; eager repeats
+_KERNELS = {"sdpa": _Kernel(_sdpa_kernel, False), "bmm": _Kernel(_eager_kernel, True)}
+
+
+def _probs_dropped(c: Cost, kept: int) -> int:
+    """4.46 LlamaAttention.forward: attn_weights = None after o_proj (attentions not output)."""
+    c.release(kept)
+    return 0
+
+
+# ImplProfile.eager_probs -> what becomes of the eager probabilities when the attention returns
+_EAGER_PROBS: dict[str, Callable[[Cost, int], int]] = {
+    "kept_by_layer": lambda c, kept: kept,  # returned as attn_weights, held by the layer until it returns
+    "dropped_by_attention": _probs_dropped,
+}
+
+
+@dataclass(frozen=True)
+class MhaAttention(StepPart):
     """Llama-style MHA (GQA-capable) with RoPE on the full head dim.  ``bias``: q/k/v (and, unless ``o_bias`` says
     otherwise, o) projections with bias (DeepSeek-V2's attention_bias); Qwen2: q/k/v only."""
 
@@ -200,95 +346,27 @@ class MhaAttention:
     def out_bias(self) -> bool:
         return self.bias if self.o_bias is None else self.o_bias
 
-    def evaluate(
-        self,
-        c: Cost,
-        q: int,
-        past: int,
-        profile: ImplProfile,
-        family: str,
-        db: int,
-        path: str | None,
-        call: AttentionCall = DECODER_CALL,
-    ) -> int:
-        """Adds one forward of ``call.views`` sequences of q tokens; returns the bytes it leaves live for the layer
-        besides its held output (eager attention's probabilities).  Liveness: the cache grows by this forward's keys
-        and values (``call.kv``)."""
-        h, nh, nkv, hd = self.hidden, self.heads, self.kv_heads, self.head_dim
-        keys = past + q
-        views = call.views
-        rows = views * q
+    def _forward(self, c: Cost, s: Step, path: str | None, hit: int | None) -> int:
+        """Returns the bytes it leaves live for the layer besides its held output (eager attention's probabilities).
+        Liveness: the cache grows by this forward's keys and values (``call.kv``)."""
+        h, nh, nkv, hd, db, call = self.hidden, self.heads, self.kv_heads, self.head_dim, s.db, s.call
+        rows = s.rows
         qb, kb = rows * nh * hd * db, rows * nkv * hd * db  # the new queries; the new keys (and values)
         c.linear(sub(path, "q_proj"), rows, h, nh * hd, bias=self.bias, db=db)
         c.linear(sub(path, "k_proj"), rows, h, nkv * hd, bias=self.bias, db=db)
         c.linear(sub(path, "v_proj"), rows, h, nkv * hd, bias=self.bias, db=db)
         c.hold(qb + 2 * kb)
-        layer_rotary = profile.rope == "per_layer_matmul" if call.layer_rotary is None else call.layer_rotary
+        per_layer = ROTARY_PER_LAYER[s.profile.rope] if call.layer_rotary is None else call.layer_rotary
         # LlamaAttention.forward's cos and sin are its locals until it returns
-        rotary = rotary_tables_matmul(c, path, q, hd, db) if layer_rotary else 0
-        rotated = rows * (nh + nkv) * hd
-        # per tensor of n: x * cos, neg of half, cat, rotated * sin, add (cos/sin: q x hd, broadcast over the views
-        # and heads)
-        rope_traffic = ((11 * rotated // 2 + 4 * q * hd) * db, 9 * rotated // 2 * db)
-        c.elementwise(sub(path, "apply_rotary"), "rope", rotated, EW["rope"], db, traffic=rope_traffic)
-        c.elementwise(sub(path, "rotate_half_neg"), "neg", rotated // 2, EW["mul"], db, traffic=(0, 0))
-        # apply_rotary_pos_emb: q * cos, rotate_half(q) (its neg half and cat) and * sin live together; the rotated
-        # q is kept while k goes through the same; both projections die when it returns
-        c.spike(3 * qb)
-        c.hold(qb)
-        c.spike(3 * kb)
-        c.hold(kb)
-        c.release(qb + kb)
-        pairs = causal_pairs(q, past)
-        if call.kv == "cache":
-            cache = nkv * keys * hd * db  # one of the layer's K and V caches after this forward
-            if past or profile.cache_update == "cat_always":  # torch.cat([cache, new]) for K and for V
-                c.copy(sub(path, "cache_update"), "cat", 2 * nkv * keys * hd, db)
-                # each cat allocates the grown cache while the old one is alive, then the old one dies
-                past_cache = nkv * past * hd * db
-                c.hold(cache)
-                c.release(past_cache)
-                c.hold(cache)
-                c.release(past_cache + 2 * kb)  # and the new k, v (the cache now holds them)
-            # else (4.46's first update): the new k and v become the cache itself, still held
-            c.kv_read(2 * nkv * keys * hd, db)
-        # "kept": 4.46's first DynamicCache.update keeps k and v as they are; "none": they die with the attention
+        rotary = rotary_tables_matmul(c, path, s.q, hd, db) if per_layer else 0
+        self._rope(c, path, s, qb, kb)
+        kv = _KV_MODES[call.kv]
+        kv.update(self, c, path, s, kb)
         masked = call.mask_bytes is not None
-        repeated = 0
-        if nh != nkv and (family == "bmm" or masked):
-            # repeat_kv (expand + reshape: a copy) of the keys and values: eager always; SDPA when it gets a mask
-            # (without one transformers passes enable_gqa, and flash-attn takes grouped heads as they are)
-            for name in ("repeat_k", "repeat_v"):
-                c.traffic(sub(path, name), "clone", nkv * views * keys * hd * db, nh * views * keys * hd * db)
-            repeated = 2 * nh * views * keys * hd * db
-            c.hold(repeated)
-        scores = views * nh * q * keys
-        kept = 0  # bytes the attention returns besides its output (eager: the probabilities)
-        if family == "sdpa":
-            c.sdpa(
-                sub(path, "sdpa"), views, nh, q, keys, hd, hd, db=db, causal_pairs=None if masked else pairs,
-                masked=masked or q > 1, mask_bytes=call.mask_bytes or 0,
-            )  # fmt: skip
-        else:  # eager: matmul(q, k^T) and matmul(probs, v), full key range, mask added not skipped
-            b = views * nh
-            c.bmm(sub(path, "qk"), "matmul_qk", b, q, hd, keys, db=db, causal_flops=2 * b * pairs * hd)
-            c.elementwise(
-                sub(path, "softmax"),
-                "softmax",
-                scores,
-                EW["softmax"] + 2 * EW["add"],
-                db,
-                traffic=eager_softmax_traffic(scores, views * q * keys, db),
-            )
-            # liveness: softmax(x + mask, dtype=float32) holds the sum, its float32 copy (unless float32 already)
-            # and the float32 probabilities; then the probabilities cast back, which the layer keeps until it
-            # returns (`hidden_states, _ = self.self_attn(...)`)
-            cast = db != F32
-            c.spike(scores * (db + F32 * cast + F32))
-            kept = scores * db
-            c.hold(kept)
-            c.bmm(sub(path, "av"), "matmul_av", b, q, keys, hd, db=db, causal_flops=2 * b * pairs * hd)
-        copy = q > 1 if call.output_copy is None else call.output_copy
+        kernel = _KERNELS[s.family]
+        repeated = self._repeat_kv(c, path, s) if nh != nkv and (kernel.repeats_kv or masked) else 0
+        kept = kernel.run(self, c, path, s, masked)  # bytes the attention returns besides its output
+        copy = s.q > 1 if call.output_copy is None else call.output_copy
         if copy:  # attn_output.transpose(1, 2).contiguous(): a copy unless one query
             c.copy(sub(path, "attn_output_contiguous"), "clone", rows * nh * hd, db)
             c.spike(2 * qb)  # the output and its contiguous copy
@@ -298,15 +376,38 @@ class MhaAttention:
         c.hold(rows * h * db)  # the attention's output
         # the rotated queries, the attention output (and a per-layer rotary table) die when it returns; without a
         # cache, so do the keys and values
-        c.release(qb + qb + rotary + (2 * kb if call.kv == "none" else 0))
-        if profile.eager_probs == "dropped_by_attention":  # 4.46 LlamaAttention.forward: attn_weights = None
-            c.release(kept)
-            kept = 0
-        return kept
+        c.release(qb + qb + rotary + (2 * kb if kv.dies_with_attention else 0))
+        return _EAGER_PROBS[s.profile.eager_probs](c, kept)
+
+    def _rope(self, c: Cost, path: str | None, s: Step, qb: int, kb: int) -> None:
+        """apply_rotary_pos_emb on q and k: per tensor of n, x * cos, neg of half, cat, rotated * sin, add (cos/sin:
+        q x hd, broadcast over the views and heads).  Liveness: q * cos, rotate_half(q) (its neg half and cat) and
+        * sin live together; the rotated q is kept while k goes through the same; both projections die when it
+        returns."""
+        hd, db = self.head_dim, s.db
+        rotated = s.rows * (self.heads + self.kv_heads) * hd
+        rope_traffic = ((11 * rotated // 2 + 4 * s.q * hd) * db, 9 * rotated // 2 * db)
+        c.elementwise(sub(path, "apply_rotary"), "rope", rotated, EW["rope"], db, traffic=rope_traffic)
+        c.elementwise(sub(path, "rotate_half_neg"), "neg", rotated // 2, EW["mul"], db, traffic=(0, 0))
+        c.spike(3 * qb)
+        c.hold(qb)
+        c.spike(3 * kb)
+        c.hold(kb)
+        c.release(qb + kb)
+
+    def _repeat_kv(self, c: Cost, path: str | None, s: Step) -> int:
+        """repeat_kv (expand + reshape: a copy) of the keys and values to every head; returns their bytes, held until
+        the attention function returns."""
+        per_head = s.call.views * s.keys * self.head_dim * s.db
+        for name in ("repeat_k", "repeat_v"):
+            c.traffic(sub(path, name), "clone", self.kv_heads * per_head, self.heads * per_head)
+        repeated = 2 * self.heads * per_head
+        c.hold(repeated)
+        return repeated
 
 
 @dataclass(frozen=True)
-class MlaAttention:
+class MlaAttention(StepPart):
     """Multi-head latent attention, absorbed form of the official `DeepseekV2Attention.forward`."""
 
     hidden: int
@@ -318,7 +419,11 @@ class MlaAttention:
     v_head_dim: int
     bias: bool = False
 
-    def evaluate(self, c: Cost, q: int, past: int, profile: ImplProfile, family: str, db: int, path: str | None) -> int:
+    def _forward(self, c: Cost, s: Step, path: str | None, hit: int | None) -> int:
+        """Returns 0: nothing but its output and the latent cache's growth stays live."""
+        if s.call != DECODER_CALL:
+            raise ProfileError("MLA is modelled as the decoder's attention only (one sequence, a KV cache)")
+        q, past, profile, db = s.q, s.past, s.profile, s.db
         if not profile.supports_mla:
             raise ProfileError(
                 f"profile {profile.name} has no MLA attention: use impl=official or decoder.use_mla=false"
@@ -354,182 +459,6 @@ class MlaAttention:
         return 0
 
 
-@dataclass(frozen=True)
-class SwiGluMlp:
-    """down(act(gate(x)) * up(x)) with separate gate/up/down Linear (no bias)."""
-
-    hidden: int
-    intermediate: int
-
-    def evaluate(self, c: Cost, rows: int, db: int, path: str | None) -> None:
-        """Liveness: the output is held."""
-        h, i = self.hidden, self.intermediate
-        c.linear(sub(path, "gate_proj"), rows, h, i, bias=False, db=db)
-        c.linear(sub(path, "up_proj"), rows, h, i, bias=False, db=db)
-        swiglu_act(c, sub(path, "act_mul"), rows * i, db)
-        c.spike(3 * rows * i * db)  # act(gate), up and their product (gate dies with act)
-        c.linear(sub(path, "down_proj"), rows, i, h, bias=False, db=db)
-        c.hold(rows * h * db)  # the output
-
-
-@dataclass(frozen=True)
-class MoeMlp:
-    """Router Linear(h, E) in fp32 + top-k routed SwiGLU experts + shared experts."""
-
-    hidden: int
-    n_experts: int
-    top_k: int
-    expert_intermediate: int
-    n_shared: int
-
-    def evaluate(
-        self, c: Cost, rows: int, profile: ImplProfile, db: int, path: str | None, hit: int | None = None
-    ) -> None:
-        """``hit``: experts that got rows (their weights are read); None = balanced routing."""
-        h, e, k, i = self.hidden, self.n_experts, self.top_k, self.expert_intermediate
-        # the weight is read once: by its float32 cast at the model's dtype (the mm then reads the copy) or, when it
-        # is kept in float32 (profile.router_weight, or a float32 model), by the mm itself
-        wdb = F32 if profile.router_weight == "float32" else db
-        weight_cast = wdb != F32
-        if db != F32:  # hidden.float() (and weight.float() unless it is float32): the mm reads the float32 copies
-            c.copy(sub(path, "gate_cast"), "_to_copy", rows * h, F32, read_db=db)
-        if weight_cast:
-            c.traffic(sub(path, "gate_weight_cast"), "_to_copy", e * h * F32, e * h * F32)
-        c.linear(sub(path, "gate"), rows, h, e, bias=False, db=ROUTER_BYTES, wdb=wdb)
-        c.elementwise(sub(path, "gate_softmax"), "softmax", rows * e, EW["softmax"], ROUTER_BYTES)
-        # 1 per score compared; writes k values (float32) and k int64 indices per row
-        c.elementwise(
-            sub(path, "gate_topk"), "topk", rows * e, 1, ROUTER_BYTES, traffic=(rows * e * F32, rows * k * 12)
-        )
-        c.elementwise(sub(path, "gate_scaling"), "mul", rows * k, EW["mul"], ROUTER_BYTES)  # x routed_scaling
-        # liveness: the float32 copies of x and of the weight live while the logits are computed; the logits are
-        # kept until the MoE returns (`_, topk_weights, topk_indices = self.gate(...)`), so are the top-k indices
-        # and the scaled weights; the scores and the unscaled weights die in the router
-        cast = db != F32
-        mode = profile.experts
-        if mode == "per_expert_mlp":
-            # official MoEGate.forward: logits (float32 copies of x and the weight while F.linear runs), the
-            # softmax scores, top-k values and indices, the scaled weights; it returns only topk_idx and the
-            # scaled topk_weight, which DeepseekV2MoE.forward keeps until it returns
-            topk = rows * k * (8 + F32)
-            copies = (rows * h * cast + e * h * weight_cast) * F32
-            c.spike(max(copies + rows * e * F32, 2 * rows * e * F32 + topk + rows * k * F32))
-            routing = rows * k * (8 + F32)
-            c.hold(routing)
-        else:
-            c.spike((rows * h * cast + e * h * weight_cast) * F32 + rows * e * F32)
-            routing = rows * e * F32 + rows * k * (8 + F32)
-            c.hold(routing)
-            c.spike(rows * e * F32 + rows * k * F32)
-        # Each token goes to exactly k distinct experts, so the routed rows total rows*k whatever the routing.
-        pairs = rows * k
-        balanced = min(e, pairs)
-        hit = balanced if hit is None else hit
-        if not min(k, balanced) <= hit <= balanced:
-            raise ProfileError(f"{hit} experts hit by {rows} rows x top-{k} of {e} experts is impossible")
-        ep = sub(path, "experts")
-        infer_kept = 0
-        if mode == "per_expert_mlp":
-            # moe_infer's locals before its expert loop: cnts (rows x E int64), tokens_per_expert (E int64; its
-            # .numpy() shares the storage), idxs (the argsort: pairs int64), sorted_tokens (pairs rows of h)
-            infer_kept = rows * e * 8 + e * 8 + pairs * 8 + pairs * h * db
-            c.hold(infer_kept)
-        if mode == "per_expert_mlp":  # official moe_infer: expert(tokens) = DeepseekV2MLP per hit expert
-            c.linear(sub(ep, "gate_proj"), pairs, h, i, bias=False, db=db, op="linear_per_expert")
-            c.linear(sub(ep, "up_proj"), pairs, h, i, bias=False, db=db, op="linear_per_expert")
-            c.linear(sub(ep, "down_proj"), pairs, i, h, bias=False, db=db, op="linear_per_expert")
-        elif mode in ("eager", "grouped_mm"):
-            aten = "_grouped_mm" if mode == "grouped_mm" else "mm"
-            c.linear(sub(ep, "gate_up_proj"), pairs, h, 2 * i, bias=False, db=db, aten=aten, op=f"experts_{mode}")
-            c.linear(sub(ep, "down_proj"), pairs, i, h, bias=False, db=db, aten=aten, op=f"experts_{mode}")
-        else:  # batched_mm: bmm over token-expert pairs, (S,1,h) @ (S,h,2i)
-            c.bmm(sub(ep, "gate_up_proj"), "experts_batched_mm", pairs, 1, h, 2 * i, db=db)
-            c.bmm(sub(ep, "down_proj"), "experts_batched_mm", pairs, 1, i, h, db=db)
-        if mode != "batched_mm":
-            # The linears above read one expert's weights; a call reads every hit expert's weights once.
-            extra = (hit - 1) * 3 * h * i * db
-            c.weight_bytes += extra
-            c.io_bytes += extra
-        swiglu_act(c, sub(ep, "act_mul"), pairs * i, db)
-        if mode == "grouped_mm":
-            _grouped_mm_bookkeeping(c, ep, rows, pairs, h, i, e, db)
-        elif mode == "per_expert_mlp":
-            _moe_infer_bookkeeping(c, ep, rows, pairs, h, e, db)
-            # liveness after the loop: the experts' outputs (the list: pairs rows), their cat, new_x (empty_like)
-            # live together with the chain new_x.view(...).type(float32) (a copy unless float32).mul_(...)
-            # .sum(dim=1).type(dtype): the float32 copy and the float32 sum, then the sum and its cast back
-            ph = pairs * h * db
-            c.spike(3 * ph + max(pairs * h * F32 * cast + rows * h * F32, rows * h * F32 + rows * h * db * cast))
-            c.release(infer_kept)  # moe_infer's locals die when it returns
-        else:
-            c.elementwise(sub(ep, "weighted_sum"), "mul_add", pairs * h, EW["mul"] + EW["add"], db)
-            # liveness (not modelled op by op): one expert's rows, its SwiGLU intermediates and its output
-            c.spike(rows * h * db + 4 * rows * i * db)
-        out = rows * h * db
-        c.hold(out)  # the routed experts' output
-        if self.n_shared:
-            SwiGluMlp(h, i * self.n_shared).evaluate(c, rows, db, sub(path, "shared_experts"))
-            c.elementwise(sub(path, "shared_add"), "add", rows * h, EW["add"], db, reads=2)
-            c.hold(out)
-            c.release(2 * out)  # the sum replaces the two outputs
-        c.release(routing)  # the logits and top-k die when the MoE returns
-
-
-def _moe_infer_bookkeeping(c: Cost, path: str | None, rows: int, pairs: int, h: int, e: int, db: int) -> None:
-    """Official `DeepseekV2MoE.moe_infer` around its expert loop, op by op (int64 indices: 8 bytes):
-    cnts = new_zeros(rows, E); cnts.scatter_(1, topk_ids, 1); cnts.sum(0); topk_ids.view(-1).argsort() (a sort:
-    values and indices); idxs // k; x[idxs // k] (gathers the pairs' rows); after the loop torch.cat(outputs);
-    new_x = torch.empty_like(outs); new_x[idxs] = outs (index_put_); new_x.view(rows, k, h).type(float32) (a copy
-    when the dtype is not float32); .mul_(topk_weight[..., None]) in place; .sum(dim=1); .type(dtype) back."""
-    i64, cast = 8, db != F32
-    ph = pairs * h
-    c.traffic(sub(path, "counts"), "scatter_", rows * e * i64 + pairs * i64, 2 * rows * e * i64)  # new_zeros, scatter_
-    c.traffic(sub(path, "tokens_per_expert"), "sum", rows * e * i64, e * i64)
-    c.traffic(sub(path, "argsort"), "sort", pairs * i64, 2 * pairs * i64)
-    c.traffic(sub(path, "floor_divide"), "floor_divide", pairs * i64, pairs * i64)
-    c.traffic(sub(path, "gather_rows"), "index", ph * db + pairs * i64, ph * db)
-    c.copy(sub(path, "cat_outputs"), "cat", ph, db)
-    c.traffic(sub(path, "unsort"), "index_put_", ph * db + pairs * i64, 2 * ph * db)  # empty_like, index_put_
-    # .type(float32), mul_ (reads the float32 rows and k weights per row, in place), sum over k, .type(dtype)
-    reads = ph * db * cast + ph * F32 + pairs * F32 + ph * F32 + rows * h * F32 * cast
-    writes = ph * F32 * cast + ph * F32 + rows * h * F32 + rows * h * db * cast
-    c.elementwise(sub(path, "weighted_sum"), "mul_add", ph, EW["mul"] + EW["add"], db, traffic=(reads, writes))
-
-
-def _grouped_mm_bookkeeping(c: Cost, path: str | None, rows: int, pairs: int, h: int, i: int, e: int, db: int) -> None:
-    """transformers' grouped_mm_experts_forward around its two _grouped_mm: sort the pairs by expert, gather the
-    rows and weights, histc (float on CPU) and cumsum for the offsets, weight the outputs (promoted to float32),
-    undo the permutation and sum each token's k rows, cast back.  Index tensors are int64 (8 bytes).  Liveness:
-    its transients (the caller holds the output)."""
-    i64 = 8
-    c.traffic(sub(path, "sort"), "sort", pairs * i64, 2 * pairs * i64)
-    c.traffic(sub(path, "floor_divide"), "floor_divide", pairs * i64, pairs * i64)
-    c.traffic(sub(path, "gather_rows"), "index", pairs * h * db + pairs * i64, pairs * h * db)
-    c.traffic(sub(path, "gather_weights"), "index", pairs * F32 + pairs * i64, pairs * F32)
-    c.traffic(sub(path, "histc"), "histc", pairs * i64 + pairs * F32, pairs * F32 + e * F32)  # .float(), histc
-    c.traffic(sub(path, "offsets"), "cumsum", e * F32 + 2 * e * F32 + 2 * F32, e * F32)  # + both mm read offs
-    c.elementwise_flops += e  # the float cumsum: 1 per element
-    c.traffic(sub(path, "inverse_perm"), "index_put", 2 * pairs * i64, 3 * pairs * i64)  # empty_like, arange
-    # out * weights (float32 result), out[inverse_perm], .view(rows, k, h).sum(1), .to(dtype)
-    cast = db != F32
-    reads = pairs * h * db + pairs * F32 + pairs * h * F32 + pairs * i64 + pairs * h * F32 + rows * h * F32 * cast
-    writes = 2 * pairs * h * F32 + rows * h * F32 + rows * h * db * cast
-    c.elementwise(sub(path, "weighted_sum"), "mul_add", pairs * h, EW["mul"] + EW["add"], db, traffic=(reads, writes))
-    # liveness, in the function's order: everything it binds to a local lives until it returns -- the sorted ids
-    # and permutation, the gathered rows and weights, the float histc input, the counts and offsets, the up
-    # projection (until the gated product replaces it), the down projection, the float32 weighted rows, the
-    # inverse permutation and the rows put back in token order (the high-water mark), then the float32 sum
-    kept = 2 * pairs * i64 + pairs * h * db + 2 * pairs * F32 + 2 * e * F32
-    c.hold(kept)
-    up = pairs * 2 * i * db
-    c.spike(up + 2 * pairs * i * db)  # the up projection, act(gate) and the product
-    tail = pairs * i * db + pairs * h * db + pairs * h * F32 + pairs * i64  # product, down, weighted, inverse perm
-    c.spike(tail - pairs * i * db + pairs * h * F32)  # (the product dies with the down projection) + gathered rows
-    # the gathered rows replace the weighted ones (`weighted_out = weighted_out[inv_perm]`), then the sum and its cast
-    c.spike(tail - pairs * i * db + rows * h * F32 + rows * h * db * cast)
-    c.release(kept)
-
-
 def _params(part: MhaAttention | MlaAttention | SwiGluMlp | MoeMlp) -> int:
     """Parameter count of one attention or MLP (weights, and the biases the config asks for)."""
     if isinstance(part, MhaAttention):
@@ -547,7 +476,7 @@ def _params(part: MhaAttention | MlaAttention | SwiGluMlp | MoeMlp) -> int:
 
 
 @dataclass(frozen=True)
-class DecoderLayer:
+class DecoderLayer(StepPart):
     attn: MhaAttention | MlaAttention
     mlp: SwiGluMlp | MoeMlp
     hidden: int
@@ -556,37 +485,21 @@ class DecoderLayer:
         """Parameter count: its two RMSNorms, the attention and the MLP."""
         return 2 * self.hidden + _params(self.attn) + _params(self.mlp)
 
-    def evaluate(
-        self,
-        c: Cost,
-        q: int,
-        past: int,
-        profile: ImplProfile,
-        family: str,
-        db: int,
-        path: str | None,
-        hit: int | None = None,
-        call: AttentionCall = DECODER_CALL,
-    ) -> None:
+    def _forward(self, c: Cost, s: Step, path: str | None, hit: int | None) -> None:
         """One layer over ``call.views`` sequences of q tokens.  Liveness: the input is live at entry and replaced by
         the output; what stays is the cache growth."""
-        h = self.hidden
-        rows = call.views * q
+        h, db = self.hidden, s.db
+        rows = s.rows
         n = rows * h * db
         rms_norm(c, sub(path, "input_layernorm"), rows, h, db)
-        if isinstance(self.attn, MhaAttention):
-            kept = self.attn.evaluate(c, q, past, profile, family, db, sub(path, "self_attn"), call)
-        elif call != DECODER_CALL:
-            raise ProfileError("MLA is modelled as the decoder's attention only (one sequence, a KV cache)")
-        else:
-            kept = self.attn.evaluate(c, q, past, profile, family, db, sub(path, "self_attn"))
+        kept = self.attn._forward(c, s, sub(path, "self_attn"), hit)
         c.release(n)  # the normed input dies when the attention returns
         c.elementwise(sub(path, "residual1"), "add", rows * h, EW["add"], db, reads=2)
         c.hold(n)
         c.release(n)  # the attention's output, replaced by the sum
         rms_norm(c, sub(path, "post_attention_layernorm"), rows, h, db)
         if isinstance(self.mlp, MoeMlp):
-            self.mlp.evaluate(c, rows, profile, db, sub(path, "mlp"), hit)
+            self.mlp.evaluate(c, rows, s.profile, db, sub(path, "mlp"), hit)
         else:
             self.mlp.evaluate(c, rows, db, sub(path, "mlp"))
         c.elementwise(sub(path, "residual2"), "add", rows * h, EW["add"], db, reads=2)
@@ -594,6 +507,42 @@ class DecoderLayer:
         # the MLP's output, its normed input, the first residual and the attention's kept probabilities die when the
         # layer returns; the caller drops the layer's input
         c.release(3 * n + kept + n)
+
+
+def _where_twice_mask(c: Cost, path: str | None, q: int, keys: int, db: int) -> None:
+    """transformers 5 masking_utils (DeepSeek-OCR): the full and the reference sliding-window mask.  Liveness: bool
+    masks (one byte per pair) while they are built; both float masks live through the forward (the mask mapping
+    keeps one per attention type)."""
+    full, sliding = causal_mask_traffic(q, keys, db), reference_sliding_mask_traffic(q, keys, db)
+    mask_traffic = (full[0] + sliding[0], full[1] + sliding[1])
+    c.elementwise(path, "where", 2 * q * keys, EW["mul"], 4, traffic=mask_traffic)
+    c.spike(3 * q * keys)
+    c.hold(2 * q * keys * db)
+
+
+def _where_once_mask(c: Cost, path: str | None, q: int, keys: int, db: int) -> None:
+    """One `create_causal_mask` (DeepSeek-OCR 2's model)."""
+    traffic = causal_mask_traffic(q, keys, db)
+    c.elementwise(path, "where", q * keys, EW["mul"], 4, traffic=traffic)
+    c.spike(q * keys + q * keys * db)  # the bool mask next to its where
+    c.hold(q * keys * db)  # the dtype's mask, through the forward
+
+
+def _prepare_4d_mask(c: Cost, path: str | None, q: int, keys: int, db: int) -> None:
+    """4.46 _prepare_4d_causal_attention_mask: (q x q masked_fill_ + a second masked_fill) if q > 1."""
+    extra = q * q + q * keys if q > 1 else 0
+    traffic = prepare_4d_mask_traffic(q, keys, db)
+    c.elementwise(path, "masked_fill", 2 * q * keys + extra, EW["mul"], db, traffic=traffic)
+    c.spike(q * q * db)
+    c.hold(q * keys * db)
+
+
+# ImplProfile.causal_mask -> the (q x keys) mask each decoder forward builds
+_CAUSAL_MASKS: dict[str, Callable[[Cost, str | None, int, int, int], None]] = {
+    "where_twice": _where_twice_mask,
+    "where_once": _where_once_mask,
+    "prepare_4d": _prepare_4d_mask,
+}
 
 
 @dataclass(frozen=True)
@@ -700,49 +649,21 @@ class Decoder:
             )
         family = "bmm" if self.use_mla else profile.decoder_attention_family(attn_impl)
         h = self.hidden_size
-        keys = past + q
         n = q * h * db
-        if profile.causal_mask == "where_twice":  # the full and the reference sliding-window mask
-            full, sliding = causal_mask_traffic(q, keys, db), reference_sliding_mask_traffic(q, keys, db)
-            mask_traffic = (full[0] + sliding[0], full[1] + sliding[1])
-            c.elementwise(sub(path, "causal_mask"), "where", 2 * q * keys, EW["mul"], 4, traffic=mask_traffic)
-            # liveness: bool masks (one byte per pair) while they are built; both float masks live through the
-            # forward (the mask mapping keeps one per attention type)
-            c.spike(3 * q * keys)
-            c.hold(2 * q * keys * db)
-        elif profile.causal_mask == "where_once":
-            traffic = causal_mask_traffic(q, keys, db)
-            c.elementwise(sub(path, "causal_mask"), "where", q * keys, EW["mul"], 4, traffic=traffic)
-            c.spike(q * keys + q * keys * db)  # the bool mask next to its where
-            c.hold(q * keys * db)  # the dtype's mask, through the forward
-        else:  # _prepare_4d_causal_attention_mask: (q x q masked_fill_ + a second masked_fill) if q > 1
-            extra = q * q + q * keys if q > 1 else 0
-            traffic = prepare_4d_mask_traffic(q, keys, db)
-            c.elementwise(sub(path, "causal_mask"), "masked_fill", 2 * q * keys + extra, EW["mul"], db, traffic=traffic)
-            c.spike(q * q * db)
-            c.hold(q * keys * db)
+        _CAUSAL_MASKS[profile.causal_mask](c, sub(path, "causal_mask"), q, past + q, db)
         if profile.embed_in_decoder:  # embed_tokens gather (no FLOPs): reads the q rows it writes and q int64 ids
             c.activation_bytes += q * h * db
             c.io_bytes += q * h * db + q * 8
             c.weight_read(sub(path, "embed_tokens"), "embedding", q * h, db)
             c.hold(n)  # the embeddings, kept by the forward through every layer
-        if profile.rope == "once_elementwise":  # UnlimitedOcrTextRotaryEmbedding.forward, once per forward
-            hd = self.qk_rope_head_dim if self.use_mla else self._head_dim  # type: ignore[attr-defined]
-            rotary_tables_elementwise(c, path, q, hd, db)  # cos and sin live through the forward
-        moe = [i for i, layer in enumerate(self.layers) if isinstance(layer.mlp, MoeMlp)]
-        if experts_hit is not None and len(experts_hit) != len(moe):
-            raise ProfileError(f"routing gives {len(experts_hit)} MoE layers, the decoder has {len(moe)}")
-        if experts_hit is not None and all(
-            h == min(self.layers[i].mlp.n_experts, q * self.num_experts_per_tok)  # type: ignore[union-attr]
-            for i, h in zip(moe, experts_hit, strict=True)
-        ):
-            experts_hit = None  # balanced routing: the grouped (fast) path gives the same figures
-        hits = dict(zip(moe, experts_hit or (), strict=False))
+        if not ROTARY_PER_LAYER[profile.rope]:  # UnlimitedOcrTextRotaryEmbedding.forward, once per forward
+            rotary_tables_elementwise(c, path, q, self._rope_dim, db)  # cos and sin live through the forward
+        hits = self._hits(q, experts_hit)
         stack: list[tuple[Cost, int]] = []
-        if c.want_records or experts_hit is not None:
+        if c.want_records or hits is not None:
             for i, layer in enumerate(self.layers):
                 one = Cost(c.want_records)
-                layer.evaluate(one, q, past, profile, family, db, sub(path, f"layers.{i}"), hits.get(i))
+                layer.evaluate(one, q, past, profile, family, db, sub(path, f"layers.{i}"), (hits or {}).get(i))
                 stack.append((one, 1))
         else:
             for layer, count in group(self.layers):
@@ -754,6 +675,24 @@ class Decoder:
         rms_norm(c, sub(path, "norm"), q, h, db)
         c.release(n)  # the last layer's output, replaced by the normed one
 
+    def _hits(self, q: int, experts_hit: tuple[int, ...] | None) -> dict[int, int] | None:
+        """Per MoE layer index, the experts that got rows; None for balanced routing (given as None, or every layer
+        at the balanced count: the grouped, fast path gives the same figures)."""
+        moe = [i for i, layer in enumerate(self.layers) if isinstance(layer.mlp, MoeMlp)]
+        if experts_hit is not None and len(experts_hit) != len(moe):
+            raise ProfileError(f"routing gives {len(experts_hit)} MoE layers, the decoder has {len(moe)}")
+        if experts_hit is None or all(
+            h == min(self.layers[i].mlp.n_experts, q * self.num_experts_per_tok)  # type: ignore[union-attr]
+            for i, h in zip(moe, experts_hit, strict=True)
+        ):
+            return None
+        return dict(zip(moe, experts_hit, strict=False))
+
+    @property
+    def _rope_dim(self) -> int:
+        """The head dim the rotary tables cover (MLA: the rope part of the query/key heads)."""
+        return self.qk_rope_head_dim if self.use_mla else self._head_dim  # type: ignore[attr-defined]
+
     def params(self) -> int:
         """Parameter count: token embedding, every layer (two RMSNorms, attention, MLP), the final norm and the
         untied lm_head."""
@@ -763,7 +702,7 @@ class Decoder:
     def float32_params(self, profile: ImplProfile) -> int:
         """Parameters the implementation keeps in float32 whatever the model's dtype: every MoE router's weight
         when ``profile.router_weight`` is float32 (transformers >= 5.24's `_keep_in_fp32_modules_strict`)."""
-        if profile.router_weight != "float32":
+        if not ROUTER_WEIGHT_FLOAT32[profile.router_weight]:
             return 0
         return sum(lay.mlp.n_experts * lay.mlp.hidden for lay in self.layers if isinstance(lay.mlp, MoeMlp))
 
@@ -778,9 +717,8 @@ class Decoder:
         """The rotary tables' inv_freq buffers (float32, head_dim / 2): once with its original_inv_freq copy
         (transformers 5, one rotary module per model), or in every layer (4.46 LlamaAttention builds its own;
         original_inv_freq is the same tensor)."""
-        hd = self.qk_rope_head_dim if self.use_mla else self._head_dim  # type: ignore[attr-defined]
-        per_table = hd // 2 * F32
-        return self.num_layers * per_table if profile.rope == "per_layer_matmul" else 2 * per_table
+        per_table = self._rope_dim // 2 * F32
+        return self.num_layers * per_table if ROTARY_PER_LAYER[profile.rope] else 2 * per_table
 
     def lm_head(self, c: Cost, rows: int, db: int, path: str | None = "lm_head") -> None:
         """lm_head Linear(hidden, vocab) without bias over `rows` positions."""

@@ -17,11 +17,14 @@ Rotary tables once per encoder forward: an elementwise product in transformers 5
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from analytic.costs import Cost, add_stack, sub
-from analytic.layers.common import ConfigError
+from analytic.layers.common import ConfigError, VisionCall, VisionEncoder, layer_stack, sdpa_output_copies
 from analytic.layers.decoder import (
+    ROTARY_PER_LAYER,
     AttentionCall,
     DecoderLayer,
     MhaAttention,
@@ -87,9 +90,52 @@ def float_index_put_mask(c: Cost, path: str | None, views: int, n: int, db: int)
     return views * sq * db
 
 
+def _no_token_type_ids(c: Cost, path: str | None, views: int, seq: int, previous_tokens: int) -> None:
+    """transformers 5: no token_type_ids (the block ids are built with the mask)."""
+
+
+def _token_type_ids(c: Cost, path: str | None, views: int, seq: int, previous_tokens: int) -> None:
+    """Official: token_type_ids = cat([zeros(B, n), ones(B, n)]) (int64), bound through the forward; the inner model
+    keeps it as an attribute (`_current_token_type_ids`) until its next call, so the previous call's die here."""
+    ids = views * seq * I64
+    c.traffic(sub(path, "token_type_ids"), "cat", ids, 2 * ids)
+    c.spike(2 * ids)
+    c.hold(ids)
+    c.release(2 * previous_tokens * I64)  # the previous call's ids, replaced as the attribute
+
+
+def _overlay_mask(c: Cost, path: str | None, views: int, n: int, db: int) -> int:
+    """The bool mask, whatever the dtype."""
+    return bool_block_overlay_mask(c, path, views, n)
+
+
 @dataclass(frozen=True)
-class Qwen2QueryEncoder:
+class _EncoderMask:
+    """One `ImplProfile.encoder_mask` mode: the token_type_ids it builds first (after the query cat), the mask
+    (after the position ids; returns its bytes) and whether a call leaves its ids bound to the model."""
+
+    token_type_ids: Callable[[Cost, str | None, int, int, int], None]
+    build: Callable[[Cost, str | None, int, int, int], int]
+    keeps_ids: bool
+
+
+_ENCODER_MASKS = {
+    "bool_block_overlay": _EncoderMask(_no_token_type_ids, _overlay_mask, False),
+    "float_index_put": _EncoderMask(_token_type_ids, float_index_put_mask, True),
+}
+
+# ImplProfile.rope -> the rotary tables, once per encoder forward (4.46 Qwen2Model: one rotary module call, a bmm)
+_ENCODER_ROTARY: dict[str, Callable[[Cost, str | None, int, int, int], int]] = {
+    "per_layer_matmul": rotary_tables_matmul,
+    "once_elementwise": rotary_tables_elementwise,
+}
+
+
+@dataclass(frozen=True)
+class Qwen2QueryEncoder(VisionEncoder):
     """The encoder stack with its learnable query tables (one per supported SAM grid)."""
+
+    stage: ClassVar[str] = "qwen2_encoder"
 
     hidden_size: int
     num_layers: int
@@ -128,25 +174,12 @@ class Qwen2QueryEncoder:
     def head_size(self) -> int:
         return self.layer.attn.head_dim  # type: ignore[union-attr]
 
-    def evaluate(
-        self,
-        c: Cost,
-        batch: int,
-        grid: int,
-        profile: ImplProfile,
-        db: int,
-        path: str | None = "qwen2_encoder",
-        previous_tokens: int = 0,
-    ) -> int:
-        """Adds one encoder call on `batch` SAM maps of grid x grid; returns the query outputs kept per view.
-        ``previous_tokens``: SAM tokens of the encoder call before this one in the same image (official: the
-        crops), whose token_type_ids the official model keeps as an attribute until this call replaces them."""
-        n = grid * grid
-        if n not in self.query_counts:
-            raise ConfigError(
-                f"a {grid}x{grid} SAM map ({n} tokens) has no learnable query table (the encoder has "
-                f"{', '.join(map(str, self.query_counts))}): use a view size the family supports"
-            )
+    def _forward(self, c: Cost, v: VisionCall) -> int:
+        """The [SAM tokens; queries] cat, the mask, the rotary tables, the layers and the final norm; returns the
+        query outputs kept per view.  ``v.previous_tokens``: SAM tokens of the previous call (official: the crops),
+        whose token_type_ids the official model keeps as an attribute until this call replaces them."""
+        batch, profile, db, path = v.batch, v.profile, v.db, v.path
+        n = self._query_count(v.grid)
         seq = 2 * n  # [image tokens; queries]
         h, hd = self.hidden_size, self.head_size
         x = batch * seq * h * db
@@ -156,45 +189,37 @@ class Qwen2QueryEncoder:
         c.weight_read(sub(path, "query_table"), "cat", n * h, db)
         c.traffic(sub(path, "cat_queries"), "cat", batch * n * h * db, x)
         c.hold(x)  # the encoder's input, bound by the caller (and the forward) through every layer
-        if profile.encoder_mask == "float_index_put":
-            # token_type_ids = cat([zeros(B, n), ones(B, n)]) (int64), bound through the forward; the inner model
-            # keeps it as an attribute (`_current_token_type_ids`) until its next call
-            ids = batch * seq * I64
-            c.traffic(sub(path, "token_type_ids"), "cat", ids, 2 * ids)
-            c.spike(2 * ids)
-            c.hold(ids)
-            c.release(2 * previous_tokens * I64)  # the previous call's ids, replaced as the attribute
+        mask_mode = _ENCODER_MASKS[profile.encoder_mask]
+        mask_mode.token_type_ids(c, path, batch, seq, v.previous_tokens)
         c.traffic(sub(path, "position_ids"), "arange", 0, seq * I64)  # 4.46: cache_position (position_ids views it)
         c.hold(seq * I64)
-        if profile.encoder_mask == "bool_block_overlay":
-            mask = bool_block_overlay_mask(c, path, batch, n)
-        else:
-            mask = float_index_put_mask(c, path, batch, n, db)
-        if profile.rope == "per_layer_matmul":  # 4.46 Qwen2Model: one rotary module call per forward, a bmm
-            rotary_tables_matmul(c, path, seq, hd, db)
-        else:
-            rotary_tables_elementwise(c, path, seq, hd, db)
+        mask = mask_mode.build(c, path, batch, n, db)
+        _ENCODER_ROTARY[profile.rope](c, path, seq, hd, db)
         call = AttentionCall(
             views=batch,
             kv="kept" if profile.encoder_kv_cache else "none",
             mask_bytes=mask,
             layer_rotary=False,
-            output_copy=profile.vision_sdpa_output == "contiguous",
+            output_copy=sdpa_output_copies(profile, q_contiguous=False),  # q: a strided view of q_proj
         )
         layer = self.layer
-        stack: list[tuple[Cost, int]] = []
-        if c.want_records:
-            for i in range(self.num_layers):
-                one = Cost(True)
-                layer.evaluate(one, seq, 0, profile, "sdpa", db, sub(path, f"layers.{i}"), None, call)
-                stack.append((one, 1))
-        elif self.num_layers:
-            one = Cost()
-            layer.evaluate(one, seq, 0, profile, "sdpa", db, None, None, call)
-            stack.append((one, self.num_layers))
-        add_stack(c, stack, x)
+
+        def run(one: Cost, p: str | None) -> None:
+            layer.evaluate(one, seq, 0, profile, "sdpa", db, p, None, call)
+
+        add_stack(c, layer_stack(c, path, self.num_layers, run), x)
         rms_norm(c, sub(path, "norm"), batch * seq, h, db)
         return n  # last_hidden_state[:, n:, :]: the query outputs only
+
+    def _query_count(self, grid: int) -> int:
+        """The learnable queries for a grid x grid SAM map: one per SAM token, from the table of that size."""
+        n = grid * grid
+        if n not in self.query_counts:
+            raise ConfigError(
+                f"a {grid}x{grid} SAM map ({n} tokens) has no learnable query table (the encoder has "
+                f"{', '.join(map(str, self.query_counts))}): use a view size the family supports"
+            )
+        return n
 
     def params(self) -> int:
         """Parameter count: the two query tables, every layer (two RMSNorms, q/k/v with biases, o, the SwiGLU) and
@@ -207,14 +232,14 @@ class Qwen2QueryEncoder:
         inv_freq and its original_inv_freq copy; 4.46.3's Qwen2Model has one and every Qwen2Attention builds its own
         (original_inv_freq is the same tensor there)."""
         table = self.head_size // 2 * 4
-        return (self.num_layers + 1) * table if profile.rope == "per_layer_matmul" else 2 * table
+        return (self.num_layers + 1) * table if ROTARY_PER_LAYER[profile.rope] else 2 * table
 
     def bound_output_bytes(self, batch: int, grid: int, profile: ImplProfile, db: int, last: bool) -> int:
         """Bytes a call leaves to its caller: the whole (B, 2n, d) last hidden state (the query outputs are a view of
         it) and, for the last call (official), its token_type_ids, which the model keeps as an attribute (an
         earlier call's die in the next one)."""
         n = grid * grid
-        ids = batch * 2 * n * I64 if last and profile.encoder_mask == "float_index_put" else 0
+        ids = batch * 2 * n * I64 if last and _ENCODER_MASKS[profile.encoder_mask].keeps_ids else 0
         return batch * 2 * n * self.hidden_size * db + ids
 
     def projector_reads_sam_features(self) -> bool:
