@@ -2,9 +2,10 @@
 what an official snapshot of it looks like.
 
 Every per-family table elsewhere (the stage lists, the workload rules, the analytic config names, the remote-code
-snapshot rules, the `--model` choices) is read from `FAMILY_TABLE`.  A family's torch-side pieces (transformers
-classes, stage roots) live with the backend that runs them (`vendor_shim.backends.hf.families()`), keyed by the
-same name.  Facts: docs/deepseek-ocr-facts.md, docs/deepseek-ocr2-facts.md.
+snapshot rules, the `--model` choices, the families each backend runs) is read from `FAMILY_TABLE`.  A family's
+torch-side pieces (transformers classes, stage roots) live with the backend that runs them; the entry names them
+(`hf_family`, a ``module:attribute`` string: core imports nothing of them).
+Facts: docs/deepseek-ocr-facts.md, docs/deepseek-ocr2-facts.md.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ class Family:
     analytic_config: str  # analytic/configs/<name>.yaml
     decoder: str  # its published decoder, core/published/decoder/<name>.yaml (the config composes the same file)
     rules: FamilyRules
-    snapshot: SnapshotLayout
+    snapshot: SnapshotLayout | None  # None: no official snapshot layout known (backend remote-code cannot run it)
+    hf_family: str | None  # its `HfFamily` for backend hf, "module:attribute"; None: backend hf cannot run it
     tokens: TokenIds = DEEPSEEK_TOKENS
 
 
@@ -105,6 +107,7 @@ FAMILY_TABLE: tuple[Family, ...] = (
             ("modeling_deepseekocr.py", "deepencoder.py", *_SHARED_CODE),
             (("sam", "sam_model"), ("clip", "vision_model"), ("projector", "projector")),
         ),
+        hf_family="vendor_shim.backends.hf:OCR1",
     ),
     Family(
         name="deepseek-ocr-2",
@@ -119,11 +122,14 @@ FAMILY_TABLE: tuple[Family, ...] = (
             ("modeling_deepseekocr2.py", "deepencoderv2.py", *_SHARED_CODE),
             (("sam", "sam_model"), ("qwen2_encoder", "qwen2_model"), ("projector", "projector")),
         ),
+        hf_family="vendor_shim.backends.hf_ocr2:FAMILY",
     ),
 )
 FAMILY_BY_NAME: dict[str, Family] = {f.name: f for f in FAMILY_TABLE}
 FAMILIES: tuple[str, ...] = tuple(FAMILY_BY_NAME)
 DEFAULT_FAMILY = FAMILIES[0]  # every name without a family is DeepSeek-OCR's
+HF_FAMILIES: tuple[str, ...] = tuple(f.name for f in FAMILY_TABLE if f.hf_family)  # what backend hf runs
+SNAPSHOT_FAMILIES: tuple[str, ...] = tuple(f.name for f in FAMILY_TABLE if f.snapshot)  # what remote-code runs
 
 
 def family(name: str) -> Family:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from core.families import DEFAULT_FAMILY
+from core.families import DEFAULT_FAMILY, HF_FAMILIES, SNAPSHOT_FAMILIES
 from core.schema import ATTN_IMPLS, LM_HEAD_SCOPES
 from vendor_shim.errors import VendorInputError
 
@@ -118,7 +118,7 @@ REGISTRY = BackendRegistry(
         summary="transformers' own UnlimitedOcr (DeepSeek-OCR) and deepseek_ocr2 (DeepSeek-OCR 2) classes at the "
         "published dims (embedded, offline)",
         splits_vision=True,
-        families=("deepseek-ocr", "deepseek-ocr-2"),
+        families=HF_FAMILIES,  # those whose registry entry names an HfFamily
     ),
     BackendSpec(
         "remote-code",
@@ -129,7 +129,7 @@ REGISTRY = BackendRegistry(
         needs_vendor_dir=True,
         attn_impls=("eager",),  # the official decoder: eager (or flash-attn 2, not installed here)
         lm_head_scopes=("all",),  # the official forward projects every prefill position
-        families=("deepseek-ocr", "deepseek-ocr-2"),  # the snapshot's config.json says which; --model must agree
+        families=SNAPSHOT_FAMILIES,  # the snapshot's config.json says which; --model must agree
     ),
 )
 

@@ -32,6 +32,7 @@ also written into every trace's ``environment.model_notes``):
 from __future__ import annotations
 
 import hashlib
+import importlib
 import platform
 import sys
 import time
@@ -39,11 +40,10 @@ from typing import Any
 
 import torch
 
-from core.families import DEFAULT_FAMILY
+from core.families import DEFAULT_FAMILY, HF_FAMILIES, family
 from core.published import dims
 from core.schema import ATTN_IMPLS, LM_HEAD_SCOPES
 from core.workload import VisionWorkload
-from vendor_shim.backends import hf_ocr2
 from vendor_shim.backends.base import GenerationResult, LoadedModel, PreparedInputs, ReceivedInputs, StageRoots
 from vendor_shim.backends.base import VendorBackend as _VendorBackend
 from vendor_shim.backends.hf_family import (
@@ -143,8 +143,12 @@ OCR1 = HfFamily(
 
 
 def families() -> dict[str, HfFamily]:
-    """Family name -> `HfFamily` (the families this backend runs; `BackendSpec.families` lists the same)."""
-    return {OCR1.family: OCR1, hf_ocr2.FAMILY.family: hf_ocr2.FAMILY}
+    """Family name -> `HfFamily`: the families whose registry entry names one (core.families ``hf_family``)."""
+    found = {}
+    for name in HF_FAMILIES:
+        module, attr = family(name).hf_family.split(":")
+        found[name] = getattr(importlib.import_module(module), attr)
+    return found
 
 
 def cheap_fill_(model: torch.nn.Module, seed: int = 0, max_numel: int | None = None) -> None:

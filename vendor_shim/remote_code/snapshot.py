@@ -34,6 +34,7 @@ class Family:
 FAMILIES: dict[str, Family] = {
     f.name: Family(f.name, f.title, f.snapshot.architecture, f.snapshot.model_module, f.snapshot.code_files)
     for f in FAMILY_TABLE
+    if f.snapshot
 }
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
