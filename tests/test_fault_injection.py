@@ -4,8 +4,8 @@ Whatever the kill interrupted (start-up, a vendor count, a cache write, the repo
 left must never look better than it is: every cache entry under its final name validates as a trace,
 and every visible run folder holds every report.  Temporaries (hidden names) may remain; the cache and the
 writer never read them.  The pages are two small images (global view only, one workload signature: one vendor
-count and one cache write per run, the second page served by the first's count): each run is mostly the
-interpreter's start-up, which a killed run cannot share.  Four killed runs plus a full one.
+count and one cache write per run, the second page served by the first's count): what is left of a run is
+the interpreter's start-up and the report writer, which a killed run cannot share.  Four killed runs plus a full one.
 """
 
 from __future__ import annotations
