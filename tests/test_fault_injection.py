@@ -2,8 +2,10 @@
 
 Whatever the kill interrupted (start-up, a vendor count, a cache write, the report writer), what is
 left must never look better than it is: every cache entry under its final name validates as a trace,
-and every visible run folder holds all three reports.  Temporaries (hidden names) may remain; the
-cache and the writer never read them.  Four killed runs plus a full one: about 30 s on 2 busy cores.
+and every visible run folder holds every report.  Temporaries (hidden names) may remain; the cache and the
+writer never read them.  The pages are two small images (global view only, one workload signature: one vendor
+count and one cache write per run, the second page served by the first's count): what is left of a run is
+the interpreter's start-up and the report writer, which a killed run cannot share.  Four killed runs plus a full one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 import reports
 from verify.vendor_measure import valid_cache_trace
@@ -28,9 +31,18 @@ REPORT_FILES = set(reports.REPORT_FILES.values())
 POLL_S = 0.0005
 
 
-def _start(cache: Path, out: Path, home: Path) -> subprocess.Popen:
+def _pages(folder: Path) -> list[Path]:
+    """500x400 and 640x480: both sides <= 640, so the global view only and the same workload signature."""
+    folder.mkdir()
+    paths = [folder / "a.png", folder / "b.png"]
+    for path, size in zip(paths, [(500, 400), (640, 480)], strict=True):
+        Image.new("RGB", size, "white").save(path)
+    return paths
+
+
+def _start(pages: list[Path], cache: Path, out: Path, home: Path) -> subprocess.Popen:
     code = "import sys; from verify.cli import main_vision; sys.exit(main_vision())"
-    argv = ["--limit", "3", "--quiet", "--cache-dir", str(cache), "--output-dir", str(out)]
+    argv = ["--images", *map(str, pages), "--quiet", "--cache-dir", str(cache), "--output-dir", str(out)]
     env = dict(os.environ, PYTHONPATH=str(REPO), DSOCR_CACHE_DIR=str(home))
     return subprocess.Popen(
         [sys.executable, "-c", code, *argv],
@@ -81,6 +93,7 @@ def _grows(count: Callable[[], int]) -> Callable[[], Callable[[], bool]]:
 @pytest.mark.slow
 def test_killed_runs_leave_no_corrupt_cache_entry_and_no_report_that_looks_complete(tmp_path):
     cache, out, home = tmp_path / "traces", tmp_path / "runs", tmp_path / "home"
+    pages = _pages(tmp_path / "pages")
     seed = random.randrange(2**32)
     rng = random.Random(seed)
     t0 = time.monotonic()
@@ -95,15 +108,16 @@ def test_killed_runs_leave_no_corrupt_cache_entry_and_no_report_that_looks_compl
         ("while the reports are written", staging, rng.uniform(0, 0.01)),
     ]
     for what, arm, jitter in kill_points:
-        proc = _start(cache, out, home)
+        proc = _start(pages, cache, out, home)
         _kill_when(proc, arm(), jitter)
         _assert_nothing_looks_complete_unless_it_is(cache, out)
         print(f"killed {what}: rc {proc.returncode} (seed {seed})")
-    final = _start(cache, out, home)
+    final = _start(pages, cache, out, home)
     assert final.wait(timeout=120) == 0, f"seed {seed}"
     _assert_nothing_looks_complete_unless_it_is(cache, out)
     newest = max((d for d in out.iterdir() if not d.name.startswith(".")), key=lambda d: d.stat().st_mtime)
     doc = json.loads((newest / "report.json").read_text(encoding="utf-8"))
-    assert [p["passed"] for p in doc["pages"]] == [True, True, True]
+    assert [p["passed"] for p in doc["pages"]] == [True, True]
+    assert doc["pages"][1]["cache_hit"] is True  # one signature: the second page is never counted again
     assert not (home / "traces").exists()  # nothing written outside the named cache and output folders
     print(f"total {time.monotonic() - t0:.1f} s")

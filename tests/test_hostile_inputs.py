@@ -28,6 +28,7 @@ from verify.cli import main_vision
 
 REPO = Path(__file__).resolve().parents[1]
 REPORT_FILES = set(reports.REPORT_FILES.values())
+REPORTS_HTML = reports.REPORT_FILES["html"]
 VISION = "import sys; from verify.cli import main_vision; sys.exit(main_vision())"
 
 
@@ -143,11 +144,18 @@ def run_with_stdout(argv: list[str], stdout: str, tmp_path: Path) -> subprocess.
         os.close(fd)
 
 
-@pytest.mark.parametrize("stdout", ["closed-pipe", "/dev/full"])
-def test_verify_with_a_broken_stdout_exits_per_its_verdict(stdout, tmp_path):
-    out = tmp_path / "runs"
-    r = run_with_stdout(script(VISION, "--limit", 1, "--quiet", "--output-dir", out), stdout, tmp_path)
-    (run_dir,) = finished_runs(out)
+@pytest.fixture(scope="module", params=["closed-pipe", "/dev/full"])
+def broken_stdout_run(request, small_page, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """A vision run in its own process with stdout broken, in a private cache and HOME (see child_env): the
+    broken-stdout test and the matplotlib test read the same two runs."""
+    tmp = tmp_path_factory.mktemp("broken-stdout")
+    argv = script(VISION, "--images", small_page, "--quiet", "--output-dir", tmp / "runs")
+    return run_with_stdout(argv, request.param, tmp), tmp
+
+
+def test_verify_with_a_broken_stdout_exits_per_its_verdict(broken_stdout_run):
+    r, tmp = broken_stdout_run
+    (run_dir,) = finished_runs(tmp / "runs")
     assert json.loads((run_dir / "report.json").read_text())["verdict"] == "PASS"
     assert r.returncode == 0
     assert "stdout could not be written" in one_line_no_traceback(r.stderr)
@@ -201,9 +209,9 @@ def test_a_signal_ends_with_its_code_one_line_and_nothing_finished(signum, code,
     assert not out.exists() or list(out.glob(".*")) == []
 
 
-def test_sigterm_while_the_reports_are_written_leaves_no_staging_folder(tmp_path):
+def test_sigterm_while_the_reports_are_written_leaves_no_staging_folder(small_page, tmp_path):
     out = tmp_path / "runs"
-    argv = script(VISION, "--limit", 3, "--quiet", "--output-dir", out)
+    argv = script(VISION, "--images", small_page, "--quiet", "--output-dir", out)
     proc = subprocess.Popen(argv, env=child_env(tmp_path), cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: out.exists() and any(out.iterdir()), proc)
     proc.send_signal(signal.SIGTERM)
@@ -245,7 +253,7 @@ def test_a_killed_runs_staging_folder_is_never_read_as_a_run(tmp_path):
         load_side(staging / "report.json")
 
 
-def test_the_next_run_removes_stale_staging_folders_only(cache_dir, tmp_path):
+def test_the_next_run_removes_stale_staging_folders_only(cache_dir, small_page, tmp_path):
     out = tmp_path / "runs"
     stale = fake_staging(out, dead_pid())
     live = out / f".20260101-000001.partial-{os.getppid()}-abcd1234"  # a live writer (our parent process)
@@ -253,7 +261,7 @@ def test_the_next_run_removes_stale_staging_folders_only(cache_dir, tmp_path):
     old = fake_staging(out, os.getppid(), age_s=2 * 3600, run_id="20260101-000002")  # alive pid, hours old: stale
     foreign = out / ".not-ours"  # hidden, but not a staging name: never touched
     foreign.mkdir()
-    assert run_cli(main_vision, "--limit", 1, "--quiet", "--output-dir", out) == 0
+    assert run_cli(main_vision, "--images", small_page, "--quiet", "--output-dir", out) == 0
     assert not stale.exists() and not old.exists() and live.exists() and foreign.exists()
     assert len(finished_runs(out)) == 1
     from drift.load import load_side
@@ -418,20 +426,16 @@ def test_bidi_and_zero_width_characters_are_escaped(cache_dir, tmp_path, capsys)
     assert "\u202e" not in capsys.readouterr().out
 
 
-def test_matplotlib_writes_under_the_cache_not_home(tmp_path):
-    out = tmp_path / "runs"
-    r = subprocess.run(
-        script(VISION, "--limit", 1, "--quiet", "--output-dir", out),
-        env=child_env(tmp_path),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def test_matplotlib_writes_under_the_cache_not_home(broken_stdout_run):
+    """A separate process (matplotlib reads MPLCONFIGDIR once, at its first import); where stdout goes is
+    beside the point, so the broken-stdout runs serve: each wrote its HTML report's charts."""
+    r, tmp = broken_stdout_run
     assert r.returncode == 0, r.stderr
-    home = tmp_path / "home"
+    (run_dir,) = finished_runs(tmp / "runs")
+    assert (run_dir / REPORTS_HTML).is_file()
+    home = tmp / "home"
     assert not home.exists() or list(home.rglob("*")) == []
-    assert (tmp_path / "cache" / "matplotlib").is_dir()
+    assert (tmp / "cache" / "matplotlib").is_dir()
 
 
 @pytest.mark.parametrize("tolerance", ["decode=0.01", "prefill.tensor_flops=0.01", "qwen2_encoder=0.01"])

@@ -12,13 +12,16 @@ vendor_shim.remote_code.env.cache_root), so they keep DSOCR_CACHE_DIR and pass -
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import hashlib
 import importlib
+import io
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -62,8 +65,7 @@ def run_cli(main, *argv: Any) -> int:
         return int(exc.code or 0)
 
 
-@pytest.fixture
-def vendor_calls(monkeypatch) -> list[Any]:
+def count_vendor_calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Counts real vendor measurements (cache hits never reach vendor_shim.measure.measure)."""
     calls: list[Any] = []
     module = importlib.import_module("vendor_shim.measure")  # the package re-exports the function under that name
@@ -75,6 +77,11 @@ def vendor_calls(monkeypatch) -> list[Any]:
 
     monkeypatch.setattr(module, "measure", counting)
     return calls
+
+
+@pytest.fixture
+def vendor_calls(monkeypatch) -> list[Any]:
+    return count_vendor_calls(monkeypatch)
 
 
 def the_run_dir(out: Path) -> Path:
@@ -109,9 +116,33 @@ def write_png(path: Path, width: int, height: int) -> Path:
 # ---- 0: a passing run, its reports, and the cache --------------------------------------------------
 
 
-def test_vision_pass_exit_0_writes_three_reports(cache_dir, tmp_path, capsys):
-    out = tmp_path / "runs"
-    assert run_cli(main_vision, "--limit", 3, "--output-dir", out) == 0  # with the progress bar
+@dataclass(frozen=True)
+class ColdRun:
+    """A finished in-process run: its exit code, folders, captured stdout and the vendor measurements it made."""
+
+    code: int
+    out: Path
+    cache: Path
+    stdout: str
+    vendor_calls: list[Any]
+
+
+@pytest.fixture(scope="module")
+def cold_vision_run(tmp_path_factory) -> ColdRun:
+    """The first 3 embedded pages on a fresh cache, with the progress bar: the reports test and the cache test
+    read this one run (the cache test then runs again on its cache)."""
+    tmp = tmp_path_factory.mktemp("cold")
+    stdout = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdout):
+        mp.setenv("DSOCR_CACHE_DIR", str(tmp / "cache"))
+        calls = count_vendor_calls(mp)
+        code = run_cli(main_vision, "--limit", 3, "--output-dir", tmp / "runs")
+    return ColdRun(code, tmp / "runs", tmp / "cache", stdout.getvalue(), calls)
+
+
+def test_vision_pass_exit_0_writes_three_reports(cold_vision_run):
+    out = cold_vision_run.out
+    assert cold_vision_run.code == 0
     run_dir = the_run_dir(out)
     md = (run_dir / "report.md").read_text()
     assert md.startswith("# Verdict: PASS\n")
@@ -128,21 +159,23 @@ def test_vision_pass_exit_0_writes_three_reports(cache_dir, tmp_path, capsys):
     assert all(is_gated(r) for r in rows) and modeled("hf") >= GATED | {"peak_bytes", "io_bytes"}
     assert {r["passed"] for r in rows} == {"True"}
     assert all(r["vendor"] != "" for r in rows)
-    assert squash(str(run_dir)) in squash(capsys.readouterr().out)  # the summary names the reports
+    assert squash(str(run_dir)) in squash(cold_vision_run.stdout)  # the summary names the reports
 
 
-def test_second_run_is_served_from_the_cache_and_no_cache_measures_again(cache_dir, tmp_path, vendor_calls):
-    args = ("--limit", 3, "--quiet")
-    assert run_cli(main_vision, *args, "--output-dir", tmp_path / "cold") == 0
-    cold = report(tmp_path / "cold")
+def test_second_run_is_served_from_the_cache_and_no_cache_measures_again(
+    cold_vision_run, tmp_path, monkeypatch, vendor_calls
+):
+    assert cold_vision_run.code == 0
+    cold = report(cold_vision_run.out)
     # Pages with one workload signature share a vendor run. acad-a4 1654x2339 (aspect 0.707) and book-a5
     # 874x1240 (0.705) both get the 2x3 crop grid, the 320x240 thumbnail none: 2 signatures for 3 pages.
     assert [p["workload"]["n_crops"] for p in cold["pages"]] == [6, 6, 0]
-    assert len(vendor_calls) == 2
+    assert len(cold_vision_run.vendor_calls) == 2
     assert [p["cache_hit"] for p in cold["pages"]] == [False, True, False]
-    assert (cache_dir / "traces").is_dir()
+    assert (cold_vision_run.cache / "traces").is_dir()
 
-    vendor_calls.clear()
+    monkeypatch.setenv("DSOCR_CACHE_DIR", str(cold_vision_run.cache))  # the cold run's cache, no fresh one
+    args = ("--limit", 3, "--quiet")
     assert run_cli(main_vision, *args, "--output-dir", tmp_path / "warm") == 0
     warm = report(tmp_path / "warm")
     assert vendor_calls == []
@@ -516,7 +549,7 @@ def test_hf_end_to_end_full_size_one_page(cache_dir, tmp_path):
 # ---- run directories ---------------------------------------------------------------------------------
 
 
-def test_two_runs_in_the_same_second_both_write_reports(cache_dir, tmp_path, monkeypatch):
+def test_two_runs_in_the_same_second_both_write_reports(cache_dir, small_page, tmp_path, monkeypatch):
     fixed = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
     class FrozenClock(datetime):
@@ -526,8 +559,8 @@ def test_two_runs_in_the_same_second_both_write_reports(cache_dir, tmp_path, mon
 
     monkeypatch.setattr(verify.runner, "datetime", FrozenClock)
     out = tmp_path / "runs"
-    assert run_cli(main_vision, "--limit", 1, "--quiet", "--output-dir", out) == 0
-    assert run_cli(main_vision, "--limit", 1, "--quiet", "--output-dir", out) == 0
+    assert run_cli(main_vision, "--images", small_page, "--quiet", "--output-dir", out) == 0
+    assert run_cli(main_vision, "--images", small_page, "--quiet", "--output-dir", out) == 0
     assert len(list(out.iterdir())) == 2
 
 
@@ -627,11 +660,11 @@ def _warnings(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("warning: trace cache")]
 
 
-def test_cache_dir_that_is_a_file_runs_without_cache(cache_dir, tmp_path, vendor_calls, capsys):
+def test_cache_dir_that_is_a_file_runs_without_cache(cache_dir, small_page, tmp_path, vendor_calls, capsys):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     out = tmp_path / "runs"
-    assert run_cli(main_vision, "--limit", 1, "--quiet", "--cache-dir", blocker, "--output-dir", out) == 0
+    assert run_cli(main_vision, "--images", small_page, "--quiet", "--cache-dir", blocker, "--output-dir", out) == 0
     (warning,) = _warnings(capsys.readouterr().err)
     assert "is a file, not a folder" in warning and "not a vendor failure" in warning
     doc = report(out)
@@ -643,13 +676,13 @@ def test_cache_dir_that_is_a_file_runs_without_cache(cache_dir, tmp_path, vendor
     assert blocker.read_text() == ""
 
 
-def test_read_only_cache_runs_and_says_so(cache_dir, tmp_path, monkeypatch, capsys):
+def test_read_only_cache_runs_and_says_so(cache_dir, small_page, tmp_path, monkeypatch, capsys):
     def read_only(*args, **kwargs):  # a read-only folder (chmod does not stop root, so the write is refused here)
         raise OSError(errno.EROFS, "Read-only file system")
 
     monkeypatch.setattr("verify.cache.tempfile.mkstemp", read_only)
     out = tmp_path / "runs"
-    assert run_cli(main_vision, "--limit", 1, "--quiet", "--output-dir", out) == 0
+    assert run_cli(main_vision, "--images", small_page, "--quiet", "--output-dir", out) == 0
     (warning,) = _warnings(capsys.readouterr().err)
     assert "Read-only file system" in warning
     doc = report(out)
@@ -672,10 +705,10 @@ def test_disk_full_mid_run_keeps_every_page_and_warns_once(cache_dir, tmp_path, 
     assert not [p for p in (cache_dir / "traces").rglob("*") if p.is_file()]  # no temporary left behind
 
 
-def test_cache_entry_that_is_not_a_valid_trace_is_a_miss_and_replaced(cache_dir, tmp_path, vendor_calls):
+def test_cache_entry_that_is_not_a_valid_trace_is_a_miss_and_replaced(cache_dir, small_page, tmp_path, vendor_calls):
     from verify.vendor_measure import valid_cache_trace
 
-    args = ("--limit", 1, "--quiet")
+    args = ("--images", small_page, "--quiet")
     assert run_cli(main_vision, *args, "--output-dir", tmp_path / "a") == 0
     (entry,) = (cache_dir / "traces").rglob("*.json")
     doc = json.loads(entry.read_text())
@@ -687,7 +720,7 @@ def test_cache_entry_that_is_not_a_valid_trace_is_a_miss_and_replaced(cache_dir,
     valid_cache_trace(json.loads(entry.read_text())["trace"])  # replaced by a valid one
 
 
-def test_report_folder_race_takes_the_next_name(cache_dir, tmp_path, monkeypatch):
+def test_report_folder_race_takes_the_next_name(cache_dir, small_page, tmp_path, monkeypatch):
     import reports.writer
 
     real_rename = os.rename
@@ -702,19 +735,19 @@ def test_report_folder_race_takes_the_next_name(cache_dir, tmp_path, monkeypatch
 
     monkeypatch.setattr(reports.writer.os, "rename", other_writer_first)
     out = tmp_path / "runs"
-    assert run_cli(main_vision, "--limit", 1, "--quiet", "--output-dir", out) == 0
+    assert run_cli(main_vision, "--images", small_page, "--quiet", "--output-dir", out) == 0
     theirs, ours = sorted(out.iterdir())
     assert ours.name == f"{theirs.name}-2" and {p.name for p in ours.iterdir()} == REPORT_FILES
     assert json.loads((ours / "report.json").read_text())["run_id"] == ours.name
 
 
-def test_reports_that_cannot_be_written_still_show_the_results(cache_dir, tmp_path, monkeypatch, capsys):
+def test_reports_that_cannot_be_written_still_show_the_results(cache_dir, small_page, tmp_path, monkeypatch, capsys):
     def disk_full(run, path, *_):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr("reports.writer.write_csv", disk_full)
     out = tmp_path / "runs"
-    assert run_cli(main_vision, "--limit", 1, "--quiet", "--output-dir", out) == 2
+    assert run_cli(main_vision, "--images", small_page, "--quiet", "--output-dir", out) == 2
     captured = capsys.readouterr()
     assert "PASS: all 1 pages within tolerance" in captured.out  # the finished work is not lost
     assert "cannot write the reports" in captured.err and "No space left" in captured.err
