@@ -4,6 +4,8 @@ import csv
 import io
 import json
 import os
+import signal
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -286,3 +288,26 @@ def test_the_frame_and_its_summary_are_built_once_per_report(tmp_path, monkeypat
     calls.update(dict.fromkeys(calls, 0))
     print_summary(_run(), Console(file=io.StringIO(), width=200))
     assert calls == {"comparison_frame": 1, "leaf_summary": 1}
+
+
+def test_a_signal_inside_mkdtemp_leaves_no_staging_folder(tmp_path, monkeypatch):
+    """A SIGTERM landing between the staging folder's mkdir and the writer's try (here: inside mkdtemp, after it
+    made the folder) used to leave `.run.partial-*` behind; the writer holds the signal until the try owns it."""
+    real = tempfile.mkdtemp
+
+    def mkdtemp(**kwargs):
+        made = real(**kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return made
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    monkeypatch.setattr(writer_mod.tempfile, "mkdtemp", mkdtemp)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            write_reports(_run(), tmp_path / "run")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert list(tmp_path.iterdir()) == []
