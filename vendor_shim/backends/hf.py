@@ -51,7 +51,6 @@ from vendor_shim.backends.hf_family import (
     IMAGE_TOKEN_ID,
     HfFamily,
     decoder_config,
-    published_config,
     published_depth,
     sam_config,
 )
@@ -117,26 +116,18 @@ def _import_model_classes(family: HfFamily) -> tuple[Any, Any]:
         ) from exc
 
 
-def build_config(num_text_layers: int = TEXT_LAYERS) -> Any:
-    """DeepSeek-OCR's config (`UnlimitedOcrConfig`) at the published dimensions."""
-    config_cls, _ = _unlimited_ocr_classes()
-    return published_config(config_cls, SAM_CONFIG, CLIP_CONFIG, text_config(num_text_layers), IMAGE_TOKEN_ID)
-
-
-def _ocr1_vision_roots(inner: Any) -> dict[str, Any]:
-    return {
-        "sam": inner.vision_tower.sam_encoder,
-        "clip": inner.vision_tower.vision_encoder,
-        "projector": inner.multi_modal_projector,
-    }
-
-
 OCR1 = HfFamily(
     family="deepseek-ocr",
     module="transformers.models.unlimited_ocr.modeling_unlimited_ocr",
     classes=_unlimited_ocr_classes,
-    build_config=build_config,
-    vision_roots=_ocr1_vision_roots,
+    sam_config=SAM_CONFIG,
+    encoder_config=CLIP_CONFIG,
+    text_config=text_config,
+    vision_roots=(
+        ("sam", "vision_tower.sam_encoder"),
+        ("clip", "vision_tower.vision_encoder"),
+        ("projector", "multi_modal_projector"),
+    ),
     patches_grid=True,
     known_differences=KNOWN_DIFFERENCES,
 )
@@ -252,7 +243,7 @@ class HfBackend(_VendorBackend):
         model.eval()
         inner = model.model
         roots = StageRoots(
-            vision=self.family.vision_roots(inner),
+            vision=self.family.roots_of(inner),
             decoder=None if vision_only else inner.language_model,
             lm_head=None if vision_only else model.lm_head,
             top=None if vision_only else model,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from core.families import DEEPSEEK_TOKENS, family
@@ -20,10 +21,22 @@ class HfFamily:
     family: str  # core.families name (--model)
     module: str  # the transformers modeling module it runs (its sha256 goes into every trace and cache key)
     classes: Callable[[], tuple[Any, Any]]  # () -> (config class, ForConditionalGeneration class)
-    build_config: Callable[[int], Any]  # num_text_layers -> config at the published dimensions
-    vision_roots: Callable[[Any], dict[str, Any]]  # inner model -> {vision stage: root module}, pipeline order
+    sam_config: dict[str, Any]  # vision_config.sam_config at the published dimensions
+    encoder_config: dict[str, Any]  # vision_config.encoder_config (CLIP or the Qwen2 encoder)
+    text_config: Callable[[int], dict[str, Any]]  # num_text_layers -> text_config
+    vision_roots: tuple[tuple[str, str], ...]  # (vision stage, dotted attribute of the inner model), pipeline order
     patches_grid: bool  # get_image_features takes patches_grid=[[columns, rows]] (DeepSeek-OCR) or not
     known_differences: tuple[str, ...]
+
+    def build_config(self, num_text_layers: int) -> Any:
+        """The family's config at the published dimensions (``num_text_layers`` < the published depth for tests)."""
+        config_cls, _ = self.classes()
+        text = self.text_config(num_text_layers)
+        return published_config(config_cls, self.sam_config, self.encoder_config, text, self.image_token_id)
+
+    def roots_of(self, inner: Any) -> dict[str, Any]:
+        """{vision stage: its root module} of a built model's inner model."""
+        return {stage: attrgetter(path)(inner) for stage, path in self.vision_roots}
 
     @property
     def text_layers(self) -> int:

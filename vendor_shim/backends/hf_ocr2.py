@@ -24,10 +24,8 @@ from typing import Any
 
 from core.published import dims
 from vendor_shim.backends.hf_family import (
-    IMAGE_TOKEN_ID,
     HfFamily,
     decoder_config,
-    published_config,
     published_depth,
     sam_config,
 )
@@ -83,27 +81,20 @@ def _classes() -> tuple[Any, Any]:
     return DeepseekOcr2Config, DeepseekOcr2ForConditionalGeneration
 
 
-def build_config(num_text_layers: int = TEXT_LAYERS) -> Any:
-    config_cls, _ = _classes()
-    return published_config(config_cls, SAM_CONFIG, ENCODER_CONFIG, text_config(num_text_layers), IMAGE_TOKEN_ID)
-
-
-def vision_roots(inner: Any) -> dict[str, Any]:
-    """``qwen2_encoder`` is the whole vision tower (SAM features flattened, the query table appended, the encoder,
-    the query outputs kept); ``sam`` nests inside it and takes its own ops (the innermost root is charged)."""
-    return {
-        "sam": inner.vision_tower.sam_encoder,
-        "qwen2_encoder": inner.vision_tower,
-        "projector": inner.multi_modal_projector,
-    }
-
-
 FAMILY = HfFamily(
     family="deepseek-ocr-2",
     module="transformers.models.deepseek_ocr2.modeling_deepseek_ocr2",
     classes=_classes,
-    build_config=build_config,
-    vision_roots=vision_roots,
+    sam_config=SAM_CONFIG,
+    encoder_config=ENCODER_CONFIG,
+    text_config=text_config,
+    # qwen2_encoder is the whole vision tower (SAM features flattened, the query table appended, the encoder, the
+    # query outputs kept); sam nests inside it and takes its own ops (the innermost root is charged)
+    vision_roots=(
+        ("sam", "vision_tower.sam_encoder"),
+        ("qwen2_encoder", "vision_tower"),
+        ("projector", "multi_modal_projector"),
+    ),
     patches_grid=False,
     known_differences=KNOWN_DIFFERENCES,
 )
