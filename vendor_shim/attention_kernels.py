@@ -66,31 +66,27 @@ _SDPA = ("query", "key", "value")
 _FLASH_ATTN = ("q", "k", "v")
 _FA_NAMES = {"query": "q", "key": "k", "value": "v"}
 
+
+
+def _sdpa_kernel(*params: str, masks: tuple[str, ...] = ()) -> AttentionKernel:
+    """One of aten's SDPA kernels: (B, H, S, D) q, k, v, then ``params`` in schema order, causal by ``is_causal``."""
+    return AttentionKernel("bhsd", (*_SDPA, *params), masks=masks, causal="is_causal")
+
+
 # (namespace, op name) -> kernel; schemas of torch 2.13 and flash-attn 2.6-2.8 (both of its namespaces)
 KERNELS: dict[tuple[str, str], AttentionKernel] = {
-    ("aten", "_scaled_dot_product_flash_attention_for_cpu"): AttentionKernel(
-        "bhsd", (*_SDPA, "dropout_p", "is_causal"), masks=("attn_mask",), causal="is_causal"
+    ("aten", "_scaled_dot_product_flash_attention_for_cpu"): _sdpa_kernel(
+        "dropout_p", "is_causal", masks=("attn_mask",)
     ),
-    ("aten", "_scaled_dot_product_flash_attention"): AttentionKernel(
-        "bhsd", (*_SDPA, "dropout_p", "is_causal", "return_debug_mask"), causal="is_causal"
+    ("aten", "_scaled_dot_product_flash_attention"): _sdpa_kernel("dropout_p", "is_causal", "return_debug_mask"),
+    ("aten", "_scaled_dot_product_efficient_attention"): _sdpa_kernel(
+        "attn_bias", "compute_log_sumexp", "dropout_p", "is_causal", masks=("attn_bias",)
     ),
-    ("aten", "_scaled_dot_product_efficient_attention"): AttentionKernel(
-        "bhsd",
-        (*_SDPA, "attn_bias", "compute_log_sumexp", "dropout_p", "is_causal"),
-        masks=("attn_bias",),
-        causal="is_causal",
+    ("aten", "_scaled_dot_product_cudnn_attention"): _sdpa_kernel(
+        "attn_bias", "compute_log_sumexp", "dropout_p", "is_causal", "return_debug_mask", masks=("attn_bias",)
     ),
-    ("aten", "_scaled_dot_product_cudnn_attention"): AttentionKernel(
-        "bhsd",
-        (*_SDPA, "attn_bias", "compute_log_sumexp", "dropout_p", "is_causal", "return_debug_mask"),
-        masks=("attn_bias",),
-        causal="is_causal",
-    ),
-    ("aten", "_scaled_dot_product_fused_attention_overrideable"): AttentionKernel(
-        "bhsd",
-        (*_SDPA, "attn_bias", "dropout_p", "is_causal", "return_debug_mask"),
-        masks=("attn_bias",),
-        causal="is_causal",
+    ("aten", "_scaled_dot_product_fused_attention_overrideable"): _sdpa_kernel(
+        "attn_bias", "dropout_p", "is_causal", "return_debug_mask", masks=("attn_bias",)
     ),
     ("aten", "_flash_attention_forward"): AttentionKernel(
         "bshd",
