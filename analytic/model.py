@@ -21,7 +21,7 @@ from analytic.layers.projector import MlpProjector
 from analytic.layers.sam import SamEncoder
 from core.families import DEFAULT_FAMILY, FAMILIES, FAMILY_TABLE
 from core.metrics import combine
-from core.profiles import ImplProfile, ProfileError, at_release
+from core.profiles import ImplProfile, ProfileError, at_release, profile_configs
 from core.schema import LM_PARTS, VISION_BRANCHES, family_vision_stages
 from core.workload import VisionWorkload, family_rules
 
@@ -331,6 +331,7 @@ def build_cost_model(overrides: list[str] | None = None, family: str = DEFAULT_F
     if family not in FAMILY_CONFIGS:
         raise ConfigError(f"unknown model family {family!r}: use one of {', '.join(FAMILY_CONFIGS)} (--model)")
     from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from hydra.utils import instantiate
@@ -342,6 +343,7 @@ def build_cost_model(overrides: list[str] | None = None, family: str = DEFAULT_F
     gh = GlobalHydra.instance()
     outer = gh.hydra if gh.is_initialized() else None  # a caller's own Hydra app: park it, restore it after
     gh.clear()
+    ConfigStore.instance().store(group="profile_set", name="all", node=profile_configs())  # the profiles on disk now
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
             cfg = compose(config_name=FAMILY_CONFIGS[family], overrides=overrides)

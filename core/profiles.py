@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -273,6 +274,12 @@ def gated_leaves(
 def profile_names() -> tuple[str, ...]:
     """Implementation profiles that exist: one YAML each under configs/profiles/ (the one list of them)."""
     return tuple(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
+
+
+def profile_configs() -> dict[str, Any]:
+    """Every profile YAML by name, as its file states it: the analytic configs compose them all (`profile_set`),
+    so a new profile is one file here (plus its release table), named by no family config."""
+    return {name: OmegaConf.to_container(OmegaConf.load(PROFILE_DIR / f"{name}.yaml")) for name in profile_names()}
 
 
 def at_release(profile: ImplProfile, version: str | None) -> ImplProfile:
