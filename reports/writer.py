@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import os
 import re
 import shutil
-import signal
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from reports.document import run_document
@@ -45,10 +44,9 @@ def write_reports(run: RunResult, run_dir: Path) -> dict[str, Path]:
     run = safe_tree(run)  # a file name that is not UTF-8 must not cost the run its reports
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(run_dir.parent)
-    staging: Path | None = None
+    prefix = f".{run_dir.name}.partial-{os.getpid()}-"  # this process's staging folders for this run: ours alone
     try:
-        with _signals_held():  # a SIGINT/SIGTERM between mkdtemp's mkdir and the assignment would leak the folder
-            staging = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.partial-{os.getpid()}-"))
+        staging = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=prefix))
         comparison = Comparison.of(run)  # every format is a view of this one frame and its one summary
         (staging / REPORT_FILES["markdown"]).write_text(render_markdown(run, comparison), encoding="utf-8")
         write_csv(run, staging / REPORT_FILES["csv"], comparison.frame)
@@ -58,24 +56,12 @@ def write_reports(run: RunResult, run_dir: Path) -> dict[str, Path]:
         _refuse_existing(run_dir)  # POSIX rename would silently replace an empty directory
         _rename(staging, run_dir)
     except BaseException:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
+        # by prefix, not by the name mkdtemp returns: an interrupt (SIGINT, SIGTERM) inside mkdtemp, after its
+        # mkdir, never hands the name back
+        for ours in run_dir.parent.glob(glob.escape(prefix) + "*"):
+            shutil.rmtree(ours, ignore_errors=True)
         raise
     return {kind: run_dir / name for kind, name in REPORT_FILES.items()}
-
-
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM (POSIX) for the block; a signal that arrives meanwhile is delivered on leaving it."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def is_partial_run(path: Path) -> bool:

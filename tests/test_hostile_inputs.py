@@ -189,6 +189,10 @@ def test_measure_and_diff_with_a_broken_stdout_exit_per_their_verdict(tmp_path):
 # ---- 3 and 4: signals end with 130 / 143 and leave nothing that looks finished; killed runs are never read -------
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_for(ready: Any, proc: subprocess.Popen, limit_s: float = 120) -> None:
     deadline = time.monotonic() + limit_s
     while proc.poll() is None and not ready() and time.monotonic() < deadline:
@@ -199,7 +203,11 @@ def wait_for(ready: Any, proc: subprocess.Popen, limit_s: float = 120) -> None:
 def test_a_signal_ends_with_its_code_one_line_and_nothing_finished(signum, code, tmp_path):
     out, cache = tmp_path / "runs", tmp_path / "cache"
     argv = script(VISION, "--limit", 3, "--quiet", "--output-dir", out)
-    proc = subprocess.Popen(argv, env=child_env(tmp_path), cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    # the child starts with SIGINT at its default, as from a terminal: a runner started in the background (a shell's
+    # `&`) ignores SIGINT, the child would inherit that, and Python honours an inherited ignore
+    proc = subprocess.Popen(
+        argv, env=child_env(tmp_path), cwd=tmp_path, stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_default
+    )
     wait_for(lambda: (cache / "traces").exists(), proc)  # main is running: the cache is probed before the run
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)

@@ -4,7 +4,6 @@ import csv
 import io
 import json
 import os
-import signal
 import tempfile
 from pathlib import Path
 
@@ -290,24 +289,17 @@ def test_the_frame_and_its_summary_are_built_once_per_report(tmp_path, monkeypat
     assert calls == {"comparison_frame": 1, "leaf_summary": 1}
 
 
-def test_a_signal_inside_mkdtemp_leaves_no_staging_folder(tmp_path, monkeypatch):
-    """A SIGTERM landing between the staging folder's mkdir and the writer's try (here: inside mkdtemp, after it
-    made the folder) used to leave `.run.partial-*` behind; the writer holds the signal until the try owns it."""
+def test_an_interrupt_inside_mkdtemp_leaves_no_staging_folder(tmp_path, monkeypatch):
+    """A SIGINT/SIGTERM (a KeyboardInterrupt here) landing inside mkdtemp after it made the folder never hands the
+    name back; the writer still removes the folder (its own prefix: this run's name and this process's pid)."""
     real = tempfile.mkdtemp
 
     def mkdtemp(**kwargs):
-        made = real(**kwargs)
-        os.kill(os.getpid(), signal.SIGTERM)
-        return made
-
-    def on_term(signum, frame):
+        real(**kwargs)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, on_term)
     monkeypatch.setattr(writer_mod.tempfile, "mkdtemp", mkdtemp)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            write_reports(_run(), tmp_path / "run")
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    assert list(tmp_path.iterdir()) == []
+    (tmp_path / f".run.partial-{os.getppid()}-keep").mkdir()  # another writer's staging is not ours to remove
+    with pytest.raises(KeyboardInterrupt):
+        write_reports(_run(), tmp_path / "run")
+    assert [p.name for p in tmp_path.iterdir()] == [f".run.partial-{os.getppid()}-keep"]
