@@ -34,9 +34,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.metrics import METRICS
-
-METRIC_FIELDS = METRICS  # one list of metric names: core.schema
+from core.metrics import METRIC_BY_NAME, METRICS, TRAFFIC, op_metrics
 
 # Module-level conventions, each the sum of the per-aten-op conventions (`core.op_rules`) over the ops
 # the module executes, so the analytic figure and the measured one count the same way.
@@ -59,28 +57,17 @@ EW = {
 class Cost:
     """Mutable accumulator of metrics, per-family tensor FLOPs and (optionally) op records."""
 
-    __slots__ = (
-        "activation_bytes",
-        "causal_tensor_flops",
-        "elementwise_flops",
-        "families",
-        "io_bytes",
-        "kv_cache_bytes",
-        "live",
-        "peak_bytes",
-        "records",
-        "tensor_flops",
-        "weight_bytes",
-    )
+    # the ops' traffic (core.metrics.TRAFFIC: every per-op metric is a function of it), plus what is not traffic
+    __slots__ = (*TRAFFIC, "causal_tensor_flops", "families", "live", "peak_bytes", "records")
 
     def __init__(self, records: bool = False) -> None:
         self.tensor_flops = 0
         self.causal_tensor_flops = 0
         self.elementwise_flops = 0
-        self.io_bytes = 0
-        self.weight_bytes = 0
-        self.activation_bytes = 0
-        self.kv_cache_bytes = 0
+        self.read_bytes = 0  # tensor inputs read, weights included
+        self.write_bytes = 0  # outputs written
+        self.weight_bytes = 0  # the part of the reads on parameters and buffers
+        self.kv_cache_bytes = 0  # K/V cache reads by the decoder attention
         self.peak_bytes = 0  # high-water mark of live bytes above the entry level
         self.live = 0  # live bytes above the entry level now (what the cost's tensors leave allocated)
         self.families: dict[str, int] = {}
@@ -90,15 +77,26 @@ class Cost:
     def want_records(self) -> bool:
         return self.records is not None
 
+    def __getattr__(self, name: str) -> int:
+        """A per-op metric (``io_bytes``, ``activation_bytes``, ...) of the traffic so far (core.metrics)."""
+        metric = METRIC_BY_NAME.get(name)
+        if metric is None or metric.of is None:
+            raise AttributeError(name)
+        return metric.of(self.totals())
+
+    def totals(self) -> dict[str, int]:
+        """The traffic so far (core.metrics.TRAFFIC)."""
+        return {k: getattr(self, k) for k in TRAFFIC}
+
     # --- accumulation -------------------------------------------------------------------------
     def add(self, other: Cost, times: int = 1) -> None:
         """Add `other` `times` times (a stack of identical layers costs N x one layer)."""
         self.tensor_flops += other.tensor_flops * times
         self.causal_tensor_flops += other.causal_tensor_flops * times
         self.elementwise_flops += other.elementwise_flops * times
-        self.io_bytes += other.io_bytes * times
+        self.read_bytes += other.read_bytes * times
+        self.write_bytes += other.write_bytes * times
         self.weight_bytes += other.weight_bytes * times
-        self.activation_bytes += other.activation_bytes * times
         self.kv_cache_bytes += other.kv_cache_bytes * times
         # `other` runs `times` times on top of what is live now; each run leaves `other.live` more (or less)
         grown = (times - 1) * max(other.live, 0)
@@ -113,7 +111,9 @@ class Cost:
             self.records.extend(other.records)
 
     def metrics(self) -> dict[str, int]:
-        d = {f: getattr(self, f) for f in METRIC_FIELDS}
+        """Every metric (`METRICS` order), then ``causal_tensor_flops``."""
+        per_op = op_metrics(self.totals())
+        d = {m: per_op[m] if m in per_op else getattr(self, m) for m in METRICS}
         d["causal_tensor_flops"] = self.causal_tensor_flops
         return d
 
@@ -155,9 +155,9 @@ class Cost:
         self.tensor_flops += flops
         self.causal_tensor_flops += flops if causal_flops is None else causal_flops
         self.families[family] = self.families.get(family, 0) + flops
-        self.io_bytes += (read_elems + write_elems) * db + weight_elems * wdb
+        self.read_bytes += read_elems * db + weight_elems * wdb
+        self.write_bytes += write_elems * db
         self.weight_bytes += weight_elems * wdb
-        self.activation_bytes += write_elems * db
         self.spike(write_elems * db)  # its output is live at least while it is written (the liveness floor)
         if self.records is not None:
             self.records.append(
@@ -191,11 +191,11 @@ class Cost:
         flops = elems * per_elem
         self.elementwise_flops += flops
         if traffic is None:
-            self.io_bytes += (elems * reads + elems) * db + weight_elems * db
-            self.activation_bytes += elems * db
+            self.read_bytes += elems * reads * db + weight_elems * db
+            self.write_bytes += elems * db
         else:
-            self.io_bytes += traffic[0] + traffic[1] + weight_elems * db
-            self.activation_bytes += traffic[1]
+            self.read_bytes += traffic[0] + weight_elems * db
+            self.write_bytes += traffic[1]
         self.weight_bytes += weight_elems * db
         if self.records is not None:
             self.records.append(
@@ -215,7 +215,7 @@ class Cost:
         """A parameter or buffer read by an op that is not a layer's own matmul (a gather from a table, a cast
         before an interpolation, a broadcast add of a position table): bytes only."""
         self.weight_bytes += elems * db
-        self.io_bytes += elems * db
+        self.read_bytes += elems * db
         if self.records is not None:
             self.records.append(
                 {"path": path, "op": op, "aten": "weight_read", "family": "other", "shapes": {"elements": elems},
@@ -225,8 +225,8 @@ class Cost:
     def copy(self, path: str | None, op: str, elems: int, db: int, read_db: int | None = None) -> None:
         """Data movement that writes `elems` new elements from as many read (cat, contiguous, clone; a cast when
         ``read_db`` differs): bytes only."""
-        self.io_bytes += elems * (db + (db if read_db is None else read_db))
-        self.activation_bytes += elems * db
+        self.read_bytes += elems * (db if read_db is None else read_db)
+        self.write_bytes += elems * db
         if self.records is not None:
             self.records.append(
                 {"path": path, "op": op, "aten": op, "family": "other", "shapes": {"elements": elems},
@@ -235,8 +235,8 @@ class Cost:
 
     def traffic(self, path: str | None, op: str, read_bytes: int, write_bytes: int) -> None:
         """Bookkeeping ops with no FLOPs under the conventions (sort, index arithmetic, histograms): bytes only."""
-        self.io_bytes += read_bytes + write_bytes
-        self.activation_bytes += write_bytes
+        self.read_bytes += read_bytes
+        self.write_bytes += write_bytes
         if self.records is not None:
             self.records.append(
                 {"path": path, "op": op, "aten": op, "family": "other", "shapes": {"bytes": read_bytes + write_bytes},
@@ -386,7 +386,7 @@ class Cost:
             write_elems=b * h * sq * dv,
             db=db,
         )
-        self.io_bytes += mask_bytes
+        self.read_bytes += mask_bytes
         self.elementwise_flops += b * h * sq * sk * (EW["softmax"] + (EW["add"] if masked else 0))
 
 

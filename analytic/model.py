@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from analytic.composites import Decode, Prefill, VisionBranch
-from analytic.costs import METRIC_FIELDS, Cost
+from analytic.costs import Cost
 from analytic.layers.clip import ClipEncoder
 from analytic.layers.common import ConfigError
 from analytic.layers.decoder import Decoder
@@ -34,7 +34,8 @@ CODE_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
 
 
 def _leaf(c: Cost, causal: bool) -> dict[str, int]:
-    d = {f: getattr(c, f) for f in METRIC_FIELDS}
+    d = c.metrics()
+    del d["causal_tensor_flops"]
     if causal:
         d["causal_tensor_flops"] = c.causal_tensor_flops
     return d

@@ -5,9 +5,19 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from core.metrics import OP_METRICS, TRAFFIC, op_metrics
 from vendor_shim.audit import AuditLog, AuditMode
 from vendor_shim.formulas import custom_mapping
-from vendor_shim.op_meter import ACTIVATION, ELEMENTWISE, IO, TENSOR, WEIGHT, FusedAttention, OpMeter, footprint
+from vendor_shim.op_meter import FusedAttention, OpMeter, footprint
+
+# the cells below are metric vectors (OP_METRICS order), made from the meter's traffic vectors
+NAMES = ("tensor_flops", "elementwise_flops", "io_bytes", "weight_bytes", "activation_bytes")
+TENSOR, ELEMENTWISE, IO, WEIGHT, ACTIVATION = (OP_METRICS.index(m) for m in NAMES)
+
+
+def _as_metrics(ops: dict[str, list[int]]) -> dict[str, list[int]]:
+    """op -> its metric vector, from the traffic vector the meter charged (core.metrics)."""
+    return {name: list(op_metrics(dict(zip(TRAFFIC, cell, strict=True))).values()) for name, cell in ops.items()}
 
 
 def _meter(fn, module: torch.nn.Module | None = None, meter: OpMeter | None = None):
@@ -25,7 +35,7 @@ def _meter(fn, module: torch.nn.Module | None = None, meter: OpMeter | None = No
     audit = AuditMode(counter.flop_registry, charge, AuditLog(), meter)
     with torch.no_grad(), FusedAttention(meter, charge), audit, counter:
         out = fn()
-    return ops, meter, out
+    return _as_metrics(ops), meter, out
 
 
 def test_one_linear_reads_input_weight_bias_and_writes_its_output():
@@ -193,6 +203,7 @@ def test_a_flash_attn_kernel_called_directly_is_counted_and_charged_as_the_fused
         audit = AuditMode(counter.flop_registry, charge, log, meter)
         with torch.no_grad(), FusedAttention(meter, charge), audit, counter:
             torch.ops.flash_attn._flash_attn_forward(q, k, v, 0.0, 8**-0.5, True, -1, -1, 0.0, None, False)
+        ops = _as_metrics(ops)
         cell = ops["flash_attn._flash_attn_forward.default"]
         assert log.ops["flash_attn._flash_attn_forward.default"].klass == "counted"
         assert cell[TENSOR] == counter.get_total_flops() == 4 * 1 * 2 * 5 * 7 * 8 == 2240  # 4 B H Sq Sk D

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from core.metrics import OP_METRICS, TRAFFIC, op_metrics
 from core.schema import LM_PARTS, VISION_BRANCHES, aten_family, family_vision_stages
 from core.workload import VisionWorkload
 from vendor_shim.audit import AuditLog, AuditMode, ops_by_class
@@ -37,7 +38,7 @@ from vendor_shim.env import base_environment, dtype_evidence, peak_rss_bytes, re
 from vendor_shim.errors import VendorRunError, VendorShimError
 from vendor_shim.formulas import custom_mapping
 from vendor_shim.hollow import HollowExecution
-from vendor_shim.op_meter import OP_METRICS, FusedAttention, OpMeter
+from vendor_shim.op_meter import FusedAttention, OpMeter
 from vendor_shim.stages import UNATTRIBUTED, StageTracker
 from vendor_shim.trace import Trace, empty_stages
 
@@ -358,9 +359,9 @@ def _assemble(
     breakdown: dict[str, Any] = {}
     unattributed = 0
     for (stage, part, step), ops in tracker.leaf_ops.items():
-        sums = [sum(cell[i] for cell in ops.values()) for i in range(len(OP_METRICS))]
+        sums = op_metrics({t: sum(cell[i] for cell in ops.values()) for i, t in enumerate(TRAFFIC)})
         if (stage, part) == UNATTRIBUTED:
-            unattributed += sums[0]
+            unattributed += sums["tensor_flops"]
             stage, part = UNATTRIBUTED  # still listed, so a failure points at the ops
         else:
             leaves = [stages[stage][part]]
@@ -369,17 +370,16 @@ def _assemble(
                     raise VendorRunError(f"decode work charged to step {step}, outside 1..{k}")
                 leaves.append(stages["decode"]["steps"][step - 1][part])
             for leaf in leaves:
-                for metric, v in zip(OP_METRICS, sums, strict=True):
+                for metric, v in sums.items():
                     leaf[metric] += v
         dst = breakdown.setdefault(stage, {}).setdefault(part, {})
         for op, cell in ops.items():
             row = dst.setdefault(
                 op, {"flops": 0, "calls": 0, "family": aten_family(op)} | dict.fromkeys(OP_METRICS[1:], 0)
             )
-            row["flops"] += cell[0]
             row["calls"] += cell[-1]
-            for i, metric in enumerate(OP_METRICS[1:], start=1):
-                row[metric] += cell[i]
+            for metric, v in op_metrics(dict(zip(TRAFFIC, cell, strict=False))).items():
+                row["flops" if metric == "tensor_flops" else metric] += v
     for rec in tracker.records:
         leaves = [stages[rec.stage][rec.part]]
         if rec.stage == "decode" and 1 <= rec.step <= k:

@@ -1,6 +1,6 @@
 """Every measured metric of one executed aten op, by the definitions in `core.op_rules`.
 
-`OpMeter.measure(func, name, args, kwargs, out, flops)` returns the op's metric vector (`OP_METRICS` order,
+`OpMeter.measure(func, name, args, kwargs, out, flops)` returns the op's traffic vector (`core.metrics.TRAFFIC` order,
 ``flops`` the audit's formula value as its tensor FLOPs) plus the run-allocated storages it read, so the
 decoder's KV-cache reads can be told apart once the forward says which tensors are its cache
 (`vendor_shim.stages.cache_tensors`).
@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
+from core.metrics import TRAFFIC
 from core.op_rules import (
     ALIAS_BY_BEHAVIOUR,
     ATTENTION_MASK,
@@ -34,14 +35,14 @@ from core.op_rules import (
 )
 from vendor_shim.attention_kernels import AttentionCall, AttentionKernel, attention_call, kernel_of
 
-# The per-op vector, in this order; kv_cache_bytes is filled in when the forward ends.
-OP_METRICS = ("tensor_flops", "elementwise_flops", "io_bytes", "weight_bytes", "activation_bytes", "kv_cache_bytes")
-TENSOR = OP_METRICS.index("tensor_flops")  # each position named by its metric, so the tuple alone orders them
-ELEMENTWISE = OP_METRICS.index("elementwise_flops")
-IO = OP_METRICS.index("io_bytes")
-WEIGHT = OP_METRICS.index("weight_bytes")
-ACTIVATION = OP_METRICS.index("activation_bytes")
-KV = OP_METRICS.index("kv_cache_bytes")
+# The per-op vector is the op's traffic in core.metrics.TRAFFIC order (each metric is a function of it:
+# core.metrics.op_metrics); kv_cache_bytes is filled in when the forward ends.
+TENSOR = TRAFFIC.index("tensor_flops")  # each position named by its traffic entry, so the tuple alone orders them
+ELEMENTWISE = TRAFFIC.index("elementwise_flops")
+READ = TRAFFIC.index("read_bytes")
+WRITE = TRAFFIC.index("write_bytes")
+WEIGHT = TRAFFIC.index("weight_bytes")
+KV = TRAFFIC.index("kv_cache_bytes")
 FUSED_ATTENTION = "fused.scaled_dot_product_attention"
 
 
@@ -174,7 +175,7 @@ class OpMeter:
         kind = self._kinds.get(func)
         if kind is None:
             kind = self._kinds[func] = _OpKind.of(func)
-        vec = [0] * len(OP_METRICS)
+        vec = [0] * len(TRAFFIC)
         vec[TENSOR] = flops
         if kind.view or self.suspended:
             return Measured(vec, [], [])
@@ -189,9 +190,9 @@ class OpMeter:
         if not kind.written:
             self._write_outputs(name, outs, out_fp, in_keys, traffic)
         vec[ELEMENTWISE] = self._elementwise(kind, name, args, ins[0][1] if ins else None, outs, flops)
-        vec[IO] = traffic.read_bytes + traffic.write_bytes
+        vec[READ] = traffic.read_bytes
+        vec[WRITE] = traffic.write_bytes
         vec[WEIGHT] = traffic.weight_bytes
-        vec[ACTIVATION] = traffic.write_bytes
         return Measured(vec, traffic.reads, traffic.writes, _experts_hit(kind, outs))
 
     def _read_inputs(
@@ -289,7 +290,7 @@ class OpMeter:
     def _charge_attention(
         self, ins: list[torch.Tensor], out: torch.Tensor, scores: int, masked: bool, flops: int
     ) -> Measured:
-        vec = [0] * len(OP_METRICS)
+        vec = [0] * len(TRAFFIC)
         vec[TENSOR] = flops
         read_bytes = sum(footprint(t) for t in ins)
         reads = []
@@ -300,9 +301,9 @@ class OpMeter:
         per = ATTENTION_SOFTMAX + (ATTENTION_MASK if masked else 0)
         serial = self.book.allocated(out)
         vec[ELEMENTWISE] = per * scores
-        vec[IO] = read_bytes + footprint(out)
+        vec[READ] = read_bytes
+        vec[WRITE] = footprint(out)
         vec[WEIGHT] = sum(footprint(t) for t in ins if t.untyped_storage()._cdata in self.weights)
-        vec[ACTIVATION] = footprint(out)
         return Measured(vec, reads, [] if serial is None else [serial])
 
 

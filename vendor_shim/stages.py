@@ -18,11 +18,12 @@ from typing import Any
 
 import torch
 
+from core.metrics import TRAFFIC
 from core.schema import LM_STAGES
 from vendor_shim.backends.base import StageRoots
 from vendor_shim.device_memory import AllocatorPeaks, AllocatorProbe
 from vendor_shim.errors import VendorRunError
-from vendor_shim.op_meter import KV, OP_METRICS, TENSOR, Measured, StorageBook
+from vendor_shim.op_meter import KV, TENSOR, Measured, StorageBook
 
 UNATTRIBUTED = ("unattributed", "-")
 
@@ -145,9 +146,9 @@ class StageTracker:
         self.top_depth = 0
         self.last_view: tuple[str, int] | None = None  # (branch, batch) of the last call that saw the pixels
         self.first_vision = next(iter(roots.vision), None)
-        # (stage, part, step) -> op name -> [*OP_METRICS, calls]
+        # (stage, part, step) -> op name -> [*core.metrics.TRAFFIC, calls]
         self.leaf_ops: dict[tuple[str, str, int], dict[str, list[int]]] = defaultdict(
-            lambda: defaultdict(lambda: [0] * (len(OP_METRICS) + 1))
+            lambda: defaultdict(lambda: [0] * (len(TRAFFIC) + 1))
         )
 
     # ---- attribution -----------------------------------------------------------------

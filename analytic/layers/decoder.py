@@ -652,8 +652,8 @@ class Decoder:
         n = q * h * db
         _CAUSAL_MASKS[profile.causal_mask](c, sub(path, "causal_mask"), q, past + q, db)
         if profile.embed_in_decoder:  # embed_tokens gather (no FLOPs): reads the q rows it writes and q int64 ids
-            c.activation_bytes += q * h * db
-            c.io_bytes += q * h * db + q * 8
+            c.write_bytes += q * h * db
+            c.read_bytes += q * 8
             c.weight_read(sub(path, "embed_tokens"), "embedding", q * h, db)
             c.hold(n)  # the embeddings, kept by the forward through every layer
         if not ROTARY_PER_LAYER[profile.rope]:  # UnlimitedOcrTextRotaryEmbedding.forward, once per forward

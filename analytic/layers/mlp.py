@@ -85,7 +85,7 @@ def _other_hit_experts(c: Cost, r: _Routed) -> None:
     """The linears read one expert's weights; a call reads every hit expert's weights once."""
     extra = (r.hit - 1) * 3 * r.h * r.i * r.db
     c.weight_bytes += extra
-    c.io_bytes += extra
+    c.read_bytes += extra
 
 
 def _per_expert_mlp(c: Cost, ep: str | None, r: _Routed) -> int:
