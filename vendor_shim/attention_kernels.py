@@ -119,52 +119,35 @@ KERNELS: dict[tuple[str, str], AttentionKernel] = {
         windows=("window_size",),
     ),
 }
+# flash-attn 2's two forwards share their tail of arguments and how they mask
+_FA_TAIL = (
+    "dropout_p",
+    "softmax_scale",
+    "causal",
+    "window_size_left",
+    "window_size_right",
+    "softcap",
+    "alibi_slopes",
+    "return_softmax",
+)
+_FA_MASKING: dict[str, Any] = {
+    "masks": ("alibi_slopes",),
+    "causal": "causal",
+    "windows": ("window_size_left", "window_size_right"),
+}
+_FA_VARLEN = ("cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k")
 for _ns in ("flash_attn", "flashattn"):  # flash-attn 2.6/2.7 register flash_attn::, later releases flashattn::
     KERNELS[(_ns, "_flash_attn_forward")] = AttentionKernel(
-        "bshd",
-        (
-            *_FLASH_ATTN,
-            "dropout_p",
-            "softmax_scale",
-            "causal",
-            "window_size_left",
-            "window_size_right",
-            "softcap",
-            "alibi_slopes",
-            "return_softmax",
-        ),
-        **_FA_NAMES,
-        masks=("alibi_slopes",),
-        causal="causal",
-        windows=("window_size_left", "window_size_right"),
+        "bshd", (*_FLASH_ATTN, *_FA_TAIL), **_FA_NAMES, **_FA_MASKING
     )
     KERNELS[(_ns, "_flash_attn_varlen_forward")] = AttentionKernel(
         "thd",
-        (
-            *_FLASH_ATTN,
-            "cu_seqlens_q",
-            "cu_seqlens_k",
-            "max_seqlen_q",
-            "max_seqlen_k",
-            "dropout_p",
-            "softmax_scale",
-            "causal",
-            "window_size_left",
-            "window_size_right",
-            "softcap",
-            "alibi_slopes",
-            "return_softmax",
-            "block_table",
-            "leftpad_k",
-            "seqused_k",
-        ),
+        (*_FLASH_ATTN, *_FA_VARLEN, *_FA_TAIL, "block_table", "leftpad_k", "seqused_k"),
         **_FA_NAMES,
         cu_q="cu_seqlens_q",
         cu_k="cu_seqlens_k",
         used_k="seqused_k",
-        masks=("alibi_slopes",),
-        causal="causal",
-        windows=("window_size_left", "window_size_right"),
+        **_FA_MASKING,
     )
 
 
