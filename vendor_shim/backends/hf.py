@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import platform
 import sys
 import time
@@ -372,11 +373,19 @@ class HfBackend(_VendorBackend):
         )
 
     def environment(self) -> dict[str, Any]:
-        import importlib
-
         import transformers
 
-        modeling = importlib.import_module(self.family.module)
+        # the modeling file is hashed, not imported: a run served from the trace cache never builds the model, and
+        # importing it (torch.distributed and all) is seconds of a warm run
+        try:
+            spec = importlib.util.find_spec(self.family.module)
+        except ImportError:  # a parent package missing: an older transformers
+            spec = None
+        if spec is None or spec.origin is None:
+            raise VendorInputError(
+                f"backend 'hf' needs transformers with {self.family.module} for --model {self.family.family}: "
+                "pip install -e '.[vendor]'"
+            )
         rel = "transformers/" + self.family.module.split(".", 1)[1].replace(".", "/") + ".py"
         return {
             "python": platform.python_version(),
@@ -384,6 +393,6 @@ class HfBackend(_VendorBackend):
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "family": self.family.family,
-            "code_hashes": {rel: _file_sha256(modeling.__file__)},
+            "code_hashes": {rel: _file_sha256(spec.origin)},
             "model_notes": list(self.family.known_differences),
         }
