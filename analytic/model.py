@@ -34,10 +34,9 @@ CODE_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
 
 
 def _leaf(c: Cost, causal: bool) -> dict[str, int]:
-    d = c.metrics()
-    del d["causal_tensor_flops"]
-    if causal:
-        d["causal_tensor_flops"] = c.causal_tensor_flops
+    d = c.metrics()  # every metric, then causal_tensor_flops
+    if not causal:
+        del d["causal_tensor_flops"]
     return d
 
 

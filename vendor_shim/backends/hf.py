@@ -52,7 +52,7 @@ from vendor_shim.backends.hf_family import (
     IMAGE_TOKEN_ID,
     HfFamily,
     decoder_config,
-    published_depth,
+    published_decoder,
     sam_config,
 )
 from vendor_shim.errors import VendorInputError, VendorRunError
@@ -87,14 +87,15 @@ CLIP_CONFIG = {
     "image_size": _CLIP["pretrain_grid"] * CLIP_PATCH,
     "patch_size": CLIP_PATCH,
 }
-TEXT_LAYERS = published_depth()
+_DECODER = published_decoder("deepseek-ocr")
+TEXT_LAYERS = int(_DECODER["num_layers"])
 
 
 def text_config(num_layers: int = TEXT_LAYERS) -> dict[str, Any]:
     """The DeepSeek-V2 decoder as `UnlimitedOcrConfig` takes it; ``num_layers`` < 12 only for reduced-depth tests."""
     return {
-        **decoder_config(num_layers),
-        "first_k_dense_replace": dims("decoder", "deepseek_v2_3b")["first_k_dense_replace"],
+        **decoder_config(_DECODER, num_layers),
+        "first_k_dense_replace": _DECODER["first_k_dense_replace"],
         "hidden_act": "silu",
         "layer_types": ["full_attention"] * num_layers,  # full causal attention on every layer
     }

@@ -41,7 +41,7 @@ class HfFamily:
     @property
     def text_layers(self) -> int:
         """The published decoder depth of the family (core.families -> core/published/decoder/)."""
-        return int(dims("decoder", family(self.family).decoder)["num_layers"])
+        return int(published_decoder(self.family)["num_layers"])
 
     @property
     def image_token_id(self) -> int:
@@ -84,10 +84,14 @@ def sam_config(name: str) -> dict[str, Any]:
     }
 
 
-def decoder_config(num_layers: int) -> dict[str, Any]:
-    """The text config entries both families share, from ``core/published/decoder/deepseek_v2_3b.yaml``;
-    ``num_layers`` < the published depth only for reduced-depth tests."""
-    dec = dims("decoder", "deepseek_v2_3b")
+def published_decoder(family_name: str) -> dict[str, Any]:
+    """The published decoder the family registry names for ``family_name`` (core/published/decoder/)."""
+    return dims("decoder", family(family_name).decoder)
+
+
+def decoder_config(dec: dict[str, Any], num_layers: int) -> dict[str, Any]:
+    """The text config entries both families share, from a published decoder ``dec``; ``num_layers`` < its
+    depth only for reduced-depth tests."""
     return {
         "vocab_size": dec["vocab_size"],
         "hidden_size": dec["hidden_size"],
@@ -108,7 +112,3 @@ def decoder_config(num_layers: int) -> dict[str, Any]:
         "eos_token_id": EOS_ID,
     }
 
-
-def published_depth() -> int:
-    """The decoder's published number of layers."""
-    return int(dims("decoder", "deepseek_v2_3b")["num_layers"])

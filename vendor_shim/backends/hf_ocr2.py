@@ -26,11 +26,12 @@ from core.published import dims
 from vendor_shim.backends.hf_family import (
     HfFamily,
     decoder_config,
-    published_depth,
+    published_decoder,
     sam_config,
 )
 
-TEXT_LAYERS = published_depth()
+_DECODER = published_decoder("deepseek-ocr-2")
+TEXT_LAYERS = int(_DECODER["num_layers"])
 
 KNOWN_DIFFERENCES = (
     "encoder and decoder rotary cos/sin computed once per forward with an elementwise product (official: a bmm"
@@ -64,9 +65,9 @@ ENCODER_CONFIG = {
 def text_config(num_layers: int = TEXT_LAYERS) -> dict[str, Any]:
     """config.json's language part (DeepSeek-OCR's decoder) as `DeepseekOcr2Config` takes it; ``num_layers`` < 12
     for tests."""
-    dense = dims("decoder", "deepseek_v2_3b")["first_k_dense_replace"]
+    dense = _DECODER["first_k_dense_replace"]
     return {
-        **decoder_config(num_layers),
+        **decoder_config(_DECODER, num_layers),
         "n_group": 1,
         "topk_group": 1,
         "mlp_layer_types": ["dense"] * dense + ["sparse"] * (num_layers - dense),
