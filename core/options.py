@@ -18,7 +18,6 @@ from core.workload import FAMILY_RULES
 DEFAULT_MODE = "gundam"
 DEFAULT_PROMPT_TOKENS = 12
 DEFAULT_DECODE_TOKENS = 16
-DEFAULT_ATTN_IMPL = ATTN_IMPLS[0]
 _BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
 
@@ -88,7 +87,11 @@ def add_workload_options(parser: argparse.ArgumentParser, *, decode: bool = True
         g.add_argument(
             "--lm-head", choices=LM_HEAD_SCOPES, help="prefill lm_head scope (default: the implementation's own)"
         )
-        g.add_argument("--attn-impl", choices=ATTN_IMPLS, default=DEFAULT_ATTN_IMPL, help="decoder attention")
+        g.add_argument(
+            "--attn-impl",
+            choices=ATTN_IMPLS,
+            help="decoder attention (default: the implementation's own: eager; paged for vllm)",
+        )
     g.add_argument(
         "--dtype",
         choices=DTYPE_CHOICES,
@@ -107,7 +110,7 @@ def workload_kwargs(args: argparse.Namespace, *, dtype: str) -> dict[str, Any]:
         "prompt_tokens": args.prompt_tokens,
         "decode_tokens": getattr(args, "decode_tokens", 0),
         "lm_head_scope": getattr(args, "lm_head", None),
-        "attn_impl": getattr(args, "attn_impl", DEFAULT_ATTN_IMPL),
+        "attn_impl": getattr(args, "attn_impl", None),  # None: the implementation profile's own
         "dtype": dtype,
         "model": getattr(args, "model", DEFAULT_FAMILY),
     }

@@ -158,6 +158,7 @@ class ImplProfile:
     encoder_nests_sam: bool = False
     encoder_kv_cache: bool = False
     router_weight: str = "model_dtype"
+    crop_max: int | None = None  # the most crops its preprocessing makes (vLLM: 6); None: the family's rule
     variant: str = ""
     modeled_metrics: tuple[str, ...] = ("tensor_flops",)
     flops_only_stages: tuple[str, ...] = ()
@@ -214,7 +215,7 @@ class ImplProfile:
         if attn_impl not in self.decoder_attn_impls:
             allowed = ", ".join(self.decoder_attn_impls)
             raise ProfileError(f"profile {self.name} has no decoder attention {attn_impl!r}; use one of {allowed}")
-        return "bmm" if attn_impl == "eager" else "sdpa"
+        return "bmm" if attn_impl == "eager" else "sdpa"  # sdpa and paged: one kernel over the full q x keys
 
     def summary(self) -> dict[str, object]:
         return {
@@ -245,6 +246,7 @@ class ImplProfile:
             "encoder_nests_sam": self.encoder_nests_sam,
             "encoder_kv_cache": self.encoder_kv_cache,
             "router_weight": self.router_weight,
+            "crop_max": self.crop_max,
             "variant": self.variant,
             "modeled_metrics": list(self.modeled_metrics),
             "flops_only_stages": list(self.flops_only_stages),
@@ -293,6 +295,28 @@ def at_release(profile: ImplProfile, version: str | None) -> ImplProfile:
     if unknown:
         raise ProfileError(f"releases/{profile.name}.yaml sets unknown profile fields {', '.join(unknown)}")
     return replace(profile, **changes, variant=table.variant(version))
+
+
+@cache
+def profile_attn_default(impl: str) -> str:
+    """The profile's own decoder attention (the first of its YAML's ``decoder_attn_impls``): what a workload uses
+    unless told (eager for the PyTorch profiles, paged for vLLM)."""
+    if impl not in profile_names():
+        raise ProfileError(f"no profile {impl!r}: use one of {', '.join(profile_names())}")
+    impls = OmegaConf.load(PROFILE_DIR / f"{impl}.yaml").get("decoder_attn_impls") or []
+    if not impls:
+        raise ProfileError(f"profiles/{impl}.yaml: decoder_attn_impls is empty; name at least one")
+    return str(impls[0])
+
+
+@cache
+def profile_crop_max(impl: str) -> int | None:
+    """The most crops the implementation's preprocessing makes (its YAML's ``crop_max``), None for the family's
+    own rule: vLLM's DeepSeek-OCR processor caps the grid at 6 crops where the official code allows 9."""
+    if impl not in profile_names():
+        return None
+    value = OmegaConf.load(PROFILE_DIR / f"{impl}.yaml").get("crop_max")
+    return None if value is None else int(value)
 
 
 @cache

@@ -18,7 +18,8 @@ LM_STAGES = ("prefill", "decode")
 LM_PARTS = ("decoder", "lm_head")
 STAGES = VISION_STAGES + LM_STAGES
 LM_HEAD_SCOPES = ("all", "last")  # prefill lm_head over every position, or the last one only
-ATTN_IMPLS = ("eager", "sdpa")  # decoder attention: two matmuls, or one attention kernel
+ATTN_IMPLS = ("eager", "sdpa", "paged")  # decoder attention: two matmuls, one attention kernel, or vLLM's paged
+# attention kernel over its block K/V cache (one kernel, like sdpa)
 
 # The metrics (the third level of a leaf) are declared once: core.metrics.
 

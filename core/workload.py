@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from core.families import CROP_MAX_NUM, CROP_MIN_NUM, CROP_SIZE, DEFAULT_FAMILY, FAMILY_TABLE, FamilyRules, ModePreset
-from core.profiles import profile_lm_head_default, profile_names
+from core.profiles import profile_attn_default, profile_crop_max, profile_lm_head_default, profile_names
 from core.schema import ATTN_IMPLS, LM_HEAD_SCOPES
 
 PATCH_SIZE = 16
@@ -156,9 +156,16 @@ class ViewLayout:
 
 
 def compute_view_layout(
-    width: int, height: int, base_size: int, image_size: int, crop_mode: bool, family: str = DEFAULT_FAMILY
+    width: int,
+    height: int,
+    base_size: int,
+    image_size: int,
+    crop_mode: bool,
+    family: str = DEFAULT_FAMILY,
+    crop_max: int | None = None,
 ) -> ViewLayout:
-    """The official infer() view policy (crop grid, global size)."""
+    """The official infer() view policy (crop grid, global size); ``crop_max`` caps the grid where an implementation
+    makes fewer crops than the family's rule (`core.profiles.profile_crop_max`)."""
     _validate_page(width, height)
     rules = family_rules(family)
     if not crop_mode:
@@ -167,7 +174,8 @@ def compute_view_layout(
     tile = rules.crop_size
     if width <= tile and height <= tile:
         return ViewLayout(global_size=base_size, crop_size=0, w_crop=1, h_crop=1)
-    i, j = find_closest_aspect_ratio(width / height, width, height, tile, rules.crop_min, rules.crop_max)
+    most = rules.crop_max if crop_max is None else crop_max
+    i, j = find_closest_aspect_ratio(width / height, width, height, tile, rules.crop_min, most)
     return ViewLayout(global_size=base_size, crop_size=tile, w_crop=i, h_crop=j)
 
 
@@ -313,16 +321,20 @@ class VisionWorkload:
         lm_head_scope: str | None = None,
         impl: str = "official",
         impl_version: str | None = None,
-        attn_impl: str = "eager",
+        attn_impl: str | None = None,
         model: str = DEFAULT_FAMILY,
     ) -> VisionWorkload:
         name, preset = resolve_mode(mode, base_size, image_size, crop_mode, model)
+        if attn_impl is None:  # the implementation's own decoder attention (its profile's first)
+            attn_impl = profile_attn_default(impl) if impl in profile_names() else "eager"
         _check_run_options(prompt_tokens, decode_tokens, batch, dtype, impl, impl_version, attn_impl)
         if lm_head_scope is None:  # the implementation's own behaviour, as its profile YAML states it
             lm_head_scope = profile_lm_head_default(impl)
         if lm_head_scope not in LM_HEAD_SCOPES:
             raise WorkloadError(f"lm_head scope {lm_head_scope!r} unknown: use one of {', '.join(LM_HEAD_SCOPES)}")
-        layout = compute_view_layout(width, height, preset.base_size, preset.image_size, preset.crop_mode, model)
+        layout = compute_view_layout(
+            width, height, preset.base_size, preset.image_size, preset.crop_mode, model, profile_crop_max(impl)
+        )
         tokens = compute_projector_tokens(layout, preset.image_size if layout.has_crops else None, model)
         return cls(
             mode=name,

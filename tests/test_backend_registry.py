@@ -46,12 +46,15 @@ def test_a_registered_stub_runs_through_run_verify_end2end(stub_registered, tmp_
 
 
 def test_registry_is_the_one_place_for_names_profiles_and_capabilities():
-    assert REGISTRY.names() == ("hf", "remote-code") and REGISTRY.default == "hf"
-    assert impl_of("hf") == "hf" and impl_of("remote-code") == "official"
+    assert REGISTRY.names() == ("hf", "remote-code", "vllm") and REGISTRY.default == "hf"
+    assert impl_of("hf") == "hf" and impl_of("remote-code") == "official" and impl_of("vllm") == "vllm"
     assert REGISTRY.spec("hf").splits_vision and not REGISTRY.spec("remote-code").splits_vision
     assert REGISTRY.spec("remote-code").needs_vendor_dir
-    with pytest.raises(VendorInputError, match="unknown backend 'vllm'"):
-        get_backend("vllm")
+    assert REGISTRY.spec("vllm").reduced_depth and REGISTRY.spec("vllm").real_only
+    with pytest.raises(VendorInputError, match="unknown backend 'tgi'"):
+        get_backend("tgi")
+    with pytest.raises(VendorInputError, match="--decoder-layers applies only to --backend vllm"):
+        get_backend("hf", decoder_layers=2)
     with pytest.raises(ValueError, match="twice"):
         REGISTRY.register(REGISTRY.spec("hf"))
 
@@ -59,8 +62,9 @@ def test_registry_is_the_one_place_for_names_profiles_and_capabilities():
 def test_every_backend_class_implements_the_protocol():
     assert issubclass(VendorBackend, BackendBase) and issubclass(OutOfProcessBackend, BackendBase)
     from vendor_shim.backends.remote_code import RemoteCodeBackend
+    from vendor_shim.backends.vllm import VllmBackend
 
-    for cls in (HfBackend, RemoteCodeBackend):
+    for cls in (HfBackend, RemoteCodeBackend, VllmBackend):
         assert not getattr(cls, "__abstractmethods__", None), cls
     hf = get_backend("hf")
     assert hf.signature()["backend"] == "hf" and hf.signature()["code_hashes"]

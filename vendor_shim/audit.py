@@ -63,7 +63,6 @@ SUSPICIOUS_FRAGMENTS = (
 )
 
 
-
 def op_base_name(func: Any) -> str:
     """'aten.addmm.default' -> 'addmm'; 'transformers.grouped_mm_fallback.default' -> 'grouped_mm_fallback'."""
     packet = getattr(func, "_overloadpacket", func)
@@ -88,10 +87,13 @@ def _is_suspicious(base: str) -> bool:
     return b not in NAME_FALSE_POSITIVES and any(frag in b for frag in SUSPICIOUS_FRAGMENTS)
 
 
-def classify(func: Any, has_formula: bool, touches_float: bool) -> str:
-    """'counted' | 'uncounted' | 'non_float' | 'allowed:<category>' (see module docstring)."""
+def classify(func: Any, has_formula: bool, touches_float: bool, foreign_category: str | None = None) -> str:
+    """'counted' | 'uncounted' | 'non_float' | 'allowed:<category>' (see module docstring); ``foreign_category``:
+    the category a backend declared for its own op (`vendor_shim.foreign_ops`), whose charge is complete."""
     if has_formula:
         return "counted"
+    if foreign_category is not None:
+        return "allowed:" + foreign_category
     base = op_base_name(func)
     if _is_suspicious(base):
         return "uncounted"
@@ -152,8 +154,15 @@ class AuditMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs) if self.execute is None else self.execute(func, args, kwargs)
         packet = func._overloadpacket
+        foreign = self.meter.foreign.get(packet) if self.meter.foreign else None
+        if foreign is not None:  # charged as a whole: what its own code calls (an SDPA inside) is not charged again
+            self.meter.suspended += 1
+        try:
+            out = func(*args, **kwargs) if self.execute is None else self.execute(func, args, kwargs)
+        finally:
+            if foreign is not None:
+                self.meter.suspended -= 1
         formula = self.registry.get(packet)
         name = self._names.get(func)
         if name is None:
@@ -161,7 +170,12 @@ class AuditMode(TorchDispatchMode):
         st = self.log.ops.get(name)
         if st is None:
             st = self.log.ops[name] = OpStats(
-                klass=classify(func, formula is not None, _touches_float(args, kwargs, out))
+                klass=classify(
+                    func,
+                    formula is not None,
+                    _touches_float(args, kwargs, out),
+                    foreign.category if foreign is not None else None,
+                )
             )
         elif st.klass == "non_float" and _touches_float(args, kwargs, out):  # same op, now on floats
             st.klass = classify(func, formula is not None, True)

@@ -158,6 +158,7 @@ def _main(argv: list[str] | None, verdict: Verdict) -> int:
                 vision_only=args.vision_only,
                 vendor_dir=args.vendor_dir,
                 trust_remote_code=args.trust_remote_code,
+                decoder_layers=args.decoder_layers,
                 fvcore=not args.no_fvcore,
                 vision_device=resolve_vision_device(
                     args.vision_device,

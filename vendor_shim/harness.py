@@ -93,6 +93,7 @@ def run_counted(
     done = _execute(backend, loaded, workload, plan, vision_only, execution)
     stages, op_breakdown, totals = _checked_counts(done, workload, vision_only)
     uncounted, reasons = _coverage_gaps(done.log)
+    foreign_names = backend.foreign_ops().names()
     secondary = _secondary(backend, loaded, plan, done, vision_only) if fvcore else {}
     trace = Trace(
         backend=backend.name,
@@ -106,7 +107,7 @@ def run_counted(
         totals=totals,
         op_breakdown=op_breakdown,
         calls=[r.to_dict() for r in sorted(done.tracker.records, key=lambda r: r.index)],
-        coverage=_coverage(done.log, uncounted),
+        coverage=_coverage(done.log, uncounted, foreign_names),
         environment=_environment(backend, loaded, dtype_reason),
         timing=_timing(t0, loaded, done, model_reused),
         memory=done.memory,
@@ -135,12 +136,13 @@ def _checked_counts(
     return stages, op_breakdown, totals
 
 
-def _coverage(log: AuditLog, uncounted: list[str]) -> dict[str, Any]:
-    """What the audit saw: the ops without a formula, every op by class, and the formulas registered."""
+def _coverage(log: AuditLog, uncounted: list[str], foreign: list[str]) -> dict[str, Any]:
+    """What the audit saw: the ops without a formula, every op by class, and the formulas registered (the shim's
+    and the backend's own ops, `vendor_shim.foreign_ops`)."""
     return {
         "uncounted_ops": uncounted,
         "ops_seen": ops_by_class(log),
-        "custom_formulas": sorted(str(k) for k in custom_mapping()),
+        "custom_formulas": sorted([*(str(k) for k in custom_mapping()), *foreign]),
         "no_elementwise_convention": list(log.no_convention),
         "alias_by_behaviour": list(log.alias_mismatch),
     }
@@ -197,7 +199,12 @@ def _execute(
     execution: str,
 ) -> _Executed:
     """The run itself under hooks, audit and counter (module docstring), with its peak memory."""
-    meter = OpMeter(weights=_weight_storages(loaded, plan.vision_loaded))
+    foreign = backend.foreign_ops()
+    meter = OpMeter(
+        weights=_weight_storages(loaded, plan.vision_loaded),
+        foreign=foreign.by_packet(),
+        topk_routing=not foreign.reports_routing,
+    )
     tracker = StageTracker(
         plan.roots,
         global_view_size=workload.global_view_size,
@@ -207,7 +214,7 @@ def _execute(
         module_names=plan.names,
         allocator=cuda_allocator_probe(loaded.device),
     )
-    counter = global_total_counter()
+    counter = global_total_counter(foreign.flop_formulas())
     log = AuditLog()
     hollow = HollowExecution(set(counter.flop_registry)) if execution == "shapes" else None
     audit = AuditMode(counter.flop_registry, tracker.charge, log, meter, execute=hollow)
@@ -338,13 +345,14 @@ class _GlobalOnly:
         return None
 
 
-def global_total_counter() -> FlopCounterMode:
-    """torch's counter with the shim's formulas, keeping only its global total.
+def global_total_counter(extra: dict[Any, Any] | None = None) -> FlopCounterMode:
+    """torch's counter with the shim's formulas (and ``extra``: a backend's foreign ops), keeping only its global
+    total.
 
     Its per-module breakdown (a ModuleTracker hooking every module call, ~15 % of a shapes-only run) is never
     read: stages come from `StageTracker`.  If a torch release stops honouring the stand-in, the counter's total
     stops matching the audit's and `_check_consistency` fails the run loudly."""
-    counter = FlopCounterMode(display=False, custom_mapping=custom_mapping())
+    counter = FlopCounterMode(display=False, custom_mapping={**custom_mapping(), **(extra or {})})
     if hasattr(counter, "mod_tracker"):
         counter.mod_tracker = _GlobalOnly()
     return counter

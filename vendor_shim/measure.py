@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.workload import VisionWorkload
-from vendor_shim.backends import get_backend
+from vendor_shim.backends import REGISTRY, get_backend
 from vendor_shim.backends.base import (
     LoadedModel,
     OutOfProcessBackend,
@@ -38,6 +38,7 @@ def measure(
     vision_only: bool = False,
     vendor_dir: str | None = None,
     trust_remote_code: bool = False,
+    decoder_layers: int | None = None,
     model_cache: ModelCache | None = None,
     fvcore: bool = True,
     vision_device: str | None = None,
@@ -53,9 +54,17 @@ def measure(
     ``dtype_reason``: why ``workload.dtype`` was chosen (`vendor_shim.env.resolve_dtype`), kept in the trace.
     Raises `VendorInputError` (exit 2) for bad requests, `VendorRunError` (exit 3) when the run fails.
     """
+    if isinstance(backend, str):
+        execution = REGISTRY.spec(backend).execution(execution, device)
     execution = _checked_request(workload, device, vision_only, execution)
     be = (
-        get_backend(backend, vendor_dir=vendor_dir, trust_remote_code=trust_remote_code, model=workload.model)
+        get_backend(
+            backend,
+            vendor_dir=vendor_dir,
+            trust_remote_code=trust_remote_code,
+            model=workload.model,
+            decoder_layers=decoder_layers,
+        )
         if isinstance(backend, str)
         else backend
     )

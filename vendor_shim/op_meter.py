@@ -166,6 +166,8 @@ class OpMeter:
     suspended: int = 0  # > 0 inside a fused attention call: its internals are not metered
     no_convention: set[str] = field(default_factory=set)
     alias_mismatch: set[str] = field(default_factory=set)
+    foreign: dict[Any, Any] = field(default_factory=dict)  # overload packet -> `vendor_shim.foreign_ops.ForeignOp`
+    topk_routing: bool = True  # a top-k's selection is a MoE router's routing (False: a foreign MoE kernel says)
     _kinds: dict[Any, _OpKind] = field(default_factory=dict)
 
     def measure(
@@ -179,6 +181,9 @@ class OpMeter:
         vec[TENSOR] = flops
         if kind.view or self.suspended:
             return Measured(vec, [], [])
+        foreign = self.foreign.get(func._overloadpacket) if self.foreign else None
+        if foreign is not None:
+            return self._foreign(foreign, args, kwargs, out, flops)
         outs = [o for _, o in _tensors(out if isinstance(out, tuple | list) else (out,))]
         if kind.attention is not None and outs:  # a kernel called directly (flash-attn, flash_attention_2)
             return self._attention(attention_call(kind.attention, args, kwargs), outs[0], flops)
@@ -193,7 +198,21 @@ class OpMeter:
         vec[READ] = traffic.read_bytes
         vec[WRITE] = traffic.write_bytes
         vec[WEIGHT] = traffic.weight_bytes
-        return Measured(vec, traffic.reads, traffic.writes, _experts_hit(kind, outs))
+        return Measured(vec, traffic.reads, traffic.writes, _experts_hit(kind, outs) if self.topk_routing else None)
+
+    def _foreign(self, op: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, flops: int) -> Measured:
+        """A backend's own kernel (`vendor_shim.foreign_ops`): its declared charge; the tensors it returns are new
+        storages of the run (liveness)."""
+        c = op.charge(args, kwargs, out)
+        vec = [0] * len(TRAFFIC)
+        vec[TENSOR] = flops
+        vec[ELEMENTWISE] = c.elementwise_flops
+        vec[READ] = c.read_bytes
+        vec[WRITE] = c.write_bytes
+        vec[WEIGHT] = c.weight_bytes
+        vec[KV] = c.kv_cache_bytes
+        writes = [s for s in (self.book.allocated(o) for o in c.outputs) if s is not None]
+        return Measured(vec, [], writes, c.experts_hit)
 
     def _read_inputs(
         self,
@@ -368,8 +387,8 @@ class FusedAttention(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is not torch.nn.functional.scaled_dot_product_attention:
-            return func(*args, **kwargs)
+        if func is not torch.nn.functional.scaled_dot_product_attention or self.meter.suspended:
+            return func(*args, **kwargs)  # (suspended: inside a kernel charged as a whole, e.g. a foreign op)
         q, k, v = (args + (None,) * 3)[:3]
         q = kwargs.get("query", q)
         k = kwargs.get("key", k)

@@ -26,6 +26,12 @@ def add_vendor_options(
     g.add_argument("--vendor-dir", type=user_path, help="local snapshot folder (snapshot backends: remote-code)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow executing the snapshot's Python files")
     g.add_argument("--device", choices=DEVICES, default=default_device, help="where the model runs")
+    g.add_argument(
+        "--decoder-layers",
+        type=int,
+        metavar="N",
+        help="build the decoder with N layers (backends that can: vllm); the analytic model is told the same depth",
+    )
     if vision_split:
         g.add_argument(
             "--vision-device",
@@ -54,3 +60,8 @@ def snapshot_options_misused(args: argparse.Namespace) -> str | None:
         if given:
             return f"{flag} applies only to {snapshot} (a snapshot backend): drop it or add the backend"
     return None
+
+
+def depth_overrides(decoder_layers: int | None) -> list[str]:
+    """The analytic override that gives the cost model the depth the backend builds (none at the published depth)."""
+    return [] if decoder_layers is None else [f"decoder.num_layers={decoder_layers}"]

@@ -22,9 +22,9 @@ from core.workload import WorkloadError, check_positions, max_image_tokens, reso
 from reports.model import PageResult, PageSpec
 from reports.safe import printable
 from vendor_shim.backends import REGISTRY
-from vendor_shim.backends.base import resolve_execution, resolve_vision_device
+from vendor_shim.backends.base import resolve_vision_device
 from vendor_shim.errors import InfrastructureError, VendorInputError
-from vendor_shim.options import add_vendor_options, snapshot_options_misused
+from vendor_shim.options import add_vendor_options, depth_overrides, snapshot_options_misused
 from vendor_shim.remote_code.snapshot import check_vendor_dir
 from verify.cache import default_cache_root, keep_matplotlib_in_cache
 from verify.compare import DEFAULT_TOLERANCE, ToleranceError, parse_tolerances
@@ -133,11 +133,12 @@ def config_from_args(args: argparse.Namespace, command: str, vision_only: bool) 
         ),
         dtype=dtype.dtype,
         dtype_choice=dtype.to_dict(),
-        execution=resolve_execution(args.execution, args.device),
+        execution=_execution(args),
         lm_head=None if vision_only else args.lm_head,
         attn_impl="eager" if vision_only else args.attn_impl,
+        decoder_layers=args.decoder_layers,
         tolerances=tolerances,
-        analytic_overrides=list(args.override),
+        analytic_overrides=[*args.override, *depth_overrides(args.decoder_layers)],
         use_cache=not args.no_cache,
         cache_dir=str(args.cache_dir or default_cache_root()),
     )
@@ -157,9 +158,24 @@ def _refuse_options_that_do_not_apply(args: argparse.Namespace, vision_only: boo
     if args.no_cache and args.cache_dir is not None:
         raise UsageError("--cache-dir has no effect with --no-cache: drop one of them")
     if not vision_only:
-        refusal = REGISTRY.spec(args.backend).refusal(attn_impl=args.attn_impl, lm_head_scope=args.lm_head)
+        spec = REGISTRY.spec(args.backend)
+        refusal = spec.refusal(attn_impl=args.attn_impl or spec.attn_impls[0], lm_head_scope=args.lm_head)
         if refusal:
             raise UsageError(refusal)
+    if args.decoder_layers is not None:
+        if not REGISTRY.spec(args.backend).reduced_depth:
+            deep = " or ".join(f"--backend {b.name}" for b in REGISTRY if b.reduced_depth)
+            raise UsageError(f"--decoder-layers applies only to {deep}: drop it or add the backend")
+        if args.decoder_layers < 1:
+            raise UsageError("--decoder-layers must be >= 1")
+
+
+def _execution(args: argparse.Namespace) -> str:
+    """The execution the backend runs (`BackendSpec.execution`); a mode it cannot run is a usage error."""
+    try:
+        return REGISTRY.spec(args.backend).execution(args.execution, args.device)
+    except VendorInputError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _check_bounds(args: argparse.Namespace) -> None:

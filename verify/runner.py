@@ -46,7 +46,8 @@ class VerifyConfig:
     dtype_choice: dict[str, str] = field(default_factory=dict)  # requested, dtype, reason (core.dtype_policy)
     execution: str = "shapes"  # resolved: "shapes" (hollow counted ops) or "real"
     lm_head: str | None = None
-    attn_impl: str = "eager"
+    attn_impl: str | None = None  # None: the implementation profile's own (eager; paged for vllm)
+    decoder_layers: int | None = None  # a shallower decoder (backends with BackendSpec.reduced_depth)
     tolerances: Tolerances = field(default_factory=Tolerances)
     analytic_overrides: list[str] = field(default_factory=list)
     use_cache: bool = True

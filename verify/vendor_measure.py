@@ -62,7 +62,11 @@ class VendorMeasurer:
         # VendorInputError (bad device, refused remote code) propagates: the CLI maps it to exit 2
         check_device(cfg.device, cfg.vision_only)
         backend = get_backend(
-            cfg.backend, vendor_dir=cfg.vendor_dir, trust_remote_code=cfg.trust_remote_code, model=cfg.model
+            cfg.backend,
+            vendor_dir=cfg.vendor_dir,
+            trust_remote_code=cfg.trust_remote_code,
+            model=cfg.model,
+            decoder_layers=cfg.decoder_layers,
         )
         code_hashes = {"vendor_shim": shim_code_hash(), **backend.signature().get("code_hashes", {})}
         versions = backend.cache_versions()

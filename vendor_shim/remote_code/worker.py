@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ERROR_TAG = "DSOCR-WORKER-ERROR"
+from vendor_shim.backends.worker_process import ERROR_TAG
 
 
 def run(request: dict[str, Any]) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     one workload is returned in its slot as ``{"error": {"exit_code", "message"}}``.
     """
     backend = _snapshot_backend(request)
-    return {"results": _count_workloads(backend, request)}
+    return {"results": count_workloads(backend, request)}
 
 
 def _snapshot_backend(request: dict[str, Any]) -> Any:
@@ -70,7 +70,7 @@ def _snapshot_backend(request: dict[str, Any]) -> Any:
     return backend
 
 
-def _count_workloads(backend: Any, request: dict[str, Any]) -> list[dict[str, Any]]:
+def count_workloads(backend: Any, request: dict[str, Any]) -> list[dict[str, Any]]:
     """One slot per workload, a trace or its error; one model in memory at a time, rebuilt when the
     (dtype, attention) changes."""
     from core.workload import VisionWorkload
@@ -108,7 +108,7 @@ def _count_workloads(backend: Any, request: dict[str, Any]) -> list[dict[str, An
             results.append({"trace": trace.to_dict()})
         except VendorShimError as exc:
             where = _snapshot_frame(exc, request) if exc.exit_code == 3 else ""
-            results.append({"error": {"exit_code": exc.exit_code, "message": _one_line(exc) + where}})
+            results.append({"error": {"exit_code": exc.exit_code, "message": one_line(exc) + where}})
     return results
 
 
@@ -129,14 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     except VendorShimError as exc:
         where = _snapshot_frame(exc, request) if exc.exit_code == 3 else ""  # input errors name their file
         tag = InfrastructureError.TAG if isinstance(exc, InfrastructureError) else ""
-        print(f"{ERROR_TAG} {exc.exit_code} {tag}{_one_line(exc)}{where}", file=sys.stderr)
+        print(f"{ERROR_TAG} {exc.exit_code} {tag}{one_line(exc)}{where}", file=sys.stderr)
         return exc.exit_code
     except Exception as exc:  # the snapshot's own code failed while running: exit 3 with its message
         import traceback
 
         traceback.print_exc(file=sys.stderr)
         where = _snapshot_frame(exc, request)
-        print(f"{ERROR_TAG} 3 the run failed ({type(exc).__name__}: {_one_line(exc)}){where}", file=sys.stderr)
+        print(f"{ERROR_TAG} 3 the run failed ({type(exc).__name__}: {one_line(exc)}){where}", file=sys.stderr)
         return 3
     from reports.files import atomic_write_text  # a unique temporary beside the reply, never a fixed name
 
@@ -164,7 +164,7 @@ def _env_broken(env_path: str, exc: BaseException) -> Exception:
     from vendor_shim.remote_code.env import broken_env_message
 
     cause = exc.__cause__ if exc.__cause__ is not None else exc
-    return InfrastructureError(broken_env_message(env_path, f"{type(cause).__name__}: {_one_line(cause)}"))
+    return InfrastructureError(broken_env_message(env_path, f"{type(cause).__name__}: {one_line(cause)}"))
 
 
 def _failed_inside(exc: BaseException, folder: str) -> bool:
@@ -190,7 +190,7 @@ def _snapshot_frame(exc: BaseException, request: dict[str, Any] | None) -> str:
     return f" at {hits[-1].filename}:{hits[-1].lineno}" if hits else ""
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
