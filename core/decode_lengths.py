@@ -160,7 +160,7 @@ def read_length_file(path: Path) -> dict[str, int]:
     for page_id, value in pairs:
         if page_id in out:
             raise DecodeLengthError(f"--decode-tokens-file {path}: page {page_id!r} is listed twice: keep one line")
-        out[page_id] = _length_value(path, page_id, value)
+        out[page_id] = _length_value(path, page_id, value, text_cells=kind != "json")
     return out
 
 
@@ -206,11 +206,12 @@ def _table_pairs(path: Path, text: str, delimiter: str) -> list[tuple[str, objec
     return pairs
 
 
-def _length_value(path: Path, page_id: str, value: object) -> int:
-    """A decode length from the file: a JSON integer, or a CSV cell of digits (``-3``, ``1.5``, ``true`` refused)."""
+def _length_value(path: Path, page_id: str, value: object, *, text_cells: bool) -> int:
+    """A decode length from the file: a JSON integer (``1.5``, ``true``, ``"12"`` refused: a string in JSON is a
+    mistake), or a CSV/TSV cell of digits (``1.5``, ``many`` refused); a negative one is refused either way."""
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
-    elif isinstance(value, str) and _INTEGER.fullmatch(value):
+    elif text_cells and isinstance(value, str) and _INTEGER.fullmatch(value):
         number = int(value)
     else:
         raise DecodeLengthError(

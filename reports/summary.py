@@ -112,7 +112,8 @@ def decode_line(run: RunResult) -> str | None:
     page' when all are equal; None for a vision-only run or one where no page got a workload."""
     if run.config.get("vision_only"):
         return None
-    lengths = sorted(int(p.workload["decode_tokens"]) for p in run.pages if p.workload)
+    given = (p.workload.get("decode_tokens") for p in run.pages if p.workload)
+    lengths = sorted(int(n) for n in given if n is not None)  # an older run's workloads may not say
     if not lengths:
         return None
     rule = run.config.get("decode_lengths") or "fixed"
