@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from core.decode_lengths import FROM_REFERENCE, TENTHS_PER_CJK_CHAR, TENTHS_PER_OTHER_CHAR, decode_tokens_arg
 from core.dtype_policy import DEFAULT_DTYPE, DTYPE_CHOICES
 from core.families import DEFAULT_FAMILY, FAMILIES
 from core.schema import ATTN_IMPLS, LM_HEAD_SCOPES
@@ -50,8 +51,11 @@ def user_path(text: str) -> Path:
     return Path(text).expanduser()
 
 
-def add_workload_options(parser: argparse.ArgumentParser, *, decode: bool = True) -> argparse._ArgumentGroup:
-    """Mode and token options; ``decode=False`` for vision-only commands (no decode steps, lm_head, attention)."""
+def add_workload_options(
+    parser: argparse.ArgumentParser, *, decode: bool = True, per_page_lengths: bool = False
+) -> argparse._ArgumentGroup:
+    """Mode and token options; ``decode=False`` for vision-only commands (no decode steps, lm_head, attention);
+    ``per_page_lengths`` for the commands that verify many pages (decode length per page: core.decode_lengths)."""
     g = parser.add_argument_group("workload")
     g.add_argument(
         "--model",
@@ -80,10 +84,13 @@ def add_workload_options(parser: argparse.ArgumentParser, *, decode: bool = True
         default=DEFAULT_PROMPT_TOKENS,
         help="prompt text tokens, excluding BOS and image tokens",
     )
-    if decode:
+    if decode and per_page_lengths:
+        _add_per_page_lengths(g)
+    elif decode:
         g.add_argument(
             "--decode-tokens", type=int, default=DEFAULT_DECODE_TOKENS, help="single-token decode steps after prefill"
         )
+    if decode:
         g.add_argument(
             "--lm-head", choices=LM_HEAD_SCOPES, help="prefill lm_head scope (default: the implementation's own)"
         )
@@ -99,6 +106,32 @@ def add_workload_options(parser: argparse.ArgumentParser, *, decode: bool = True
         help="auto: bfloat16 where the device runs it natively, else float32 (counts never depend on it)",
     )
     return g
+
+
+def _add_per_page_lengths(g: argparse._ArgumentGroup) -> None:
+    """--decode-tokens N|from-reference or --decode-tokens-file PATH (one of them), and --tokenizer."""
+    lengths = g.add_mutually_exclusive_group()
+    lengths.add_argument(
+        "--decode-tokens",
+        type=decode_tokens_arg,
+        default=DEFAULT_DECODE_TOKENS,
+        metavar=f"{{N,{FROM_REFERENCE}}}",
+        help=f"single-token decode steps after prefill: N on every page, or {FROM_REFERENCE} (OmniDocBench: the "
+        "page's reference text counted; embedded pages: the typical length of their document type)",
+    )
+    lengths.add_argument(
+        "--decode-tokens-file",
+        type=user_path,
+        metavar="PATH",
+        help="decode steps per page: a JSON object or a CSV/TSV of page id -> decode tokens",
+    )
+    g.add_argument(
+        "--tokenizer",
+        type=user_path,
+        metavar="PATH",
+        help=f"a tokenizers JSON counting the reference text for --decode-tokens {FROM_REFERENCE} "
+        f"(default: {TENTHS_PER_OTHER_CHAR / 10} tokens per character, {TENTHS_PER_CJK_CHAR / 10} per CJK one)",
+    )
 
 
 def workload_kwargs(args: argparse.Namespace, *, dtype: str) -> dict[str, Any]:

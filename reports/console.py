@@ -15,7 +15,15 @@ from reports.format import format_metric, format_rel
 from reports.frame import Comparison
 from reports.model import RunResult
 from reports.safe import printable
-from reports.summary import gated_summary, implementation_label, is_synthetic, library_line, reported_line, verdict_line
+from reports.summary import (
+    decode_line,
+    gated_summary,
+    implementation_label,
+    is_synthetic,
+    library_line,
+    reported_line,
+    verdict_line,
+)
 
 _VERDICT_STYLE = {"PASS": "bold green", "FAIL": "bold red", "INCOMPLETE COUNT": "bold red", "ERROR": "bold yellow"}
 _NUMERIC = ("vendor", "analytic", "tolerance", "max rel Δ", "pass", "fail", "not run")
@@ -76,6 +84,9 @@ def print_summary(run: RunResult, console: Console | None = None, paths: dict[st
     console.print(
         f"[dim]model {escape(printable(str(model)))} · backend {escape(printable(str(backend)))}{escape(impl)}[/]"
     )
+    lengths = decode_line(run)
+    if lengths:
+        console.print(f"[dim]{escape(lengths)}[/]", highlight=False)
     if is_synthetic(run):
         console.print("[dim]pages: embedded synthetic geometries, not the real OmniDocBench[/]")
     for page in (p for p in run.pages if p.error):

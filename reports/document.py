@@ -44,6 +44,7 @@ def _page(p: PageResult) -> dict[str, Any]:
         "error": p.error,
         "error_kind": p.error_kind,
         "cache_hit": p.cache_hit,
+        "decode_tokens": (p.workload or {}).get("decode_tokens"),  # the length this page was verified at
         "workload": p.workload,  # once per page: the analytic document's own copy is left out below
         "rows": p.rows,
         "analytic": {k: v for k, v in p.analytic.items() if k != "workload"} if p.analytic else p.analytic,

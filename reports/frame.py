@@ -33,6 +33,7 @@ PAGE_COLUMNS = (
     "n_crops",
     "n_image_tokens",
     "prefill_len",
+    "decode_tokens",
     "cache_hit",
 )
 COLUMNS = (*ROW_COLUMNS, "status", *PAGE_COLUMNS)
@@ -57,7 +58,7 @@ def comparison_frame(run: RunResult) -> pd.DataFrame:
             "width": page.page.width,
             "height": page.page.height,
             "cache_hit": page.cache_hit,
-            **{k: w.get(k) for k in ("w_crop", "h_crop", "n_crops", "n_image_tokens", "prefill_len")},
+            **{k: w.get(k) for k in ("w_crop", "h_crop", "n_crops", "n_image_tokens", "prefill_len", "decode_tokens")},
         }
         for row in page.rows:
             d = row.to_dict()

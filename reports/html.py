@@ -307,7 +307,7 @@ def _pages(run: RunResult, df: pd.DataFrame) -> list[str]:
     worst = page_worst(df)
     flops = page_flops(df)
     skipped = _not_run(df)
-    head = ["page", "status", "source", "size", "mode", "grid", "image tokens", "prefill len"]
+    head = ["page", "status", "source", "size", "mode", "grid", "image tokens", "prefill len", "decode tokens"]
     head += ["vendor FLOPs", "analytic FLOPs", "worst rel delta", "not run", "cache"]
     ordered = sorted(run.pages, key=lambda p: (p.passed, p.page.page_id))  # failures first
     rows, classes = [], []
@@ -328,6 +328,7 @@ def _pages(run: RunResult, df: pd.DataFrame) -> list[str]:
                 crop_grid(w),
                 ("num", w.get("n_image_tokens", "-")),
                 ("num", w.get("prefill_len", "-")),
+                ("num", w.get("decode_tokens", "-")),
                 (
                     "num",
                     "-" if totals is None else format_metric(CHART_METRIC, totals.vendor),
@@ -392,5 +393,3 @@ def _config(run: RunResult) -> list[str]:
 
 def _json_pre(data: Any) -> str:
     return f"<pre>{html.escape(safe_text(json.dumps(data, indent=2, sort_keys=True, default=str)))}</pre>"
-
-

@@ -130,7 +130,8 @@ def _pair(s) -> str:
 
 
 def _pages(run: RunResult, worst: pd.Series) -> list[str]:
-    head = ["page", "status", "source", "size", "grid", "image tokens", "prefill len", "worst rel delta", "cache"]
+    head = ["page", "status", "source", "size", "grid", "image tokens", "prefill len", "decode tokens"]
+    head += ["worst rel delta", "cache"]
     ordered = sorted(run.pages, key=lambda p: (p.passed, p.page.page_id))  # failures first
     return ["## Pages", "", *_table(head, [_page_cells(p, worst.get(p.page.page_id)) for p in ordered])]
 
@@ -148,6 +149,7 @@ def _page_cells(p: PageResult, worst: float | None) -> list[str]:
         grid,
         str(w.get("n_image_tokens", "-")),
         str(w.get("prefill_len", "-")),
+        str(w.get("decode_tokens", "-")),
         format_rel(worst) if worst is not None and worst == worst else "-",
         "hit" if p.cache_hit else "miss",
     ]

@@ -39,6 +39,11 @@ class PageSpec:
     synthetic: bool = False
     attributes: dict[str, Any] = field(default_factory=dict)
     error: str | None = None  # the image could not be read at load time; the run records it for this page
+    # this page's decode steps when lengths are per page (core.decode_lengths); None: the run's --decode-tokens
+    decode_tokens: int | None = None
+    # the page's reference transcription (OmniDocBench layout elements), kept only until its decode length is
+    # known (verify.lengths drops it), so reports never carry whole pages of text
+    reference_text: str | None = None
 
 
 @dataclass

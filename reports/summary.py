@@ -5,6 +5,8 @@ All figures are group-bys of the comparison frame (`reports.frame`), never sums 
 
 from __future__ import annotations
 
+import statistics
+
 import pandas as pd
 
 from reports.format import format_rel
@@ -103,3 +105,22 @@ def reported_line(summary: pd.DataFrame) -> str | None:
         return None
     cells = [f"{r.metric} {format_rel(r.max_rel)} ({r.where})" for r in rep.itertuples()]
     return "measured, not gated (the profile does not model them yet), worst delta: " + ", ".join(cells)
+
+
+def decode_line(run: RunResult) -> str | None:
+    """'decode tokens per page: min 700 · median 1,350 · max 2,900 over 16 pages (from-reference)', or '... 16 on every
+    page' when all are equal; None for a vision-only run or one where no page got a workload."""
+    if run.config.get("vision_only"):
+        return None
+    given = (p.workload.get("decode_tokens") for p in run.pages if p.workload)
+    lengths = sorted(int(n) for n in given if n is not None)  # an older run's workloads may not say
+    if not lengths:
+        return None
+    rule = run.config.get("decode_lengths") or "fixed"
+    how = "" if rule == "fixed" else f" ({rule})"
+    if lengths[0] == lengths[-1]:
+        return f"decode tokens per page: {lengths[0]:,} on every page{how}"
+    median = statistics.median(lengths)
+    shown = f"{median:,.0f}" if median == int(median) else f"{median:,.1f}"
+    n = len(lengths)
+    return f"decode tokens per page: min {lengths[0]:,} · median {shown} · max {lengths[-1]:,} over {n} pages{how}"

@@ -15,6 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from core.decode_lengths import FROM_REFERENCE
 from core.exits import Verdict, parse_args, run_console
 from core.options import HelpFormatter, UsageParser, add_workload_options, user_path
 from core.schema import family_stages, family_vision_stages
@@ -28,6 +29,7 @@ from vendor_shim.options import add_vendor_options, depth_overrides, snapshot_op
 from vendor_shim.remote_code.snapshot import check_vendor_dir
 from verify.cache import default_cache_root, keep_matplotlib_in_cache
 from verify.compare import DEFAULT_TOLERANCE, ToleranceError, parse_tolerances
+from verify.lengths import FILE, FIXED, DecodeLengths, assign_decode_lengths
 from verify.runner import VendorFailure, Verifier, VerifyConfig, build_workload, exit_code, run_pages
 from verify.selection import select_pages
 
@@ -64,7 +66,7 @@ def build_parser(prog: str, vision_only: bool) -> argparse.ArgumentParser:
     g.add_argument("--sample", type=int, help=f"seeded random sample of N pages (0..{MAX_PAGES:,})")
     g.add_argument("--seed", type=int, help=f"seed for --sample (0 when not given; 0..{MAX_SEED})")
 
-    add_workload_options(p, decode=not vision_only)
+    add_workload_options(p, decode=not vision_only, per_page_lengths=True)
     g = add_vendor_options(p, default_device="meta" if vision_only else "cpu", vision_split=not vision_only)
     g.add_argument("--no-cache", action="store_true", help="always run the vendor (do not read or write the cache)")
     g.add_argument(
@@ -104,13 +106,14 @@ def config_from_args(args: argparse.Namespace, command: str, vision_only: bool) 
         raise UsageError("--device meta cannot run the decoder (MoE routing needs data): use cpu or cuda")
     for name in ("prompt_tokens", "decode_tokens", "limit", "sample"):
         val = getattr(args, name, None)
-        if val is not None and val < 0:
+        if isinstance(val, int) and val < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0")
     _check_bounds(args)
     resolve_mode(args.mode, args.base_size, args.image_size, args.crop_mode, args.model)  # exit 2, up front
     from vendor_shim.env import resolve_dtype
 
     dtype = resolve_dtype(args.dtype, args.device)
+    lengths = decode_lengths_of(args, vision_only)
     return VerifyConfig(
         command=command,
         model=args.model,
@@ -119,7 +122,10 @@ def config_from_args(args: argparse.Namespace, command: str, vision_only: bool) 
         image_size=args.image_size,
         crop_mode=args.crop_mode,
         prompt_tokens=args.prompt_tokens,
-        decode_tokens=0 if vision_only else args.decode_tokens,
+        decode_tokens=0 if vision_only else (args.decode_tokens if lengths.rule == FIXED else None),
+        decode_lengths=lengths.rule,
+        decode_tokens_file=str(lengths.file) if lengths.file else None,
+        tokenizer=str(lengths.tokenizer) if lengths.tokenizer else None,
         vision_only=vision_only,
         backend=args.backend,
         vendor_dir=str(args.vendor_dir) if args.vendor_dir else None,
@@ -144,6 +150,34 @@ def config_from_args(args: argparse.Namespace, command: str, vision_only: bool) 
     )
 
 
+def decode_lengths_of(args: argparse.Namespace, vision_only: bool) -> DecodeLengths:
+    """The run's decode-length rule from --decode-tokens / --decode-tokens-file / --tokenizer (verify.lengths)."""
+    if vision_only:
+        return DecodeLengths()
+    if args.decode_tokens_file is not None:
+        return DecodeLengths(FILE, file=args.decode_tokens_file)
+    if args.decode_tokens == FROM_REFERENCE:
+        return DecodeLengths(FROM_REFERENCE, tokenizer=args.tokenizer)
+    return DecodeLengths()
+
+
+def _refuse_length_options_that_do_not_apply(args: argparse.Namespace) -> None:
+    """--tokenizer counts OmniDocBench reference text for from-reference only; --images pages have no reference
+    text and no document type, so from-reference cannot size them."""
+    from_reference = args.decode_tokens == FROM_REFERENCE and args.decode_tokens_file is None
+    if args.tokenizer is not None and not from_reference:
+        raise UsageError(f"--tokenizer applies only to --decode-tokens {FROM_REFERENCE}: drop it or add that")
+    if args.tokenizer is not None and args.omnidocbench is None:
+        raise UsageError(
+            "--tokenizer counts OmniDocBench reference text; these pages have none: drop it or add --omnidocbench"
+        )
+    if from_reference and args.images:
+        raise UsageError(
+            f"--decode-tokens {FROM_REFERENCE} needs reference text (--omnidocbench) or a document type (the "
+            "embedded set); for --images give --decode-tokens N or a --decode-tokens-file"
+        )
+
+
 def _refuse_options_that_do_not_apply(args: argparse.Namespace, vision_only: bool) -> None:
     """An option that would be ignored is a usage error: the user meant something else."""
     misuse = snapshot_options_misused(args)
@@ -158,6 +192,7 @@ def _refuse_options_that_do_not_apply(args: argparse.Namespace, vision_only: boo
     if args.no_cache and args.cache_dir is not None:
         raise UsageError("--cache-dir has no effect with --no-cache: drop one of them")
     if not vision_only:
+        _refuse_length_options_that_do_not_apply(args)
         spec = REGISTRY.spec(args.backend)
         refusal = spec.refusal(attn_impl=args.attn_impl or spec.attn_impls[0], lm_head_scope=args.lm_head)
         if refusal:
@@ -191,7 +226,15 @@ def check_positions_fit(cfg: VerifyConfig, cost_model: Any) -> None:
     """Refuse up front when the longest page of the mode would not fit the decoder's positions."""
     _, preset = resolve_mode(cfg.mode, cfg.base_size, cfg.image_size, cfg.crop_mode, cfg.model)
     limit = cost_model.decoder.max_position_embeddings
-    check_positions(limit, max_image_tokens(preset, cfg.model), cfg.prompt_tokens, cfg.decode_tokens)
+    check_positions(limit, max_image_tokens(preset, cfg.model), cfg.prompt_tokens, cfg.decode_tokens or 0)
+
+
+def decode_room(cfg: VerifyConfig, cost_model: Any) -> int:
+    """The most decode steps a page may have: the decoder's positions less the mode's longest prefill (the rule
+    `check_positions_fit` applies to one --decode-tokens for every page)."""
+    _, preset = resolve_mode(cfg.mode, cfg.base_size, cfg.image_size, cfg.crop_mode, cfg.model)
+    limit = cost_model.decoder.max_position_embeddings
+    return limit - 1 - max_image_tokens(preset, cfg.model) - cfg.prompt_tokens
 
 
 def load_pages(args: argparse.Namespace) -> list[PageSpec]:
@@ -223,15 +266,24 @@ def build_analytic(cfg: VerifyConfig) -> Any:
     except (Exception, SystemExit) as exc:
         raise _override_error(exc, cfg.analytic_overrides) from None
     check_positions_fit(cfg, cost_model)
-    probe = build_workload(PageSpec("override-check", 1280, 1920, source="check"), cfg)  # crops in crop mode
-    probe = dataclasses.replace(
-        probe, prompt_tokens=min(probe.prompt_tokens, 16), decode_tokens=min(probe.decode_tokens, 2)
-    )
+    steps = 2 if cfg.decode_tokens is None else cfg.decode_tokens  # per-page lengths: any small number will do
+    probe_page = PageSpec("override-check", 1280, 1920, source="check", decode_tokens=min(steps, 2))
+    probe = build_workload(probe_page, cfg)  # crops in crop mode
+    probe = dataclasses.replace(probe, prompt_tokens=min(probe.prompt_tokens, 16))
     try:
         cost_model.estimate(probe)
     except (Exception, SystemExit) as exc:  # vision.sam.patch_size=abc: the config takes it, the formulas fail
         raise _override_error(exc, cfg.analytic_overrides) from None
     return cost_model
+
+
+def _lengths(cfg: VerifyConfig) -> DecodeLengths:
+    """The decode-length rule the config records (the one `decode_lengths_of` chose)."""
+    return DecodeLengths(
+        cfg.decode_lengths,
+        file=Path(cfg.decode_tokens_file) if cfg.decode_tokens_file else None,
+        tokenizer=Path(cfg.tokenizer) if cfg.tokenizer else None,
+    )
 
 
 def _override_error(exc: BaseException, overrides: list[str]) -> UsageError:
@@ -248,7 +300,7 @@ def _main(argv: list[str] | None, command: str, vision_only: bool, verdict: Verd
     try:
         cfg = config_from_args(args, command, vision_only)
         verifier = Verifier(cfg=cfg, measure=None, cost_model=build_analytic(cfg))  # the vendor comes later
-        pages = load_pages(args)
+        pages = assign_decode_lengths(load_pages(args), _lengths(cfg), decode_room(cfg, verifier.cost_model))
         if not pages:
             raise UsageError("no pages selected: check the page source and the --data-source/--limit filters")
         prepared = [verifier.prepare(page) for page in pages]  # every page checked before the model is built

@@ -162,7 +162,30 @@ def _omnidocbench_page(index: int, entry: Any, json_path: Path, root: Path, imag
         image_path=resolved,
         attributes=attrs,
         error=error,
+        reference_text=reference_text(entry),
     )
+
+
+# The reference of each annotated layout element, first field present wins: a table's `html` (what DeepSeek-OCR
+# writes for tables; the annotation also holds its `latex`), a formula's `latex`, a text block's `text`.
+REFERENCE_FIELDS = ("html", "latex", "text")
+
+
+def reference_text(entry: dict[str, Any]) -> str | None:
+    """The page's reference transcription: the reference of every layout element in `layout_dets` that has one,
+    one per line (figures have none).  None when the entry has no `layout_dets` list: no reference at all, unlike
+    a page whose elements hold no text ('': nothing to decode)."""
+    elements = entry.get("layout_dets")
+    if not isinstance(elements, list):
+        return None
+    texts = []
+    for element in elements:
+        if not isinstance(element, dict):
+            continue
+        value = next((element[k] for k in REFERENCE_FIELDS if isinstance(element.get(k), str) and element[k]), None)
+        if value is not None:
+            texts.append(value)
+    return "\n".join(texts)
 
 
 def _bad_entry(index: int, message: str) -> PageSpec:

@@ -35,7 +35,10 @@ class VerifyConfig:
     image_size: int | None = None
     crop_mode: bool | None = None
     prompt_tokens: int = 12
-    decode_tokens: int = 16
+    decode_tokens: int | None = 16  # every page's; None: each page has its own (decode_lengths)
+    decode_lengths: str = "fixed"  # verify.lengths: fixed, from-reference or file
+    decode_tokens_file: str | None = None
+    tokenizer: str | None = None  # from-reference: the tokenizers JSON counting the reference text
     vision_only: bool = False
     backend: str = "hf"
     vendor_dir: str | None = None
@@ -71,6 +74,16 @@ class VendorFailure(RuntimeError):
     """The vendor run itself failed (exit code 3)."""
 
 
+def decode_steps(page: PageSpec, cfg: VerifyConfig) -> int:
+    """The page's own decode length when it has one (per-page lengths), else the run's; 0 for vision only."""
+    if cfg.vision_only:
+        return 0
+    steps = page.decode_tokens if page.decode_tokens is not None else cfg.decode_tokens
+    if steps is None:
+        raise WorkloadError(f"page {page.page_id!r} has no decode length: give --decode-tokens N")
+    return steps
+
+
 def build_workload(page: PageSpec, cfg: VerifyConfig) -> VisionWorkload:
     return VisionWorkload.from_page(
         page.width,
@@ -80,7 +93,7 @@ def build_workload(page: PageSpec, cfg: VerifyConfig) -> VisionWorkload:
         image_size=cfg.image_size,
         crop_mode=cfg.crop_mode,
         prompt_tokens=cfg.prompt_tokens,
-        decode_tokens=0 if cfg.vision_only else cfg.decode_tokens,
+        decode_tokens=decode_steps(page, cfg),
         dtype=cfg.dtype,
         lm_head_scope=cfg.lm_head,  # None: the backend's own behaviour (official: all, hf generate: last)
         impl=impl_of(cfg.backend),
