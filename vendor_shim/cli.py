@@ -53,7 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _refuse_options_that_do_not_apply(args: argparse.Namespace) -> None:
-    misuse = REGISTRY.spec(args.backend).family_refusal(args.model) or snapshot_options_misused(args)
+    spec = REGISTRY.spec(args.backend)
+    misuse = (
+        spec.family_refusal(args.model)
+        or snapshot_options_misused(args)
+        or spec.page_refusal(
+            vision_only=args.vision_only,
+            mode=args.mode,
+            sizes_overridden=any(v is not None for v in (args.base_size, args.image_size, args.crop_mode)),
+        )
+    )
     if misuse:
         raise WorkloadError(misuse)
 

@@ -91,7 +91,11 @@ def config_from_args(args: argparse.Namespace, command: str, vision_only: bool) 
     except ToleranceError as exc:
         raise UsageError(str(exc)) from None
     _refuse_options_that_do_not_apply(args, vision_only)
-    no_backend = REGISTRY.spec(args.backend).family_refusal(args.model)
+    no_backend = REGISTRY.spec(args.backend).family_refusal(args.model) or REGISTRY.spec(args.backend).page_refusal(
+        vision_only=vision_only,
+        mode=args.mode,
+        sizes_overridden=any(v is not None for v in (args.base_size, args.image_size, args.crop_mode)),
+    )
     if no_backend:
         raise UsageError(no_backend)
     if REGISTRY.spec(args.backend).needs_vendor_dir:

@@ -34,7 +34,23 @@ class BackendSpec:
     lm_head_scopes: tuple[str, ...] = LM_HEAD_SCOPES  # prefill lm_head scopes its forward can do
     families: tuple[str, ...] = (DEFAULT_FAMILY,)  # model families (--model) it can run
     reduced_depth: bool = False  # can build its decoder with fewer layers (--decoder-layers)
+    vision_alone: bool = True  # can count the vision stack on its own (the *_vision command, --vision-only)
+    modes: tuple[str, ...] | None = None  # the only modes its preprocessing runs (no size overrides); None: any
     real_only: bool = False  # its kernels have no hollow mode: execution "auto" means real, "shapes" is refused
+
+    def page_refusal(self, *, vision_only: bool, mode: str, sizes_overridden: bool) -> str | None:
+        """One line naming the fix when the backend cannot count such pages (vision alone, a mode), else None."""
+        if vision_only and not self.vision_alone:
+            return f"the {self.name} backend counts whole pages only: use run_verify_end2end (or drop --vision-only)"
+        if self.modes is not None and mode not in self.modes:
+            runs, first = "/".join(self.modes), self.modes[0]
+            return f"--mode {mode}: the {self.name} backend's preprocessing runs {runs} only; use --mode {first}"
+        if self.modes is not None and sizes_overridden:
+            return (
+                f"--base-size/--image-size/--crop-mode: the {self.name} backend's preprocessing fixes the "
+                f"{'/'.join(self.modes)} views; drop them"
+            )
+        return None
 
     def execution(self, requested: str, device: str) -> str:
         """The execution a run of this backend uses (`base.resolve_execution`, then what the backend can do);
@@ -168,6 +184,8 @@ REGISTRY = BackendRegistry(
         families=HF_FAMILIES,
         reduced_depth=True,
         real_only=True,
+        vision_alone=False,  # vLLM runs the vision stack inside its first engine step
+        modes=("gundam",),  # vLLM's processor fixes 1024 global + crops (640; OCR-2 768)
     ),
 )
 

@@ -87,6 +87,12 @@ class VllmBackend(OutOfProcessBackend):
             )
         if device != "cpu":
             raise VendorInputError(f"device {device!r}: the vllm backend runs vLLM's CPU build here; use --device cpu")
+        for workload in workloads:  # refused before the environment or an engine is built
+            if workload.mode != "gundam" or workload.base_size != 1024 or not workload.crop_mode:
+                raise VendorInputError(
+                    f"--mode {workload.mode}: vLLM's DeepSeek-OCR processor fixes gundam's views (1024 global with "
+                    "crops); use --mode gundam without size overrides"
+                )
         env = ensure_env(self.pins)
         work_dir = cache_root() / "vllm-models"
         request = {
