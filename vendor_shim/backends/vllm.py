@@ -113,7 +113,14 @@ class VllmBackend(OutOfProcessBackend):
             pythonpath=os.pathsep.join([str(_PROJECT_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
             timeout_s=timeout_s,
             label="vllm",
-            extra_env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"},
+            extra_env={
+                "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+                "VLLM_NO_USAGE_STATS": "1",
+                "DO_NOT_TRACK": "1",
+                # vLLM's own caches and config under the project's cache, never the user's home
+                "VLLM_CACHE_ROOT": str(cache_root() / "vllm-cache"),
+                "VLLM_CONFIG_ROOT": str(cache_root() / "vllm-config"),
+            },
         )
         results = reply.get("results")
         if not isinstance(results, list) or len(results) != len(workloads):
