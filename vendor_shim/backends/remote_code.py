@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from vendor_shim.backends import REGISTRY
 from vendor_shim.backends.base import OutOfProcessBackend, device_refusal
-from vendor_shim.backends.worker_process import run_worker
+from vendor_shim.backends.worker_process import reply_slots, run_worker
 from vendor_shim.errors import VendorInputError, VendorRunError, VendorShimError
 from vendor_shim.remote_code.env import PINS, ensure_env
 from vendor_shim.remote_code.snapshot import Snapshot, load_snapshot
@@ -136,17 +136,11 @@ class RemoteCodeBackend(OutOfProcessBackend):
             timeout_s=timeout_s,
             label="remote-code",
         )
-        results = reply.get("results")
-        if not isinstance(results, list) or len(results) != len(workloads):
-            raise VendorRunError("remote-code worker returned a malformed reply: run again, then report a bug")
         out: list[dict[str, Any] | VendorShimError] = []
-        for item in results:
-            if "error" in item:
-                err = item["error"]
-                cls = VendorInputError if err.get("exit_code") == 2 else VendorRunError
-                out.append(cls(str(err.get("message", "remote-code worker failed"))))
+        for doc in reply_slots(reply, len(workloads), "remote-code"):
+            if isinstance(doc, VendorShimError):
+                out.append(doc)
                 continue
-            doc = item["trace"]
             if doc.get("environment", {}).get("code_hashes") != snapshot.code_hashes:
                 out.append(VendorRunError(f"{snapshot.root}: snapshot files changed during the run: run again"))
                 continue

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from vendor_shim.backends.base import OutOfProcessBackend
-from vendor_shim.backends.worker_process import run_worker
-from vendor_shim.errors import VendorInputError, VendorRunError, VendorShimError
+from vendor_shim.backends.worker_process import reply_slots, run_worker
+from vendor_shim.errors import VendorInputError, VendorShimError
 from vendor_shim.remote_code.env import cache_root
 from vendor_shim.vllm_engine.env import PINS, VLLM_TORCH, ensure_env, env_key
 
@@ -122,18 +122,9 @@ class VllmBackend(OutOfProcessBackend):
                 "VLLM_CONFIG_ROOT": str(cache_root() / "vllm-config"),
             },
         )
-        results = reply.get("results")
-        if not isinstance(results, list) or len(results) != len(workloads):
-            raise VendorRunError("vllm worker returned a malformed reply: run again, then report a bug")
-        out: list[dict[str, Any] | VendorShimError] = []
-        for item in results:
-            if "error" in item:
-                err = item["error"]
-                cls = VendorInputError if err.get("exit_code") == 2 else VendorRunError
-                out.append(cls(str(err.get("message", "vllm worker failed"))))
-                continue
-            doc = item["trace"]
-            doc["environment"]["worker_wall_s"] = round(time.perf_counter() - t0, 3)
-            doc["environment"]["vllm_env"] = str(env.path)
-            out.append(doc)
+        out = reply_slots(reply, len(workloads), "vllm")
+        for doc in out:
+            if isinstance(doc, dict):
+                doc["environment"]["worker_wall_s"] = round(time.perf_counter() - t0, 3)
+                doc["environment"]["vllm_env"] = str(env.path)
         return out

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from vendor_shim.errors import InfrastructureError, VendorInputError, VendorRunError
+from vendor_shim.errors import InfrastructureError, VendorInputError, VendorRunError, VendorShimError
 
 ERROR_TAG = "DSOCR-WORKER-ERROR"
 
@@ -66,3 +66,20 @@ def worker_error(proc: subprocess.CompletedProcess[str], label: str) -> Exceptio
             return (VendorInputError if code == "2" else VendorRunError)(message)
     tail = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()][-1:] or ["no output"]
     return VendorRunError(f"{label} worker exited {proc.returncode} ({tail[0][:300]}): see its stderr")
+
+
+def reply_slots(reply: dict[str, Any], expected: int, label: str) -> list[dict[str, Any] | VendorShimError]:
+    """The worker's results, one per workload: a trace document, or its failure as the error it maps to (exit 2 or
+    3); a reply of the wrong shape raises."""
+    results = reply.get("results")
+    if not isinstance(results, list) or len(results) != expected:
+        raise VendorRunError(f"{label} worker returned a malformed reply: run again, then report a bug")
+    out: list[dict[str, Any] | VendorShimError] = []
+    for item in results:
+        if "error" in item:
+            err = item["error"]
+            cls = VendorInputError if err.get("exit_code") == 2 else VendorRunError
+            out.append(cls(str(err.get("message", f"{label} worker failed"))))
+        else:
+            out.append(item["trace"])
+    return out

@@ -104,7 +104,7 @@ class VllmEngineBackend(VendorBackend):
             "transformers": transformers.__version__,
             "family": self.family,
             "decoder_layers": self.decoder_layers,
-            "cpu_isa": _cpu_isa(),
+            "torch_cpu_capability": _cpu_capability(),
         }
 
     def foreign_ops(self) -> ForeignOps:
@@ -284,8 +284,8 @@ def _family(name: str) -> Any:
     return next(f for f in FAMILY_TABLE if f.name == name)
 
 
-def _cpu_isa() -> str:
-    """The kernel ISA vLLM's CPU build picked (AVX512/AMX or AVX2 code paths differ in their ops)."""
+def _cpu_capability() -> str:
+    """torch's CPU capability: vLLM's CPU build picks its kernels by the CPU (AVX2 and AVX512 op sets differ)."""
     try:
         return str(torch.backends.cpu.get_cpu_capability())
     except Exception:
