@@ -51,8 +51,8 @@ def test_rotary_embedding_rotates_every_head_in_place():
     got = ops.rotary_embedding((positions, q, k, 8, cos_sin, True), {}, None)
     # rotated: q 3*2*8 = 48, k 3*1*8 = 24 -> 72 elements, 3 FLOPs each, 4 B each read and written
     assert got.elementwise_flops == 216 and got.write_bytes == 288
-    # positions 3*8 B + the cos/sin rows 3*8*4 B + the rotated elements 288 B
-    assert got.read_bytes == 24 + 96 + 288 and got.tensor_flops == 0
+    # positions 3*8 B + the cos/sin rows 3*8*4 B (a buffer: weight bytes) + the rotated elements 288 B
+    assert got.read_bytes == 24 + 96 + 288 and got.weight_bytes == 96 and got.tensor_flops == 0
 
 
 def test_paged_attention_reads_its_lengths_and_cache_from_the_forward_context(monkeypatch):

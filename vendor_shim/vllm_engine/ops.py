@@ -22,7 +22,7 @@ scratch is not observable and not charged (docs/backends.md, "vllm").
   rows (k-1 adds over h per token).
 - ``rotary_embedding(positions, q, k, head_size, cos_sin, is_neox, ...)``: in place over the rotated dims (rot =
   cos_sin's width) of every head: 3 FLOPs per rotated element (x*cos - y*sin); reads positions, the cos/sin rows
-  and the rotated elements; writes them.
+  (a buffer of the rotary module: weight bytes, one row per token) and the rotated elements; writes them.
 - ``unified_attention_with_output(q, k, v, out, layer)``: per sequence i of the batch (the forward context's
   attention metadata: ``query_start_loc``, ``seq_lens``), q_i queries over s_i keys from the paged cache:
   ``2*H*q_i*s_i*(D + Dv)``; softmax (+ causal mask) per score; reads the queries and s_i keys and values per
@@ -119,10 +119,12 @@ def rotary_embedding(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) ->
     rot = int(cos_sin.shape[-1])
     rotated = sum(t.numel() // head_size * rot for t in (q, key) if t is not None)
     moved = rotated * q.element_size()
+    table = tokens * rot * cos_sin.element_size()  # the rows of the module's cos/sin buffer: a weight read
     return ForeignCharge(
         elementwise_flops=ROTARY_PER_ELEMENT * rotated,
-        read_bytes=footprint(positions) + tokens * rot * cos_sin.element_size() + moved,
+        read_bytes=footprint(positions) + table + moved,
         write_bytes=moved,
+        weight_bytes=table,
     )
 
 
