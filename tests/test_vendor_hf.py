@@ -18,6 +18,7 @@ from core.workload import VisionWorkload
 from vendor_shim import ModelCache, measure
 from vendor_shim.backends.hf import HfBackend
 from vendor_shim.errors import VendorInputError, WorkloadMismatchError
+from vendor_shim.harness import run_counted
 
 pytest.importorskip("transformers.models.unlimited_ocr")
 
@@ -246,3 +247,43 @@ def test_hf_vision_cuda_equals_meta():
         for s in ("sam", "clip", "projector")
         for b in ("global", "crops")
     )
+
+
+def test_hf_stock_counter_stacked_above_the_audit_agrees_and_shows_its_own_reads(reduced_depth_cache):
+    """The default run counts with the audit alone (the stock counter's registry, its decompositions); stacking the
+    stock FlopCounterMode above it (cross_check) gives the same FLOPs on every stage and step: two independent totals.
+    The stacked counter's only trace is its own formula evaluation, which the audit below it then sees: the
+    _grouped_mm formula reads ``offs[-1].item()`` (a select view and a 4-byte int32 _local_scalar_dense).  By hand:
+    2 layers, layer 0 dense, layer 1 MoE with two _grouped_mm (up, down) = 2 x 4 = 8 bytes per forward."""
+    be = HfBackend(num_text_layers=2)
+    w = VisionWorkload.from_page(500, 700, "tiny", prompt_tokens=5, decode_tokens=2, impl="hf", dtype="bfloat16")
+    loaded, _ = reduced_depth_cache.get_or_build(
+        be, device="cpu", dtype=w.dtype, attn_impl=w.attn_impl, vision_only=False, execution="shapes"
+    )
+    lean, stacked = (
+        run_counted(be, loaded, w, vision_only=False, fvcore=False, execution="shapes", cross_check=c).to_dict()
+        for c in (False, True)
+    )
+    assert stacked["totals"]["counter"].startswith("torch FlopCounterMode")
+    assert lean["totals"]["counter"].startswith("audit")
+    assert stacked["totals"]["counter_total"] == lean["totals"]["counter_total"] == lean["totals"]["stage_sum"] > 0
+    steps = [("prefill", "decoder", lean["stages"]["prefill"]["decoder"], stacked["stages"]["prefill"]["decoder"])]
+    steps += [
+        ("decode", "decoder", a["decoder"], b["decoder"])
+        for a, b in zip(lean["stages"]["decode"]["steps"], stacked["stages"]["decode"]["steps"], strict=True)
+    ]
+    for _, _, a, b in steps:
+        assert b["io_bytes"] - a["io_bytes"] == 8
+        assert {m: v for m, v in a.items() if m not in ("io_bytes", "activation_bytes")} == {
+            m: v for m, v in b.items() if m not in ("io_bytes", "activation_bytes")
+        }
+    for stage, parts in lean["stages"].items():
+        for part, leaf in parts.items():
+            if part != "steps" and (stage, part) not in (("prefill", "decoder"), ("decode", "decoder")):
+                assert leaf == stacked["stages"][stage][part], (stage, part)
+    calls = {k: v["calls"] for k, v in lean["coverage"]["ops_seen"].items()}
+    extra = {k: v["calls"] - calls.get(k, 0) for k, v in stacked["coverage"]["ops_seen"].items()}
+    assert {k: n for k, n in extra.items() if n} == {  # 2 per forward: prefill + 2 decode steps
+        "aten.select.int": 6,
+        "aten._local_scalar_dense.default": 6,
+    }

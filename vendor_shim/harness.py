@@ -2,17 +2,20 @@
 
 Depends on torch only (never imports transformers), so the remote-code backend can run
 it inside its own pinned environment.  Mode stack, outermost first:
-``StageTracker`` hooks -> `AuditMode` -> `FlopCounterMode(custom_mapping=...)``: the counter
-handles each op first (and decomposes what it has no formula for), the audit below it
-sees exactly the leaf ops the counter executed, evaluates the same formula and charges
-the innermost stage frame, then runs the op: for real, or with ``execution="shapes"``
+``StageTracker`` hooks -> `FusedAttention` -> `AuditMode`: the audit decomposes what torch's
+`FlopCounterMode` would (an op without a formula that has a composite kernel), evaluates the
+counter's formula for each leaf op (its ``flop_registry``, the shim's formulas included) and
+charges the innermost stage frame, then runs the op: for real, or with ``execution="shapes"``
 hollow (`vendor_shim.hollow`: counted ops answer with zeros of the right layout, top-k
-routing is balanced).  Afterwards: stage sum == audit total == counter total,
+routing is balanced).  ``cross_check=True`` stacks the stock `FlopCounterMode` above the audit
+as an independent count (it handles each op first; ~30 ms of a ~75 ms decode step, so off by
+default).  Afterwards: stage sum == audit total (== the stock counter's total when stacked),
 zero FLOPs outside the roots, every expected root call seen, or `VendorRunError`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import dataclass
@@ -33,6 +36,7 @@ from vendor_shim.backends.base import (
     StageRoots,
     VendorBackend,
 )
+from vendor_shim.decode_steps import StepRecord, inject, steps_of
 from vendor_shim.device_memory import cuda_allocator_probe
 from vendor_shim.env import base_environment, dtype_evidence, peak_rss_bytes, reset_peak_rss
 from vendor_shim.errors import VendorRunError, VendorShimError
@@ -41,6 +45,9 @@ from vendor_shim.hollow import HollowExecution
 from vendor_shim.op_meter import FusedAttention, OpMeter
 from vendor_shim.stages import UNATTRIBUTED, StageTracker
 from vendor_shim.trace import Trace, empty_stages
+
+# What totals.counter_total is: the stock counter's own total, or the audit's sum of the same registry's formulas.
+COUNTERS = {True: "torch FlopCounterMode (stacked above the audit)", False: "audit (FlopCounterMode's registry)"}
 
 
 class IncompleteCountWarning(UserWarning):
@@ -69,6 +76,8 @@ class _Executed:
     hollow: HollowExecution | None
     run_s: float
     memory: dict[str, Any]
+    counter: str  # what counter_total is (`COUNTERS`)
+    steps_stored: int = 0  # decode steps taken from `vendor_shim.decode_steps` records, not executed here
 
 
 def run_counted(
@@ -82,15 +91,35 @@ def run_counted(
     vision_loaded: LoadedModel | None = None,
     execution: str = "real",
     dtype_reason: str | None = None,
+    cross_check: bool = False,
+    decode_steps: list[StepRecord] | None = None,
+    steps_out: list[StepRecord] | None = None,
 ) -> Trace:
     """Count one workload.  ``vision_loaded`` (a vision-only build, e.g. on meta) runs the vision stack while
     ``loaded`` runs the decoder on pre-encoded placeholders; both under the same counter, audit and hooks.
-    ``execution="shapes"`` runs the counted ops hollow (`vendor_shim.hollow`): same ops, same counts, no arithmetic."""
+    ``execution="shapes"`` runs the counted ops hollow (`vendor_shim.hollow`): same ops, same counts, no arithmetic.
+    ``decode_steps``: the workload's K decode steps, measured before (`vendor_shim.decode_steps`): the run executes
+    vision and prefill and takes the steps from these.  ``steps_out`` receives the run's own decode steps."""
+    if decode_steps is not None and (execution != "shapes" or cross_check or vision_only):
+        raise VendorRunError("stored decode steps serve shapes-only full runs without the stock counter only")
+    if decode_steps is not None and len(decode_steps) != workload.decode_tokens:
+        raise VendorRunError(f"{len(decode_steps)} stored decode steps for a {workload.decode_tokens}-step workload")
     if execution not in EXECUTIONS:
         raise VendorRunError(f"execution {execution!r} unknown: use one of {', '.join(EXECUTIONS)}")
     t0 = time.perf_counter()
     plan = _plan(backend, loaded, workload, vision_only, vision_loaded)
-    done = _execute(backend, loaded, workload, plan, vision_only, execution)
+    done = _execute(backend, loaded, workload, plan, vision_only, execution, cross_check, decode_steps)
+    if steps_out is not None and not vision_only:
+        steps_out.extend(
+            steps_of(
+                done.tracker,
+                done.log,
+                workload.prefill_len,
+                workload.decode_tokens,
+                set(done.log.no_convention),
+                set(done.log.alias_mismatch),
+            )
+        )
     stages, op_breakdown, totals = _checked_counts(done, workload, vision_only)
     uncounted, reasons = _coverage_gaps(done.log)
     foreign_names = backend.foreign_ops().names()
@@ -132,6 +161,7 @@ def _checked_counts(
         "stage_sum": stage_sum,
         "audit_total": int(done.log.total_flops),
         "unattributed": unattributed,
+        "counter": done.counter,
     }
     return stages, op_breakdown, totals
 
@@ -197,8 +227,11 @@ def _execute(
     plan: _Plan,
     vision_only: bool,
     execution: str,
+    cross_check: bool = False,
+    decode_steps: list[StepRecord] | None = None,
 ) -> _Executed:
-    """The run itself under hooks, audit and counter (module docstring), with its peak memory."""
+    """The run itself under hooks and audit (and the stock counter when cross-checking: module docstring), with its
+    peak memory."""
     foreign = backend.foreign_ops()
     meter = OpMeter(
         weights=_weight_storages(loaded, plan.vision_loaded),
@@ -214,7 +247,7 @@ def _execute(
         module_names=plan.names,
         allocator=cuda_allocator_probe(loaded.device),
     )
-    counter = global_total_counter(foreign.flop_formulas())
+    counter = global_total_counter(foreign.flop_formulas())  # its registry is the audit's; entered if cross_check
     log = AuditLog()
     hollow = HollowExecution(set(counter.flop_registry)) if execution == "shapes" else None
     audit = AuditMode(counter.flop_registry, tracker.charge, log, meter, execute=hollow)
@@ -224,24 +257,25 @@ def _execute(
         torch.cuda.reset_peak_memory_stats()
     rss_reset = reset_peak_rss()
     gen: GenerationResult | None = None
+    k_run = workload.decode_tokens if decode_steps is None else 0
     t_run = time.perf_counter()
     try:
-        with tracker.attached(), torch.no_grad(), fused, audit, counter:
+        with tracker.attached(), torch.no_grad(), fused, audit, counter if cross_check else contextlib.nullcontext():
             if vision_only:
                 backend.run_vision(loaded, plan.inputs)
             elif plan.vision_loaded is not None and plan.vision_inputs is not None:
                 backend.run_vision(plan.vision_loaded, plan.vision_inputs)
-                gen = backend.run_generation_preencoded(
-                    loaded, plan.inputs, workload.decode_tokens, workload.lm_head_scope
-                )
+                gen = backend.run_generation_preencoded(loaded, plan.inputs, k_run, workload.lm_head_scope)
             else:
-                gen = backend.run_generation(loaded, plan.inputs, workload.decode_tokens, workload.lm_head_scope)
+                gen = backend.run_generation(loaded, plan.inputs, k_run, workload.lm_head_scope)
     except VendorShimError:
         raise
     except Exception as exc:
         raise VendorRunError(f"vendor run failed: {type(exc).__name__}: {exc}") from exc
     if cuda:
         torch.cuda.synchronize()
+    if decode_steps:
+        inject(tracker, log, decode_steps, workload.prefill_len, meter.no_convention, meter.alias_mismatch)
     high_water = tracker.allocator.high_water() if tracker.allocator is not None else None
     memory = {
         "peak_rss_bytes": peak_rss_bytes(),
@@ -252,7 +286,18 @@ def _execute(
     }
     log.no_convention = sorted(meter.no_convention)
     log.alias_mismatch = sorted(meter.alias_mismatch)
-    return _Executed(tracker, log, int(counter.get_total_flops()), gen, hollow, time.perf_counter() - t_run, memory)
+    counted = int(counter.get_total_flops()) if cross_check else int(log.total_flops)
+    return _Executed(
+        tracker,
+        log,
+        counted,
+        gen,
+        hollow,
+        time.perf_counter() - t_run,
+        memory,
+        COUNTERS[cross_check],
+        len(decode_steps or ()),
+    )
 
 
 def _models(loaded: LoadedModel, vision_loaded: LoadedModel | None) -> list[torch.nn.Module]:
@@ -325,6 +370,12 @@ def _received(plan: _Plan, done: _Executed, loaded: LoadedModel, vision_only: bo
     received["generation_path"] = done.gen.path if done.gen else None
     received["vision_device"] = plan.vision_loaded.device if plan.vision_loaded is not None else loaded.device
     received["execution"] = done.hollow.stats.to_dict() if done.hollow is not None else {"mode": "real"}
+    if done.steps_stored:  # the hollow counts above are the run's own: vision and prefill
+        received["execution"]["decode_steps_from_store"] = done.steps_stored
+        received["generation_path"] = (
+            f"{received['generation_path']}; then {done.steps_stored} decode steps executed by an earlier run at the "
+            "same key counts (vendor_shim.decode_steps)"
+        )
     hits = done.tracker.experts_hit
     received["routing"] = {  # experts hit per MoE layer: what the weight reads of the run depend on
         "prefill_experts_hit": list(hits.get(0, [])),

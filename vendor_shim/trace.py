@@ -21,8 +21,9 @@ Schema ``dsocr-flopcheck/vendor-trace`` version 2 (``schema_version: 2``; versio
   decode steps), null on cpu and meta; reported next to ``peak_bytes``, never a gated metric (absent in older
   traces).  A branch that did not run is all zeros.
 - ``measured_metrics``: the metrics measured (all of ``METRICS`` since version 2).
-- ``totals``: ``counter_total`` (FlopCounterMode's whole-run total), ``stage_sum`` (sum of all
-  leaves), ``audit_total`` (the audit's own sum) and ``unattributed`` (FLOPs outside every root,
+- ``totals``: ``counter_total`` (the whole-run total over FlopCounterMode's formula registry: the stock counter's
+  own total when it was stacked above the audit, else the audit's; ``counter`` says which), ``stage_sum`` (sum of
+  all leaves), ``audit_total`` (the audit's own sum) and ``unattributed`` (FLOPs outside every root,
   always 0 in a valid trace).
 - ``op_breakdown``: ``{stage: {part: {aten op: {"flops", "calls", "family", <other metrics>}}}}``
   (family from ``core.schema.aten_family``; ``flops`` are tensor FLOPs), decode summed over steps;
@@ -91,7 +92,7 @@ class Trace:
     workload: dict[str, Any]
     received: dict[str, Any]
     stages: dict[str, Any]
-    totals: dict[str, int]
+    totals: dict[str, Any]
     op_breakdown: dict[str, Any]
     calls: list[dict[str, Any]]
     coverage: dict[str, Any]

@@ -260,7 +260,7 @@ def _grouped_mm_bookkeeping(c: Cost, path: str | None, rows: int, pairs: int, h:
     c.traffic(sub(path, "gather_rows"), "index", pairs * h * db + pairs * i64, pairs * h * db)
     c.traffic(sub(path, "gather_weights"), "index", pairs * F32 + pairs * i64, pairs * F32)
     c.traffic(sub(path, "histc"), "histc", pairs * i64 + pairs * F32, pairs * F32 + e * F32)  # .float(), histc
-    c.traffic(sub(path, "offsets"), "cumsum", e * F32 + 2 * e * F32 + 2 * F32, e * F32)  # + both mm read offs
+    c.traffic(sub(path, "offsets"), "cumsum", e * F32 + 2 * e * F32, e * F32)  # + both mm read offs
     c.elementwise_flops += e  # the float cumsum: 1 per element
     c.traffic(sub(path, "inverse_perm"), "index_put", 2 * pairs * i64, 3 * pairs * i64)  # empty_like, arange
     # out * weights (float32 result), out[inverse_perm], .view(rows, k, h).sum(1), .to(dtype)
