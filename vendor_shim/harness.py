@@ -36,7 +36,8 @@ from vendor_shim.backends.base import (
     StageRoots,
     VendorBackend,
 )
-from vendor_shim.decode_steps import StepRecord, inject, steps_of
+from vendor_shim.decode_splice import inject, steps_of
+from vendor_shim.decode_steps import StepRecord
 from vendor_shim.device_memory import cuda_allocator_probe
 from vendor_shim.env import base_environment, dtype_evidence, peak_rss_bytes, reset_peak_rss
 from vendor_shim.errors import VendorRunError, VendorShimError

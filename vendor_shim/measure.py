@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.workload import VisionWorkload
 from vendor_shim.backends import REGISTRY, get_backend
@@ -16,6 +16,9 @@ from vendor_shim.backends.base import (
 from vendor_shim.cache import ModelCache
 from vendor_shim.errors import VendorInputError
 from vendor_shim.trace import Trace
+
+if TYPE_CHECKING:
+    from vendor_shim.decode_steps import StepRecord
 
 
 def check_device(device: str, vision_only: bool) -> None:
@@ -44,6 +47,8 @@ def measure(
     vision_device: str | None = None,
     execution: str = "auto",
     dtype_reason: str | None = None,
+    decode_steps: list[StepRecord] | None = None,
+    steps_out: list[StepRecord] | None = None,
 ) -> Trace:
     """Count what ``backend`` executes for ``workload``.  ``backend`` is a name or a backend object.
 
@@ -52,6 +57,8 @@ def measure(
     ``execution``: "shapes" runs the counted ops hollow (same ops and counts, no arithmetic: `vendor_shim.hollow`),
     "real" does the arithmetic (the reference), "auto" = shapes except on cuda.
     ``dtype_reason``: why ``workload.dtype`` was chosen (`vendor_shim.env.resolve_dtype`), kept in the trace.
+    ``decode_steps`` / ``steps_out``: the workload's decode steps measured before, and where this run's own go
+    (`vendor_shim.decode_steps`; in-process backends, shapes execution).
     Raises `VendorInputError` (exit 2) for bad requests, `VendorRunError` (exit 3) when the run fails.
     """
     if isinstance(backend, str):
@@ -69,6 +76,8 @@ def measure(
         else backend
     )
     if isinstance(be, OutOfProcessBackend):
+        if decode_steps is not None or steps_out is not None:
+            raise VendorInputError(f"backend {be.name!r} runs in a worker: its decode steps are not shared")
         return Trace.from_dict(
             be.measure_dict(
                 workload, device=device, vision_only=vision_only, execution=execution, dtype_reason=dtype_reason
@@ -84,6 +93,8 @@ def measure(
         vision_device=vision_device,
         execution=execution,
         dtype_reason=dtype_reason,
+        decode_steps=decode_steps,
+        steps_out=steps_out,
     )
 
 
@@ -110,6 +121,8 @@ def _measure_in_process(
     vision_device: str | None,
     execution: str,
     dtype_reason: str | None,
+    decode_steps: list[StepRecord] | None = None,
+    steps_out: list[StepRecord] | None = None,
 ) -> Trace:
     """Build (or reuse) the model in this process and count the workload under the harness."""
     reason = be.supports_device(device, vision_only)
@@ -136,6 +149,8 @@ def _measure_in_process(
         vision_loaded=vision_loaded,
         execution=execution,
         dtype_reason=dtype_reason,
+        decode_steps=decode_steps,
+        steps_out=steps_out,
     )
 
 

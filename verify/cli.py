@@ -72,8 +72,15 @@ def build_parser(prog: str, vision_only: bool) -> argparse.ArgumentParser:
     g.add_argument(
         "--cache-dir",
         type=user_path,
-        help="trace cache (default: $DSOCR_CACHE_DIR/traces)",
+        help="trace cache (default: $DSOCR_CACHE_DIR/traces); decode steps go to its decode-steps/ folder",
     )
+    if not vision_only:
+        g.add_argument(
+            "--per-page-steps",
+            action="store_true",
+            help="run every page's decode steps in its own run (default: a decode step is measured once per "
+            "signature and key count and shared by the pages that reach it; hf backend, shapes execution)",
+        )
 
     g = p.add_argument_group("gate and output")
     g.add_argument("--output-dir", type=user_path, default=Path("runs"), help="reports go to OUTPUT_DIR/<run id>/")
@@ -151,6 +158,7 @@ def config_from_args(args: argparse.Namespace, command: str, vision_only: bool) 
         analytic_overrides=[*args.override, *depth_overrides(args.decoder_layers)],
         use_cache=not args.no_cache,
         cache_dir=str(args.cache_dir or default_cache_root()),
+        share_steps=not getattr(args, "per_page_steps", False),
     )
 
 

@@ -55,6 +55,7 @@ class VerifyConfig:
     analytic_overrides: list[str] = field(default_factory=list)
     use_cache: bool = True
     cache_dir: str | None = None
+    share_steps: bool = True  # decode steps measured once per signature and key count (verify.step_cache)
     # the release of the implementation's library the vendor runs (transformers for hf and official), read from the
     # backend once it is known (`VendorMeasurer.impl_version`): picks the analytic profile's release variant
     impl_version: str | None = None

@@ -20,8 +20,9 @@ from vendor_shim.backends import impl_of
 from vendor_shim.backends.base import OutOfProcessBackend
 from vendor_shim.errors import InfrastructureError
 from vendor_shim.trace import SCHEMA_VERSION
-from verify.cache import TraceCache
+from verify.cache import TraceCache, hash_material
 from verify.runner import VendorFailure, VerifyConfig
+from verify.step_cache import StepCache
 
 _REPO = Path(__file__).resolve().parent.parent
 _MEASURING_CODE = ("vendor_shim", "core")  # the shim and the kernel it reads (workload, op rules, names)
@@ -52,6 +53,7 @@ class VendorMeasurer:
     _failures: dict[str, str] = field(default_factory=dict)
     _fresh: set[str] = field(default_factory=set)  # measured by prefetch, not yet handed to a page
     cache_problem: str | None = None  # why the cache is disabled or degraded, for the report's environment
+    steps: StepCache | None = None  # decode steps by signature and key count; None: every page runs its own
 
     @classmethod
     def create(cls, cfg: VerifyConfig) -> VendorMeasurer:
@@ -73,6 +75,9 @@ class VendorMeasurer:
         cache = TraceCache(Path(cfg.cache_dir), validate=valid_cache_trace) if cfg.use_cache and cfg.cache_dir else None
         measurer = cls(cfg, backend, cache, code_hashes, versions, model_cache=ModelCache())
         measurer._probe_cache()
+        if cfg.share_steps:  # in memory for the run; on disk beside the traces while the cache takes entries
+            writable = measurer.cache is not None and measurer.cache_problem is None
+            measurer.steps = StepCache(measurer.cache.root / "decode-steps" if writable else None)
         prepare = getattr(backend, "prepare_environment", None)
         if prepare is not None:  # InfrastructureError (exit 2): the environment cache, before any page
             prepare()
@@ -206,6 +211,12 @@ class VendorMeasurer:
             )
 
     def _measure(self, workload: VisionWorkload) -> dict[str, Any]:
+        if self.steps is not None and self._shares_steps(workload):
+            return self._measure_sharing_steps(workload)
+        return self._run(workload)
+
+    def _run(self, workload: VisionWorkload, **steps: Any) -> dict[str, Any]:
+        """One measurement (``steps``: `vendor_shim.measure`'s decode_steps / steps_out)."""
         from vendor_shim.errors import VendorShimError
         from vendor_shim.measure import measure
 
@@ -220,12 +231,90 @@ class VendorMeasurer:
                 vision_device=self.cfg.vision_device,
                 execution=self.cfg.execution,
                 dtype_reason=self.cfg.dtype_choice.get("reason"),
+                **steps,
             )
         except InfrastructureError:
             raise
         except VendorShimError as exc:
             raise VendorFailure(_one_line(exc)) from exc
         return trace.to_dict()
+
+    # -- decode steps measured once per signature and key count (verify.step_cache) -----------------
+    def _shares_steps(self, workload: VisionWorkload) -> bool:
+        """Steps are page-free only in hollow runs (real arithmetic makes routing data) of in-process backends."""
+        return (
+            not self.cfg.vision_only
+            and self.cfg.execution == "shapes"
+            and workload.decode_tokens > 0
+            and not isinstance(self.backend, OutOfProcessBackend)
+        )
+
+    def step_material(self, workload: VisionWorkload) -> dict[str, Any]:
+        """What a decode step's key is made of: everything that changes a step, nothing of the page."""
+        from vendor_shim.decode_steps import STEP_FORMAT, step_signature
+
+        return {
+            "step_format": STEP_FORMAT,
+            "backend": self.cfg.backend,
+            "backend_signature": self.backend.signature(),
+            "code_hashes": self.code_hashes,
+            "versions": self.versions,
+            "device": self._device_label(),
+            "schema_version": SCHEMA_VERSION,
+            "step": step_signature(workload),
+        }
+
+    def _measure_sharing_steps(self, workload: VisionWorkload) -> dict[str, Any]:
+        """The page's vision and prefill run here; its decode steps come from the step cache, and the key counts it
+        lacks are measured first by the cheapest page that reaches them (`vendor_shim.decode_steps.sweep_workload`).
+        A page that finds none of its steps runs them itself and leaves them for the others."""
+        from vendor_shim.decode_steps import sweep_workload
+
+        assert self.steps is not None
+        material = self.step_material(workload)
+        sig = hash_material(material)
+        need = range(workload.prefill_len + 1, workload.prefill_len + workload.decode_tokens + 1)
+        have = self.steps.get(sig, need)
+        if not have:
+            own: list[Any] = []
+            trace = self._run(workload, steps_out=own)
+            if trace.get("complete"):
+                self._keep_steps(sig, own, material)
+            return trace
+        for first, last in _missing_runs(need, have):
+            sweep = sweep_workload(workload, first, last - first + 1)
+            if sweep is None:  # no page's prefill is that short: the page runs its own steps
+                return self._run(workload)
+            swept: list[Any] = []
+            if not self._run(sweep, steps_out=swept).get("complete"):
+                return self._run(workload)  # the page's own run says what went uncounted
+            self._keep_steps(sig, swept, material)
+            have.update({s.keys: s for s in swept})
+        return self._run(workload, decode_steps=[have[k] for k in need])
+
+    def _keep_steps(self, sig: str, steps: list[Any], material: dict[str, Any]) -> None:
+        assert self.steps is not None
+        try:
+            self.steps.put(sig, steps, material if self.cache_problem is None else None)
+        except OSError as exc:  # the run keeps them in memory; the next runs measure them again
+            self._cache_fault(
+                f"degraded: writing decode steps to {self.steps.root} failed ({exc.strerror or exc}); steps measured "
+                "from then on kept for this run only"
+            )
+            self.steps.root = None
+
+
+def _missing_runs(need: range, have: dict[int, Any]) -> list[tuple[int, int]]:
+    """Maximal runs (first, last) of consecutive key counts in ``need`` that ``have`` lacks."""
+    runs: list[tuple[int, int]] = []
+    for k in need:
+        if k in have:
+            continue
+        if runs and runs[-1][1] == k - 1:
+            runs[-1] = (runs[-1][0], k)
+        else:
+            runs.append((k, k))
+    return runs
 
 
 def _cpu_info() -> dict[str, Any]:

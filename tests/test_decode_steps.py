@@ -1,0 +1,104 @@
+"""Decode steps measured once per key count: records, the splice into a page's run, the step store.
+
+Every expected FLOP figure is derived by hand (`test_vendor_hf.decoder_layer_flops`, from the published shapes);
+the other metrics are compared between two independent paths: a page that executed its own decode steps, and the
+same page given steps another (cheaper, differently shaped) page executed at the same key counts.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from core.workload import VisionWorkload
+from vendor_shim import ModelCache, measure
+from vendor_shim.backends.hf import HfBackend
+from vendor_shim.decode_steps import StepRecord, sweep_workload
+
+pytest.importorskip("transformers.models.unlimited_ocr")
+
+from test_vendor_hf import HID, VOCAB, decoder_layer_flops
+
+LAYERS = 2
+
+
+@pytest.fixture(scope="module")
+def models() -> ModelCache:
+    return ModelCache()
+
+
+def _run(w: VisionWorkload, models: ModelCache, **kw):
+    return measure(w, backend=HfBackend(num_text_layers=LAYERS), device="cpu", model_cache=models, fvcore=False, **kw)
+
+
+def _page(k: int = 3) -> VisionWorkload:
+    return VisionWorkload.from_page(500, 700, "small", prompt_tokens=5, decode_tokens=k, impl="hf", dtype="bfloat16")
+
+
+def _comparable(trace: dict) -> dict:
+    """What a page's trace must show identically whichever way its steps arrived.  Not: wall times and RSS; the
+    run's own hollow counts; the generation path (it says where the steps came from); generate()'s bookkeeping
+    between forwards (sampling, stopping checks: outside every stage, checked for zero tensor FLOPs in the run that
+    executed it), i.e. the unattributed ops and their calls."""
+    t = {k: v for k, v in trace.items() if k not in ("timing", "calls")}
+    t["memory"] = {k: v for k, v in t["memory"].items() if k != "peak_rss_bytes"}
+    t["received"] = {k: v for k, v in t["received"].items() if k not in ("execution", "generation_path")}
+    t["op_breakdown"] = {k: v for k, v in t["op_breakdown"].items() if k != "unattributed"}
+    t["coverage"] = t["coverage"] | {"ops_seen": {k: v["class"] for k, v in t["coverage"]["ops_seen"].items()}}
+    return t
+
+
+def test_a_page_given_steps_of_another_page_equals_its_own_run(models):
+    page = _page()
+    own_steps: list[StepRecord] = []
+    own = _run(page, models, steps_out=own_steps).to_dict()
+    # a tiny page whose prompt is padded so that its decode steps attend over the same key counts
+    sweep = sweep_workload(page, page.prefill_len + 1, page.decode_tokens)
+    assert sweep is not None and sweep.mode == "tiny" and sweep.prefill_len == page.prefill_len
+    assert (sweep.n_image_tokens, page.n_image_tokens) == (73, 111)  # tiny (8+1)*8+1; small 640: (10+1)*10+1
+    swept: list[StepRecord] = []
+    _run(sweep, models, steps_out=swept)
+    assert [s.keys for s in swept] == [s.keys for s in own_steps] == [page.prefill_len + t for t in (1, 2, 3)]
+    assert [s.to_dict() | {"calls": None} for s in swept] == [s.to_dict() | {"calls": None} for s in own_steps]
+    spliced = _run(page, models, decode_steps=swept).to_dict()
+    assert spliced["received"]["execution"]["decode_steps_from_store"] == 3
+    assert "then 3 decode steps executed by an earlier run" in spliced["received"]["generation_path"]
+    assert _comparable(own) == _comparable(spliced)
+    calls = [[c["root"], c["part"], c["step"], c["tensor_flops"], c["ops"], c["peak_bytes"]] for c in own["calls"]]
+    assert calls == [
+        [c["root"], c["part"], c["step"], c["tensor_flops"], c["ops"], c["peak_bytes"]] for c in spliced["calls"]
+    ]
+    # hand-derived figures at two key counts: decoder layers over prefill_len + t keys, lm_head on one row
+    for t in (1, 3):
+        step = spliced["stages"]["decode"]["steps"][t - 1]
+        keys = page.prefill_len + t
+        assert step["decoder"]["tensor_flops"] == sum(decoder_layer_flops(1, keys, i) for i in range(LAYERS))
+        assert step["lm_head"]["tensor_flops"] == 2 * HID * VOCAB
+
+
+def test_steps_for_the_wrong_key_counts_are_refused(models):
+    page = _page(2)
+    steps: list[StepRecord] = []
+    _run(_page(3), models, steps_out=steps)
+    from vendor_shim.errors import VendorRunError
+
+    with pytest.raises(VendorRunError, match="stored decode step"):
+        _run(page, models, decode_steps=steps[1:])  # keys prefill_len + 2, + 3 given as steps 1, 2
+    with pytest.raises(VendorRunError, match="3 stored decode steps for a 2-step workload"):
+        _run(page, models, decode_steps=steps)
+
+
+def test_step_record_round_trip_and_malformed_records():
+    rec = StepRecord(
+        keys=10,
+        cells={"decoder": {"aten.mm.default": [4, 0, 8, 8, 8, 0, 1]}},
+        calls=[],
+        kv_resident=40,
+        experts_hit=[6],
+        classes={"aten.mm.default": "counted"},
+    )
+    assert StepRecord.from_dict(rec.to_dict()) == rec
+    bad = rec.to_dict() | {"classes": {}}
+    with pytest.raises(ValueError, match="without its audit class"):
+        StepRecord.from_dict(bad)
+    with pytest.raises(ValueError, match="not a decode step record"):
+        StepRecord.from_dict({"keys": 3})

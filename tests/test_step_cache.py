@@ -1,0 +1,128 @@
+"""The decode-step cache: hits and misses, what a crash or a bad file leaves, and the verifier measuring each key
+count once (`verify.step_cache`, `verify.vendor_measure`).  No expected figure here is measured: the store tests
+use records written by hand, the run test counts which key counts were executed and where."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import pytest
+
+from core.workload import VisionWorkload
+from vendor_shim.decode_steps import StepRecord
+from verify.runner import VerifyConfig
+from verify.step_cache import StepCache
+from verify.vendor_measure import VendorMeasurer, _missing_runs
+
+SIG = "ab" * 32
+
+
+def _step(keys: int) -> StepRecord:
+    return StepRecord(
+        keys=keys,
+        cells={"decoder": {"aten.mm.default": [2 * keys, 0, 8, 8, 8, 0, 1]}},
+        calls=[],
+        kv_resident=40 * keys,
+        experts_hit=[6],
+        classes={"aten.mm.default": "counted"},
+    )
+
+
+def test_hit_and_miss_in_memory_and_across_runs(tmp_path):
+    store = StepCache(tmp_path)
+    assert store.get(SIG, range(10, 13)) == {}
+    store.put(SIG, [_step(10), _step(11)])
+    assert sorted(store.get(SIG, range(10, 13))) == [10, 11]  # 12 is a miss
+    files = list((tmp_path / "ab" / SIG).iterdir())
+    assert [f.name for f in files] == ["10-11.json"]
+    again = StepCache(tmp_path)  # the next run reads what this one wrote
+    assert again.get(SIG, [11]) == {11: _step(11)}
+    memory_only = StepCache(None)
+    memory_only.put(SIG, [_step(5)])
+    assert memory_only.get(SIG, [5]) == {5: _step(5)}
+
+
+def test_bad_files_are_misses_and_removed_and_a_killed_writers_temporary_is_ignored(tmp_path):
+    store = StepCache(tmp_path)
+    store.put(SIG, [_step(10), _step(11)])
+    folder = tmp_path / "ab" / SIG
+    good = folder / "10-11.json"
+    entry = json.loads(good.read_text())
+    (folder / "20-21.json").write_text(good.read_text()[:50])  # truncated: a crash without os.replace
+    (folder / "30-30.json").write_text(json.dumps(entry))  # steps 10, 11 under a name saying 30
+    (folder / "40-40.json").write_text(json.dumps(entry | {"key": "cd" * 32}))  # another signature's entry
+    bad_step = entry | {"steps": [entry["steps"][0] | {"classes": {}}]}
+    (folder / "50-50.json").write_text(json.dumps(bad_step))
+    (folder / ".steps-x.tmp").write_text("{")  # what a killed writer leaves
+    fresh = StepCache(tmp_path)
+    assert sorted(fresh.get(SIG, range(0, 60))) == [10, 11]
+    assert sorted(p.name for p in folder.iterdir()) == [".steps-x.tmp", "10-11.json"]
+
+
+def test_only_consecutive_key_counts_are_stored(tmp_path):
+    with pytest.raises(ValueError, match="not consecutive"):
+        StepCache(tmp_path).put(SIG, [_step(10), _step(12)])
+    with pytest.raises(ValueError, match="sha256"):
+        StepCache(tmp_path).get("../x", [1])
+
+
+def test_missing_runs_are_maximal_consecutive_ranges():
+    have = {k: None for k in (3, 4, 8)}
+    assert _missing_runs(range(1, 11), have) == [(1, 2), (5, 7), (9, 10)]
+    assert _missing_runs(range(3, 5), have) == []
+
+
+def _workload(prompt: int, k: int) -> VisionWorkload:
+    return VisionWorkload.from_page(
+        640, 640, "gundam", prompt_tokens=prompt, decode_tokens=k, impl="hf", dtype="bfloat16"
+    )
+
+
+def test_the_verifier_measures_each_key_count_once_and_pages_get_the_same_steps(tmp_path, monkeypatch):
+    """Two pages whose key ranges overlap: the first runs its own steps, the second measures only the key counts
+    the first did not reach (a sweep page), then takes all its steps from the store; a second run measures none."""
+    pytest.importorskip("transformers.models.unlimited_ocr")
+    cfg = VerifyConfig(
+        command="test", decode_tokens=None, cache_dir=str(tmp_path / "traces"), vision_device="meta", dtype="bfloat16"
+    )
+    a, b = _workload(12, 6), _workload(16, 4)  # b's prefill is 4 longer: a's last 2 steps are b's first 2
+    executed: list[tuple[str, int, int]] = []  # (mode, first key count, last) of every run that executed steps
+
+    def record(run):
+        def wrapped(self, w, **steps):
+            if w.decode_tokens and "decode_steps" not in steps:
+                executed.append((w.mode, w.prefill_len + 1, w.prefill_len + w.decode_tokens))
+            return run(self, w, **steps)
+
+        return wrapped
+
+    monkeypatch.setattr(VendorMeasurer, "_run", record(VendorMeasurer._run))
+    m = VendorMeasurer.create(cfg)
+    ta, _ = m(a, None)
+    tb, _ = m(b, None)
+    p = b.prefill_len
+    assert executed == [("gundam", a.prefill_len + 1, p + 2), ("tiny", p + 3, p + 4)]
+    assert tb["received"]["execution"]["decode_steps_from_store"] == 4
+    assert [s["decoder"] for s in ta["stages"]["decode"]["steps"][-2:]] == [
+        s["decoder"] for s in tb["stages"]["decode"]["steps"][:2]
+    ]
+    executed.clear()
+    again = VendorMeasurer.create(cfg)
+    again.cache = None  # page traces not served: the steps must come from the step store on disk
+    tb2, _ = again(b, None)
+    assert executed == [] and tb2["stages"] == tb["stages"]
+
+
+def test_a_step_store_that_cannot_be_written_degrades_to_memory(tmp_path, monkeypatch):
+    cfg = VerifyConfig(command="test", decode_tokens=2, cache_dir=str(tmp_path / "traces"))
+    m = VendorMeasurer.create(cfg)
+    assert m.steps is not None and m.steps.root == Path(cfg.cache_dir) / "decode-steps"
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(StepCache, "put", full)
+    m._keep_steps(SIG, [_step(1)], {})
+    assert m.steps.root is None and "decode steps" in (m.cache_problem or "")

@@ -1,0 +1,119 @@
+"""Decode steps in and out of a counted run (`vendor_shim.decode_steps` has the record and why it is page-free).
+
+`steps_of` takes the K decode steps of a run out of its tracker and audit log; `inject` puts stored steps into
+another run's tracker and log in place of executing them, so the harness's checks, its assembly and the trace are
+the same code whichever way a step arrived.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vendor_shim.audit import AuditLog, OpStats
+from vendor_shim.decode_steps import TENSOR, StepRecord
+from vendor_shim.errors import VendorRunError
+from vendor_shim.stages import CallRecord, StageTracker
+
+
+def steps_of(
+    tracker: StageTracker, log: AuditLog, prefill_len: int, k: int, no_convention: set[str], alias_mismatch: set[str]
+) -> list[StepRecord]:
+    """The K decode steps of one counted run (step t attended over prefill_len + t keys)."""
+    out = []
+    for t in range(1, k + 1):
+        cells = {
+            part: {op: list(c) for op, c in ops.items()}
+            for (stage, part, step), ops in tracker.leaf_ops.items()
+            if stage == "decode" and step == t
+        }
+        names = {op for ops in cells.values() for op in ops}
+        calls = [_call(r) for r in tracker.records if r.stage == "decode" and r.step == t]
+        out.append(
+            StepRecord(
+                keys=prefill_len + t,
+                cells=cells,
+                calls=calls,
+                kv_resident=tracker.kv_resident[t],
+                experts_hit=list(tracker.experts_hit.get(t, [])),
+                classes={op: log.ops[op].klass for op in sorted(names)},
+                no_convention=sorted(names & no_convention),
+                alias_mismatch=sorted(names & alias_mismatch),
+            )
+        )
+    return out
+
+
+def _call(r: CallRecord) -> dict[str, Any]:
+    return {
+        "root": r.root,
+        "module": r.module,
+        "part": r.part,
+        "input_shapes": r.input_shapes,
+        "tensor_flops": r.tensor_flops,
+        "ops": dict(r.ops),
+        "peak_bytes": r.peak_bytes,
+        "allocator_peak_bytes": r.allocator_peak_bytes,
+        "wall_s": r.wall_s,
+    }
+
+
+def inject(
+    tracker: StageTracker,
+    log: AuditLog,
+    steps: list[StepRecord],
+    prefill_len: int,
+    no_convention: set[str],
+    alias_mismatch: set[str],
+) -> None:
+    """Stored steps as if the run had executed them after its prefill: step t must have attended over
+    prefill_len + t keys, and the run must have executed its prefill and nothing after it."""
+    if tracker.top_calls != 1:
+        raise VendorRunError(f"stored decode steps go after the prefill only, but {tracker.top_calls} forwards ran")
+    for t, step in enumerate(steps, start=1):
+        if step.keys != prefill_len + t:
+            raise VendorRunError(
+                f"stored decode step for {step.keys} keys given as step {t} of a {prefill_len} prefill"
+            )
+        for part, ops in step.cells.items():
+            for op, cell in ops.items():
+                dst = tracker.leaf_ops[("decode", part, t)][op]
+                for i, v in enumerate(cell):
+                    dst[i] += v
+                _log_op(log, op, cell, step.classes[op])
+        for c in step.calls:
+            tracker.records.append(_record(c, len(tracker.records), t))
+        tracker.kv_resident.append(step.kv_resident)
+        if step.experts_hit:
+            tracker.experts_hit[t] = list(step.experts_hit)
+        no_convention.update(step.no_convention)
+        alias_mismatch.update(step.alias_mismatch)
+    tracker.top_calls += len(steps)
+
+
+def _log_op(log: AuditLog, op: str, cell: list[int], klass: str) -> None:
+    st = log.ops.get(op)
+    if st is None:
+        st = log.ops[op] = OpStats(klass=klass)
+    elif st.klass == "non_float" and klass != "non_float":
+        st.klass = klass
+    st.calls += cell[-1]
+    st.flops += cell[TENSOR]
+    log.total_flops += cell[TENSOR]
+
+
+def _record(c: dict[str, Any], index: int, step: int) -> CallRecord:
+    return CallRecord(
+        index=index,
+        root=c["root"],
+        module=c["module"],
+        stage="decode",
+        part=c["part"],
+        step=step,
+        input_shapes=c["input_shapes"],
+        tensor_flops=c["tensor_flops"],
+        ops=dict(c["ops"]),
+        entry_live=0,
+        peak_live=c["peak_bytes"],
+        allocator_peak_bytes=c["allocator_peak_bytes"],
+        wall_s=c["wall_s"],
+    )

@@ -1,0 +1,107 @@
+"""Decode steps as data: what one metered decode step left in the tracker and the audit, keyed by its key count.
+
+At batch 1 a decode step's executed work depends on the model, backend, implementation, dtype, routing rule and
+the number of keys it attends over (prefill_len + t), never on the page: the vision stack ran in the prefill and
+the step sees one token and a cache of that length.  Torch-free (the verifier keeps and looks steps up without
+importing torch); `vendor_shim.decode_splice` takes a run's steps out of its tracker and audit log and puts stored
+ones into another run.  Only hollow (shapes) runs qualify: with real arithmetic the routing is data and the step
+depends on the page.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.families import family
+from core.metrics import TRAFFIC
+from core.workload import VisionWorkload
+
+TENSOR = TRAFFIC.index("tensor_flops")
+STEP_FORMAT = 1  # bump when a StepRecord's fields change meaning
+_CELL = len(TRAFFIC) + 1  # a leaf cell: the traffic vector, then the call count
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One decode step: ``keys`` it attended over; per part (decoder, lm_head) its per-op cells; its root calls;
+    the K/V cache bytes after it; the experts its MoE layers hit; the audit class of each op it ran."""
+
+    keys: int
+    cells: dict[str, dict[str, list[int]]]  # part -> op -> [*TRAFFIC, calls]
+    calls: list[dict[str, Any]]  # root, module, part, input_shapes, tensor_flops, ops, peak_bytes, ... wall_s
+    kv_resident: int
+    experts_hit: list[int]
+    classes: dict[str, str]  # op -> audit class (counted, allowed:<category>, non_float, uncounted)
+    no_convention: list[str] = field(default_factory=list)
+    alias_mismatch: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "keys": self.keys,
+            "cells": self.cells,
+            "calls": self.calls,
+            "kv_resident": self.kv_resident,
+            "experts_hit": self.experts_hit,
+            "classes": self.classes,
+            "no_convention": self.no_convention,
+            "alias_mismatch": self.alias_mismatch,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StepRecord:
+        """Raises ValueError for anything that is not a well-formed step (a stored entry is then a miss)."""
+        try:
+            step = cls(
+                keys=int(d["keys"]),
+                cells={
+                    str(p): {str(op): [int(v) for v in c] for op, c in ops.items()} for p, ops in d["cells"].items()
+                },
+                calls=[dict(c) for c in d["calls"]],
+                kv_resident=int(d["kv_resident"]),
+                experts_hit=[int(x) for x in d["experts_hit"]],
+                classes={str(k): str(v) for k, v in d["classes"].items()},
+                no_convention=[str(x) for x in d.get("no_convention", [])],
+                alias_mismatch=[str(x) for x in d.get("alias_mismatch", [])],
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a decode step record: {exc}") from None
+        if any(len(c) != _CELL for ops in step.cells.values() for c in ops.values()):
+            raise ValueError(f"a cell of step {step.keys} does not have {_CELL} entries")
+        if any(op not in step.classes for ops in step.cells.values() for op in ops):
+            raise ValueError(f"step {step.keys} has an op without its audit class")
+        return step
+
+    @property
+    def tensor_flops(self) -> int:
+        return sum(c[TENSOR] for ops in self.cells.values() for c in ops.values())
+
+
+# What a decode step's work depends on besides its key count (module docstring); the page's geometry and token
+# counts are not among them.
+STEP_FIELDS = ("model", "impl", "impl_version", "attn_impl", "dtype", "batch", "lm_head_scope")
+
+
+def step_signature(workload: VisionWorkload) -> dict[str, Any]:
+    return {f: getattr(workload, f) for f in STEP_FIELDS}
+
+
+def sweep_workload(template: VisionWorkload, first_keys: int, steps: int) -> VisionWorkload | None:
+    """The cheapest page whose decode steps 1..``steps`` attend over ``first_keys``.. keys: the family's mode with the
+    fewest image tokens (no crops), its prompt padded so that prefill_len = first_keys - 1.  None when even that
+    page's prefill is longer."""
+    best: VisionWorkload | None = None
+    for name, preset in family(template.model).rules.modes.items():
+        if preset.crop_mode:
+            continue
+        w = VisionWorkload.from_page(
+            preset.base_size, preset.base_size, name, **step_signature(template), prompt_tokens=0
+        )
+        if best is None or w.prefill_len < best.prefill_len:
+            best = w
+    pad = first_keys - 1 - best.prefill_len if best is not None else -1
+    if best is None or pad < 0:
+        return None
+    return VisionWorkload.from_page(
+        best.width, best.height, best.mode, **step_signature(template), prompt_tokens=pad, decode_tokens=steps
+    )
