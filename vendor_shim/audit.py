@@ -36,7 +36,6 @@ from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from core.op_rules import ALLOWED_OPS
 from vendor_shim.op_meter import OpMeter
@@ -109,8 +108,18 @@ def classify(func: Any, has_formula: bool, touches_float: bool, foreign_category
 
 
 def _touches_float(args: Any, kwargs: Any, out: Any) -> bool:
-    leaves, _ = tree_flatten((args, kwargs, out))
-    return any(isinstance(x, torch.Tensor) and (x.is_floating_point() or x.is_complex()) for x in leaves)
+    """A floating (or complex) tensor among the op's arguments or results (asked on every call of an integer op)."""
+    stack = [args, kwargs, out]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, torch.Tensor):
+            if x.is_floating_point() or x.is_complex():
+                return True
+        elif isinstance(x, list | tuple):
+            stack.extend(x)
+        elif isinstance(x, dict):
+            stack.extend(x.values())
+    return False
 
 
 @dataclass
@@ -143,12 +152,15 @@ class AuditMode(TorchDispatchMode):
         log: AuditLog,
         meter: OpMeter | None = None,
         execute: Callable[[Any, tuple[Any, ...], dict[str, Any]], Any] | None = None,
+        count_call: Callable[[str], None] | None = None,
     ) -> None:
         """``meter``: every other metric of the op (default: a meter that knows no weights).  ``execute(func, args,
         kwargs)`` runs the op (default: the kernel itself; `vendor_shim.hollow` answers counted ops with shapes
-        only).  Being the bottom mode, the audit sees the op either way."""
+        only).  Being the bottom mode, the audit sees the op either way.  ``count_call(op_name)``: charges an op
+        whose vector is zeros by definition (`OpMeter.moves_nothing`) as one call, without measuring it."""
         super().__init__()
         self.execute = execute
+        self.count_call = count_call
         self.registry = registry
         self.charge = charge
         self.log = log
@@ -208,7 +220,10 @@ class AuditMode(TorchDispatchMode):
             flops = int(formula(*args, **kwargs, out_val=out))
             st.flops += flops
             self.log.total_flops += flops
-        self.charge(name, self.meter.measure(func, name, args, kwargs, out, flops))
+        if not flops and self.count_call is not None and self.meter.moves_nothing(func):
+            self.count_call(name)
+        else:
+            self.charge(name, self.meter.measure(func, name, args, kwargs, out, flops))
         return out
 
 

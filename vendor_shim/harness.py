@@ -251,7 +251,7 @@ def _execute(
     counter = global_total_counter(foreign.flop_formulas())  # its registry is the audit's; entered if cross_check
     log = AuditLog()
     hollow = HollowExecution(set(counter.flop_registry)) if execution == "shapes" else None
-    audit = AuditMode(counter.flop_registry, tracker.charge, log, meter, execute=hollow)
+    audit = AuditMode(counter.flop_registry, tracker.charge, log, meter, execute=hollow, count_call=tracker.count_call)
     fused = FusedAttention(meter, tracker.charge)
     cuda = loaded.device == "cuda"
     if cuda:

@@ -173,6 +173,15 @@ class StageTracker:
             cell[i] += v
         cell[-1] += 1
 
+    def count_call(self, op_name: str) -> None:
+        """`charge` of an op whose vector is all zeros: only its call is counted."""
+        if self.frames:
+            fr = self.frames[-1]
+            key = (fr.stage, fr.part, fr.step)
+        else:
+            key = (*UNATTRIBUTED, self.top_calls - 1 if self.top_depth else -1)
+        self.leaf_ops[key][op_name][-1] += 1
+
     def _settle_kv(self, output: Any) -> None:
         """Charge this forward's reads of its returned cache (module docstring of `vendor_shim.op_meter`)."""
         cache = cache_tensors(output)
