@@ -28,6 +28,7 @@ from reports.html_charts import (
     page_flops,
     share_chart,
 )
+from reports.length_charts import length_cells, length_chart, length_table
 from reports.model import RunResult
 from reports.safe import html_line as _e
 from reports.safe import safe_text
@@ -307,8 +308,10 @@ def _pages(run: RunResult, df: pd.DataFrame) -> list[str]:
     worst = page_worst(df)
     flops = page_flops(df)
     skipped = _not_run(df)
+    lengths = length_table(run, df)
     head = ["page", "status", "source", "size", "mode", "grid", "image tokens", "prefill len", "decode tokens"]
-    head += ["vendor FLOPs", "analytic FLOPs", "worst rel delta", "not run", "cache"]
+    head += ["decode share of io", "K/V at end", "vendor FLOPs", "analytic FLOPs", "worst rel delta", "not run"]
+    head += ["cache"]
     ordered = sorted(run.pages, key=lambda p: (p.passed, p.page.page_id))  # failures first
     rows, classes = [], []
     for p in ordered:
@@ -329,6 +332,7 @@ def _pages(run: RunResult, df: pd.DataFrame) -> list[str]:
                 ("num", w.get("n_image_tokens", "-")),
                 ("num", w.get("prefill_len", "-")),
                 ("num", w.get("decode_tokens", "-")),
+                *(("num", cell) for cell in length_cells(lengths, p.page.page_id)),
                 (
                     "num",
                     "-" if totals is None else format_metric(CHART_METRIC, totals.vendor),
@@ -341,7 +345,8 @@ def _pages(run: RunResult, df: pd.DataFrame) -> list[str]:
         )
         classes.append("" if p.passed else "fail")
     note = f"<p>FLOPs: {_e(metric_name(CHART_METRIC))} over every stage; failing pages first.</p>"
-    return ["<h2>Pages</h2>", *figure_html(page_chart(run, df), 1), note, _table(head, rows, classes)]
+    charts = [*figure_html(page_chart(run, df), 1), *figure_html(length_chart(run, df), 2)]
+    return ["<h2>Pages</h2>", *charts, note, _table(head, rows, classes)]
 
 
 def _not_run(df: pd.DataFrame) -> dict[str, str]:

@@ -11,6 +11,7 @@ import pandas as pd
 from core.families import DEFAULT_FAMILY
 from reports.format import format_metric, format_rel
 from reports.frame import Comparison, failing, page_worst
+from reports.length_charts import length_cells, length_table
 from reports.model import PageResult, RunResult
 from reports.summary import implementation_label, is_synthetic, verdict_line
 
@@ -37,7 +38,7 @@ def render_markdown(run: RunResult, comparison: Comparison | None = None) -> str
         "",
     ]
     out += _failures(df) + _errors(run)
-    out += _gated_table(summary) + _branch_detail(summary) + _pages(run, page_worst(df))
+    out += _gated_table(summary) + _branch_detail(summary) + _pages(run, page_worst(df), length_table(run, df))
     out += _json_block("Environment", run.environment) + _json_block("Config", run.config)
     return "\n".join(out).rstrip() + "\n"
 
@@ -129,14 +130,15 @@ def _pair(s) -> str:
     return f"{format_metric(s.metric, s.vendor_total)} / {analytic} ({format_rel(s.max_rel)} max)"
 
 
-def _pages(run: RunResult, worst: pd.Series) -> list[str]:
+def _pages(run: RunResult, worst: pd.Series, lengths: pd.DataFrame) -> list[str]:
     head = ["page", "status", "source", "size", "grid", "image tokens", "prefill len", "decode tokens"]
-    head += ["worst rel delta", "cache"]
+    head += ["decode share of io", "K/V at end", "worst rel delta", "cache"]
     ordered = sorted(run.pages, key=lambda p: (p.passed, p.page.page_id))  # failures first
-    return ["## Pages", "", *_table(head, [_page_cells(p, worst.get(p.page.page_id)) for p in ordered])]
+    rows = [_page_cells(p, worst.get(p.page.page_id), length_cells(lengths, p.page.page_id)) for p in ordered]
+    return ["## Pages", "", *_table(head, rows)]
 
 
-def _page_cells(p: PageResult, worst: float | None) -> list[str]:
+def _page_cells(p: PageResult, worst: float | None, length: tuple[str, str]) -> list[str]:
     w = p.workload or {}
     status = "PASS" if p.passed else (f"ERROR ({p.error_kind})" if p.error else "FAIL")
     source = p.page.source + (f": {p.page.attributes['data_source']}" if p.page.attributes.get("data_source") else "")
@@ -150,6 +152,7 @@ def _page_cells(p: PageResult, worst: float | None) -> list[str]:
         str(w.get("n_image_tokens", "-")),
         str(w.get("prefill_len", "-")),
         str(w.get("decode_tokens", "-")),
+        *length,
         format_rel(worst) if worst is not None and worst == worst else "-",
         "hit" if p.cache_hit else "miss",
     ]

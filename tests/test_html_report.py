@@ -307,3 +307,39 @@ def test_renders_in_headless_chromium(tmp_path):
     for name, rgb in CHART_COLORS.items():  # the bars and markers were painted, in the chart colours
         near = int((np.abs(pixels - np.array(rgb)).max(axis=1) <= 12).sum())
         assert near > 2000, f"hardly any {name}-coloured pixels ({near}): the SVG charts did not render"
+
+
+def _decoding_page(page_id: str, k: int, kv: list[int]) -> PageResult:
+    """A page with k decode steps: io bytes 100 per vision/prefill leaf, 10 per decode step's decoder (analytic)."""
+    p = _page(page_id)
+    p.workload = {**(p.workload or {}), "decode_tokens": k}
+    rows = [r for r in p.rows if r.metric == "tensor_flops"]
+    for stage, part in leaf_paths():
+        io = 10.0 * k if (stage, part) == ("decode", "decoder") else (0.0 if stage == "decode" else 100.0)
+        rows.append(ComparisonRow(page_id, stage, part, "io_bytes", io, io, 0.0, 0.0, 0.01, True))
+    p.rows = rows
+    steps = [{"decoder": {"io_bytes": 10}, "lm_head": {"io_bytes": 0}} for _ in range(k)]
+    p.analytic = {"stages": {"decode": {"steps": steps}}, "memory": {"kv_cache_resident_bytes": kv}}
+    p.trace = {"memory": {"kv_cache_resident_bytes": kv}}
+    return p
+
+
+def test_length_chart_decode_share_and_kv_at_the_end_by_hand():
+    from reports.frame import Comparison
+    from reports.length_charts import length_chart, length_table
+
+    run = _run([_decoding_page("long", 30, [1000, 1010, 1020]), _page("vision-only-like")])
+    df = Comparison.of(run).frame
+    table = length_table(run, df)
+    assert list(table.index) == ["long"]  # a page without decode steps has no point
+    # 8 vision/prefill leaves of 100 (crops included: the page has 2 x 3 crops) + decode 30 x 10 = 300 + lm_head 0
+    n_leaves = sum(1 for s, _ in leaf_paths() if s != "decode")
+    assert table.loc["long", "decode_share_io_bytes"] == pytest.approx(100 * 300 / (100 * n_leaves + 300))
+    assert table.loc["long", "kv_end_vendor"] == table.loc["long", "kv_end_analytic"] == 1020
+    fig, label, caption = length_chart(run, df)
+    assert label == "Cost against output length" and "verified at 30 output tokens" in caption
+    assert len(fig.axes) == 3
+    body = render_html(run)
+    assert body.count("<figure>") == N_CHARTS + 1
+    share = f"{100 * 300 / (100 * n_leaves + 300):.0f}%"
+    assert f'<td class="num">{share}</td><td class="num">1020 B</td>' in body  # the page table's two cells
