@@ -102,3 +102,20 @@ def test_step_record_round_trip_and_malformed_records():
         StepRecord.from_dict(bad)
     with pytest.raises(ValueError, match="not a decode step record"):
         StepRecord.from_dict({"keys": 3})
+
+
+def test_deepseek_ocr2_steps_of_a_smaller_page_equal_its_own(models):
+    """DeepSeek-OCR 2 (Qwen2 encoder vision, the same MoE decoder): a base-mode page (1024: 257 image tokens) and the
+    small-mode page (768: 145) padded to the same prefill execute the same decode steps, metric for metric."""
+    be = HfBackend(num_text_layers=LAYERS, family="deepseek-ocr-2")
+    page = VisionWorkload.from_page(
+        700, 700, "base", prompt_tokens=5, decode_tokens=2, impl="hf", dtype="bfloat16", model="deepseek-ocr-2"
+    )
+    sweep = sweep_workload(page, page.prefill_len + 1, 2)
+    assert sweep is not None and (sweep.mode, sweep.n_image_tokens, page.n_image_tokens) == ("small", 145, 257)
+    own: list[StepRecord] = []
+    swept: list[StepRecord] = []
+    for w, out in ((page, own), (sweep, swept)):
+        measure(w, backend=be, device="cpu", model_cache=models, fvcore=False, vision_device="meta", steps_out=out)
+    assert [s.to_dict() | {"calls": None} for s in swept] == [s.to_dict() | {"calls": None} for s in own]
+    assert [s.keys for s in own] == [page.prefill_len + 1, page.prefill_len + 2]
