@@ -69,17 +69,26 @@ def inject(
     prefill_len + t keys, and the run must have executed its prefill and nothing after it."""
     if tracker.top_calls != 1:
         raise VendorRunError(f"stored decode steps go after the prefill only, but {tracker.top_calls} forwards ran")
+    per_op: dict[str, list[Any]] = {}  # op -> [calls, tensor FLOPs, audit class] over the steps
     for t, step in enumerate(steps, start=1):
         if step.keys != prefill_len + t:
             raise VendorRunError(
                 f"stored decode step for {step.keys} keys given as step {t} of a {prefill_len} prefill"
             )
         for part, ops in step.cells.items():
+            leaf = tracker.leaf_ops[("decode", part, t)]
+            if leaf:
+                raise VendorRunError(f"decode step {t} ran here and was given stored: it would be counted twice")
             for op, cell in ops.items():
-                dst = tracker.leaf_ops[("decode", part, t)][op]
-                for i, v in enumerate(cell):
-                    dst[i] += v
-                _log_op(log, op, cell, step.classes[op])
+                leaf[op] = list(cell)
+                seen = per_op.get(op)
+                if seen is None:
+                    per_op[op] = [cell[-1], cell[TENSOR], step.classes[op]]
+                else:
+                    seen[0] += cell[-1]
+                    seen[1] += cell[TENSOR]
+                    if seen[2] == "non_float":
+                        seen[2] = step.classes[op]
         for c in step.calls:
             tracker.records.append(_record(c, len(tracker.records), t))
         tracker.kv_resident.append(step.kv_resident)
@@ -88,17 +97,19 @@ def inject(
         no_convention.update(step.no_convention)
         alias_mismatch.update(step.alias_mismatch)
     tracker.top_calls += len(steps)
+    for op, (calls, flops, klass) in per_op.items():
+        _log_op(log, op, calls, flops, klass)
 
 
-def _log_op(log: AuditLog, op: str, cell: list[int], klass: str) -> None:
+def _log_op(log: AuditLog, op: str, calls: int, flops: int, klass: str) -> None:
     st = log.ops.get(op)
     if st is None:
         st = log.ops[op] = OpStats(klass=klass)
     elif st.klass == "non_float" and klass != "non_float":
         st.klass = klass
-    st.calls += cell[-1]
-    st.flops += cell[TENSOR]
-    log.total_flops += cell[TENSOR]
+    st.calls += calls
+    st.flops += flops
+    log.total_flops += flops
 
 
 def _record(c: dict[str, Any], index: int, step: int) -> CallRecord:

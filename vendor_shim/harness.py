@@ -416,7 +416,7 @@ def _assemble(
     """Leaves from the per-op cells (sums) and the call records (``peak_bytes``: the maximum over calls)."""
     k = 0 if vision_only else workload.decode_tokens
     stages = empty_stages(k, workload.model)
-    breakdown: dict[str, Any] = {}
+    raw: dict[tuple[str, str], dict[str, list[int]]] = {}  # (stage, part) -> op -> cells summed over steps
     unattributed = 0
     for (stage, part, step), ops in tracker.leaf_ops.items():
         sums = op_metrics({t: sum(cell[i] for cell in ops.values()) for i, t in enumerate(TRAFFIC)})
@@ -432,14 +432,22 @@ def _assemble(
             for leaf in leaves:
                 for metric, v in sums.items():
                     leaf[metric] += v
+        dst = raw.setdefault((stage, part), {})
+        for op, cell in ops.items():
+            acc = dst.get(op)
+            if acc is None:
+                dst[op] = list(cell)
+            else:
+                for i, v in enumerate(cell):
+                    acc[i] += v
+    breakdown: dict[str, Any] = {}
+    for (stage, part), ops in raw.items():  # the metrics are linear in the traffic: per op once, steps summed
         dst = breakdown.setdefault(stage, {}).setdefault(part, {})
         for op, cell in ops.items():
-            row = dst.setdefault(
-                op, {"flops": 0, "calls": 0, "family": aten_family(op)} | dict.fromkeys(OP_METRICS[1:], 0)
-            )
-            row["calls"] += cell[-1]
+            row = {"flops": 0, "calls": cell[-1], "family": aten_family(op)} | dict.fromkeys(OP_METRICS[1:], 0)
             for metric, v in op_metrics(dict(zip(TRAFFIC, cell, strict=False))).items():
                 row["flops" if metric == "tensor_flops" else metric] += v
+            dst[op] = row
     for rec in tracker.records:
         leaves = [stages[rec.stage][rec.part]]
         if rec.stage == "decode" and 1 <= rec.step <= k:
