@@ -44,17 +44,8 @@ def steps_of(
 
 
 def _call(r: CallRecord) -> dict[str, Any]:
-    return {
-        "root": r.root,
-        "module": r.module,
-        "part": r.part,
-        "input_shapes": r.input_shapes,
-        "tensor_flops": r.tensor_flops,
-        "ops": dict(r.ops),
-        "peak_bytes": r.peak_bytes,
-        "allocator_peak_bytes": r.allocator_peak_bytes,
-        "wall_s": r.wall_s,
-    }
+    """A root call of a step as stored: its record without what the run it lands in decides (index, stage, step)."""
+    return {k: v for k, v in r.to_dict().items() if k not in ("index", "stage", "step")}
 
 
 def inject(
