@@ -126,3 +126,21 @@ def test_a_step_store_that_cannot_be_written_degrades_to_memory(tmp_path, monkey
     monkeypatch.setattr(StepCache, "put", full)
     m._keep_steps(SIG, [_step(1)], {})
     assert m.steps.root is None and "decode steps" in (m.cache_problem or "")
+
+
+def test_a_read_only_cache_serves_its_stored_steps_and_keeps_new_ones_in_memory(tmp_path, monkeypatch):
+    import tempfile
+
+    cfg = VerifyConfig(command="test", decode_tokens=2, cache_dir=str(tmp_path / "traces"))
+    StepCache(Path(cfg.cache_dir) / "decode-steps").put(SIG, [_step(10)])
+
+    def read_only(*_a, **_k):  # as the kernel answers for a read-only mount (root writes through chmod)
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    m = VendorMeasurer.create(cfg)
+    assert (m.cache_problem or "").startswith("read-only") and m.steps is not None
+    assert m.steps.get(SIG, [10]) == {10: _step(10)}  # stored steps served
+    m._keep_steps(SIG, [_step(11)], {})  # a new one: kept in memory, no second warning
+    assert m.steps.root is None and m.cache_problem.startswith("read-only")
+    assert sorted(m.steps.get(SIG, [10, 11])) == [10, 11]

@@ -75,9 +75,8 @@ class VendorMeasurer:
         cache = TraceCache(Path(cfg.cache_dir), validate=valid_cache_trace) if cfg.use_cache and cfg.cache_dir else None
         measurer = cls(cfg, backend, cache, code_hashes, versions, model_cache=ModelCache())
         measurer._probe_cache()
-        if cfg.share_steps:  # in memory for the run; on disk beside the traces while the cache takes entries
-            writable = measurer.cache is not None and measurer.cache_problem is None
-            measurer.steps = StepCache(measurer.cache.root / "decode-steps" if writable else None)
+        if cfg.share_steps:  # in memory for the run, on disk beside the traces (read-only: stored steps still served)
+            measurer.steps = StepCache(measurer.cache.root / "decode-steps" if measurer.cache is not None else None)
         prepare = getattr(backend, "prepare_environment", None)
         if prepare is not None:  # InfrastructureError (exit 2): the environment cache, before any page
             prepare()
@@ -295,12 +294,13 @@ class VendorMeasurer:
     def _keep_steps(self, sig: str, steps: list[Any], material: dict[str, Any]) -> None:
         assert self.steps is not None
         try:
-            self.steps.put(sig, steps, material if self.cache_problem is None else None)
+            self.steps.put(sig, steps, material)
         except OSError as exc:  # the run keeps them in memory; the next runs measure them again
-            self._cache_fault(
-                f"degraded: writing decode steps to {self.steps.root} failed ({exc.strerror or exc}); steps measured "
-                "from then on kept for this run only"
-            )
+            if self.cache_problem is None:  # a read-only cache has said so already
+                self._cache_fault(
+                    f"degraded: writing decode steps to {self.steps.root} failed ({exc.strerror or exc}); steps "
+                    "measured from then on kept for this run only"
+                )
             self.steps.root = None
 
 
