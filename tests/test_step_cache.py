@@ -144,3 +144,23 @@ def test_a_read_only_cache_serves_its_stored_steps_and_keeps_new_ones_in_memory(
     m._keep_steps(SIG, [_step(11)], {})  # a new one: kept in memory, no second warning
     assert m.steps.root is None and m.cache_problem.startswith("read-only")
     assert sorted(m.steps.get(SIG, [10, 11])) == [10, 11]
+
+
+def test_the_page_line_says_when_a_pages_steps_were_shared():
+    import io
+
+    from rich.console import Console
+
+    from reports.model import PageResult, PageSpec
+    from verify.cli import _page_logger
+
+    out = io.StringIO()
+    log = _page_logger(Console(file=out, width=200), 2)
+    page = PageSpec("p1", 640, 640, "embedded")
+    wl = {"w_crop": 1, "h_crop": 1, "n_crops": 0}
+    shared = {"received": {"execution": {"mode": "shapes", "decode_steps_from_store": 1400}}}
+    log(PageResult(page=page, workload=wl, trace=shared))
+    log(PageResult(page=page, workload=wl, trace={"received": {"execution": {"mode": "shapes"}}}))
+    first, second = out.getvalue().splitlines()
+    assert "measured (its 1,400 decode steps shared by key count)" in first
+    assert second.startswith("[2/2] p1: ok, no crops, measured, ")

@@ -427,6 +427,9 @@ def _page_logger(console: Console, total: int):
         grid = "no workload" if not wl else f"grid {wl['w_crop']}x{wl['h_crop']}" if wl.get("n_crops") else "no crops"
         verdict = "ok" if res.passed else f"FAIL ({res.error_kind})" if res.error else "FAIL"
         cache = "served from cache (same workload signature)" if res.cache_hit else "measured"
+        stored = (((res.trace or {}).get("received") or {}).get("execution") or {}).get("decode_steps_from_store")
+        if stored and not res.cache_hit:
+            cache += f" (its {stored:,} decode steps shared by key count)"
         console.print(
             f"[{state['done']}/{total}] {printable(res.page.page_id)}: {verdict}, {grid}, {cache}, "
             f"{now - state['t']:.1f} s",
