@@ -119,3 +119,25 @@ def test_deepseek_ocr2_steps_of_a_smaller_page_equal_its_own(models):
         measure(w, backend=be, device="cpu", model_cache=models, fvcore=False, vision_device="meta", steps_out=out)
     assert [s.to_dict() | {"calls": None} for s in swept] == [s.to_dict() | {"calls": None} for s in own]
     assert [s.keys for s in own] == [page.prefill_len + 1, page.prefill_len + 2]
+
+
+def test_vision_and_prefill_kept_by_signature_serve_a_page_of_another_length(models):
+    """Two pages of one signature but for the decode length: the second takes the first's vision and prefill
+    (`BaseRuns`) and its own stored steps, and its trace equals the trace of running it whole."""
+    from vendor_shim.harness import BaseRuns
+
+    be = HfBackend(num_text_layers=LAYERS)
+    steps: list[StepRecord] = []
+    _run(_page(3), models, steps_out=steps)
+    whole = _run(_page(2), models).to_dict()
+    base = BaseRuns()
+    first = measure(
+        _page(3), backend=be, device="cpu", model_cache=models, fvcore=False, decode_steps=steps, base_runs=base
+    ).to_dict()
+    second = measure(
+        _page(2), backend=be, device="cpu", model_cache=models, fvcore=False, decode_steps=steps[:2], base_runs=base
+    ).to_dict()
+    assert "vision_and_prefill_from" not in first["received"]["execution"]
+    assert second["received"]["execution"]["vision_and_prefill_from"] == "an earlier run of the same signature"
+    assert len(second["stages"]["decode"]["steps"]) == 2  # the kept run was a copy: the first's splice stayed its own
+    assert _comparable(second) == _comparable(whole)

@@ -12,11 +12,11 @@ from typing import Any
 from vendor_shim.audit import AuditLog, OpStats
 from vendor_shim.decode_steps import TENSOR, StepRecord
 from vendor_shim.errors import VendorRunError
-from vendor_shim.stages import CallRecord, StageTracker
+from vendor_shim.stages import CallRecord, TrackerState
 
 
 def steps_of(
-    tracker: StageTracker, log: AuditLog, prefill_len: int, k: int, no_convention: set[str], alias_mismatch: set[str]
+    tracker: TrackerState, log: AuditLog, prefill_len: int, k: int, no_convention: set[str], alias_mismatch: set[str]
 ) -> list[StepRecord]:
     """The K decode steps of one counted run (step t attended over prefill_len + t keys)."""
     out = []
@@ -49,7 +49,7 @@ def _call(r: CallRecord) -> dict[str, Any]:
 
 
 def inject(
-    tracker: StageTracker,
+    tracker: TrackerState,
     log: AuditLog,
     steps: list[StepRecord],
     prefill_len: int,

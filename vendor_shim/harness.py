@@ -16,9 +16,11 @@ zero FLOPs outside the roots, every expected root call seen, or `VendorRunError`
 from __future__ import annotations
 
 import contextlib
+import copy
+import json
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -44,7 +46,7 @@ from vendor_shim.errors import VendorRunError, VendorShimError
 from vendor_shim.formulas import custom_mapping
 from vendor_shim.hollow import HollowExecution
 from vendor_shim.op_meter import FusedAttention, OpMeter
-from vendor_shim.stages import UNATTRIBUTED, StageTracker
+from vendor_shim.stages import UNATTRIBUTED, StageTracker, TrackerState
 from vendor_shim.trace import Trace, empty_stages
 
 # What totals.counter_total is: the stock counter's own total, or the audit's sum of the same registry's formulas.
@@ -68,17 +70,46 @@ class _Plan:
 
 @dataclass
 class _Executed:
-    """What the counted execution left behind."""
+    """What the counted execution left behind: plain data (a `BaseRuns` memo keeps copies)."""
 
-    tracker: StageTracker
+    tracker: TrackerState
     log: AuditLog
     counter_total: int
     gen: GenerationResult | None
-    hollow: HollowExecution | None
+    execution: dict[str, Any]  # the hollow run's statistics, or {"mode": "real"}
+    inputs: dict[str, Any]  # what the model received (`ReceivedInputs.to_dict`)
+    vision_device: str
     run_s: float
     memory: dict[str, Any]
     counter: str  # what counter_total is (`COUNTERS`)
     steps_stored: int = 0  # decode steps taken from `vendor_shim.decode_steps` records, not executed here
+    base_reused: bool = False  # vision and prefill taken from an earlier run of the same signature (`BaseRuns`)
+
+
+@dataclass
+class BaseRuns:
+    """A run's vision and prefill kept for the pages after it: at batch 1 in shapes execution they depend on the
+    workload's signature without its decode length, so a page given its decode steps (`vendor_shim.decode_steps`)
+    whose signature ran before needs neither executed again.  Held by the caller (one per verification run);
+    copies in and out, so no page's splice reaches another's."""
+
+    max_entries: int = 64
+    _runs: dict[tuple[Any, ...], tuple[_Executed, Any, Any]] = field(default_factory=dict)
+
+    @staticmethod
+    def key(loaded: LoadedModel, vision_loaded: LoadedModel | None, workload: VisionWorkload) -> tuple[Any, ...]:
+        signature = workload.signature() | {"decode_tokens": 0}
+        return (id(loaded), id(vision_loaded), json.dumps(signature, sort_keys=True, default=str))
+
+    def get(self, key: tuple[Any, ...]) -> _Executed | None:
+        hit = self._runs.get(key)
+        return None if hit is None else copy.deepcopy(hit[0])
+
+    def put(self, key: tuple[Any, ...], done: _Executed, loaded: Any, vision_loaded: Any) -> None:
+        """Keeps a copy (and the models, so the ids in the key stay theirs); the oldest goes beyond max_entries."""
+        while self._runs and len(self._runs) >= self.max_entries:
+            self._runs.pop(next(iter(self._runs)))
+        self._runs[key] = (copy.deepcopy(done), loaded, vision_loaded)
 
 
 def run_counted(
@@ -95,12 +126,17 @@ def run_counted(
     cross_check: bool = False,
     decode_steps: list[StepRecord] | None = None,
     steps_out: list[StepRecord] | None = None,
+    base_runs: BaseRuns | None = None,
 ) -> Trace:
     """Count one workload.  ``vision_loaded`` (a vision-only build, e.g. on meta) runs the vision stack while
     ``loaded`` runs the decoder on pre-encoded placeholders; both under the same counter, audit and hooks.
     ``execution="shapes"`` runs the counted ops hollow (`vendor_shim.hollow`): same ops, same counts, no arithmetic.
     ``decode_steps``: the workload's K decode steps, measured before (`vendor_shim.decode_steps`): the run executes
-    vision and prefill and takes the steps from these.  ``steps_out`` receives the run's own decode steps."""
+    vision and prefill and takes the steps from these.  ``steps_out`` receives the run's own decode steps.
+    ``base_runs``: with ``decode_steps``, vision and prefill come from an earlier run of the same signature when it
+    holds one (and are kept there when it does not)."""
+    if base_runs is not None and (decode_steps is None or fvcore):
+        raise VendorRunError("kept vision and prefill serve runs given their decode steps, without fvcore")
     if decode_steps is not None and (execution != "shapes" or cross_check or vision_only):
         raise VendorRunError("stored decode steps serve shapes-only full runs without the stock counter only")
     if decode_steps is not None and len(decode_steps) != workload.decode_tokens:
@@ -108,8 +144,19 @@ def run_counted(
     if execution not in EXECUTIONS:
         raise VendorRunError(f"execution {execution!r} unknown: use one of {', '.join(EXECUTIONS)}")
     t0 = time.perf_counter()
-    plan = _plan(backend, loaded, workload, vision_only, vision_loaded)
-    done = _execute(backend, loaded, workload, plan, vision_only, execution, cross_check, decode_steps)
+    key = BaseRuns.key(loaded, vision_loaded, workload) if base_runs is not None else None
+    done = base_runs.get(key) if base_runs is not None and key is not None else None
+    plan = None
+    if done is None:
+        plan = _plan(backend, loaded, workload, vision_only, vision_loaded)
+        k_run = workload.decode_tokens if decode_steps is None else 0
+        done = _execute(backend, loaded, workload, plan, vision_only, execution, cross_check, k_run)
+        if base_runs is not None and key is not None:
+            base_runs.put(key, done, loaded, vision_loaded)
+    else:
+        done.base_reused = True
+    if decode_steps:
+        _splice(done, decode_steps, workload.prefill_len)
     if steps_out is not None and not vision_only:
         steps_out.extend(
             steps_of(
@@ -124,7 +171,7 @@ def run_counted(
     stages, op_breakdown, totals = _checked_counts(done, workload, vision_only)
     uncounted, reasons = _coverage_gaps(done.log)
     foreign_names = backend.foreign_ops().names()
-    secondary = _secondary(backend, loaded, plan, done, vision_only) if fvcore else {}
+    secondary = _secondary(backend, loaded, plan, done, vision_only) if fvcore and plan is not None else {}
     trace = Trace(
         backend=backend.name,
         device=loaded.device,
@@ -132,7 +179,7 @@ def run_counted(
         vision_only=vision_only,
         complete=not uncounted,
         workload=workload.to_dict(),
-        received=_received(plan, done, loaded, vision_only),
+        received=_received(done, vision_only),
         stages=stages,
         totals=totals,
         op_breakdown=op_breakdown,
@@ -229,7 +276,7 @@ def _execute(
     vision_only: bool,
     execution: str,
     cross_check: bool = False,
-    decode_steps: list[StepRecord] | None = None,
+    k_run: int | None = None,
 ) -> _Executed:
     """The run itself under hooks and audit (and the stock counter when cross-checking: module docstring), with its
     peak memory."""
@@ -258,7 +305,7 @@ def _execute(
         torch.cuda.reset_peak_memory_stats()
     rss_reset = reset_peak_rss()
     gen: GenerationResult | None = None
-    k_run = workload.decode_tokens if decode_steps is None else 0
+    k_run = workload.decode_tokens if k_run is None else k_run
     t_run = time.perf_counter()
     try:
         with tracker.attached(), torch.no_grad(), fused, audit, counter if cross_check else contextlib.nullcontext():
@@ -275,8 +322,6 @@ def _execute(
         raise VendorRunError(f"vendor run failed: {type(exc).__name__}: {exc}") from exc
     if cuda:
         torch.cuda.synchronize()
-    if decode_steps:
-        inject(tracker, log, decode_steps, workload.prefill_len, meter.no_convention, meter.alias_mismatch)
     high_water = tracker.allocator.high_water() if tracker.allocator is not None else None
     memory = {
         "peak_rss_bytes": peak_rss_bytes(),
@@ -289,16 +334,27 @@ def _execute(
     log.alias_mismatch = sorted(meter.alias_mismatch)
     counted = int(counter.get_total_flops()) if cross_check else int(log.total_flops)
     return _Executed(
-        tracker,
+        tracker.state(),
         log,
         counted,
         gen,
-        hollow,
+        hollow.stats.to_dict() if hollow is not None else {"mode": "real"},
+        plan.inputs.received.to_dict(),
+        plan.vision_loaded.device if plan.vision_loaded is not None else loaded.device,
         time.perf_counter() - t_run,
         memory,
         COUNTERS[cross_check],
-        len(decode_steps or ()),
     )
+
+
+def _splice(done: _Executed, steps: list[StepRecord], prefill_len: int) -> None:
+    """Stored decode steps into a run that executed vision and prefill only (`vendor_shim.decode_splice`)."""
+    no_convention, alias_mismatch = set(done.log.no_convention), set(done.log.alias_mismatch)
+    inject(done.tracker, done.log, steps, prefill_len, no_convention, alias_mismatch)
+    done.log.no_convention, done.log.alias_mismatch = sorted(no_convention), sorted(alias_mismatch)
+    done.memory["kv_cache_resident_bytes"] = list(done.tracker.kv_resident)  # after the prefill and each step
+    done.counter_total = int(done.log.total_flops)  # the audit's (the stock counter never serves stored steps)
+    done.steps_stored = len(steps)
 
 
 def _models(loaded: LoadedModel, vision_loaded: LoadedModel | None) -> list[torch.nn.Module]:
@@ -363,14 +419,16 @@ def _environment(backend: VendorBackend, loaded: LoadedModel, dtype_reason: str 
     return env
 
 
-def _received(plan: _Plan, done: _Executed, loaded: LoadedModel, vision_only: bool) -> dict[str, Any]:
+def _received(done: _Executed, vision_only: bool) -> dict[str, Any]:
     """What the model received and how it ran: read back from inputs and hooks, not copied from the workload."""
-    received: dict[str, Any] = plan.inputs.received.to_dict()
+    received: dict[str, Any] = dict(done.inputs)
     received["decode_forwards"] = 0 if vision_only else done.tracker.top_calls - 1
     received["lm_head_scope"] = done.gen.lm_head_scope if done.gen else None
     received["generation_path"] = done.gen.path if done.gen else None
-    received["vision_device"] = plan.vision_loaded.device if plan.vision_loaded is not None else loaded.device
-    received["execution"] = done.hollow.stats.to_dict() if done.hollow is not None else {"mode": "real"}
+    received["vision_device"] = done.vision_device
+    received["execution"] = dict(done.execution)
+    if done.base_reused:  # vision and prefill as an earlier run of this signature executed them
+        received["execution"]["vision_and_prefill_from"] = "an earlier run of the same signature"
     if done.steps_stored:  # the hollow counts above are the run's own: vision and prefill
         received["execution"]["decode_steps_from_store"] = done.steps_stored
         received["generation_path"] = (
@@ -411,7 +469,7 @@ def global_total_counter(extra: dict[Any, Any] | None = None) -> FlopCounterMode
 
 
 def _assemble(
-    tracker: StageTracker, workload: VisionWorkload, vision_only: bool
+    tracker: TrackerState, workload: VisionWorkload, vision_only: bool
 ) -> tuple[dict[str, Any], dict[str, Any], int]:
     """Leaves from the per-op cells (sums) and the call records (``peak_bytes``: the maximum over calls)."""
     k = 0 if vision_only else workload.decode_tokens
@@ -476,7 +534,7 @@ def _stage_sum(stages: dict[str, Any], family: str) -> int:
 
 
 def _check_consistency(
-    tracker: StageTracker,
+    tracker: TrackerState,
     workload: VisionWorkload,
     vision_only: bool,
     gen: GenerationResult | None,

@@ -19,6 +19,7 @@ from vendor_shim.trace import Trace
 
 if TYPE_CHECKING:
     from vendor_shim.decode_steps import StepRecord
+    from vendor_shim.harness import BaseRuns
 
 
 def check_device(device: str, vision_only: bool) -> None:
@@ -49,6 +50,7 @@ def measure(
     dtype_reason: str | None = None,
     decode_steps: list[StepRecord] | None = None,
     steps_out: list[StepRecord] | None = None,
+    base_runs: BaseRuns | None = None,
 ) -> Trace:
     """Count what ``backend`` executes for ``workload``.  ``backend`` is a name or a backend object.
 
@@ -58,7 +60,8 @@ def measure(
     "real" does the arithmetic (the reference), "auto" = shapes except on cuda.
     ``dtype_reason``: why ``workload.dtype`` was chosen (`vendor_shim.env.resolve_dtype`), kept in the trace.
     ``decode_steps`` / ``steps_out``: the workload's decode steps measured before, and where this run's own go
-    (`vendor_shim.decode_steps`; in-process backends, shapes execution).
+    (`vendor_shim.decode_steps`; in-process backends, shapes execution); ``base_runs``: vision and prefill kept by
+    signature for the pages given their decode steps (`vendor_shim.harness.BaseRuns`).
     Raises `VendorInputError` (exit 2) for bad requests, `VendorRunError` (exit 3) when the run fails.
     """
     if isinstance(backend, str):
@@ -76,7 +79,7 @@ def measure(
         else backend
     )
     if isinstance(be, OutOfProcessBackend):
-        if decode_steps is not None or steps_out is not None:
+        if decode_steps is not None or steps_out is not None or base_runs is not None:
             raise VendorInputError(f"backend {be.name!r} runs in a worker: its decode steps are not shared")
         return Trace.from_dict(
             be.measure_dict(
@@ -95,6 +98,7 @@ def measure(
         dtype_reason=dtype_reason,
         decode_steps=decode_steps,
         steps_out=steps_out,
+        base_runs=base_runs,
     )
 
 
@@ -123,6 +127,7 @@ def _measure_in_process(
     dtype_reason: str | None,
     decode_steps: list[StepRecord] | None = None,
     steps_out: list[StepRecord] | None = None,
+    base_runs: BaseRuns | None = None,
 ) -> Trace:
     """Build (or reuse) the model in this process and count the workload under the harness."""
     reason = be.supports_device(device, vision_only)
@@ -151,6 +156,7 @@ def _measure_in_process(
         dtype_reason=dtype_reason,
         decode_steps=decode_steps,
         steps_out=steps_out,
+        base_runs=base_runs,
     )
 
 

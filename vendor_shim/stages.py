@@ -113,6 +113,19 @@ def cache_tensors(output: Any) -> list[torch.Tensor]:
     return out
 
 
+@dataclass
+class TrackerState:
+    """What a finished run's tracker leaves for the checks and the assembly: plain data, detached from the hooks and
+    the storage book (so a run's vision and prefill can be kept and given to the next page of that signature)."""
+
+    leaf_ops: dict[tuple[str, str, int], dict[str, list[int]]]
+    records: list[CallRecord]
+    kv_resident: list[int]
+    experts_hit: dict[int, list[int]]
+    top_calls: int
+    allocator: AllocatorPeaks | None  # None off cuda
+
+
 class StageTracker:
     """Hooks the roots of one model; collects per-call records and per-leaf op metrics."""
 
@@ -149,6 +162,11 @@ class StageTracker:
         # (stage, part, step) -> op name -> [*core.metrics.TRAFFIC, calls]
         self.leaf_ops: dict[tuple[str, str, int], dict[str, list[int]]] = defaultdict(
             lambda: defaultdict(lambda: [0] * (len(TRAFFIC) + 1))
+        )
+
+    def state(self) -> TrackerState:
+        return TrackerState(
+            self.leaf_ops, self.records, self.kv_resident, self.experts_hit, self.top_calls, self.allocator
         )
 
     # ---- attribution -----------------------------------------------------------------

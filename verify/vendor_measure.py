@@ -54,6 +54,7 @@ class VendorMeasurer:
     _fresh: set[str] = field(default_factory=set)  # measured by prefetch, not yet handed to a page
     cache_problem: str | None = None  # why the cache is disabled or degraded, for the report's environment
     steps: StepCache | None = None  # decode steps by signature and key count; None: every page runs its own
+    base_runs: Any = None  # vendor_shim.harness.BaseRuns: vision and prefill of the pages given their steps
 
     @classmethod
     def create(cls, cfg: VerifyConfig) -> VendorMeasurer:
@@ -77,6 +78,9 @@ class VendorMeasurer:
         measurer._probe_cache()
         if cfg.share_steps:  # in memory for the run, on disk beside the traces (read-only: stored steps still served)
             measurer.steps = StepCache(measurer.cache.root / "decode-steps" if measurer.cache is not None else None)
+            from vendor_shim.harness import BaseRuns
+
+            measurer.base_runs = BaseRuns()
         prepare = getattr(backend, "prepare_environment", None)
         if prepare is not None:  # InfrastructureError (exit 2): the environment cache, before any page
             prepare()
@@ -289,7 +293,7 @@ class VendorMeasurer:
                 return self._run(workload)  # the page's own run says what went uncounted
             self._keep_steps(sig, swept, material)
             have.update({s.keys: s for s in swept})
-        return self._run(workload, decode_steps=[have[k] for k in need])
+        return self._run(workload, decode_steps=[have[k] for k in need], base_runs=self.base_runs)
 
     def _keep_steps(self, sig: str, steps: list[Any], material: dict[str, Any]) -> None:
         assert self.steps is not None
