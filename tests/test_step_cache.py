@@ -164,3 +164,43 @@ def test_the_page_line_says_when_a_pages_steps_were_shared():
     first, second = out.getvalue().splitlines()
     assert "measured (its 1,400 decode steps shared by key count)" in first
     assert second.startswith("[2/2] p1: ok, no crops, measured, ")
+
+
+def test_split_cuts_missing_ranges_into_nearly_equal_parts(monkeypatch):
+    from verify import step_workers
+    from verify.step_workers import split
+
+    assert split([(917, 2516)], 2) == [[(917, 1716)], [(1717, 2516)]]
+    assert split([(1, 300), (400, 500)], 2) == [[(1, 201)], [(202, 300), (400, 500)]]  # 201 steps each
+    assert split([(1, 100)], 4) == [[(1, 100)]]  # under MIN_STEPS_PER_JOB a part: one job
+    monkeypatch.setattr(step_workers, "MIN_STEPS_PER_JOB", 1)
+    assert split([(5, 7)], 8) == [[(5, 5)], [(6, 6)], [(7, 7)]]
+
+
+def test_steps_measured_by_a_worker_process_equal_the_main_processes(tmp_path, monkeypatch):
+    """--jobs 2: half of a page's key counts come from a spawned worker with its own model; the page's trace equals
+    the trace of the same page measured in one process."""
+    pytest.importorskip("transformers.models.unlimited_ocr")
+    from verify import step_workers
+
+    monkeypatch.setattr(step_workers, "MIN_STEPS_PER_JOB", 2)
+    page = _workload(12, 6)
+    traces = []
+    for jobs in (1, 2):
+        cfg = VerifyConfig(
+            command="test",
+            decode_tokens=None,
+            cache_dir=str(tmp_path / f"traces-{jobs}"),
+            vision_device="meta",
+            dtype="bfloat16",
+            jobs=jobs,
+        )
+        m = VendorMeasurer.create(cfg)
+        try:
+            traces.append(m(page, None)[0])
+            assert (m.workers is not None) == (jobs == 2)
+        finally:
+            m.close()
+    one, two = traces
+    assert two["received"]["execution"]["decode_steps_from_store"] == 6
+    assert two["stages"] == one["stages"] and two["op_breakdown"].get("decode") == one["op_breakdown"].get("decode")

@@ -32,6 +32,7 @@ from verify.compare import DEFAULT_TOLERANCE, ToleranceError, parse_tolerances
 from verify.lengths import FILE, FIXED, DecodeLengths, assign_decode_lengths
 from verify.runner import VendorFailure, Verifier, VerifyConfig, build_workload, exit_code, run_pages
 from verify.selection import select_pages
+from verify.step_workers import MAX_JOBS, default_jobs
 
 EXIT_USAGE, EXIT_VENDOR = 2, 3  # a finished run's code (0 pass, 1 discrepancy) is `reports.model.outcome`'s
 MAX_PAGES = 10_000_000  # --limit / --sample
@@ -40,6 +41,17 @@ MAX_SEED = 2**32 - 1
 
 class UsageError(Exception):
     """Bad input or usage: one line, exit 2, no report."""
+
+
+def _jobs(text: str) -> int:
+    """--jobs: a whole number of processes, 1..MAX_JOBS."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_JOBS:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of processes, 1 to {MAX_JOBS}")
+    return n
 
 
 def build_parser(prog: str, vision_only: bool) -> argparse.ArgumentParser:
@@ -80,6 +92,14 @@ def build_parser(prog: str, vision_only: bool) -> argparse.ArgumentParser:
             action="store_true",
             help="run every page's decode steps in its own run (default: a decode step is measured once per "
             "signature and key count and shared by the pages that reach it; hf backend, shapes execution)",
+        )
+        g.add_argument(
+            "--jobs",
+            type=_jobs,
+            default=default_jobs(),
+            metavar="N",
+            help="processes measuring the decode steps a run lacks side by side (each holds its own model, "
+            "~1 GiB; default: this machine's processors)",
         )
 
     g = p.add_argument_group("gate and output")
@@ -159,6 +179,7 @@ def config_from_args(args: argparse.Namespace, command: str, vision_only: bool) 
         use_cache=not args.no_cache,
         cache_dir=str(args.cache_dir or default_cache_root()),
         share_steps=not getattr(args, "per_page_steps", False),
+        jobs=getattr(args, "jobs", None) or 1,
     )
 
 
@@ -338,6 +359,8 @@ def _main(argv: list[str] | None, command: str, vision_only: bool, verdict: Verd
         run = _run_with_progress(verifier, prepared, environment, console, quiet=args.quiet)
     except InfrastructureError as exc:  # e.g. the pinned environment broke: nothing was measured by it
         return _refuse(console, verdict, EXIT_USAGE, "error", str(exc))
+    finally:
+        measurer.close()  # the decode-step workers, if --jobs started any
 
     from reports.console import print_summary
 

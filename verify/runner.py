@@ -56,6 +56,7 @@ class VerifyConfig:
     use_cache: bool = True
     cache_dir: str | None = None
     share_steps: bool = True  # decode steps measured once per signature and key count (verify.step_cache)
+    jobs: int = 1  # processes measuring missing decode-step ranges side by side (verify.step_workers)
     # the release of the implementation's library the vendor runs (transformers for hf and official), read from the
     # backend once it is known (`VendorMeasurer.impl_version`): picks the analytic profile's release variant
     impl_version: str | None = None

@@ -18,11 +18,13 @@ from core.workload import VisionWorkload
 from reports.model import PageSpec
 from vendor_shim.backends import impl_of
 from vendor_shim.backends.base import OutOfProcessBackend
+from vendor_shim.decode_steps import StepRecord
 from vendor_shim.errors import InfrastructureError
 from vendor_shim.trace import SCHEMA_VERSION
 from verify.cache import TraceCache, hash_material
 from verify.runner import VendorFailure, VerifyConfig
 from verify.step_cache import StepCache
+from verify.step_workers import StepWorkers, threads_per_job
 
 _REPO = Path(__file__).resolve().parent.parent
 _MEASURING_CODE = ("vendor_shim", "core")  # the shim and the kernel it reads (workload, op rules, names)
@@ -55,6 +57,7 @@ class VendorMeasurer:
     cache_problem: str | None = None  # why the cache is disabled or degraded, for the report's environment
     steps: StepCache | None = None  # decode steps by signature and key count; None: every page runs its own
     base_runs: Any = None  # vendor_shim.harness.BaseRuns: vision and prefill of the pages given their steps
+    workers: StepWorkers | None = None  # --jobs > 1: processes measuring decode-step ranges beside this one
 
     @classmethod
     def create(cls, cfg: VerifyConfig) -> VendorMeasurer:
@@ -269,31 +272,82 @@ class VendorMeasurer:
 
     def _measure_sharing_steps(self, workload: VisionWorkload) -> dict[str, Any]:
         """The page's vision and prefill run here; its decode steps come from the step cache, and the key counts it
-        lacks are measured first by the cheapest page that reaches them (`vendor_shim.decode_steps.sweep_workload`).
-        A page that finds none of its steps runs them itself and leaves them for the others."""
-        from vendor_shim.decode_steps import sweep_workload
+        lacks are measured first by the cheapest page that reaches them (`vendor_shim.decode_steps.sweep_workload`),
+        split over ``--jobs`` processes (`verify.step_workers`).  With one job, a page that finds none of its steps
+        runs them itself and leaves them for the others."""
+        from verify.step_workers import split
 
         assert self.steps is not None
         material = self.step_material(workload)
         sig = hash_material(material)
         need = range(workload.prefill_len + 1, workload.prefill_len + workload.decode_tokens + 1)
         have = self.steps.get(sig, need)
-        if not have:
+        parts = split(_missing_runs(need, have), self.cfg.jobs)
+        if not have and len(parts) == 1:
             own: list[Any] = []
             trace = self._run(workload, steps_out=own)
             if trace.get("complete"):
                 self._keep_steps(sig, own, material)
             return trace
-        for first, last in _missing_runs(need, have):
-            sweep = sweep_workload(workload, first, last - first + 1)
-            if sweep is None:  # no page's prefill is that short: the page runs its own steps
-                return self._run(workload)
-            swept: list[Any] = []
-            if not self._run(sweep, steps_out=swept).get("complete"):
-                return self._run(workload)  # the page's own run says what went uncounted
+        elsewhere = [(a, b, self._workers().submit(workload, a, b)) for part in parts[1:] for a, b in part]
+        with threads_per_job(len(parts)):
+            for first, last in parts[0]:
+                if not self._sweep_here(workload, first, last, sig, material, have):
+                    return self._run(workload)  # no page reaches them, or its run was incomplete: the page says why
+        for first, last, future in elsewhere:
+            try:
+                swept = [StepRecord.from_dict(d) for d in future.result()]
+            except Exception:  # a worker that failed costs time only: its range is measured here
+                if not self._sweep_here(workload, first, last, sig, material, have):
+                    return self._run(workload)
+                continue
             self._keep_steps(sig, swept, material)
             have.update({s.keys: s for s in swept})
         return self._run(workload, decode_steps=[have[k] for k in need], base_runs=self.base_runs)
+
+    def _sweep_here(
+        self, workload: VisionWorkload, first: int, last: int, sig: str, material: dict[str, Any], have: dict
+    ) -> bool:
+        """Steps first..last measured in this process by the cheapest page that reaches them; False when none does
+        or its run was incomplete."""
+        from vendor_shim.decode_steps import sweep_workload
+
+        sweep = sweep_workload(workload, first, last - first + 1)
+        if sweep is None:
+            return False
+        swept: list[Any] = []
+        if not self._run(sweep, steps_out=swept).get("complete"):
+            return False
+        self._keep_steps(sig, swept, material)
+        have.update({s.keys: s for s in swept})
+        return True
+
+    def _workers(self) -> StepWorkers:
+        if self.workers is None:
+            self.workers = StepWorkers(
+                self.cfg.jobs,
+                {
+                    "backend": self.cfg.backend,
+                    "backend_args": {
+                        "vendor_dir": self.cfg.vendor_dir,
+                        "trust_remote_code": self.cfg.trust_remote_code,
+                        "model": self.cfg.model,
+                        "decoder_layers": self.cfg.decoder_layers,
+                    },
+                    "device": self.cfg.device,
+                    "vision_device": self.cfg.vision_device,
+                    "execution": self.cfg.execution,
+                    "dtype_reason": self.cfg.dtype_choice.get("reason"),
+                    "jobs": self.cfg.jobs,
+                },
+            )
+        return self.workers
+
+    def close(self) -> None:
+        """Stops the step workers (if any ran)."""
+        if self.workers is not None:
+            self.workers.close()
+            self.workers = None
 
     def _keep_steps(self, sig: str, steps: list[Any], material: dict[str, Any]) -> None:
         assert self.steps is not None

@@ -1,0 +1,134 @@
+"""Decode-step ranges measured in parallel: worker processes beside the main one, each with its own model.
+
+A metered step is Python-bound (one core), and the key counts a run lacks are independent of each other
+(`vendor_shim.decode_steps`), so `--jobs N` splits them into N ranges: the main process measures one, N - 1 spawned
+workers the others.  A worker builds the backend and its model once, on its first range, and measures each range as
+the main process would (the cheapest page that reaches it, `sweep_workload`, under the same harness); its steps come
+back as plain records.  A worker that fails costs nothing but time: its range is measured by the main process.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.workload import VisionWorkload
+from vendor_shim.decode_steps import StepRecord
+
+MAX_JOBS = 64
+MIN_STEPS_PER_JOB = 200  # below this a worker's start (imports, model build: ~8 s) costs more than it saves
+
+
+def default_jobs() -> int:
+    """The processors this process may run on (at most MAX_JOBS)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(n, MAX_JOBS))
+
+
+def split(ranges: list[tuple[int, int]], jobs: int) -> list[list[tuple[int, int]]]:
+    """The missing key-count ranges cut into at most ``jobs`` parts of nearly equal step counts, each part a list of
+    consecutive ranges; fewer parts when a part would hold under MIN_STEPS_PER_JOB steps."""
+    total = sum(b - a + 1 for a, b in ranges)
+    parts = max(1, min(jobs, total // MIN_STEPS_PER_JOB))
+    size = -(-total // parts)  # ceiling
+    out: list[list[tuple[int, int]]] = [[]]
+    room = size
+    for a, b in ranges:
+        while a <= b:
+            if room == 0:
+                out.append([])
+                room = size
+            take = min(room, b - a + 1)
+            out[-1].append((a, a + take - 1))
+            a += take
+            room -= take
+    return out
+
+
+@dataclass
+class StepWorkers:
+    """A pool of N - 1 spawned workers for one verification run (``options``: how `vendor_shim.measure.measure`
+    is called there: backend name and its arguments, device, vision device, execution, dtype reason)."""
+
+    jobs: int
+    options: dict[str, Any]
+    _pool: ProcessPoolExecutor | None = field(default=None, repr=False)
+
+    def submit(self, workload: VisionWorkload, first: int, last: int) -> Future:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.jobs - 1,
+                mp_context=multiprocessing.get_context("spawn"),  # never fork a process holding torch's threads
+                initializer=_start,
+                initargs=(self.options,),
+            )
+        return self._pool.submit(_measure_range, workload.to_dict(), first, last)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+_WORKER: dict[str, Any] = {}  # a worker process's backend and models (process-local: set once by `_start`)
+
+
+@contextmanager
+def threads_per_job(jobs: int) -> Iterator[None]:
+    """The main process's share of the processors while workers run beside it (torch's intra-op threads would
+    otherwise oversubscribe them: a metered step is one Python thread and many small kernels)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, before // jobs))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _start(options: dict[str, Any]) -> None:
+    import torch
+
+    from vendor_shim.backends import get_backend
+    from vendor_shim.cache import ModelCache
+
+    torch.set_num_threads(max(1, default_jobs() // options["jobs"]))
+
+    _WORKER["options"] = options
+    _WORKER["backend"] = get_backend(options["backend"], **options["backend_args"])
+    _WORKER["models"] = ModelCache()
+
+
+def _measure_range(workload: dict[str, Any], first: int, last: int) -> list[dict[str, Any]]:
+    """Steps first..last of ``workload``'s signature, as records (raises what the measurement raised)."""
+    from vendor_shim.decode_steps import sweep_workload
+    from vendor_shim.measure import measure
+
+    sweep = sweep_workload(VisionWorkload.from_dict(workload), first, last - first + 1)
+    if sweep is None:
+        raise ValueError(f"no page reaches {first} keys")
+    o = _WORKER["options"]
+    out: list[StepRecord] = []
+    trace = measure(
+        sweep,
+        backend=_WORKER["backend"],
+        device=o["device"],
+        model_cache=_WORKER["models"],
+        fvcore=False,
+        vision_device=o["vision_device"],
+        execution=o["execution"],
+        dtype_reason=o["dtype_reason"],
+        steps_out=out,
+    )
+    if not trace.complete:
+        raise ValueError("the range's run was incomplete")
+    return [s.to_dict() for s in out]
