@@ -38,7 +38,7 @@ def test_the_three_clis_share_one_workload_group():
 def test_measure_and_verify_share_one_vendor_group():
     assert _group(measure_cli.build_parser(), "vendor").keys() - {"--vision-only"} == _group(
         verify_cli.build_parser("run_verify_end2end", vision_only=False), "vendor"
-    ).keys() - {"--no-cache", "--cache-dir", "--per-page-steps"}
+    ).keys() - {"--no-cache", "--cache-dir", "--per-page-steps", "--jobs"}
 
 
 @pytest.mark.parametrize(
