@@ -99,7 +99,7 @@ def build_parser(prog: str, vision_only: bool) -> argparse.ArgumentParser:
             default=default_jobs(),
             metavar="N",
             help="processes measuring the decode steps a run lacks side by side (each holds its own model, "
-            "~1 GiB; default: this machine's processors)",
+            "up to 2 GiB; default: as many as this machine's processors and available memory allow)",
         )
 
     g = p.add_argument_group("gate and output")

@@ -24,13 +24,29 @@ MAX_JOBS = 64
 MIN_STEPS_PER_JOB = 200  # below this a worker's start (imports, model build: ~8 s) costs more than it saves
 
 
+JOB_MEMORY = 2 << 30  # bytes one process needs at the published depth, shapes execution (~1.7 GiB peak measured)
+
+
 def default_jobs() -> int:
-    """The processors this process may run on (at most MAX_JOBS)."""
+    """The processors this process may run on, as many as the available memory holds processes (at most
+    MAX_JOBS)."""
     try:
         n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         n = os.cpu_count() or 1
-    return max(1, min(n, MAX_JOBS))
+    return max(1, min(n, MAX_JOBS, _available_memory() // JOB_MEMORY))
+
+
+def _available_memory() -> int:
+    """MemAvailable of /proc/meminfo; without it (not Linux) no limit."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return MAX_JOBS * JOB_MEMORY
 
 
 def split(ranges: list[tuple[int, int]], jobs: int) -> list[list[tuple[int, int]]]:
