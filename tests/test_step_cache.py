@@ -172,7 +172,7 @@ def test_split_cuts_missing_ranges_into_nearly_equal_parts(monkeypatch):
 
     assert split([(917, 2516)], 2) == [[(917, 1716)], [(1717, 2516)]]
     assert split([(1, 300), (400, 500)], 2) == [[(1, 201)], [(202, 300), (400, 500)]]  # 201 steps each
-    assert split([(1, 100)], 4) == [[(1, 100)]]  # under MIN_STEPS_PER_JOB a part: one job
+    assert split([(1, 150)], 4) == [[(1, 150)]]  # under MIN_STEPS_PER_JOB a part: one job
     monkeypatch.setattr(step_workers, "MIN_STEPS_PER_JOB", 1)
     assert split([(5, 7)], 8) == [[(5, 5)], [(6, 6)], [(7, 7)]]
 
