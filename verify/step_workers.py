@@ -21,7 +21,7 @@ from core.workload import VisionWorkload
 from vendor_shim.decode_steps import StepRecord
 
 MAX_JOBS = 64
-MIN_STEPS_PER_JOB = 100  # below this a part costs more than it saves: its sweep prefill, and a worker's first start (~8 s)
+MIN_STEPS_PER_JOB = 100  # a smaller part costs more than it saves (its sweep prefill, a worker's first start)
 
 
 JOB_MEMORY = 2 << 30  # bytes one process needs at the published depth, shapes execution (~1.7 GiB peak measured)
