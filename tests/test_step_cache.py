@@ -204,3 +204,28 @@ def test_steps_measured_by_a_worker_process_equal_the_main_processes(tmp_path, m
     one, two = traces
     assert two["received"]["execution"]["decode_steps_from_store"] == 6
     assert two["stages"] == one["stages"] and two["op_breakdown"].get("decode") == one["op_breakdown"].get("decode")
+
+
+def test_a_part_no_worker_takes_is_measured_by_the_main_process(tmp_path, monkeypatch):
+    """The pool broken or unable to start: the page is still measured, every step in this process."""
+    pytest.importorskip("transformers.models.unlimited_ocr")
+    from verify import step_workers
+
+    monkeypatch.setattr(step_workers, "MIN_STEPS_PER_JOB", 2)
+
+    def broken(self, *_a, **_k):
+        raise RuntimeError("A process in the process pool was terminated abruptly")
+
+    monkeypatch.setattr(step_workers.StepWorkers, "submit", broken)
+    cfg = VerifyConfig(
+        command="test",
+        decode_tokens=None,
+        cache_dir=str(tmp_path / "traces"),
+        vision_device="meta",
+        dtype="bfloat16",
+        jobs=2,
+    )
+    m = VendorMeasurer.create(cfg)
+    trace, _ = m(_workload(12, 6), None)
+    m.close()
+    assert trace["complete"] and trace["received"]["execution"]["decode_steps_from_store"] == 6

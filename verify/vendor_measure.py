@@ -289,13 +289,15 @@ class VendorMeasurer:
             if trace.get("complete"):
                 self._keep_steps(sig, own, material)
             return trace
-        elsewhere = [(a, b, self._workers().submit(workload, a, b)) for part in parts[1:] for a, b in part]
+        elsewhere = [(a, b, self._submit(workload, a, b)) for part in parts[1:] for a, b in part]
         with threads_per_job(len(parts)):
             for first, last in parts[0]:
                 if not self._sweep_here(workload, first, last, sig, material, have):
                     return self._run(workload)  # no page reaches them, or its run was incomplete: the page says why
         for first, last, future in elsewhere:
             try:
+                if future is None:
+                    raise RuntimeError("no worker took the part")
                 swept = [StepRecord.from_dict(d) for d in future.result()]
             except Exception:  # a worker that failed costs time only: its range is measured here
                 if not self._sweep_here(workload, first, last, sig, material, have):
@@ -321,6 +323,14 @@ class VendorMeasurer:
         self._keep_steps(sig, swept, material)
         have.update({s.keys: s for s in swept})
         return True
+
+    def _submit(self, workload: VisionWorkload, first: int, last: int) -> Any:
+        """A worker's future for steps first..last, or None when the pool cannot take it (it broke, or could not
+        start): the main process measures the part then."""
+        try:
+            return self._workers().submit(workload, first, last)
+        except Exception:
+            return None
 
     def _workers(self) -> StepWorkers:
         if self.workers is None:
