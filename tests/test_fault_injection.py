@@ -55,7 +55,13 @@ def _start(pages: list[Path], cache: Path, out: Path, home: Path) -> subprocess.
 
 
 def _files(folder: Path, pattern: str) -> set[Path]:
-    return set(folder.rglob(pattern)) if folder.exists() else set()
+    """The matches below ``folder``; a run renaming or removing a folder while it is walked makes the walk start
+    over (the polls race the run they watch)."""
+    while True:
+        try:
+            return set(folder.rglob(pattern)) if folder.exists() else set()
+        except FileNotFoundError:
+            continue
 
 
 def _kill_when(proc: subprocess.Popen, ready: Callable[[], bool], jitter_s: float, limit_s: float = 60) -> None:
