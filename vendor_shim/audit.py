@@ -138,6 +138,18 @@ class AuditLog:
     no_convention: list[str] = field(default_factory=list)  # float ops without an elementwise convention
     alias_mismatch: list[str] = field(default_factory=list)  # ops returning a view their schema did not announce
 
+    def add_op(self, name: str, calls: int, flops: int, klass: str) -> None:
+        """An op's calls and FLOPs counted elsewhere (stored decode steps, `vendor_shim.decode_splice`): an op seen
+        on integers only so far takes the class it had on floats."""
+        st = self.ops.get(name)
+        if st is None:
+            st = self.ops[name] = OpStats(klass=klass)
+        elif st.klass == "non_float" and klass != "non_float":
+            st.klass = klass
+        st.calls += calls
+        st.flops += flops
+        self.total_flops += flops
+
     def uncounted(self) -> list[str]:
         return sorted(name for name, st in self.ops.items() if st.klass == "uncounted")
 

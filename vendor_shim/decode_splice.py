@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vendor_shim.audit import AuditLog, OpStats
+from vendor_shim.audit import AuditLog
 from vendor_shim.decode_steps import TENSOR, StepRecord
 from vendor_shim.errors import VendorRunError
 from vendor_shim.stages import CallRecord, TrackerState
@@ -89,18 +89,7 @@ def inject(
         alias_mismatch.update(step.alias_mismatch)
     tracker.top_calls += len(steps)
     for op, (calls, flops, klass) in per_op.items():
-        _log_op(log, op, calls, flops, klass)
-
-
-def _log_op(log: AuditLog, op: str, calls: int, flops: int, klass: str) -> None:
-    st = log.ops.get(op)
-    if st is None:
-        st = log.ops[op] = OpStats(klass=klass)
-    elif st.klass == "non_float" and klass != "non_float":
-        st.klass = klass
-    st.calls += calls
-    st.flops += flops
-    log.total_flops += flops
+        log.add_op(op, calls, flops, klass)
 
 
 def _record(c: dict[str, Any], index: int, step: int) -> CallRecord:

@@ -10,7 +10,7 @@ depends on the page.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from core.families import family
@@ -37,16 +37,7 @@ class StepRecord:
     alias_mismatch: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "keys": self.keys,
-            "cells": self.cells,
-            "calls": self.calls,
-            "kv_resident": self.kv_resident,
-            "experts_hit": self.experts_hit,
-            "classes": self.classes,
-            "no_convention": self.no_convention,
-            "alias_mismatch": self.alias_mismatch,
-        }
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StepRecord:
@@ -71,10 +62,6 @@ class StepRecord:
         if any(op not in step.classes for ops in step.cells.values() for op in ops):
             raise ValueError(f"step {step.keys} has an op without its audit class")
         return step
-
-    @property
-    def tensor_flops(self) -> int:
-        return sum(c[TENSOR] for ops in self.cells.values() for c in ops.values())
 
 
 # What a decode step's work depends on besides its key count (module docstring); the page's geometry and token

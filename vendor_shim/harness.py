@@ -144,14 +144,16 @@ def run_counted(
     if execution not in EXECUTIONS:
         raise VendorRunError(f"execution {execution!r} unknown: use one of {', '.join(EXECUTIONS)}")
     t0 = time.perf_counter()
-    key = BaseRuns.key(loaded, vision_loaded, workload) if base_runs is not None else None
-    done = base_runs.get(key) if base_runs is not None and key is not None else None
+    done = None
+    if base_runs is not None:
+        key = BaseRuns.key(loaded, vision_loaded, workload)
+        done = base_runs.get(key)
     plan = None
     if done is None:
         plan = _plan(backend, loaded, workload, vision_only, vision_loaded)
         k_run = workload.decode_tokens if decode_steps is None else 0
         done = _execute(backend, loaded, workload, plan, vision_only, execution, cross_check, k_run)
-        if base_runs is not None and key is not None:
+        if base_runs is not None:
             base_runs.put(key, done, loaded, vision_loaded)
     else:
         done.base_reused = True

@@ -172,21 +172,22 @@ class OpMeter:
     topk_routing: bool = True  # a top-k's selection is a MoE router's routing (False: a foreign MoE kernel says)
     _kinds: dict[Any, _OpKind] = field(default_factory=dict)
 
-    def moves_nothing(self, func: Any) -> bool:
-        """The op's vector is all zeros by definition (a view, or inside a kernel charged whole): only its call
-        counts.  The audit's fast path for ~45 % of a decode step's ops."""
+    def _kind(self, func: Any) -> _OpKind:
         kind = self._kinds.get(func)
         if kind is None:
             kind = self._kinds[func] = _OpKind.of(func)
-        return kind.view or self.suspended > 0
+        return kind
+
+    def moves_nothing(self, func: Any) -> bool:
+        """The op's vector is all zeros by definition (a view, or inside a kernel charged whole): only its call
+        counts.  The audit's fast path for ~45 % of a decode step's ops."""
+        return self._kind(func).view or self.suspended > 0
 
     def measure(
         self, func: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, flops: int
     ) -> Measured:
         """The op's vector with ``flops`` (the counter's formula) as its tensor FLOPs."""
-        kind = self._kinds.get(func)
-        if kind is None:
-            kind = self._kinds[func] = _OpKind.of(func)
+        kind = self._kind(func)
         vec = [0] * len(TRAFFIC)
         vec[TENSOR] = flops
         if kind.view or self.suspended:

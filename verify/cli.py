@@ -43,17 +43,6 @@ class UsageError(Exception):
     """Bad input or usage: one line, exit 2, no report."""
 
 
-def _jobs(text: str) -> int:
-    """--jobs: a whole number of processes, 1..MAX_JOBS."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if not 1 <= n <= MAX_JOBS:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of processes, 1 to {MAX_JOBS}")
-    return n
-
-
 def build_parser(prog: str, vision_only: bool) -> argparse.ArgumentParser:
     what = "vision stack (SAM, CLIP, projector)" if vision_only else "vision stack, prefill and decode"
     p = UsageParser(
@@ -95,7 +84,7 @@ def build_parser(prog: str, vision_only: bool) -> argparse.ArgumentParser:
         )
         g.add_argument(
             "--jobs",
-            type=_jobs,
+            type=int,
             default=default_jobs(),
             metavar="N",
             help="processes measuring the decode steps a run lacks side by side (each holds its own model, "
@@ -253,6 +242,9 @@ def _check_bounds(args: argparse.Namespace) -> None:
             raise UsageError(f"--{name} {val} is above {MAX_PAGES:,} pages: pass a smaller number")
     if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
         raise UsageError(f"--seed must be in 0..{MAX_SEED}")
+    jobs = getattr(args, "jobs", None)
+    if jobs is not None and not 1 <= jobs <= MAX_JOBS:
+        raise UsageError(f"--jobs {jobs}: give 1 to {MAX_JOBS} processes")
 
 
 def check_positions_fit(cfg: VerifyConfig, cost_model: Any) -> None:

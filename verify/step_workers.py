@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -124,27 +124,41 @@ def _start(options: dict[str, Any]) -> None:
     _WORKER["models"] = ModelCache()
 
 
-def _measure_range(workload: dict[str, Any], first: int, last: int) -> list[dict[str, Any]]:
-    """Steps first..last of ``workload``'s signature, as records (raises what the measurement raised)."""
+def sweep_steps(
+    run: Callable[..., dict[str, Any]], workload: VisionWorkload, first: int, last: int
+) -> list[StepRecord] | None:
+    """Steps first..last of ``workload``'s signature, measured by the cheapest page that reaches them
+    (`vendor_shim.decode_steps.sweep_workload`) through ``run(workload, steps_out=...) -> trace dict``; None when no
+    page reaches them or the run was incomplete (the page's own run then says why)."""
     from vendor_shim.decode_steps import sweep_workload
+
+    sweep = sweep_workload(workload, first, last - first + 1)
+    if sweep is None:
+        return None
+    out: list[StepRecord] = []
+    return out if run(sweep, steps_out=out).get("complete") else None
+
+
+def _measure_range(workload: dict[str, Any], first: int, last: int) -> list[dict[str, Any]]:
+    """`sweep_steps` in a worker, as records (raises when it gives none: the main process measures the part)."""
     from vendor_shim.measure import measure
 
-    sweep = sweep_workload(VisionWorkload.from_dict(workload), first, last - first + 1)
-    if sweep is None:
-        raise ValueError(f"no page reaches {first} keys")
     o = _WORKER["options"]
-    out: list[StepRecord] = []
-    trace = measure(
-        sweep,
-        backend=_WORKER["backend"],
-        device=o["device"],
-        model_cache=_WORKER["models"],
-        fvcore=False,
-        vision_device=o["vision_device"],
-        execution=o["execution"],
-        dtype_reason=o["dtype_reason"],
-        steps_out=out,
-    )
-    if not trace.complete:
-        raise ValueError("the range's run was incomplete")
-    return [s.to_dict() for s in out]
+
+    def run(w: VisionWorkload, **steps: Any) -> dict[str, Any]:
+        return measure(
+            w,
+            backend=_WORKER["backend"],
+            device=o["device"],
+            model_cache=_WORKER["models"],
+            fvcore=False,
+            vision_device=o["vision_device"],
+            execution=o["execution"],
+            dtype_reason=o["dtype_reason"],
+            **steps,
+        ).to_dict()
+
+    steps = sweep_steps(run, VisionWorkload.from_dict(workload), first, last)
+    if steps is None:
+        raise ValueError(f"no complete run reaches key counts {first}..{last}")
+    return [s.to_dict() for s in steps]

@@ -24,7 +24,7 @@ from vendor_shim.trace import SCHEMA_VERSION
 from verify.cache import TraceCache, hash_material
 from verify.runner import VendorFailure, VerifyConfig
 from verify.step_cache import StepCache
-from verify.step_workers import StepWorkers, threads_per_job
+from verify.step_workers import StepWorkers, split, sweep_steps, threads_per_job
 
 _REPO = Path(__file__).resolve().parent.parent
 _MEASURING_CODE = ("vendor_shim", "core")  # the shim and the kernel it reads (workload, op rules, names)
@@ -262,8 +262,7 @@ class VendorMeasurer:
         return {
             "step_format": STEP_FORMAT,
             "backend": self.cfg.backend,
-            "backend_signature": self.backend.signature(),
-            "code_hashes": self.code_hashes,
+            "code_hashes": self.code_hashes,  # the shim's and the backend's own (`BackendBase.signature`)
             "versions": self.versions,
             "device": self._device_label(),
             "schema_version": SCHEMA_VERSION,
@@ -275,8 +274,6 @@ class VendorMeasurer:
         lacks are measured first by the cheapest page that reaches them (`vendor_shim.decode_steps.sweep_workload`),
         split over ``--jobs`` processes (`verify.step_workers`).  With one job, a page that finds none of its steps
         runs them itself and leaves them for the others."""
-        from verify.step_workers import split
-
         assert self.steps is not None
         material = self.step_material(workload)
         sig = hash_material(material)
@@ -310,15 +307,10 @@ class VendorMeasurer:
     def _sweep_here(
         self, workload: VisionWorkload, first: int, last: int, sig: str, material: dict[str, Any], have: dict
     ) -> bool:
-        """Steps first..last measured in this process by the cheapest page that reaches them; False when none does
-        or its run was incomplete."""
-        from vendor_shim.decode_steps import sweep_workload
-
-        sweep = sweep_workload(workload, first, last - first + 1)
-        if sweep is None:
-            return False
-        swept: list[Any] = []
-        if not self._run(sweep, steps_out=swept).get("complete"):
+        """Steps first..last measured in this process (`verify.step_workers.sweep_steps`), kept; False when no page
+        reaches them or its run was incomplete."""
+        swept = sweep_steps(self._run, workload, first, last)
+        if swept is None:
             return False
         self._keep_steps(sig, swept, material)
         have.update({s.keys: s for s in swept})
