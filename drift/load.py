@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reports.document import REPORT_FORMATS, read_report
+from reports.step_tables import StepTableError
 from reports.writer import REPORT_FILES, is_partial_run
 from vendor_shim.trace import SCHEMA as TRACE_SCHEMA
 from vendor_shim.trace import TraceValidationError, validate_trace_dict
 
 REPORT_FILE = REPORT_FILES["json"]
-REPORT_FORMATS = (1,)
 _WHAT = "pass a run folder (OUTPUT_DIR/<run id>), its report.json, or a trace written by dsocr-measure --json"
 _ENV_KEYS = ("transformers", "torch", "python", "backend", "device", "device_name", "dtype")
 _CPU_KEYS = ("model", "capability")
@@ -118,6 +119,10 @@ def _run_side(label: str, doc: dict[str, Any], name: str) -> Side:
             f"{name}: {label} has report_format {doc.get('report_format')!r}, this dsocr-diff reads "
             f"{', '.join(map(str, REPORT_FORMATS))}: use the dsocr-diff of the version that wrote it"
         )
+    try:
+        doc = read_report(doc)
+    except StepTableError as exc:
+        raise DiffInputError(f"{name}: {label}: {exc}: re-run to write it again") from None
     pages = doc.get("pages")
     if not isinstance(pages, list) or not pages:
         raise DiffInputError(f"{name}: {label} has no pages: nothing to compare, pass a run that measured pages")

@@ -1,4 +1,8 @@
-"""The JSON report: everything, traces and analytic documents included, as strict JSON."""
+"""The JSON report: everything, traces and analytic documents included, as strict JSON.
+
+Format 2 holds each distinct decode step once per run (`reports.step_tables`); `read_report` gives any format
+back with every page's steps in place, the way format 1 wrote them.
+"""
 
 from __future__ import annotations
 
@@ -9,32 +13,42 @@ from typing import Any
 
 from reports.frame import Comparison
 from reports.model import PageResult, RunResult
+from reports.step_tables import expand_steps, is_tabled, table_steps
 from reports.summary import is_synthetic, library_range, verdict_line
 
-REPORT_FORMAT = 1
+REPORT_FORMAT = 2  # 2: decode steps tabled (reports.step_tables); 1: every page's steps written out
+REPORT_FORMATS = (1, 2)  # what read_report takes
 
 
 def run_document(run: RunResult, comparison: Comparison | None = None) -> dict[str, Any]:
     comparison = Comparison.of(run) if comparison is None else comparison
     summary = comparison.summary.astype(object).where(lambda t: t.notna(), None).to_dict("records")
     return jsonable(
-        {
-            "report_format": REPORT_FORMAT,
-            "run_id": run.run_id,
-            "command": run.command,
-            "verdict": run.verdict,
-            "verdict_line": verdict_line(run, comparison),
-            "library_verified": library_range(run).get("verified"),  # None: a run that did not record it
-            "synthetic_pages": is_synthetic(run),
-            "started_at": run.started_at,
-            "finished_at": run.finished_at,
-            "wall_s": run.wall_s,
-            "config": run.config,
-            "environment": run.environment,
-            "summary": summary,
-            "pages": [_page(p) for p in run.pages],
-        }
+        table_steps(
+            {
+                "report_format": REPORT_FORMAT,
+                "run_id": run.run_id,
+                "command": run.command,
+                "verdict": run.verdict,
+                "verdict_line": verdict_line(run, comparison),
+                "library_verified": library_range(run).get("verified"),  # None: a run that did not record it
+                "synthetic_pages": is_synthetic(run),
+                "started_at": run.started_at,
+                "finished_at": run.finished_at,
+                "wall_s": run.wall_s,
+                "config": run.config,
+                "environment": run.environment,
+                "summary": summary,
+                "pages": [_page(p) for p in run.pages],
+            }
+        )
     )
+
+
+def read_report(doc: dict[str, Any]) -> dict[str, Any]:
+    """A parsed report.json of any of REPORT_FORMATS with its pages' decode steps in place (format 1's layout;
+    a damaged table is a `reports.step_tables.StepTableError`)."""
+    return expand_steps(doc) if is_tabled(doc) else doc
 
 
 def _page(p: PageResult) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import json
 import os
 import re
 import unicodedata
@@ -62,7 +63,9 @@ def _escape_surrogates(text: str) -> str:
 
 
 def safe_tree(obj: Any, _memo: dict[int, Any] | None = None) -> Any:
-    """A copy of a run (dataclasses, dicts, lists) whose every string went through `safe_text`.
+    """A run (dataclasses, dicts, lists) whose every string went through `safe_text`: a copy of what holds a
+    string that changes, the same object where nothing would (`_plainly_safe`: a run's traces are millions of
+    numbers and op names, and walking them in Python cost more than writing every report).
 
     Containers shared by several pages (a cached trace) stay shared in the copy.
     """
@@ -72,8 +75,43 @@ def safe_tree(obj: Any, _memo: dict[int, Any] | None = None) -> Any:
         return obj
     memo = {} if _memo is None else _memo
     if id(obj) not in memo:
-        memo[id(obj)] = _copy(obj, memo)
+        memo[id(obj)] = obj if _checkable(obj) and _plainly_safe(obj) else _copy(obj, memo)
     return memo[id(obj)]
+
+
+# In json.dumps' output (ensure_ascii off) the controls safe_text escapes show as \u0000-\u001f (bar \t, \n)
+# or \b, \f, \r, and DEL as itself; an escaped backslash before such letters is a false alarm, which only costs
+# the walk.
+_JSON_CONTROL = re.compile(r"\\u00(?:0[0-8bBcCdDeEfF]|1[0-9a-fA-F])|\\[bfr]|\x7f")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+def _checkable(obj: Any) -> bool:
+    """Dicts and lists of plain data: a run or a list of pages is walked, so one check never holds a whole run's
+    JSON (a page's trace at a time)."""
+    if isinstance(obj, dict):
+        return True
+    return isinstance(obj, list | tuple) and not (obj and dataclasses.is_dataclass(obj[0]))
+
+
+def _plainly_safe(obj: Any) -> bool:
+    """Whether no string in ``obj`` (values, keys, dataclass fields) would change under `safe_text`: one C-speed
+    json.dumps and a scan of its text.  False when unsure (a key json cannot write, a value it cannot hold)."""
+    try:
+        text = json.dumps(obj, ensure_ascii=False, check_circular=False, default=_fields)
+        text.encode("utf-8")  # a lone surrogate (json writes it through unescaped)
+    except (TypeError, ValueError, RecursionError, UnicodeEncodeError):
+        return False
+    if _JSON_CONTROL.search(text):
+        return False
+    return text.isascii() or not any(_invisible(c) for c in set(_NON_ASCII.findall(text)))
+
+
+def _fields(obj: Any) -> Any:
+    """json.dumps' fallback: a dataclass as its fields; anything else holds no string safe_tree would touch."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    return None
 
 
 def _copy(obj: Any, memo: dict[int, Any]) -> Any:

@@ -33,6 +33,7 @@ from tiny_snapshots import tiny_snapshot
 import reports
 import verify.runner
 from core.schema import OP_FAMILIES, STAGES, VISION_STAGES
+from reports.document import read_report
 from verify.cli import main_end2end, main_vision
 from verify.runner import VendorFailure
 
@@ -95,7 +96,8 @@ def the_run_dir(out: Path) -> Path:
 
 
 def report(out: Path) -> dict[str, Any]:
-    return json.loads((the_run_dir(out) / "report.json").read_text())
+    """The run's report.json with every page's decode steps in place (`reports.document.read_report`)."""
+    return read_report(json.loads((the_run_dir(out) / "report.json").read_text()))
 
 
 def csv_rows(out: Path) -> list[dict[str, str]]:
