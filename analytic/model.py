@@ -190,7 +190,7 @@ class CostModel:
         fam_head: dict[str, int] = {}
         for t in range(1, workload.decode_tokens + 1):
             sdec, shead = self._decode_step(workload, t, prof, records)
-            steps.append({"decoder": _leaf(sdec, True), "lm_head": _leaf(shead, True)})
+            steps.append(self._step_leaves(workload, t, prof, sdec, shead, records))
             for fam, src in ((fam_dec, sdec), (fam_head, shead)):
                 for k, v in src.families.items():
                     fam[k] = fam.get(k, 0) + v
@@ -321,8 +321,22 @@ class CostModel:
         def run() -> tuple[Cost, Cost]:
             return comp.step(self.decoder, w, t, prof, records)
 
-        key = ("decode", w.prefill_len + t, prof.key, w.attn_impl, w.dtype_bytes)
-        return run() if records else self._memoised(key, run)
+        return run() if records else self._memoised(self._step_key(w, t, prof), run)
+
+    @staticmethod
+    def _step_key(w: VisionWorkload, t: int, prof: ImplProfile) -> tuple:
+        return ("decode", w.prefill_len + t, prof.key, w.attn_impl, w.dtype_bytes)
+
+    def _step_leaves(
+        self, w: VisionWorkload, t: int, prof: ImplProfile, sdec: Cost, shead: Cost, records: bool
+    ) -> dict[str, dict[str, int]]:
+        """A decode step's entry in ``stages.decode.steps``: one dict per key count, shared by every page that
+        decodes past it (a page of 4,000 tokens would otherwise build 8,000 metric dicts; readers never write)."""
+
+        def run() -> dict[str, dict[str, int]]:
+            return {"decoder": _leaf(sdec, True), "lm_head": _leaf(shead, True)}
+
+        return run() if records else self._memoised(("leaves", *self._step_key(w, t, prof)), run)
 
 
 def build_cost_model(overrides: list[str] | None = None, family: str = DEFAULT_FAMILY) -> CostModel:

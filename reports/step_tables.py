@@ -30,16 +30,22 @@ class _Table:
     def __init__(self) -> None:
         self.rows: list[Any] = []
         self._index: dict[str, int] = {}
+        self._by_id: dict[int, int] = {}  # the same object is the same row (pages share the analytic's steps)
 
-    def runs(self, items: list[Any]) -> list[list[int]]:
-        """``items`` as [first, count] runs of consecutive rows (a page's steps are consecutive key counts)."""
+    def runs(self, items: list[Any], held: bool = True) -> list[list[int]]:
+        """``items`` as [first, count] runs of consecutive rows (a page's steps are consecutive key counts).
+        ``held``: the items live as long as this table (they are the document's), so an id names one object."""
         runs: list[list[int]] = []
         for item in items:
-            key = json.dumps(item, separators=(",", ":"), default=repr)  # any value: rows are made JSON later
-            row = self._index.get(key)
+            row = self._by_id.get(id(item)) if held else None
             if row is None:
-                row = self._index[key] = len(self.rows)
-                self.rows.append(item)
+                key = json.dumps(item, separators=(",", ":"), default=repr)  # any value: rows are made JSON later
+                row = self._index.get(key)
+                if row is None:
+                    row = self._index[key] = len(self.rows)
+                    self.rows.append(item)
+                if held:
+                    self._by_id[id(item)] = row
             if runs and runs[-1][0] + runs[-1][1] == row:
                 runs[-1][1] += 1
             else:
@@ -68,7 +74,7 @@ def _tabled_page(page: dict[str, Any], tables: dict[str, _Table]) -> dict[str, A
         out["trace"] = {
             **trace,
             "calls": head,
-            "decode_calls": {"table": "decode_calls", "runs": tables["decode_calls"].runs(steps)},
+            "decode_calls": {"table": "decode_calls", "runs": tables["decode_calls"].runs(steps, held=False)},
         }
     return out
 

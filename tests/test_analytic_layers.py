@@ -1,6 +1,5 @@
 """Per-layer tensor FLOPs on small shapes, derived by hand (2 FLOPs per multiply-add)."""
 
-
 import pytest
 
 from analytic.costs import Cost, causal_pairs

@@ -67,7 +67,6 @@ _FLASH_ATTN = ("q", "k", "v")
 _FA_NAMES = {"query": "q", "key": "k", "value": "v"}
 
 
-
 def _sdpa_kernel(*params: str, masks: tuple[str, ...] = ()) -> AttentionKernel:
     """One of aten's SDPA kernels: (B, H, S, D) q, k, v, then ``params`` in schema order, causal by ``is_causal``."""
     return AttentionKernel("bhsd", (*_SDPA, *params), masks=masks, causal="is_causal")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from vendor_shim.audit import AuditLog
-from vendor_shim.decode_steps import TENSOR, StepRecord
+from vendor_shim.decode_steps import StepRecord
 from vendor_shim.errors import VendorRunError
 from vendor_shim.stages import CallRecord, TrackerState
 
@@ -67,19 +67,22 @@ def inject(
                 f"stored decode step for {step.keys} keys given as step {t} of a {prefill_len} prefill"
             )
         for part, ops in step.cells.items():
-            leaf = tracker.leaf_ops[("decode", part, t)]
-            if leaf:
+            key = ("decode", part, t)
+            if tracker.leaf_ops.get(key):
                 raise VendorRunError(f"decode step {t} ran here and was given stored: it would be counted twice")
-            for op, cell in ops.items():
-                leaf[op] = list(cell)
-                seen = per_op.get(op)
-                if seen is None:
-                    per_op[op] = [cell[-1], cell[TENSOR], step.classes[op]]
-                else:
-                    seen[0] += cell[-1]
-                    seen[1] += cell[TENSOR]
-                    if seen[2] == "non_float":
-                        seen[2] = step.classes[op]
+            # the record's own cells, not a copy: nothing writes a leaf after its run executed (`steps_of` and
+            # the assembly read them), and the record is the one every page past this key count is given
+            tracker.leaf_ops[key] = ops
+            tracker.stored_metrics[key] = step.part_metrics[part]
+        for op, calls, flops, klass in step.op_totals:
+            seen = per_op.get(op)
+            if seen is None:
+                per_op[op] = [calls, flops, klass]
+            else:
+                seen[0] += calls
+                seen[1] += flops
+                if seen[2] == "non_float":
+                    seen[2] = klass
         for c in step.calls:
             tracker.records.append(_record(c, len(tracker.records), t))
         tracker.kv_resident.append(step.kv_resident)
@@ -102,7 +105,7 @@ def _record(c: dict[str, Any], index: int, step: int) -> CallRecord:
         step=step,
         input_shapes=c["input_shapes"],
         tensor_flops=c["tensor_flops"],
-        ops=dict(c["ops"]),
+        ops=c["ops"],  # the record's (read only: CallRecord.to_dict copies it into the trace)
         entry_live=0,
         peak_live=c["peak_bytes"],
         allocator_peak_bytes=c["allocator_peak_bytes"],

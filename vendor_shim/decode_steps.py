@@ -11,10 +11,11 @@ depends on the page.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 from core.families import family
-from core.metrics import TRAFFIC
+from core.metrics import TRAFFIC, op_metrics
 from core.workload import VisionWorkload
 
 TENSOR = TRAFFIC.index("tensor_flops")
@@ -38,6 +39,24 @@ class StepRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    # Derived once per record (a run keeps its records, `verify.step_cache`, and every page that decodes past this
+    # key count is given the same one): what the splice and the assembly would otherwise add up again per page.
+    @cached_property
+    def part_traffic(self) -> dict[str, list[int]]:
+        """part -> its cells summed over the ops: [*TRAFFIC] (the step's leaf before `core.metrics.op_metrics`)."""
+        width = range(len(TRAFFIC))
+        return {part: [sum(c[i] for c in ops.values()) for i in width] for part, ops in self.cells.items()}
+
+    @cached_property
+    def part_metrics(self) -> dict[str, dict[str, int]]:
+        """part -> the step's leaf metrics (`core.metrics.op_metrics` of `part_traffic`)."""
+        return {part: op_metrics(dict(zip(TRAFFIC, v, strict=True))) for part, v in self.part_traffic.items()}
+
+    @cached_property
+    def op_totals(self) -> list[tuple[str, int, int, str]]:
+        """(op, calls, tensor FLOPs, audit class) over both parts, in cell order: what the audit log is given."""
+        return [(op, c[-1], c[TENSOR], self.classes[op]) for ops in self.cells.values() for op, c in ops.items()]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StepRecord:

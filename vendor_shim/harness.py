@@ -21,6 +21,7 @@ import json
 import time
 import warnings
 from dataclasses import dataclass, field
+from operator import add
 from typing import Any
 
 import torch
@@ -478,8 +479,11 @@ def _assemble(
     stages = empty_stages(k, workload.model)
     raw: dict[tuple[str, str], dict[str, list[int]]] = {}  # (stage, part) -> op -> cells summed over steps
     unattributed = 0
+    stored = tracker.stored_metrics
     for (stage, part, step), ops in tracker.leaf_ops.items():
-        sums = op_metrics({t: sum(cell[i] for cell in ops.values()) for i, t in enumerate(TRAFFIC)})
+        sums = stored.get((stage, part, step))
+        if sums is None:
+            sums = op_metrics({t: sum(cell[i] for cell in ops.values()) for i, t in enumerate(TRAFFIC)})
         if (stage, part) == UNATTRIBUTED:
             unattributed += sums["tensor_flops"]
             stage, part = UNATTRIBUTED  # still listed, so a failure points at the ops
@@ -495,11 +499,7 @@ def _assemble(
         dst = raw.setdefault((stage, part), {})
         for op, cell in ops.items():
             acc = dst.get(op)
-            if acc is None:
-                dst[op] = list(cell)
-            else:
-                for i, v in enumerate(cell):
-                    acc[i] += v
+            dst[op] = list(cell) if acc is None else list(map(add, acc, cell))
     breakdown: dict[str, Any] = {}
     for (stage, part), ops in raw.items():  # the metrics are linear in the traffic: per op once, steps summed
         dst = breakdown.setdefault(stage, {}).setdefault(part, {})

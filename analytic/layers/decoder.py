@@ -155,8 +155,6 @@ def rotary_tables_matmul(c: Cost, path: str | None, positions: int, hd: int, db:
     return 2 * emb * db
 
 
-
-
 # ImplProfile.rope -> whether every attention builds its own rotary tables (4.46 LlamaAttention: a bmm per layer)
 # rather than the forward once (transformers 5: UnlimitedOcrTextRotaryEmbedding.forward, elementwise)
 ROTARY_PER_LAYER = {"per_layer_matmul": True, "once_elementwise": False}

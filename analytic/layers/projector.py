@@ -45,9 +45,7 @@ def _mlp_gelu(p: MlpProjector, c: Cost, batch: int, tokens: int, db: int, path: 
     return tokens
 
 
-def _downsample(
-    p: MlpProjector, c: Cost, batch: int, tokens: int, db: int, path: str | None, norm: bool
-) -> int:
+def _downsample(p: MlpProjector, c: Cost, batch: int, tokens: int, db: int, path: str | None, norm: bool) -> int:
     """Pad to a multiple of the ratio r, unfold r x r (input_dim x r^2 features), an optional LayerNorm, then
     Linear(din, hidden), (depth - 2) x (GELU, Linear(hidden, hidden)), GELU, Linear(hidden, n_embed)."""
     r, lp = p.downsample_ratio, sub(path, "layers")

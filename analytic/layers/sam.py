@@ -341,8 +341,6 @@ def _block_params(blk: SamBlock) -> int:
     return 4 * d + 3 * d * d + 3 * d * blk.qkv_bias + d * d + d + d * m + m + m * d + d + rel
 
 
-
-
 def _rel_pos_gather(
     c: Cost,
     path: str | None,

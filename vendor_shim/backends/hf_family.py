@@ -111,4 +111,3 @@ def decoder_config(dec: dict[str, Any], num_layers: int) -> dict[str, Any]:
         "bos_token_id": BOS_ID,
         "eos_token_id": EOS_ID,
     }
-
