@@ -95,4 +95,3 @@ def _read_steps(path: Path, sig: str, first: int, last: int) -> list[StepRecord]
     if [s.keys for s in steps] != list(range(first, last + 1)):
         return None
     return steps
-
