@@ -75,6 +75,28 @@ def test_a_page_given_steps_of_another_page_equals_its_own_run(models):
         assert step["lm_head"]["tensor_flops"] == 2 * HID * VOCAB
 
 
+def test_records_given_to_many_pages_are_given_by_reference_and_never_written(models):
+    """The splice hands a page the record's own cells and precomputed leaf metrics (no copies: a run keeps its
+    records and gives the same ones to every page past those key counts), so nothing downstream may write them:
+    two pages given the same records leave them as they were and show the same decode stage."""
+    page = _page()
+    swept: list[StepRecord] = []
+    _run(sweep_workload(page, page.prefill_len + 1, page.decode_tokens), models, steps_out=swept)
+    before = [s.to_dict() for s in swept]
+    first = _run(page, models, decode_steps=swept).to_dict()
+    wider = VisionWorkload.from_page(
+        700, 500, "small", prompt_tokens=5, decode_tokens=3, impl="hf", dtype="bfloat16"
+    )  # another geometry, the same prefill length
+    assert wider.prefill_len == page.prefill_len
+    second = _run(wider, models, decode_steps=swept).to_dict()
+    assert [s.to_dict() for s in swept] == before
+    assert first["stages"]["decode"] == second["stages"]["decode"]
+    assert all(first["stages"]["decode"]["steps"][t] is swept[t].trace_step for t in range(3))  # shared, not copied
+    for t, step in enumerate(swept, start=1):  # the leaf metrics the record computed once are its cells' sums
+        for part, ops in step.cells.items():
+            assert first["stages"]["decode"]["steps"][t - 1][part]["tensor_flops"] == sum(c[0] for c in ops.values())
+
+
 def test_steps_for_the_wrong_key_counts_are_refused(models):
     page = _page(2)
     steps: list[StepRecord] = []

@@ -73,7 +73,7 @@ def inject(
             # the record's own cells, not a copy: nothing writes a leaf after its run executed (`steps_of` and
             # the assembly read them), and the record is the one every page past this key count is given
             tracker.leaf_ops[key] = ops
-            tracker.stored_metrics[key] = step.part_metrics[part]
+        tracker.stored_steps[t] = step
         for op, calls, flops, klass in step.op_totals:
             seen = per_op.get(op)
             if seen is None:

@@ -16,7 +16,9 @@ from typing import Any
 
 from core.families import family
 from core.metrics import TRAFFIC, op_metrics
+from core.schema import LM_PARTS
 from core.workload import VisionWorkload
+from vendor_shim.trace import ALLOCATOR_PEAK, empty_leaf
 
 TENSOR = TRAFFIC.index("tensor_flops")
 STEP_FORMAT = 1  # bump when a StepRecord's fields change meaning
@@ -52,6 +54,22 @@ class StepRecord:
     def part_metrics(self) -> dict[str, dict[str, int]]:
         """part -> the step's leaf metrics (`core.metrics.op_metrics` of `part_traffic`)."""
         return {part: op_metrics(dict(zip(TRAFFIC, v, strict=True))) for part, v in self.part_traffic.items()}
+
+    @cached_property
+    def trace_step(self) -> dict[str, dict[str, Any]]:
+        """The step's entry in a trace's ``stages.decode.steps``, built as the harness's assembly builds a leaf (its
+        metrics, then per root call: one more call, the larger peak, the larger allocator peak where measured);
+        one object shared by every page given this record (nothing writes a finished trace's steps)."""
+        steps = {part: empty_leaf() for part in LM_PARTS}  # as `vendor_shim.trace.empty_stages` has them
+        for part, metrics in self.part_metrics.items():
+            steps[part] |= metrics  # onto zeros: the assembly's `+=`
+        for c in self.calls:
+            leaf = steps[c["part"]]
+            leaf["calls"] += 1
+            leaf["peak_bytes"] = max(leaf["peak_bytes"], c["peak_bytes"])
+            if c["allocator_peak_bytes"] is not None:
+                leaf[ALLOCATOR_PEAK] = max(leaf[ALLOCATOR_PEAK] or 0, c["allocator_peak_bytes"])
+        return steps
 
     @cached_property
     def op_totals(self) -> list[tuple[str, int, int, str]]:

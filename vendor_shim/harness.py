@@ -479,10 +479,12 @@ def _assemble(
     stages = empty_stages(k, workload.model)
     raw: dict[tuple[str, str], dict[str, list[int]]] = {}  # (stage, part) -> op -> cells summed over steps
     unattributed = 0
-    stored = tracker.stored_metrics
+    stored = tracker.stored_steps  # a stored step's metrics and its entry in the steps come from its record
     for (stage, part, step), ops in tracker.leaf_ops.items():
-        sums = stored.get((stage, part, step))
-        if sums is None:
+        record = stored.get(step) if stage == "decode" else None
+        if record is not None:
+            sums = record.part_metrics[part]
+        else:
             sums = op_metrics({t: sum(cell[i] for cell in ops.values()) for i, t in enumerate(TRAFFIC)})
         if (stage, part) == UNATTRIBUTED:
             unattributed += sums["tensor_flops"]
@@ -492,7 +494,8 @@ def _assemble(
             if stage == "decode":
                 if not 1 <= step <= k:
                     raise VendorRunError(f"decode work charged to step {step}, outside 1..{k}")
-                leaves.append(stages["decode"]["steps"][step - 1][part])
+                if record is None:
+                    leaves.append(stages["decode"]["steps"][step - 1][part])
             for leaf in leaves:
                 for metric, v in sums.items():
                     leaf[metric] += v
@@ -510,13 +513,17 @@ def _assemble(
             dst[op] = row
     for rec in tracker.records:
         leaves = [stages[rec.stage][rec.part]]
-        if rec.stage == "decode" and 1 <= rec.step <= k:
+        if rec.stage == "decode" and 1 <= rec.step <= k and rec.step not in stored:
             leaves.append(stages["decode"]["steps"][rec.step - 1][rec.part])
         for leaf in leaves:
             leaf["calls"] += 1
             leaf["peak_bytes"] = max(leaf["peak_bytes"], rec.peak_bytes)
             if rec.allocator_peak_bytes is not None:  # reported next to peak_bytes, never gated
                 leaf["allocator_peak_bytes"] = max(leaf.get("allocator_peak_bytes") or 0, rec.allocator_peak_bytes)
+    for t, record in stored.items():
+        if not 1 <= t <= k:
+            raise VendorRunError(f"a stored decode step given as step {t}, outside 1..{k}")
+        stages["decode"]["steps"][t - 1] = record.trace_step
     return stages, breakdown, unattributed
 
 

@@ -124,9 +124,9 @@ class TrackerState:
     experts_hit: dict[int, list[int]]
     top_calls: int
     allocator: AllocatorPeaks | None  # None off cuda
-    # leaf -> its metrics (its cells summed over the ops), for the decode leaves given from stored steps
-    # (`decode_splice`): the record computed them once for every page it is given to
-    stored_metrics: dict[tuple[str, str, int], dict[str, int]] = field(default_factory=dict)
+    # decode step t -> the stored record it was given (`decode_splice`): the record's leaf metrics and trace entry,
+    # computed once for every page it is given to, stand for adding its cells and calls up again
+    stored_steps: dict[int, Any] = field(default_factory=dict)
 
 
 class StageTracker:
