@@ -105,7 +105,10 @@ def _decode_call_groups(calls: Any) -> tuple[list[Any], list[list[dict[str, Any]
             groups.append([])
         elif step != len(groups) or not groups:
             return None
-        groups[-1].append({k: v for k, v in c.items() if k not in _PAGE_KEYS})
+        row = dict(c)  # a copy less the page's keys (faster than filtering every key: a run has millions)
+        for k in _PAGE_KEYS:
+            del row[k]
+        groups[-1].append(row)
     return (calls[:first], groups) if groups else None
 
 
