@@ -242,6 +242,10 @@ def test_out_writes_markdown_and_json_atomically(tmp_path, capsys):
         (lambda p: write(p, "t.json", make_trace(A_OPS) | {"totals": {}}), "invalid vendor trace: totals"),
         (lambda p: write(p, "r.json", run_doc([]) | {"report_format": 99}), "report_format 99"),
         (lambda p: write(p, "r.json", run_doc([])), "has no pages: nothing to compare"),
+        (  # format 2 with its decode-step tables damaged (reports.step_tables)
+            lambda p: write(p, "r.json", run_doc([("p", None, "x")]) | {"report_format": 2, "step_tables": {}}),
+            "step_tables must hold the lists analytic_steps, trace_steps, decode_calls: re-run",
+        ),
     ],
 )
 def test_bad_input_is_one_line_naming_the_fix_and_exit_2(tmp_path, capsys, make, fix):
