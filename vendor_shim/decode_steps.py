@@ -18,11 +18,17 @@ from core.families import family
 from core.metrics import TRAFFIC, op_metrics
 from core.schema import LM_PARTS
 from core.workload import VisionWorkload
-from vendor_shim.trace import ALLOCATOR_PEAK, empty_leaf
+from vendor_shim.trace import add_call, empty_leaf
 
 TENSOR = TRAFFIC.index("tensor_flops")
 STEP_FORMAT = 1  # bump when a StepRecord's fields change meaning
 _CELL = len(TRAFFIC) + 1  # a leaf cell: the traffic vector, then the call count
+
+
+def cells_metrics(ops: dict[str, list[int]]) -> dict[str, int]:
+    """A leaf's metrics from its per-op cells ([*TRAFFIC, calls]): the traffic summed over the ops, then
+    `core.metrics.op_metrics` (the metrics are linear in it)."""
+    return op_metrics({t: sum(cell[i] for cell in ops.values()) for i, t in enumerate(TRAFFIC)})
 
 
 @dataclass(frozen=True)
@@ -45,30 +51,20 @@ class StepRecord:
     # Derived once per record (a run keeps its records, `verify.step_cache`, and every page that decodes past this
     # key count is given the same one): what the splice and the assembly would otherwise add up again per page.
     @cached_property
-    def part_traffic(self) -> dict[str, list[int]]:
-        """part -> its cells summed over the ops: [*TRAFFIC] (the step's leaf before `core.metrics.op_metrics`)."""
-        width = range(len(TRAFFIC))
-        return {part: [sum(c[i] for c in ops.values()) for i in width] for part, ops in self.cells.items()}
-
-    @cached_property
     def part_metrics(self) -> dict[str, dict[str, int]]:
-        """part -> the step's leaf metrics (`core.metrics.op_metrics` of `part_traffic`)."""
-        return {part: op_metrics(dict(zip(TRAFFIC, v, strict=True))) for part, v in self.part_traffic.items()}
+        """part -> the step's leaf metrics (`cells_metrics`)."""
+        return {part: cells_metrics(ops) for part, ops in self.cells.items()}
 
     @cached_property
     def trace_step(self) -> dict[str, dict[str, Any]]:
         """The step's entry in a trace's ``stages.decode.steps``, built as the harness's assembly builds a leaf (its
-        metrics, then per root call: one more call, the larger peak, the larger allocator peak where measured);
-        one object shared by every page given this record (nothing writes a finished trace's steps)."""
+        metrics, then each root call: `vendor_shim.trace.add_call`); one object shared by every page given this
+        record (nothing writes a finished trace's steps)."""
         steps = {part: empty_leaf() for part in LM_PARTS}  # as `vendor_shim.trace.empty_stages` has them
         for part, metrics in self.part_metrics.items():
             steps[part] |= metrics  # onto zeros: the assembly's `+=`
         for c in self.calls:
-            leaf = steps[c["part"]]
-            leaf["calls"] += 1
-            leaf["peak_bytes"] = max(leaf["peak_bytes"], c["peak_bytes"])
-            if c["allocator_peak_bytes"] is not None:
-                leaf[ALLOCATOR_PEAK] = max(leaf[ALLOCATOR_PEAK] or 0, c["allocator_peak_bytes"])
+            add_call(steps[c["part"]], c["peak_bytes"], c["allocator_peak_bytes"])
         return steps
 
     @cached_property

@@ -40,7 +40,7 @@ from vendor_shim.backends.base import (
     VendorBackend,
 )
 from vendor_shim.decode_splice import inject, steps_of
-from vendor_shim.decode_steps import StepRecord
+from vendor_shim.decode_steps import StepRecord, cells_metrics
 from vendor_shim.device_memory import cuda_allocator_probe
 from vendor_shim.env import base_environment, dtype_evidence, peak_rss_bytes, reset_peak_rss
 from vendor_shim.errors import VendorRunError, VendorShimError
@@ -48,7 +48,7 @@ from vendor_shim.formulas import custom_mapping
 from vendor_shim.hollow import HollowExecution
 from vendor_shim.op_meter import FusedAttention, OpMeter
 from vendor_shim.stages import UNATTRIBUTED, StageTracker, TrackerState
-from vendor_shim.trace import Trace, empty_stages
+from vendor_shim.trace import Trace, add_call, empty_stages
 
 # What totals.counter_total is: the stock counter's own total, or the audit's sum of the same registry's formulas.
 COUNTERS = {True: "torch FlopCounterMode (stacked above the audit)", False: "audit (FlopCounterMode's registry)"}
@@ -482,10 +482,7 @@ def _assemble(
     stored = tracker.stored_steps  # a stored step's metrics and its entry in the steps come from its record
     for (stage, part, step), ops in tracker.leaf_ops.items():
         record = stored.get(step) if stage == "decode" else None
-        if record is not None:
-            sums = record.part_metrics[part]
-        else:
-            sums = op_metrics({t: sum(cell[i] for cell in ops.values()) for i, t in enumerate(TRAFFIC)})
+        sums = record.part_metrics[part] if record is not None else cells_metrics(ops)
         if (stage, part) == UNATTRIBUTED:
             unattributed += sums["tensor_flops"]
             stage, part = UNATTRIBUTED  # still listed, so a failure points at the ops
@@ -516,10 +513,7 @@ def _assemble(
         if rec.stage == "decode" and 1 <= rec.step <= k and rec.step not in stored:
             leaves.append(stages["decode"]["steps"][rec.step - 1][rec.part])
         for leaf in leaves:
-            leaf["calls"] += 1
-            leaf["peak_bytes"] = max(leaf["peak_bytes"], rec.peak_bytes)
-            if rec.allocator_peak_bytes is not None:  # reported next to peak_bytes, never gated
-                leaf["allocator_peak_bytes"] = max(leaf.get("allocator_peak_bytes") or 0, rec.allocator_peak_bytes)
+            add_call(leaf, rec.peak_bytes, rec.allocator_peak_bytes)
     for t, record in stored.items():
         if not 1 <= t <= k:
             raise VendorRunError(f"a stored decode step given as step {t}, outside 1..{k}")

@@ -72,6 +72,15 @@ def empty_leaf() -> dict[str, Any]:
     return leaf
 
 
+def add_call(leaf: dict[str, Any], peak_bytes: int, allocator_peak_bytes: int | None) -> None:
+    """One root call into a leaf: one more call, the larger peak, the larger allocator peak where measured (it is
+    reported next to peak_bytes, never gated)."""
+    leaf["calls"] += 1
+    leaf["peak_bytes"] = max(leaf["peak_bytes"], peak_bytes)
+    if allocator_peak_bytes is not None:
+        leaf[ALLOCATOR_PEAK] = max(leaf.get(ALLOCATOR_PEAK) or 0, allocator_peak_bytes)
+
+
 def empty_stages(decode_steps: int = 0, family: str = DEFAULT_FAMILY) -> dict[str, Any]:
     stages: dict[str, Any] = {s: {b: empty_leaf() for b in VISION_BRANCHES} for s in family_vision_stages(family)}
     for s in LM_STAGES:
@@ -105,9 +114,12 @@ class Trace:
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, validate: bool = True) -> dict[str, Any]:
+        """The trace document; ``validate=False`` for a Trace validated when it was made (`run_counted`,
+        `from_dict`): a 4,000-step page's second validation costs as much as splicing it."""
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        validate_trace_dict(d)
+        if validate:
+            validate_trace_dict(d)
         return d
 
     @classmethod

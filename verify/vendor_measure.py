@@ -243,10 +243,7 @@ class VendorMeasurer:
             raise
         except VendorShimError as exc:
             raise VendorFailure(_one_line(exc)) from exc
-        # its fields as they are: every Trace `measure` hands out was validated when it was made (the harness
-        # before returning it, a worker's reply in Trace.from_dict), and a second pass over a 4,000-step page
-        # costs as much as splicing it
-        return {k: getattr(trace, k) for k in trace.__dataclass_fields__}
+        return trace.to_dict(validate=False)  # every Trace `measure` hands out was validated when it was made
 
     # -- decode steps measured once per signature and key count (verify.step_cache) -----------------
     def _shares_steps(self, workload: VisionWorkload) -> bool:
