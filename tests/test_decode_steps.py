@@ -12,7 +12,7 @@ import pytest
 from core.workload import VisionWorkload
 from vendor_shim import ModelCache, measure
 from vendor_shim.backends.hf import HfBackend
-from vendor_shim.decode_steps import StepRecord, sweep_workload
+from vendor_shim.decode_steps import StepLedger, StepRecord, StepRun, sweep_workload
 
 pytest.importorskip("transformers.models.unlimited_ocr")
 
@@ -95,6 +95,49 @@ def test_records_given_to_many_pages_are_given_by_reference_and_never_written(mo
     for t, step in enumerate(swept, start=1):  # the leaf metrics the record computed once are its cells' sums
         for part, ops in step.cells.items():
             assert first["stages"]["decode"]["steps"][t - 1][part]["tensor_flops"] == sum(c[0] for c in ops.values())
+
+
+def test_a_page_given_its_steps_with_their_sums_equals_the_page_given_the_records(models):
+    """A `StepRun` (the records and their sums taken at once from a `StepLedger`) gives the same trace, audit log
+    included, as the records added step by step: the sums are a second path to the same figures."""
+    page = _page(4)
+    swept: list[StepRecord] = []
+    _run(sweep_workload(page, page.prefill_len - 1, page.decode_tokens + 2), models, steps_out=swept)
+    ledger = StepLedger({s.keys: s for s in swept})  # two steps more on each side than the page needs
+    run = [s for s in swept if page.prefill_len < s.keys <= page.prefill_len + 4]
+    sums = ledger.sums(page.prefill_len + 1, page.prefill_len + 4)
+    assert sums is not None
+    by_step = _run(page, models, decode_steps=run).to_dict()
+    at_once = _run(page, models, decode_steps=StepRun(run, sums)).to_dict()
+    assert _comparable(at_once) == _comparable(by_step)
+    assert at_once["coverage"]["ops_seen"] == by_step["coverage"]["ops_seen"]
+    assert at_once["op_breakdown"]["decode"] == by_step["op_breakdown"]["decode"]
+
+
+def test_ledger_sums_are_the_steps_cells_added_up_and_refuse_a_gap():
+    """Hand-made steps: the ledger's sums over a run are its cells added by hand; an op one step lacks is listed
+    when another ran it; a class stays the first that is not non_float; a run over a missing key count is None."""
+
+    def step(keys: int, mm: int, extra: bool, klass: str) -> StepRecord:
+        cells = {"decoder": {"mm": [mm, 0, 10, 4, 8, 0, 2]}, "lm_head": {"mm": [7, 0, 1, 1, 1, 0, 1]}}
+        if extra:
+            cells["decoder"]["add"] = [0, 3, 6, 2, 0, 0, 1]
+        classes = {"mm": "counted", **({"add": klass} if extra else {})}
+        return StepRecord(keys=keys, cells=cells, calls=[], kv_resident=0, experts_hit=[], classes=classes)
+
+    steps = {10: step(10, 100, False, ""), 11: step(11, 200, True, "non_float"), 12: step(12, 300, True, "counted")}
+    steps[14] = step(14, 1, False, "")
+    ledger = StepLedger(steps)
+    sums = ledger.sums(10, 12)
+    assert sums is not None
+    assert sums.cells == {
+        "decoder": {"mm": [600, 0, 30, 12, 24, 0, 6], "add": [0, 6, 12, 4, 0, 0, 2]},
+        "lm_head": {"mm": [21, 0, 3, 3, 3, 0, 3]},
+    }
+    assert sums.classes == {"mm": "counted", "add": "counted"}  # add: non_float at 11, counted at 12
+    assert ledger.sums(11, 11).classes == {"mm": "counted", "add": "non_float"}
+    assert ledger.sums(12, 14) is None and ledger.sums(13, 14) is None  # 13 was never stored
+    assert ledger.sums(14, 14).cells["decoder"] == {"mm": [1, 0, 10, 4, 8, 0, 2]}
 
 
 def test_steps_for_the_wrong_key_counts_are_refused(models):

@@ -115,6 +115,42 @@ def test_the_verifier_measures_each_key_count_once_and_pages_get_the_same_steps(
     assert executed == [] and tb2["stages"] == tb["stages"]
 
 
+def test_prefetch_measures_the_union_of_the_pages_key_counts_in_one_sweep(tmp_path, monkeypatch):
+    """Before the first page the run measures every key count its uncached pages need: the two pages' overlapping
+    ranges as one sweep (one prefill, not one for each page that decodes further than the last), then both pages
+    take all their steps from the store.  A lone page with one job is left to run its own steps, and a page whose
+    trace is cached needs none."""
+    pytest.importorskip("transformers.models.unlimited_ocr")
+    cfg = VerifyConfig(
+        command="test", decode_tokens=None, cache_dir=str(tmp_path / "traces"), vision_device="meta", dtype="bfloat16"
+    )
+    a, b = _workload(12, 6), _workload(16, 4)  # b's prefill is 4 longer: key counts a+1..a+6 and a+5..a+8
+    executed: list[tuple[str, int, int]] = []
+
+    def record(run):
+        def wrapped(self, w, **steps):
+            if w.decode_tokens and "decode_steps" not in steps:
+                executed.append((w.mode, w.prefill_len + 1, w.prefill_len + w.decode_tokens))
+            return run(self, w, **steps)
+
+        return wrapped
+
+    monkeypatch.setattr(VendorMeasurer, "_run", record(VendorMeasurer._run))
+    m = VendorMeasurer.create(cfg)
+    m.prefetch([a])
+    assert executed == []  # one page, one job: its own run measures its steps
+    m.prefetch([a, b])
+    assert executed == [("tiny", a.prefill_len + 1, b.prefill_len + 4)]
+    ta, _ = m(a, None)
+    tb, _ = m(b, None)
+    assert len(executed) == 1  # nothing more executed a decode step
+    assert ta["received"]["execution"]["decode_steps_from_store"] == 6
+    assert tb["received"]["execution"]["decode_steps_from_store"] == 4
+    executed.clear()
+    VendorMeasurer.create(cfg).prefetch([a, b])  # both traces are cached now
+    assert executed == []
+
+
 def test_a_step_store_that_cannot_be_written_degrades_to_memory(tmp_path, monkeypatch):
     cfg = VerifyConfig(command="test", decode_tokens=2, cache_dir=str(tmp_path / "traces"))
     m = VendorMeasurer.create(cfg)
@@ -175,6 +211,20 @@ def test_split_cuts_missing_ranges_into_nearly_equal_parts(monkeypatch):
     assert split([(1, 150)], 4) == [[(1, 150)]]  # under MIN_STEPS_PER_JOB a part: one job
     monkeypatch.setattr(step_workers, "MIN_STEPS_PER_JOB", 1)
     assert split([(5, 7)], 8) == [[(5, 5)], [(6, 6)], [(7, 7)]]
+
+
+def test_split_balances_the_parts_cost_when_steps_cost_more_with_more_keys(monkeypatch):
+    """By hand: steps 1..4 costing 1, 2, 3, 4 (total 10, 5 a part) are cut after the part's cost reaches 5: 1+2+3
+    and 4; the default (uniform) cut is 2 and 2.  A start cost counts toward the part it opens."""
+    from verify import step_workers
+    from verify.step_workers import split
+
+    monkeypatch.setattr(step_workers, "MIN_STEPS_PER_JOB", 1)
+    assert split([(1, 4)], 2) == [[(1, 2)], [(3, 4)]]
+    assert split([(1, 4)], 2, step=lambda k: k) == [[(1, 3)], [(4, 4)]]
+    # ranges 1..2 and 10..11, steps of 1, a sweep starting at k costs k: 1+1+1 = 3 then 10+1+1 = 12 (total 15,
+    # 7.5 a part): the first range fills the first part, the second opens the next
+    assert split([(1, 2), (10, 11)], 2, start=lambda k: k) == [[(1, 2)], [(10, 11)]]
 
 
 def test_steps_measured_by_a_worker_process_equal_the_main_processes(tmp_path, monkeypatch):

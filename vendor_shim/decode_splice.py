@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from vendor_shim.audit import AuditLog
-from vendor_shim.decode_steps import StepRecord
+from vendor_shim.decode_steps import TENSOR, StepRecord, StepSums
 from vendor_shim.errors import VendorRunError
 from vendor_shim.stages import CallRecord, TrackerState
 
@@ -55,9 +55,12 @@ def inject(
     prefill_len: int,
     no_convention: set[str],
     alias_mismatch: set[str],
+    sums: StepSums | None = None,
 ) -> None:
     """Stored steps as if the run had executed them after its prefill: step t must have attended over
-    prefill_len + t keys, and the run must have executed its prefill and nothing after it."""
+    prefill_len + t keys, and the run must have executed its prefill and nothing after it.  ``sums``: the steps'
+    sums taken at once (`vendor_shim.decode_steps.StepLedger`); the audit log and the assembly then add those, not
+    each step's cells (`TrackerState.stored_sums`)."""
     if tracker.top_calls != 1:
         raise VendorRunError(f"stored decode steps go after the prefill only, but {tracker.top_calls} forwards ran")
     per_op: dict[str, list[Any]] = {}  # op -> [calls, tensor FLOPs, audit class] over the steps
@@ -74,25 +77,40 @@ def inject(
             # the assembly read them), and the record is the one every page past this key count is given
             tracker.leaf_ops[key] = ops
         tracker.stored_steps[t] = step
-        for op, calls, flops, klass in step.op_totals:
-            seen = per_op.get(op)
-            if seen is None:
-                per_op[op] = [calls, flops, klass]
-            else:
-                seen[0] += calls
-                seen[1] += flops
-                if seen[2] == "non_float":
-                    seen[2] = klass
+        if sums is None:
+            _add_op_totals(per_op, step.op_totals)
         for c in step.calls:
             tracker.records.append(_record(c, len(tracker.records), t))
         tracker.kv_resident.append(step.kv_resident)
         if step.experts_hit:
             tracker.experts_hit[t] = list(step.experts_hit)
-        no_convention.update(step.no_convention)
-        alias_mismatch.update(step.alias_mismatch)
+        if step.no_convention:
+            no_convention.update(step.no_convention)
+        if step.alias_mismatch:
+            alias_mismatch.update(step.alias_mismatch)
+    if sums is not None:
+        _add_op_totals(
+            per_op,
+            [(op, c[-1], c[TENSOR], sums.classes[op]) for ops in sums.cells.values() for op, c in ops.items()],
+        )
+        tracker.stored_sums = sums
     tracker.top_calls += len(steps)
     for op, (calls, flops, klass) in per_op.items():
         log.add_op(op, calls, flops, klass)
+
+
+def _add_op_totals(per_op: dict[str, list[Any]], totals: list[tuple[str, int, int, str]]) -> None:
+    """(op, calls, tensor FLOPs, audit class) rows into ``per_op``: calls and FLOPs add up; a class stays the first
+    that is not non_float."""
+    for op, calls, flops, klass in totals:
+        seen = per_op.get(op)
+        if seen is None:
+            per_op[op] = [calls, flops, klass]
+        else:
+            seen[0] += calls
+            seen[1] += flops
+            if seen[2] == "non_float":
+                seen[2] = klass
 
 
 def _record(c: dict[str, Any], index: int, step: int) -> CallRecord:

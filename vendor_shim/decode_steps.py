@@ -10,9 +10,12 @@ depends on the page.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any
+
+import numpy as np
 
 from core.families import family
 from core.metrics import TRAFFIC, op_metrics
@@ -95,6 +98,86 @@ class StepRecord:
         if any(op not in step.classes for ops in step.cells.values() for op in ops):
             raise ValueError(f"step {step.keys} has an op without its audit class")
         return step
+
+
+@dataclass(frozen=True)
+class StepSums:
+    """What a run of consecutive steps adds up to, taken at once: part -> op -> [*TRAFFIC, calls] summed over the
+    steps (an op is listed when any step ran it, as step-by-step sums list it), and op -> its audit class as
+    `vendor_shim.decode_splice.inject` resolves it step by step (the first class that is not non_float)."""
+
+    cells: dict[str, dict[str, list[int]]]
+    classes: dict[str, str]
+
+
+@dataclass(frozen=True)
+class StepRun:
+    """A page's K stored steps (step t over prefill_len + t keys) and their sums (`StepLedger.sums`)."""
+
+    records: list[StepRecord]
+    sums: StepSums
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+_WIDTH = _CELL + 1  # a ledger column: the cell, then 1 where the step ran the op
+
+
+class StepLedger:
+    """Running sums of a signature's stored steps in key order: the sums over any run of consecutive key counts are
+    one row's difference from another, where step by step a page of ~2,000 steps adds ~80 cells a step (and every
+    page past a key count adds that step's cells again).  Exact: int64 while no column can overflow it (checked
+    from the largest cell), Python integers otherwise."""
+
+    def __init__(self, steps: Mapping[int, StepRecord]) -> None:
+        self.keys = sorted(steps)
+        self._pos = {k: i for i, k in enumerate(self.keys)}
+        columns: dict[tuple[str, str], int] = {}
+        for k in self.keys:
+            for part, ops in steps[k].cells.items():
+                for op in ops:
+                    columns.setdefault((part, op), len(columns))
+        self._columns = list(columns)
+        rows, largest = [[0] * (len(columns) * _WIDTH)], 1
+        groups: dict[tuple[tuple[str, str], ...], int] = {}
+        self._classes: list[dict[str, str]] = []
+        self._group: list[int] = []
+        for k in self.keys:
+            step = steps[k]
+            row = [0] * (len(columns) * _WIDTH)
+            for part, ops in step.cells.items():
+                for op, cell in ops.items():
+                    at = columns[(part, op)] * _WIDTH
+                    row[at : at + _CELL] = cell
+                    row[at + _CELL] = 1
+                    largest = max(largest, *cell)
+            rows.append(row)
+            sig = tuple(sorted(step.classes.items()))
+            if sig not in groups:
+                groups[sig] = len(self._classes)
+                self._classes.append(step.classes)
+            self._group.append(groups[sig])
+        exact = largest * (len(self.keys) + 1) < 2**62
+        table = np.array(rows, dtype=np.int64 if exact else object).reshape(len(rows), len(columns), _WIDTH)
+        self._cum = np.cumsum(table, axis=0)
+
+    def sums(self, first: int, last: int) -> StepSums | None:
+        """The sums over key counts first..last, or None when the ledger does not hold each of them."""
+        a, b = self._pos.get(first), self._pos.get(last)
+        if a is None or b is None or b - a != last - first:
+            return None
+        diff = self._cum[b + 1] - self._cum[a]
+        cells: dict[str, dict[str, list[int]]] = {}
+        for c in np.flatnonzero(diff[:, _CELL]).tolist():
+            part, op = self._columns[c]
+            cells.setdefault(part, {})[op] = [int(v) for v in diff[c, :_CELL]]
+        classes: dict[str, str] = {}
+        for g in dict.fromkeys(self._group[a : b + 1]):  # the distinct class maps of the steps, in step order
+            for op, klass in self._classes[g].items():
+                if classes.get(op, "non_float") == "non_float":
+                    classes[op] = klass
+        return StepSums(cells, classes)
 
 
 # What a decode step's work depends on besides its key count (module docstring); the page's geometry and token

@@ -40,7 +40,7 @@ from vendor_shim.backends.base import (
     VendorBackend,
 )
 from vendor_shim.decode_splice import inject, steps_of
-from vendor_shim.decode_steps import StepRecord, cells_metrics
+from vendor_shim.decode_steps import StepRecord, StepRun, cells_metrics
 from vendor_shim.device_memory import cuda_allocator_probe
 from vendor_shim.env import base_environment, dtype_evidence, peak_rss_bytes, reset_peak_rss
 from vendor_shim.errors import VendorRunError, VendorShimError
@@ -125,7 +125,7 @@ def run_counted(
     execution: str = "real",
     dtype_reason: str | None = None,
     cross_check: bool = False,
-    decode_steps: list[StepRecord] | None = None,
+    decode_steps: list[StepRecord] | StepRun | None = None,
     steps_out: list[StepRecord] | None = None,
     base_runs: BaseRuns | None = None,
 ) -> Trace:
@@ -133,7 +133,8 @@ def run_counted(
     ``loaded`` runs the decoder on pre-encoded placeholders; both under the same counter, audit and hooks.
     ``execution="shapes"`` runs the counted ops hollow (`vendor_shim.hollow`): same ops, same counts, no arithmetic.
     ``decode_steps``: the workload's K decode steps, measured before (`vendor_shim.decode_steps`): the run executes
-    vision and prefill and takes the steps from these.  ``steps_out`` receives the run's own decode steps.
+    vision and prefill and takes the steps from these (a `StepRun`: with their sums taken at once).  ``steps_out``
+    receives the run's own decode steps.
     ``base_runs``: with ``decode_steps``, vision and prefill come from an earlier run of the same signature when it
     holds one (and are kept there when it does not)."""
     if base_runs is not None and (decode_steps is None or fvcore):
@@ -350,10 +351,11 @@ def _execute(
     )
 
 
-def _splice(done: _Executed, steps: list[StepRecord], prefill_len: int) -> None:
+def _splice(done: _Executed, steps: list[StepRecord] | StepRun, prefill_len: int) -> None:
     """Stored decode steps into a run that executed vision and prefill only (`vendor_shim.decode_splice`)."""
     no_convention, alias_mismatch = set(done.log.no_convention), set(done.log.alias_mismatch)
-    inject(done.tracker, done.log, steps, prefill_len, no_convention, alias_mismatch)
+    records, sums = (steps.records, steps.sums) if isinstance(steps, StepRun) else (steps, None)
+    inject(done.tracker, done.log, records, prefill_len, no_convention, alias_mismatch, sums)
     done.log.no_convention, done.log.alias_mismatch = sorted(no_convention), sorted(alias_mismatch)
     done.memory["kv_cache_resident_bytes"] = list(done.tracker.kv_resident)  # after the prefill and each step
     done.counter_total = int(done.log.total_flops)  # the audit's (the stock counter never serves stored steps)
@@ -480,8 +482,11 @@ def _assemble(
     raw: dict[tuple[str, str], dict[str, list[int]]] = {}  # (stage, part) -> op -> cells summed over steps
     unattributed = 0
     stored = tracker.stored_steps  # a stored step's metrics and its entry in the steps come from its record
+    at_once = tracker.stored_sums  # and their cells, summed at once, when the splice was given the sums
     for (stage, part, step), ops in tracker.leaf_ops.items():
         record = stored.get(step) if stage == "decode" else None
+        if record is not None and at_once is not None:
+            continue  # added below, all steps at once
         sums = record.part_metrics[part] if record is not None else cells_metrics(ops)
         if (stage, part) == UNATTRIBUTED:
             unattributed += sums["tensor_flops"]
@@ -496,10 +501,12 @@ def _assemble(
             for leaf in leaves:
                 for metric, v in sums.items():
                     leaf[metric] += v
-        dst = raw.setdefault((stage, part), {})
-        for op, cell in ops.items():
-            acc = dst.get(op)
-            dst[op] = list(cell) if acc is None else list(map(add, acc, cell))
+        _add_cells(raw.setdefault((stage, part), {}), ops)
+    for part, ops in (at_once.cells if at_once is not None else {}).items():
+        leaf = stages["decode"][part]
+        for metric, v in cells_metrics(ops).items():  # linear in the traffic: the sum of the steps' metrics
+            leaf[metric] += v
+        _add_cells(raw.setdefault(("decode", part), {}), ops)
     breakdown: dict[str, Any] = {}
     for (stage, part), ops in raw.items():  # the metrics are linear in the traffic: per op once, steps summed
         dst = breakdown.setdefault(stage, {}).setdefault(part, {})
@@ -519,6 +526,12 @@ def _assemble(
             raise VendorRunError(f"a stored decode step given as step {t}, outside 1..{k}")
         stages["decode"]["steps"][t - 1] = record.trace_step
     return stages, breakdown, unattributed
+
+
+def _add_cells(dst: dict[str, list[int]], ops: dict[str, list[int]]) -> None:
+    for op, cell in ops.items():
+        acc = dst.get(op)
+        dst[op] = list(cell) if acc is None else list(map(add, acc, cell))
 
 
 def stage_wall_times(records: list[Any]) -> dict[str, dict[str, float]]:

@@ -18,7 +18,7 @@ from vendor_shim.errors import VendorInputError
 from vendor_shim.trace import Trace
 
 if TYPE_CHECKING:
-    from vendor_shim.decode_steps import StepRecord
+    from vendor_shim.decode_steps import StepRecord, StepRun
     from vendor_shim.harness import BaseRuns
 
 
@@ -48,7 +48,7 @@ def measure(
     vision_device: str | None = None,
     execution: str = "auto",
     dtype_reason: str | None = None,
-    decode_steps: list[StepRecord] | None = None,
+    decode_steps: list[StepRecord] | StepRun | None = None,
     steps_out: list[StepRecord] | None = None,
     base_runs: BaseRuns | None = None,
 ) -> Trace:
@@ -125,7 +125,7 @@ def _measure_in_process(
     vision_device: str | None,
     execution: str,
     dtype_reason: str | None,
-    decode_steps: list[StepRecord] | None = None,
+    decode_steps: list[StepRecord] | StepRun | None = None,
     steps_out: list[StepRecord] | None = None,
     base_runs: BaseRuns | None = None,
 ) -> Trace:

@@ -127,6 +127,9 @@ class TrackerState:
     # decode step t -> the stored record it was given (`decode_splice`): the record's leaf metrics and trace entry,
     # computed once for every page it is given to, stand for adding its cells and calls up again
     stored_steps: dict[int, Any] = field(default_factory=dict)
+    # their cells summed at once (`vendor_shim.decode_steps.StepSums`), when the splice was given the sums: the
+    # assembly adds these instead of each stored step's cells
+    stored_sums: Any = None
 
 
 class StageTracker:

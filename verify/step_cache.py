@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from vendor_shim.decode_steps import STEP_FORMAT, StepRecord
+from vendor_shim.decode_steps import STEP_FORMAT, StepLedger, StepRecord, StepRun
 from verify.cache import _read_entry, _remove, _write_fd
 
 _ENTRY = re.compile(r"(\d+)-(\d+)\.json")
@@ -30,6 +30,7 @@ class StepCache:
     def __init__(self, root: Path | str | None) -> None:
         self.root = Path(root) if root is not None else None
         self._steps: dict[str, dict[int, StepRecord]] = {}
+        self._ledgers: dict[str, StepLedger] = {}  # built on demand, dropped when a signature gains steps
 
     def folder(self, sig: str) -> Path | None:
         if len(sig) != 64 or any(c not in "0123456789abcdef" for c in sig):
@@ -41,6 +42,17 @@ class StepCache:
         known = self._load(sig)
         return {k: known[k] for k in keys if k in known}
 
+    def run(self, sig: str, need: range) -> StepRun | None:
+        """The stored steps of ``need`` (consecutive key counts) with their sums, or None when one is missing."""
+        known = self._load(sig)
+        if any(k not in known for k in need):
+            return None
+        ledger = self._ledgers.get(sig)
+        if ledger is None:
+            ledger = self._ledgers[sig] = StepLedger(known)
+        sums = ledger.sums(need.start, need.stop - 1)
+        return None if sums is None else StepRun([known[k] for k in need], sums)
+
     def put(self, sig: str, steps: list[StepRecord], material: Mapping[str, Any] | None = None) -> None:
         """Keep ``steps`` (consecutive key counts) for the run, then on disk; OSError (disk full, read-only) is the
         caller's to report as a cache problem: the run keeps them in memory either way."""
@@ -50,6 +62,7 @@ class StepCache:
         if keys != list(range(keys[0], keys[0] + len(keys))):
             raise ValueError(f"steps to store are not consecutive key counts: {keys[:3]}...")
         self._load(sig).update({s.keys: s for s in steps})
+        self._ledgers.pop(sig, None)
         folder = self.folder(sig)
         if folder is None:
             return

@@ -49,23 +49,48 @@ def _available_memory() -> int:
     return MAX_JOBS * JOB_MEMORY
 
 
-def split(ranges: list[tuple[int, int]], jobs: int) -> list[list[tuple[int, int]]]:
-    """The missing key-count ranges cut into at most ``jobs`` parts of nearly equal step counts, each part a list of
-    consecutive ranges; fewer parts when a part would hold under MIN_STEPS_PER_JOB steps."""
+def step_cost(keys: int) -> float:
+    """A metered decode step's rough cost over ``keys`` keys, in steps over none: transformers' DynamicCache copies
+    its whole K/V every step (about 55 ms a step at 300 keys, 80 at 4,000 on the 2-core EPYC: docs/measurements.md).
+    Balances the parts only; nothing measured depends on it."""
+    return 1.0 + keys / 10_000
+
+
+def prefill_cost(first: int) -> float:
+    """A sweep's prefill before its first step at ``first`` keys, in the same units: eager attention's scores over
+    first - 1 tokens are real elementwise work, quadratic in them (about 24 s, ~270 steps, at 4,000 keys)."""
+    return (first / 250) ** 2
+
+
+def split(
+    ranges: list[tuple[int, int]],
+    jobs: int,
+    step: Callable[[int], float] = lambda _keys: 1.0,
+    start: Callable[[int], float] = lambda _first: 0.0,
+) -> list[list[tuple[int, int]]]:
+    """The missing key-count ranges cut into at most ``jobs`` parts of nearly equal cost, each part a list of
+    consecutive ranges; fewer parts when a part would hold under MIN_STEPS_PER_JOB steps.  ``step(keys)``: a step's
+    cost, ``start(first)``: what a sweep beginning at ``first`` pays before it (uniform steps and free starts by
+    default: parts of nearly equal step counts)."""
     total = sum(b - a + 1 for a, b in ranges)
     parts = max(1, min(jobs, total // MIN_STEPS_PER_JOB))
-    size = -(-total // parts)  # ceiling
+    weight = sum(start(a) + sum(step(k) for k in range(a, b + 1)) for a, b in ranges)
+    target = weight / parts
     out: list[list[tuple[int, int]]] = [[]]
-    room = size
+    spent = 0.0
     for a, b in ranges:
-        while a <= b:
-            if room == 0:
+        if out[-1] and spent + start(a) >= target and len(out) < parts:  # full with this range's start: open the next
+            out.append([])
+            spent = 0.0
+        first = a
+        spent += start(a)
+        for k in range(a, b + 1):
+            if k > first and spent >= target and len(out) < parts:
+                out[-1].append((first, k - 1))
                 out.append([])
-                room = size
-            take = min(room, b - a + 1)
-            out[-1].append((a, a + take - 1))
-            a += take
-            room -= take
+                first, spent = k, start(k)
+            spent += step(k)
+        out[-1].append((first, b))
     return out
 
 

@@ -24,7 +24,7 @@ from vendor_shim.trace import SCHEMA_VERSION
 from verify.cache import TraceCache, hash_material
 from verify.runner import VendorFailure, VerifyConfig
 from verify.step_cache import StepCache
-from verify.step_workers import StepWorkers, split, sweep_steps, threads_per_job
+from verify.step_workers import StepWorkers, prefill_cost, split, step_cost, sweep_steps, threads_per_job
 
 _REPO = Path(__file__).resolve().parent.parent
 _MEASURING_CODE = ("vendor_shim", "core")  # the shim and the kernel it reads (workload, op rules, names)
@@ -149,8 +149,12 @@ class VendorMeasurer:
         return f"{label}+execution:{self.cfg.execution}"
 
     def prefetch(self, workloads: list[VisionWorkload]) -> None:
-        """Measure every distinct uncached workload up front in one worker (out-of-process backends)."""
+        """Before the first page: out-of-process backends measure every distinct uncached workload in one worker;
+        in-process runs that share decode steps measure every key count the uncached pages need (`_prefetch_steps`).
+        """
         if not isinstance(self.backend, OutOfProcessBackend):
+            if self.steps is not None:
+                self._prefetch_steps(workloads)
             return
         todo: dict[str, VisionWorkload] = {}
         for wl in workloads:
@@ -279,18 +283,71 @@ class VendorMeasurer:
         sig = hash_material(material)
         need = range(workload.prefill_len + 1, workload.prefill_len + workload.decode_tokens + 1)
         have = self.steps.get(sig, need)
-        parts = split(_missing_runs(need, have), self.cfg.jobs)
+        parts = split(_missing_runs(need, have), self.cfg.jobs, step_cost, prefill_cost)
         if not have and len(parts) == 1:
             own: list[Any] = []
             trace = self._run(workload, steps_out=own)
             if trace.get("complete"):
                 self._keep_steps(sig, own, material)
             return trace
+        if not self._fill_steps(workload, parts, sig, material, have):
+            return self._run(workload)  # no page reaches them, or its run was incomplete: the page says why
+        run = self.steps.run(sig, need)  # with their sums taken at once; the records alone if the store lacks one
+        steps = [have[k] for k in need] if run is None else run
+        return self._run(workload, decode_steps=steps, base_runs=self.base_runs)
+
+    def _prefetch_steps(self, workloads: list[VisionWorkload]) -> None:
+        """Every key count the pages without a stored trace need, measured once before the first page, per step
+        signature: the union of their ranges cut into ``--jobs`` parts, one sweep a part.  Page by page, every page
+        that decodes further than all before it sweeps the difference, and each sweep pays a prefill as long as its
+        first key count (eager attention's scores are real elementwise work: ~25 s at 4,000 keys on 2 cores).  A
+        lone page with one job runs its own steps instead (no sweep at all); a sweep that fails here costs time
+        only: the pages then measure what they lack as before, and say why."""
+        assert self.steps is not None
+        groups: dict[str, tuple[dict[str, Any], VisionWorkload, set[tuple[int, int]]]] = {}
+        for wl in workloads:
+            if not self._shares_steps(wl) or self._trace_stored(wl):
+                continue
+            material = self.step_material(wl)
+            group = groups.setdefault(hash_material(material), (material, wl, set()))
+            group[2].add((wl.prefill_len + 1, wl.prefill_len + wl.decode_tokens))
+        for sig, (material, wl, ranges) in groups.items():
+            if len(ranges) == 1 and self.cfg.jobs == 1:
+                continue
+            have: dict[int, Any] = {}
+            missing: list[tuple[int, int]] = []
+            for first, last in _union(ranges):
+                need = range(first, last + 1)
+                have.update(self.steps.get(sig, need))
+                missing += _missing_runs(need, have)
+            if not missing:
+                continue
+            try:
+                self._fill_steps(wl, split(missing, self.cfg.jobs, step_cost, prefill_cost), sig, material, have)
+            except InfrastructureError:
+                raise
+            except Exception:  # never lose a page to an up-front sweep: each page retries its own
+                continue
+
+    def _trace_stored(self, workload: VisionWorkload) -> bool:
+        """A trace file for this page is in the cache (it may still prove unreadable: the page then measures)."""
+        return self.cache is not None and self.cache.path_for(self.key(workload)).is_file()
+
+    def _fill_steps(
+        self,
+        workload: VisionWorkload,
+        parts: list[list[tuple[int, int]]],
+        sig: str,
+        material: dict[str, Any],
+        have: dict,
+    ) -> bool:
+        """The key-count ranges of ``parts`` measured (the first part here, the others by the step workers, a part
+        a worker fails here too) and kept in ``have``; False when no page reaches one or its run was incomplete."""
         elsewhere = [(a, b, self._submit(workload, a, b)) for part in parts[1:] for a, b in part]
         with threads_per_job(len(parts)):
             for first, last in parts[0]:
                 if not self._sweep_here(workload, first, last, sig, material, have):
-                    return self._run(workload)  # no page reaches them, or its run was incomplete: the page says why
+                    return False
         for first, last, future in elsewhere:
             try:
                 if future is None:
@@ -298,11 +355,11 @@ class VendorMeasurer:
                 swept = [StepRecord.from_dict(d) for d in future.result()]
             except Exception:  # a worker that failed costs time only: its range is measured here
                 if not self._sweep_here(workload, first, last, sig, material, have):
-                    return self._run(workload)
+                    return False
                 continue
             self._keep_steps(sig, swept, material)
             have.update({s.keys: s for s in swept})
-        return self._run(workload, decode_steps=[have[k] for k in need], base_runs=self.base_runs)
+        return True
 
     def _sweep_here(
         self, workload: VisionWorkload, first: int, last: int, sig: str, material: dict[str, Any], have: dict
@@ -375,6 +432,17 @@ def _missing_runs(need: range, have: dict[int, Any]) -> list[tuple[int, int]]:
         else:
             runs.append((k, k))
     return runs
+
+
+def _union(ranges: set[tuple[int, int]] | list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Inclusive (first, last) ranges merged where they overlap or touch, in order."""
+    out: list[tuple[int, int]] = []
+    for first, last in sorted(ranges):
+        if out and first <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], last))
+        else:
+            out.append((first, last))
+    return out
 
 
 def _cpu_info() -> dict[str, Any]:
