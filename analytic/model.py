@@ -185,22 +185,35 @@ class CostModel:
             recs.extend({"stage": "prefill", "part": "decoder", **r} for r in dec.records or [])
             recs.extend({"stage": "prefill", "part": "lm_head", **r} for r in head.records or [])
 
-        steps = []
-        fam_dec: dict[str, int] = {}
-        fam_head: dict[str, int] = {}
-        for t in range(1, workload.decode_tokens + 1):
-            sdec, shead = self._decode_step(workload, t, prof, records)
-            steps.append(self._step_leaves(workload, t, prof, sdec, shead, records))
-            for fam, src in ((fam_dec, sdec), (fam_head, shead)):
-                for k, v in src.families.items():
-                    fam[k] = fam.get(k, 0) + v
-            if recs is not None:
-                recs.extend({"stage": "decode", "part": "decoder", "step": t, **r} for r in sdec.records or [])
-                recs.extend({"stage": "decode", "part": "lm_head", "step": t, **r} for r in shead.records or [])
-        stages["decode"] = {p: _sum_leaves([s[p] for s in steps], True) for p in LM_PARTS}
-        stages["decode"]["steps"] = steps
-        families["decode"] = {"decoder": fam_dec, "lm_head": fam_head}
+        steps, sums, fams = self._decode(workload, prof, recs)
+        stages["decode"] = {p: dict(sums[p]) for p in LM_PARTS}
+        stages["decode"]["steps"] = list(steps)
+        families["decode"] = {p: dict(fams[p]) for p in LM_PARTS}
         return Estimate(workload, stages, families, self.summary(prof), recs, self.resident(workload, prof))
+
+    def _decode(
+        self, w: VisionWorkload, prof: ImplProfile, recs: list[dict[str, Any]] | None
+    ) -> tuple[list[Any], dict[str, Any], dict[str, dict[str, int]]]:
+        """The decode stage: its K step entries, their sums per part and op families per part.  Memoised by what
+        each step is keyed by (`_step_key`) plus K: the page's second estimate (on the vendor's prefill routing)
+        and every page of that prefill length and decode length need no second walk over their steps."""
+
+        def run() -> tuple[list[Any], dict[str, Any], dict[str, dict[str, int]]]:
+            steps = []
+            fams: dict[str, dict[str, int]] = {p: {} for p in LM_PARTS}
+            for t in range(1, w.decode_tokens + 1):
+                sdec, shead = self._decode_step(w, t, prof, recs is not None)
+                steps.append(self._step_leaves(w, t, prof, sdec, shead, recs is not None))
+                for fam, src in ((fams["decoder"], sdec), (fams["lm_head"], shead)):
+                    for k, v in src.families.items():
+                        fam[k] = fam.get(k, 0) + v
+                if recs is not None:
+                    recs.extend({"stage": "decode", "part": "decoder", "step": t, **r} for r in sdec.records or [])
+                    recs.extend({"stage": "decode", "part": "lm_head", "step": t, **r} for r in shead.records or [])
+            return steps, {p: _sum_leaves([s[p] for s in steps], True) for p in LM_PARTS}, fams
+
+        key = ("decode-stage", w.prefill_len, w.decode_tokens, prof.key, w.attn_impl, w.dtype_bytes)
+        return run() if recs is not None else self._memoised(key, run)
 
     def resident(self, workload: VisionWorkload, prof: ImplProfile) -> dict[str, Any] | None:
         """What the model keeps in memory besides a stage's transients: its weights (parameters at the workload's

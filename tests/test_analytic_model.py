@@ -1,6 +1,7 @@
 """The composed model: stage totals derived by hand for a tiny Hydra override config, decode KV
 growth, lm_head scope, profile differences, records/families consistency, the CLI."""
 
+import dataclasses
 import itertools
 import json
 import subprocess
@@ -244,3 +245,21 @@ def test_build_inside_a_callers_hydra_app(tmp_path):
         outer = GlobalHydra.instance().hydra
         assert build_cost_model(["decoder.num_layers=1"]).decoder.num_layers == 1
         assert GlobalHydra.instance().hydra is outer  # the caller's Hydra state is left as it was
+
+
+def test_a_pages_decode_stage_is_walked_once_and_handed_out_as_copies(full):
+    """The decode stage is memoised by prefill length, decode length and what a step is keyed by: a second estimate
+    of the page on another prefill routing (the verifier's second estimate) gives the same decode stage, its
+    per-part sums equal the steps' sums by hand (sum over steps; peak: the largest), and a caller writing its copy
+    changes nothing the next estimate gives."""
+    w = VisionWorkload.from_page(1654, 2339, "gundam", decode_tokens=5)
+    first = full.estimate(w).stages["decode"]
+    routed = full.estimate(dataclasses.replace(w, prefill_experts_hit=(60,) * 11)).stages["decode"]
+    assert routed == first
+    steps = first["steps"]
+    assert first["decoder"]["tensor_flops"] == sum(s["decoder"]["tensor_flops"] for s in steps)
+    assert first["decoder"]["peak_bytes"] == max(s["decoder"]["peak_bytes"] for s in steps)
+    first["decoder"]["tensor_flops"] = -1
+    first["steps"].clear()
+    again = full.estimate(w).stages["decode"]
+    assert again == routed and len(again["steps"]) == 5
