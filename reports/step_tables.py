@@ -31,6 +31,7 @@ class _Table:
         self.rows: list[Any] = []
         self._index: dict[str, int] = {}
         self._by_id: dict[int, int] = {}  # the same object is the same row (pages share the analytic's steps)
+        self._by_fields: dict[tuple[Any, ...], int] = {}  # the same fields, lists and dicts by identity, too
 
     def runs(self, items: list[Any], held: bool = True) -> list[list[int]]:
         """``items`` as [first, count] runs of consecutive rows (a page's steps are consecutive key counts).
@@ -38,6 +39,9 @@ class _Table:
         runs: list[list[int]] = []
         for item in items:
             row = self._by_id.get(id(item)) if held else None
+            fields = None if held else _fields(item)
+            if row is None and fields is not None:
+                row = self._by_fields.get(fields)
             if row is None:
                 key = json.dumps(item, separators=(",", ":"), default=repr)  # any value: rows are made JSON later
                 row = self._index.get(key)
@@ -46,11 +50,41 @@ class _Table:
                     self.rows.append(item)
                 if held:
                     self._by_id[id(item)] = row
+                elif fields is not None:
+                    self._by_fields[fields] = row
             if runs and runs[-1][0] + runs[-1][1] == row:
                 runs[-1][1] += 1
             else:
                 runs.append([row, 1])
         return runs
+
+
+_SCALARS = (str, int, bool, type(None))
+
+
+def _fields(group: Any) -> tuple[Any, ...] | None:
+    """A decode call group (a list of call dicts) as a key that is cheap to make: each field's type and value, its
+    lists and dicts by identity (pages given one stored step share its calls' ``ops`` and ``input_shapes``); None
+    for anything else (the JSON key then decides).  Equal keys are equal JSON while the objects live: the tabled
+    document holds them for as long as the table runs."""
+    if not isinstance(group, list):
+        return None
+    out: list[Any] = []
+    for call in group:
+        if not isinstance(call, dict):
+            return None
+        for k, v in call.items():
+            t = type(v)
+            if t in _SCALARS:
+                out.append((k, t, v))
+            elif t is float:
+                out.append((k, t, repr(v)))  # -0.0 == 0.0, but their JSON differs
+            elif t is list or t is dict:
+                out.append((k, t, id(v)))
+            else:
+                return None
+        out.append(None)  # a call ends
+    return tuple(out)
 
 
 def table_steps(doc: dict[str, Any]) -> dict[str, Any]:

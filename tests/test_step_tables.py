@@ -90,6 +90,27 @@ def test_decode_calls_out_of_step_order_stay_as_they_are():
     assert expand_steps(json.loads(json.dumps(tabled)))["pages"][0] == page
 
 
+def test_decode_calls_sharing_their_lists_are_one_row_and_equal_looking_values_of_other_types_are_not():
+    """Calls whose lists and dicts are the same objects (pages given one stored step) are one row without a JSON
+    key; equal values in distinct objects are one row too (by JSON); but 1 and True, 0.0 and -0.0 are kept apart,
+    as their JSON is."""
+    shapes, ops = [[1, 11]], {"aten.mm.default": 5}
+
+    def page(page_id: str, wall: float, flops: object, own: bool) -> dict:
+        call = {"root": "decoder", "stage": "decode", "part": "decoder", "input_shapes": shapes, "ops": ops}
+        call |= {"wall_s": wall, "tensor_flops": flops}
+        if own:
+            call |= {"input_shapes": [[1, 11]], "ops": {"aten.mm.default": 5}}
+        return {"page": {"page_id": page_id}, "trace": {"calls": [call | {"index": 0, "step": 1}]}}
+
+    doc = _doc(page("A", 0.0, 5, False), page("B", 0.0, 5, False), page("C", 0.0, 5, True))
+    doc["pages"] += [page("D", -0.0, 5, False), page("E", 0.0, True, False)]
+    tabled = table_steps(doc)
+    runs = [p["trace"]["decode_calls"]["runs"] for p in tabled["pages"]]
+    assert runs == [[[0, 1]], [[0, 1]], [[0, 1]], [[1, 1]], [[2, 1]]]
+    assert read_report(json.loads(json.dumps(tabled))) == json.loads(json.dumps(doc))
+
+
 @pytest.mark.parametrize(
     "damage",
     [
