@@ -66,8 +66,19 @@ def _page(p: PageResult) -> dict[str, Any]:
     }
 
 
+_ATOMS = frozenset({str, int, bool, type(None)})  # exact types jsonable hands back as they are
+
+
 def jsonable(obj: Any) -> Any:
-    """Plain JSON types only; non-finite floats become the strings 'inf', '-inf', 'nan' (strict JSON has none)."""
+    """Plain JSON types only; non-finite floats become the strings 'inf', '-inf', 'nan' (strict JSON has none).
+    Exact plain types first (a run's document is millions of ints in dicts and lists of str keys), then the rest."""
+    t = type(obj)
+    if t in _ATOMS:
+        return obj
+    if t is dict:
+        return {k if type(k) is str else str(k): v if type(v) in _ATOMS else jsonable(v) for k, v in obj.items()}
+    if t is list:
+        return [v if type(v) in _ATOMS else jsonable(v) for v in obj]
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else str(obj)
     if obj is None or isinstance(obj, str | int | bool):

@@ -251,6 +251,16 @@ def test_trace_json_round_trip_and_validation_failures():
         (lambda x: x["coverage"].update(uncounted_ops=["aten.foo.default"]), "marked complete"),
         (lambda x: x["stages"]["decode"]["steps"].pop(), "decode.steps"),
         (lambda x: x["stages"]["clip"].pop("crops"), "stages.clip.crops"),
+        # a decode step's leaf: each bad value is named with its step (the checks run metric by metric)
+        (
+            lambda x: x["stages"]["decode"]["steps"][1]["decoder"].update(io_bytes=True),
+            r"steps\[1\]\.decoder\.io_bytes",
+        ),
+        (lambda x: x["stages"]["decode"]["steps"][0]["lm_head"].update(weight_bytes=-1), r"steps\[0\]\.lm_head"),
+        (lambda x: x["stages"]["decode"]["steps"][1]["lm_head"].pop("peak_bytes"), r"steps\[1\]\.lm_head lacks"),
+        (lambda x: x["stages"]["decode"]["steps"][0].update(decoder=[]), r"steps\[0\]\.decoder is not an object"),
+        (lambda x: x["stages"]["decode"]["steps"][1]["decoder"].update(allocator_peak_bytes=1.5), "allocator_peak"),
+        (lambda x: x["stages"]["decode"]["steps"][1]["decoder"].update(io_bytes=10**15), "decode steps give"),
     ):
         bad = Trace.from_dict(json.loads(tr.to_json())).to_dict()
         breaker(bad)

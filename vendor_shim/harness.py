@@ -48,7 +48,7 @@ from vendor_shim.formulas import custom_mapping
 from vendor_shim.hollow import HollowExecution
 from vendor_shim.op_meter import FusedAttention, OpMeter
 from vendor_shim.stages import UNATTRIBUTED, StageTracker, TrackerState
-from vendor_shim.trace import Trace, add_call, empty_stages
+from vendor_shim.trace import Trace, add_call, empty_leaf, empty_stages
 
 # What totals.counter_total is: the stock counter's own total, or the audit's sum of the same registry's formulas.
 COUNTERS = {True: "torch FlopCounterMode (stacked above the audit)", False: "audit (FlopCounterMode's registry)"}
@@ -478,10 +478,16 @@ def _assemble(
 ) -> tuple[dict[str, Any], dict[str, Any], int]:
     """Leaves from the per-op cells (sums) and the call records (``peak_bytes``: the maximum over calls)."""
     k = 0 if vision_only else workload.decode_tokens
-    stages = empty_stages(k, workload.model)
+    stored = tracker.stored_steps  # a stored step's metrics and its entry in the steps come from its record
+    for t in stored:
+        if not 1 <= t <= k:
+            raise VendorRunError(f"a stored decode step given as step {t}, outside 1..{k}")
+    stages = empty_stages(0, workload.model)
+    stages["decode"]["steps"] = [
+        stored[t].trace_step if t in stored else {p: empty_leaf() for p in LM_PARTS} for t in range(1, k + 1)
+    ]
     raw: dict[tuple[str, str], dict[str, list[int]]] = {}  # (stage, part) -> op -> cells summed over steps
     unattributed = 0
-    stored = tracker.stored_steps  # a stored step's metrics and its entry in the steps come from its record
     at_once = tracker.stored_sums  # and their cells, summed at once, when the splice was given the sums
     for (stage, part, step), ops in tracker.leaf_ops.items():
         record = stored.get(step) if stage == "decode" else None
@@ -521,10 +527,6 @@ def _assemble(
             leaves.append(stages["decode"]["steps"][rec.step - 1][rec.part])
         for leaf in leaves:
             add_call(leaf, rec.peak_bytes, rec.allocator_peak_bytes)
-    for t, record in stored.items():
-        if not 1 <= t <= k:
-            raise VendorRunError(f"a stored decode step given as step {t}, outside 1..{k}")
-        stages["decode"]["steps"][t - 1] = record.trace_step
     return stages, breakdown, unattributed
 
 

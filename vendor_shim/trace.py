@@ -225,29 +225,47 @@ def _check_stage_leaves(d: dict[str, Any], measured: list[str]) -> int:
 
 
 def _check_decode_steps(d: dict[str, Any], measured: list[str]) -> None:
-    """One step per decode forward, and the steps combine to the decode leaves (allocator peak: their maximum)."""
+    """One step per decode forward, and the steps combine to the decode leaves (allocator peak: their maximum).
+    Metric by metric over all steps (a page has thousands) with exact types; where that finds anything else, every
+    step leaf goes through `_check_leaf`, which decides (and names the first bad step)."""
     decode = d["stages"]["decode"]
     steps = decode.get("steps")
     _require(isinstance(steps, list), "stages.decode.steps must be a list")
     k = d["received"].get("decode_forwards", 0)
     _require(len(steps) == k, f"stages.decode.steps has {len(steps)} entries, received.decode_forwards says {k}")
     for p in LM_PARTS:
-        for i, st in enumerate(steps):
-            _check_leaf(st.get(p), f"stages.decode.steps[{i}].{p}", measured)
-        allocator = [st[p].get(ALLOCATOR_PEAK) for st in steps]
+        leaves = [st.get(p) if isinstance(st, dict) else None for st in steps]
+        if not all(type(leaf) is dict and leaf.keys() >= _LEAF_KEYS for leaf in leaves):
+            _check_each(leaves, p, measured)
+        columns = {m: [leaf[m] for leaf in leaves] for m in METRICS}
+        allocator = [leaf.get(ALLOCATOR_PEAK) for leaf in leaves]
+        if not (
+            all(all(type(v) is int and v >= 0 for v in columns[m]) for m in measured)
+            and all(all(v is None or type(v) in (int, float) for v in columns[m]) for m in METRICS if m not in measured)
+            and all(a is None or (type(a) is int and a >= 0) for a in allocator)
+        ):
+            _check_each(leaves, p, measured)
         if steps and None not in allocator and decode[p].get(ALLOCATOR_PEAK) is not None:
             _require(
                 max(allocator) == decode[p][ALLOCATOR_PEAK],
                 f"decode steps' largest {ALLOCATOR_PEAK} {max(allocator)} != stages.decode.{p}'s",
             )
         for m in measured:
-            per_step = [st[p][m] for st in steps]
-            if None in per_step or decode[p][m] is None:
+            per_step = columns[m]
+            if decode[p][m] is None:
                 continue
             _require(
                 combine(m, per_step) == decode[p][m],
                 f"decode steps give {combine(m, per_step)} != stages.decode.{p}.{m} {decode[p][m]}",
             )
+
+
+_LEAF_KEYS = frozenset(METRICS)
+
+
+def _check_each(leaves: list[Any], part: str, measured: list[str]) -> None:
+    for i, leaf in enumerate(leaves):
+        _check_leaf(leaf, f"stages.decode.steps[{i}].{part}", measured)
 
 
 def _check_totals(totals: dict[str, Any], leaf_sum: int) -> None:
