@@ -75,8 +75,42 @@ def safe_tree(obj: Any, _memo: dict[int, Any] | None = None) -> Any:
         return obj
     memo = {} if _memo is None else _memo
     if id(obj) not in memo:
-        memo[id(obj)] = obj if _checkable(obj) and _plainly_safe(obj) else _copy(obj, memo)
+        memo[id(obj)] = _checked(obj, memo)
     return memo[id(obj)]
+
+
+BIG = 512  # elements: a tree this large is checked piece by piece, so what pages share is checked once a run
+
+
+def _checked(obj: Any, memo: dict[int, Any]) -> Any:
+    """``obj`` when no string in it would change, else its copy.  A small tree of plain data: one check of its JSON.
+    A large one (a page's trace: thousands of decode steps shared with other pages, thousands of calls) piece by
+    piece: a dict value by value, a long list by the elements no page checked before, all of them in one check."""
+    if not _checkable(obj):
+        return _copy(obj, memo)
+    if not _big(obj):
+        return obj if _plainly_safe(obj) else _copy(obj, memo)
+    if isinstance(obj, dict):
+        out = {safe_tree(k, memo): safe_tree(v, memo) for k, v in obj.items()}
+        return obj if len(out) == len(obj) and all(k in obj and obj[k] is v for k, v in out.items()) else out
+    unseen = [v for v in obj if isinstance(v, dict | list | tuple) and id(v) not in memo]
+    if unseen and all(map(_checkable, unseen)) and _plainly_safe(unseen):
+        for v in unseen:
+            memo[id(v)] = v
+    items = [safe_tree(v, memo) for v in obj]
+    return obj if all(a is b for a, b in zip(items, obj, strict=True)) else type(obj)(items)
+
+
+def _big(obj: Any) -> bool:
+    """Whether ``obj`` holds more than BIG elements in its dicts and lists (looks at no more than that many)."""
+    budget, stack = BIG, [obj]
+    while stack:
+        x = stack.pop()
+        budget -= len(x)
+        if budget < 0:
+            return True
+        stack.extend(v for v in (x.values() if isinstance(x, dict) else x) if isinstance(v, dict | list | tuple))
+    return False
 
 
 # In json.dumps' output (ensure_ascii off) the controls safe_text escapes show as \u0000-\u001f (bar \t, \n)

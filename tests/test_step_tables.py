@@ -162,3 +162,34 @@ def test_safe_tree_hands_back_what_holds_no_odd_string():
     assert safe.pages[0].trace is trace  # the same dict: nothing walked or copied
     alarm = {"text": "a literal \\b"}  # json writes \\b: a false alarm, walked, the same result
     assert safe_tree(_run("p", alarm)).pages[0].trace == alarm
+
+
+@pytest.mark.parametrize("odd", ["a\x00b", "del\x7f", "bidi\u202e", "surrogate\udcff"])
+def test_a_large_trace_is_checked_piece_by_piece_with_the_same_result_as_the_full_walk(odd):
+    """Past BIG elements a tree is checked a dict value and a long list's unseen elements at a time: an odd string
+    anywhere (a shared step, a call, a key deep down) is still found, and a clean tree comes back as itself."""
+    from reports.safe import BIG
+
+    shared = [{"decoder": {"tensor_flops": k, "calls": 1}} for k in range(BIG + 10)]
+
+    def trace(where: str) -> dict:
+        calls = [{"root": "decoder", "module": "model.layers", "ops": {"aten.mm.default": 1}} for _ in range(BIG)]
+        t = {"stages": {"decode": {"steps": list(shared)}}, "calls": calls, "received": {"routing": [[6] * 11] * 600}}
+        if where == "call":
+            calls[BIG // 2] = {**calls[0], "module": odd}
+        elif where == "key":
+            t["received"]["routing"] = [[6] * 11] * 599 + [{odd: 1}]
+        elif where == "step":
+            t["stages"]["decode"]["steps"][7] = {"decoder": {odd: 1}}
+        return t
+
+    clean = _run("p", trace("none"))
+    assert safe_tree(clean).pages[0].trace is clean.pages[0].trace
+    for where in ("call", "key", "step"):
+        run = _run("p", trace(where))
+        assert safe_tree(run) == _copy(copy.deepcopy(run), {}) != run
+    # two pages sharing the step entries: one check each, the result shares them as the input did
+    pages = [PageResult(PageSpec(i, 10, 10, "files"), trace=trace("none")) for i in "ab"]
+    two = RunResult("r", "c", {}, {}, pages, "t0", "t1", 1.0)
+    out = safe_tree(two)
+    assert out.pages[0].trace["stages"]["decode"]["steps"][3] is out.pages[1].trace["stages"]["decode"]["steps"][3]
