@@ -80,6 +80,20 @@ def _workload(prompt: int, k: int) -> VisionWorkload:
     )
 
 
+def _executed_steps(monkeypatch) -> list[tuple[str, int, int]]:
+    """(mode, first key count, last) of every run the measurer executes decode steps in, as they happen."""
+    executed: list[tuple[str, int, int]] = []
+    run = VendorMeasurer._run
+
+    def wrapped(self, w, **steps):
+        if w.decode_tokens and "decode_steps" not in steps:
+            executed.append((w.mode, w.prefill_len + 1, w.prefill_len + w.decode_tokens))
+        return run(self, w, **steps)
+
+    monkeypatch.setattr(VendorMeasurer, "_run", wrapped)
+    return executed
+
+
 def test_the_verifier_measures_each_key_count_once_and_pages_get_the_same_steps(tmp_path, monkeypatch):
     """Two pages whose key ranges overlap: the first runs its own steps, the second measures only the key counts
     the first did not reach (a sweep page), then takes all its steps from the store; a second run measures none."""
@@ -88,17 +102,7 @@ def test_the_verifier_measures_each_key_count_once_and_pages_get_the_same_steps(
         command="test", decode_tokens=None, cache_dir=str(tmp_path / "traces"), vision_device="meta", dtype="bfloat16"
     )
     a, b = _workload(12, 6), _workload(16, 4)  # b's prefill is 4 longer: a's last 2 steps are b's first 2
-    executed: list[tuple[str, int, int]] = []  # (mode, first key count, last) of every run that executed steps
-
-    def record(run):
-        def wrapped(self, w, **steps):
-            if w.decode_tokens and "decode_steps" not in steps:
-                executed.append((w.mode, w.prefill_len + 1, w.prefill_len + w.decode_tokens))
-            return run(self, w, **steps)
-
-        return wrapped
-
-    monkeypatch.setattr(VendorMeasurer, "_run", record(VendorMeasurer._run))
+    executed = _executed_steps(monkeypatch)
     m = VendorMeasurer.create(cfg)
     ta, _ = m(a, None)
     tb, _ = m(b, None)
@@ -125,17 +129,7 @@ def test_prefetch_measures_the_union_of_the_pages_key_counts_in_one_sweep(tmp_pa
         command="test", decode_tokens=None, cache_dir=str(tmp_path / "traces"), vision_device="meta", dtype="bfloat16"
     )
     a, b = _workload(12, 6), _workload(16, 4)  # b's prefill is 4 longer: key counts a+1..a+6 and a+5..a+8
-    executed: list[tuple[str, int, int]] = []
-
-    def record(run):
-        def wrapped(self, w, **steps):
-            if w.decode_tokens and "decode_steps" not in steps:
-                executed.append((w.mode, w.prefill_len + 1, w.prefill_len + w.decode_tokens))
-            return run(self, w, **steps)
-
-        return wrapped
-
-    monkeypatch.setattr(VendorMeasurer, "_run", record(VendorMeasurer._run))
+    executed = _executed_steps(monkeypatch)
     m = VendorMeasurer.create(cfg)
     m.prefetch([a])
     assert executed == []  # one page, one job: its own run measures its steps
