@@ -122,19 +122,27 @@ def test_the_verifier_measures_each_key_count_once_and_pages_get_the_same_steps(
 def test_prefetch_measures_the_union_of_the_pages_key_counts_in_one_sweep(tmp_path, monkeypatch):
     """Before the first page the run measures every key count its uncached pages need: the two pages' overlapping
     ranges as one sweep (one prefill, not one for each page that decodes further than the last), then both pages
-    take all their steps from the store.  A lone page with one job is left to run its own steps, and a page whose
-    trace is cached needs none."""
+    take all their steps from the store.  A range under a part's minimum and a lone page with one job are left to
+    the pages' own runs, and a page whose trace is cached needs none."""
     pytest.importorskip("transformers.models.unlimited_ocr")
+    from verify import step_workers
+
     cfg = VerifyConfig(
         command="test", decode_tokens=None, cache_dir=str(tmp_path / "traces"), vision_device="meta", dtype="bfloat16"
     )
     a, b = _workload(12, 6), _workload(16, 4)  # b's prefill is 4 longer: key counts a+1..a+6 and a+5..a+8
     executed = _executed_steps(monkeypatch)
     m = VendorMeasurer.create(cfg)
+    m.prefetch([a, b])
+    assert executed == []  # 8 key counts: under a part's minimum, cheaper in the pages' own runs
+    monkeypatch.setattr(step_workers, "MIN_STEPS_PER_JOB", 2)
     m.prefetch([a])
     assert executed == []  # one page, one job: its own run measures its steps
-    m.prefetch([a, b])
+    notes: list[str] = []
+    m.prefetch([a, b], notify=notes.append)
     assert executed == [("tiny", a.prefill_len + 1, b.prefill_len + 4)]
+    first, last = a.prefill_len + 1, b.prefill_len + 4  # 8 key counts: a's 6, then b's last 2
+    assert notes == [f"measuring 8 decode steps (key counts {first} to {last}) in 1 process before the first page"]
     ta, _ = m(a, None)
     tb, _ = m(b, None)
     assert len(executed) == 1  # nothing more executed a decode step

@@ -81,7 +81,7 @@ class FakeVendor:
         trace.update(self.traces.get(page.page_id, {}))
         return trace, False
 
-    def prefetch(self, workloads: list[VisionWorkload]) -> None:
+    def prefetch(self, workloads: list[VisionWorkload], notify=None) -> None:
         self.prefetched.append(list(workloads))
 
 

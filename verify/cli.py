@@ -411,7 +411,12 @@ def _run_with_progress(verifier: Verifier, prepared: list, env: dict, console: C
     if quiet:
         return run_pages(verifier, pages, env, prepared=prepared)
     if not console.is_terminal:  # CI logs, nohup: one plain line per page instead of a bar nobody sees
-        return run_pages(verifier, pages, env, on_page=_page_logger(console, len(pages)), prepared=prepared)
+
+        def note(text: str) -> None:
+            console.print(text, highlight=False, markup=False)
+
+        logger = _page_logger(console, len(pages))
+        return run_pages(verifier, pages, env, on_page=logger, prepared=prepared, on_note=note)
     columns = (
         TextColumn("[bold]verifying"),
         BarColumn(),
@@ -426,7 +431,10 @@ def _run_with_progress(verifier: Verifier, prepared: list, env: dict, console: C
             mark = "[green]ok[/]" if res.passed else "[red]FAIL[/]"
             progress.update(task, advance=1, description=f"{escape(printable(res.page.page_id))} {mark}")
 
-        return run_pages(verifier, pages, env, on_page=on_page, prepared=prepared)
+        def on_note(text: str) -> None:
+            progress.update(task, description=escape(text))
+
+        return run_pages(verifier, pages, env, on_page=on_page, prepared=prepared, on_note=on_note)
 
 
 def _page_logger(console: Console, total: int):

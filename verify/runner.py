@@ -236,8 +236,10 @@ def run_pages(
     environment: dict[str, Any],
     on_page: Callable[[PageResult], None] | None = None,
     prepared: list[tuple[PageResult, VisionWorkload | None]] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> RunResult:
-    """Verify `pages`; `prepared` is `[verifier.prepare(p) for p in pages]` when the caller checked them already."""
+    """Verify `pages`; `prepared` is `[verifier.prepare(p) for p in pages]` when the caller checked them already;
+    ``on_note`` hears, in one line, what the measurer does before the first page (when it does anything)."""
     started = datetime.now(UTC)
     t0 = time.perf_counter()
     # platform.platform() forks `uname`: ask before the model is built, so the child is small
@@ -245,8 +247,8 @@ def run_pages(
     if prepared is None:
         prepared = [verifier.prepare(page) for page in pages]
     prefetch = getattr(verifier.measure, "prefetch", None)
-    if prefetch is not None:  # out-of-process backends measure every distinct workload in one worker
-        prefetch([wl for _, wl in prepared if wl is not None])
+    if prefetch is not None:  # every distinct workload in one worker (out of process), or the decode steps first
+        prefetch([wl for _, wl in prepared if wl is not None], notify=on_note)
     results = []
     for res, workload in prepared:
         if workload is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from vendor_shim.backends.base import OutOfProcessBackend
 from vendor_shim.decode_steps import StepRecord
 from vendor_shim.errors import InfrastructureError
 from vendor_shim.trace import SCHEMA_VERSION
+from verify import step_workers
 from verify.cache import TraceCache, hash_material
 from verify.runner import VendorFailure, VerifyConfig
 from verify.step_cache import StepCache
@@ -148,13 +150,13 @@ class VendorMeasurer:
         label = self.cfg.device if not vd or vd == self.cfg.device else f"{self.cfg.device}+vision:{vd}"
         return f"{label}+execution:{self.cfg.execution}"
 
-    def prefetch(self, workloads: list[VisionWorkload]) -> None:
+    def prefetch(self, workloads: list[VisionWorkload], notify: Callable[[str], None] | None = None) -> None:
         """Before the first page: out-of-process backends measure every distinct uncached workload in one worker;
-        in-process runs that share decode steps measure every key count the uncached pages need (`_prefetch_steps`).
-        """
+        in-process runs that share decode steps measure every key count the uncached pages need (`_prefetch_steps`;
+        ``notify`` is told what, in one line, before it starts: minutes at real lengths)."""
         if not isinstance(self.backend, OutOfProcessBackend):
             if self.steps is not None:
-                self._prefetch_steps(workloads)
+                self._prefetch_steps(workloads, notify)
             return
         todo: dict[str, VisionWorkload] = {}
         for wl in workloads:
@@ -296,13 +298,14 @@ class VendorMeasurer:
         steps = [have[k] for k in need] if run is None else run
         return self._run(workload, decode_steps=steps, base_runs=self.base_runs)
 
-    def _prefetch_steps(self, workloads: list[VisionWorkload]) -> None:
+    def _prefetch_steps(self, workloads: list[VisionWorkload], notify: Callable[[str], None] | None = None) -> None:
         """Every key count the pages without a stored trace need, measured once before the first page, per step
         signature: the union of their ranges cut into ``--jobs`` parts, one sweep a part.  Page by page, every page
         that decodes further than all before it sweeps the difference, and each sweep pays a prefill as long as its
         first key count (eager attention's scores are real elementwise work: ~25 s at 4,000 keys on 2 cores).  A
-        lone page with one job runs its own steps instead (no sweep at all); a sweep that fails here costs time
-        only: the pages then measure what they lack as before, and say why."""
+        lone page with one job, and a range shorter than a part's minimum (MIN_STEPS_PER_JOB), are left to the pages
+        (their own runs, no sweep); a sweep that fails here costs time only: the pages then measure what they lack
+        as before, and say why."""
         assert self.steps is not None
         groups: dict[str, tuple[dict[str, Any], VisionWorkload, set[tuple[int, int]]]] = {}
         for wl in workloads:
@@ -320,10 +323,20 @@ class VendorMeasurer:
                 need = range(first, last + 1)
                 have.update(self.steps.get(sig, need))
                 missing += _missing_runs(need, have)
+            # a short range is cheaper in the page that needs it (its own run, no sweep prefill): the default of 16
+            # decode steps a page keeps that path
+            missing = [(a, b) for a, b in missing if b - a + 1 >= step_workers.MIN_STEPS_PER_JOB]
             if not missing:
                 continue
+            parts = split(missing, self.cfg.jobs, step_cost, prefill_cost)
+            if notify is not None:
+                steps = sum(b - a + 1 for a, b in missing)
+                notify(
+                    f"measuring {steps:,} decode steps (key counts {missing[0][0]:,} to {missing[-1][1]:,}) in "
+                    f"{len(parts)} process{'es' if len(parts) > 1 else ''} before the first page"
+                )
             try:
-                self._fill_steps(wl, split(missing, self.cfg.jobs, step_cost, prefill_cost), sig, material, have)
+                self._fill_steps(wl, parts, sig, material, have)
             except InfrastructureError:
                 raise
             except Exception:  # never lose a page to an up-front sweep: each page retries its own
