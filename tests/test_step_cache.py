@@ -61,6 +61,23 @@ def test_bad_files_are_misses_and_removed_and_a_killed_writers_temporary_is_igno
     assert sorted(p.name for p in folder.iterdir()) == [".steps-x.tmp", "10-11.json"]
 
 
+def test_a_stale_ledger_is_rebuilt_only_for_a_run_worth_it():
+    """`StepCache.run`: the stored steps with their sums (by hand: 2*keys summed), None for a missing key count,
+    and None (the records alone) when the ledger is out of date and the run is under 1/LEDGER_FACTOR of the store."""
+    from verify.step_cache import LEDGER_FACTOR
+
+    store = StepCache(None)
+    store.put(SIG, [_step(k) for k in range(10, 10 + 8 * LEDGER_FACTOR)])
+    run = store.run(SIG, range(10, 18))  # 8 of 64: worth a ledger
+    assert run is not None and [s.keys for s in run.records] == list(range(10, 18))
+    assert run.sums.cells["decoder"]["aten.mm.default"][0] == 2 * sum(range(10, 18))
+    assert store.run(SIG, range(70, 80)) is None  # 74..79 were never stored
+    store.put(SIG, [_step(k) for k in range(74, 80)])  # the ledger is out of date now
+    assert store.run(SIG, range(10, 13)) is None  # 3 of 70: the page adds its steps one by one
+    assert store.run(SIG, range(10, 19)) is not None  # 9 of 70: rebuilt
+    assert store.run(SIG, range(10, 13)) is not None  # up to date again: served whatever the length
+
+
 def test_only_consecutive_key_counts_are_stored(tmp_path):
     with pytest.raises(ValueError, match="not consecutive"):
         StepCache(tmp_path).put(SIG, [_step(10), _step(12)])

@@ -24,6 +24,9 @@ from verify.cache import _read_entry, _remove, _write_fd
 _ENTRY = re.compile(r"(\d+)-(\d+)\.json")
 
 
+LEDGER_FACTOR = 8  # a ledger is rebuilt for a page needing at least 1/8 of the signature's stored steps
+
+
 class StepCache:
     """Steps by (signature key, key count).  ``root`` None: this run's memory only."""
 
@@ -43,12 +46,17 @@ class StepCache:
         return {k: known[k] for k in keys if k in known}
 
     def run(self, sig: str, need: range) -> StepRun | None:
-        """The stored steps of ``need`` (consecutive key counts) with their sums, or None when one is missing."""
+        """The stored steps of ``need`` (consecutive key counts) with their sums, or None when one is missing, or
+        when the signature's ledger is out of date and rebuilding it over every stored step would cost more than
+        LEDGER_FACTOR times adding this page's steps one by one (pages with short ranges, each storing new steps:
+        the caller then gives the records alone)."""
         known = self._load(sig)
         if any(k not in known for k in need):
             return None
         ledger = self._ledgers.get(sig)
         if ledger is None:
+            if len(need) * LEDGER_FACTOR < len(known):
+                return None
             ledger = self._ledgers[sig] = StepLedger(known)
         sums = ledger.sums(need.start, need.stop - 1)
         return None if sums is None else StepRun([known[k] for k in need], sums)
